@@ -1,0 +1,35 @@
+"""comptonsky: fast Compton-telescope imaging with the COSI tutorial's API.
+
+The tutorial's names are importable from the top level::
+
+    from comptonsky import BinnedData, DataIF_COSI_DC2, ImageDeconvolution, AllSkyImageModel
+
+They are imported lazily so that ``import comptonsky`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from . import frames as _frames  # noqa: F401  (registers the "spacecraftframe" coordinate frame)
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "BinnedData": "comptonsky.binning",
+    "DataIF_COSI_DC2": "comptonsky.deconvolution.dataset",
+    "ImageDeconvolution": "comptonsky.deconvolution.driver",
+    "AllSkyImageModel": "comptonsky.deconvolution.model",
+    "fetch_file": "comptonsky.io.fetch",
+    "fetch_wasabi_file": "comptonsky.io.fetch",
+    "plot_image": "comptonsky.plotting",
+    "plot_convergence": "comptonsky.plotting",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'comptonsky' has no attribute {name!r}")

@@ -1,0 +1,71 @@
+"""Exception classes of comptonsky.
+
+Every error raised on bad user input derives from :class:`ComptonskyError` and carries a message
+that names the file, key or axis involved, what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "ComptonskyError",
+    "InvalidParameterError",
+    "UnknownChoiceError",
+    "AxisMismatchError",
+    "InvalidDataError",
+    "FileFormatError",
+]
+
+
+class ComptonskyError(Exception):
+    """Base class of all errors raised by comptonsky on bad input."""
+
+
+class InvalidParameterError(ComptonskyError, ValueError):
+    """A parameter has the wrong type, unit or value."""
+
+
+class UnknownChoiceError(InvalidParameterError, KeyError):
+    """A name (parameter key, algorithm, model class...) is not among the valid choices.
+
+    Parameters
+    ----------
+    what : str
+        What kind of name this is, e.g. ``"parameter key"`` or ``"algorithm"``.
+    name : str
+        The name that was given.
+    choices : iterable of str
+        The valid names; the message lists them and suggests the nearest one.
+    where : str, optional
+        Where the name was found (file, section), for the message.
+    """
+
+    def __init__(self, what: str, name: str, choices: Iterable[str], where: str | None = None):
+        self.what = what
+        self.name = name
+        self.choices = sorted(set(choices))
+        near = difflib.get_close_matches(str(name), self.choices, n=1, cutoff=0.5)
+        msg = f"unknown {what} {name!r}"
+        if where:
+            msg += f" in {where}"
+        if near:
+            msg += f"; did you mean {near[0]!r}?"
+        msg += f" Valid choices: {', '.join(repr(c) for c in self.choices)}"
+        super().__init__(msg)
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return self.args[0]
+
+
+class AxisMismatchError(ComptonskyError, ValueError):
+    """Two histograms that must share an axis do not."""
+
+
+class InvalidDataError(ComptonskyError, ValueError):
+    """Data contents are invalid (negative or NaN counts, zero exposure, ...)."""
+
+
+class FileFormatError(ComptonskyError, OSError):
+    """A file is missing, unreadable, or not in the expected format."""

@@ -1,0 +1,1 @@
+"""File input and output: histograms, event lists, orientation files, downloads."""
