@@ -1,0 +1,412 @@
+"""Parameter files: YAML in the tutorial's layout, aliases, overrides and validation.
+
+The layout is that of the COSI tutorials' ``imagedeconvolution_parfile_*.yml``::
+
+    model_definition:
+      class: "AllSkyImage"
+      property: {coordinate, nside, scheme, energy_edges: {value, unit}, unit}
+      initialization: {algorithm: "flat", parameter: {value, unit}}
+    deconvolution:
+      algorithm: "RL"
+      parameter: {iteration_max, acceleration: {...}, ...}
+    response: {dtype, storage, ...}          # comptonsky extension
+
+Keys are addressed with colon paths, ``"deconvolution:parameter:iteration_max"``. Where the
+tutorial's text and its file disagree, both names are accepted and mapped to one canonical name
+(see :data:`ALIASES`). Unknown keys, wrong types and unknown units raise errors that name the key,
+the value and the nearest valid choice; nothing is silently ignored.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import logging
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from astropy import units as u
+
+from .errors import FileFormatError, InvalidParameterError, UnknownChoiceError
+
+__all__ = ["Parameters", "load_yaml", "parse_override", "SCHEMA"]
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# YAML with numbers that look like numbers (PyYAML's YAML 1.1 reads "1e-4" as a string)
+# --------------------------------------------------------------------------------------------
+class _NumberLoader(yaml.SafeLoader):
+    """SafeLoader that reads ``1e-4``, ``1.e+6`` and ``.inf`` as floats."""
+
+
+_FLOAT_RE = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+_NumberLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE,
+                                    list("-+0123456789."))
+
+
+def load_yaml(text_or_stream) -> Any:
+    """Parse YAML text with :class:`_NumberLoader` (numbers such as ``1e-4`` are floats)."""
+    return yaml.load(text_or_stream, Loader=_NumberLoader)  # noqa: S506 (safe loader subclass)
+
+
+# --------------------------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------------------------
+INTENSITY = u.Unit("cm-2 s-1 sr-1")
+
+
+@dataclass
+class Leaf:
+    """A leaf parameter: its type and constraints."""
+
+    kind: str  # "int", "float", "bool", "str", "choice", "float_list", "unit", "any", "str_or_none"
+    choices: tuple[str, ...] = ()
+    physical_type: u.UnitBase | None = None  # for "unit": must be convertible to this
+    minimum: float | None = None
+
+
+@dataclass
+class Section:
+    """A mapping of named entries; ``free`` sections accept any key with ``free`` leaf values."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+    free: Any = None
+
+
+def _quantity(physical: u.UnitBase, list_value: bool = False, minimum: float | None = None):
+    return Section({"value": Leaf("float_list" if list_value else "float", minimum=minimum),
+                    "unit": Leaf("unit", physical_type=physical)})
+
+
+def _activate(**fields) -> Section:
+    return Section({"activate": Leaf("bool"), **fields})
+
+
+ALGORITHMS = ("RL", "RLsimple", "MAP_RL")
+
+RL_PARAMETERS = Section({
+    "iteration_max": Leaf("int", minimum=1),
+    "minimum_flux": _quantity(INTENSITY),
+    "acceleration": _activate(alpha_max=Leaf("float", minimum=1.0)),
+    "response_weighting": _activate(index=Leaf("float")),
+    "smoothing": _activate(FWHM=_quantity(u.deg, minimum=0.0)),
+    "stopping_criteria": Section({
+        "statistics": Leaf("choice", choices=("log-likelihood", "log-posterior")),
+        "threshold": Leaf("float"),
+    }),
+    "background_normalization_optimization": _activate(
+        range=Section(free=Leaf("float_list"))),
+    "save_results": _activate(directory=Leaf("str"), only_final_result=Leaf("bool")),
+    "prior": Section({
+        "TSV": Section({"coefficient": Leaf("float", minimum=0.0)}),
+        "gamma": Section({
+            "model": Section({"theta": _quantity(INTENSITY), "k": Section({"value": Leaf("float")})}),
+            "background": Section({"theta": Section({"value": Leaf("float")}),
+                                   "k": Section({"value": Leaf("float")})}),
+        }),
+    }),
+})
+
+RESPONSE_SECTION = Section({
+    "dtype": Leaf("choice", choices=("float64", "float32")),
+    "storage": Leaf("choice", choices=("dense", "sparse", "out-of-core", "auto")),
+    "sparse_threshold": Leaf("float", minimum=0.0),
+    "memory_budget": Leaf("str"),
+    "cache_dir": Leaf("str_or_none"),
+})
+
+SCHEMA = Section({
+    "author": Leaf("any"),
+    "date": Leaf("any"),
+    "model_definition": Section({
+        "class": Leaf("choice", choices=("AllSkyImage",)),
+        "property": Section({
+            "coordinate": Leaf("choice", choices=("galactic",)),
+            "nside": Leaf("int", minimum=1),
+            "scheme": Leaf("choice", choices=("ring", "nested")),
+            "energy_edges": _quantity(u.keV, list_value=True),
+            "unit": Leaf("unit", physical_type=INTENSITY),
+        }),
+        "initialization": Section({
+            "algorithm": Leaf("choice", choices=("flat",)),
+            "parameter": Section({"value": Leaf("float_list"),
+                                  "unit": Leaf("unit", physical_type=INTENSITY)}),
+        }),
+    }),
+    "deconvolution": Section({
+        "algorithm": Leaf("choice", choices=ALGORITHMS),
+        "parameter": RL_PARAMETERS,
+    }),
+    "response": RESPONSE_SECTION,
+})
+
+#: Alternative spellings (tutorial text vs file), mapped to the canonical (file) name, per parent.
+ALIASES: dict[str, str] = {
+    "accel_factor_max": "alpha_max",
+    "background_normalization": "background_normalization_optimization",
+    "parameter_RL": "parameter",
+    "parameter_RLsimple": "parameter",
+    "parameter_MAP_RL": "parameter",
+    "parameter_flat": "parameter",
+}
+
+#: Physical units commonly meant, offered as suggestions when a unit string does not parse.
+_UNIT_SUGGESTIONS = ("deg", "rad", "arcmin", "arcsec", "keV", "MeV", "eV", "cm-2 s-1 sr-1",
+                     "m-2 s-1 sr-1")
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------
+def _canonical(key: str, section: Section) -> str:
+    if key in section.fields:
+        return key
+    alias = ALIASES.get(key)
+    if alias is not None and alias in section.fields:
+        return alias
+    return key
+
+
+def _check_leaf(leaf: Leaf, value: Any, path: str, source: str) -> Any:
+    where = f"{source}: {path}"
+
+    def bad(expected: str) -> InvalidParameterError:
+        return InvalidParameterError(f"{where}: expected {expected}, found {value!r} "
+                                     f"({type(value).__name__})")
+
+    kind = leaf.kind
+    if kind == "any":
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                (isinstance(value, float) and not value.is_integer()):
+            raise bad("an integer")
+        value = int(value)
+    elif kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        value = float(value)
+    elif kind == "float_list":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise bad("a list of numbers")
+        return [float(v) for v in value]
+    elif kind in ("str", "str_or_none"):
+        if value is None and kind == "str_or_none":
+            return None
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    elif kind == "choice":
+        if not isinstance(value, str):
+            raise bad(f"one of {', '.join(repr(c) for c in leaf.choices)}")
+        if value not in leaf.choices:
+            raise UnknownChoiceError("value", value, leaf.choices, where)
+        return value
+    elif kind == "unit":
+        try:
+            unit = u.Unit(value)
+        except (ValueError, TypeError):
+            near = difflib.get_close_matches(str(value), _UNIT_SUGGESTIONS, n=1, cutoff=0.3)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise InvalidParameterError(
+                f"{where}: unknown unit {value!r}{hint} (expected a unit convertible to "
+                f"{leaf.physical_type})") from None
+        if leaf.physical_type is not None and not unit.is_equivalent(leaf.physical_type):
+            raise InvalidParameterError(
+                f"{where}: unit {value!r} is not convertible to {leaf.physical_type}")
+        return value
+    if leaf.minimum is not None and not (value >= leaf.minimum or math.isnan(value)):
+        raise InvalidParameterError(f"{where}: must be ≥ {leaf.minimum}, found {value!r}")
+    return value
+
+
+def _validate(node: Any, value: Any, path: str, source: str) -> Any:
+    """Return a validated, canonicalised copy of ``value`` against schema ``node``."""
+    if isinstance(node, Leaf):
+        return _check_leaf(node, value, path, source)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidParameterError(f"{source}: {path or 'top level'}: expected a mapping of "
+                                    f"keys, found {value!r}")
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        key = str(key)
+        child_path = f"{path}:{key}" if path else key
+        if node.free is not None:
+            out[key] = _validate(node.free, item, child_path, source)
+            continue
+        canon = _canonical(key, node)
+        if canon not in node.fields:
+            raise UnknownChoiceError("parameter key", child_path, _child_paths(node, path),
+                                     source)
+        if canon in out:
+            raise InvalidParameterError(f"{source}: {child_path}: given twice (as {canon!r} "
+                                        f"and an alias of it)")
+        out[canon] = _validate(node.fields[canon], item, f"{path}:{canon}" if path else canon,
+                               source)
+    return out
+
+
+def _child_paths(node: Section, path: str) -> list[str]:
+    names = list(node.fields) + [a for a, c in ALIASES.items() if c in node.fields]
+    return [f"{path}:{n}" if path else n for n in names]
+
+
+def _resolve_path(path: str) -> tuple[list[str], Any]:
+    """Canonicalise a colon path against the schema; returns (keys, schema node)."""
+    keys = [k.strip() for k in path.split(":") if k.strip()]
+    if not keys:
+        raise InvalidParameterError(f"empty parameter path {path!r}")
+    node: Any = SCHEMA
+    out = []
+    for i, key in enumerate(keys):
+        prefix = ":".join(out)
+        if isinstance(node, Leaf):
+            raise InvalidParameterError(f"{path}: {prefix} is a value, not a section")
+        if node.free is not None:
+            out.append(key)
+            node = node.free
+            continue
+        canon = _canonical(key, node)
+        if canon not in node.fields:
+            raise UnknownChoiceError("parameter key", ":".join(out + [key]),
+                                     _child_paths(node, prefix))
+        out.append(canon)
+        node = node.fields[canon]
+        del i
+    return out, node
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``"a:b:c = value"`` into the path and the YAML-parsed value."""
+    if "=" not in text:
+        raise InvalidParameterError(
+            f"override {text!r}: expected the form 'section:key = value'")
+    path, _, raw = text.partition("=")
+    return path.strip(), load_yaml(raw.strip())
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters object
+# --------------------------------------------------------------------------------------------
+class Parameters:
+    """Validated parameter tree with colon-path access.
+
+    Parameters
+    ----------
+    data : mapping, optional
+        The parameter tree (as read from YAML).
+    source : str
+        Where it came from, for error messages (a file name).
+
+    Examples
+    --------
+    >>> p = Parameters({"deconvolution": {"algorithm": "RL"}})
+    >>> p["deconvolution:algorithm"]
+    'RL'
+    >>> p.override("deconvolution:parameter:acceleration:accel_factor_max = 2.0")
+    >>> p["deconvolution:parameter:acceleration:alpha_max"]
+    2.0
+    """
+
+    def __init__(self, data: Mapping | None = None, source: str = "<parameters>"):
+        self.source = source
+        self._data: dict[str, Any] = _validate(SCHEMA, copy.deepcopy(dict(data or {})), "",
+                                               source)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> Parameters:
+        """Read and validate a YAML parameter file."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise FileFormatError(f"{path}: cannot read parameter file ({exc.strerror})") from exc
+        try:
+            data = load_yaml(text)
+        except yaml.YAMLError as exc:
+            raise FileFormatError(f"{path}: not valid YAML ({exc})") from exc
+        if data is not None and not isinstance(data, Mapping):
+            raise FileFormatError(f"{path}: expected a YAML mapping at the top level")
+        return cls(data, source=str(path))
+
+    def __getitem__(self, path: str) -> Any:
+        keys, _ = _resolve_path(path)
+        node: Any = self._data
+        for key in keys:
+            if not isinstance(node, Mapping) or key not in node:
+                raise KeyError(f"parameter {':'.join(keys)!r} is not set in {self.source}")
+            node = node[key]
+        return node
+
+    def get(self, path: str, default: Any = None) -> Any:
+        """Value at ``path``, or ``default`` when it is not set (the path must be valid)."""
+        try:
+            return self[path]
+        except KeyError as exc:
+            if isinstance(exc, UnknownChoiceError):
+                raise
+            return default
+
+    def __contains__(self, path: str) -> bool:
+        return self.get(path, _MISSING) is not _MISSING
+
+    def __setitem__(self, path: str, value: Any) -> None:
+        keys, node = _resolve_path(path)
+        value = _validate(node, value, ":".join(keys), self.source)
+        target = self._data
+        for key in keys[:-1]:
+            target = target.setdefault(key, {})
+        target[keys[-1]] = value
+
+    def override(self, text: str) -> None:
+        """Apply ``"a:b:c = value"`` (the value is read as YAML: numbers, booleans, lists)."""
+        path, value = parse_override(text)
+        self[path] = value
+        logger.info("parameter %s = %r", path, value)
+
+    def quantity(self, path: str, default: u.Quantity | None = None) -> u.Quantity | None:
+        """The ``{value, unit}`` section at ``path`` as an astropy Quantity."""
+        section = self.get(path)
+        if section is None:
+            return default
+        if "value" not in section:
+            raise InvalidParameterError(f"{self.source}: {path}:value is missing")
+        return u.Quantity(section["value"], section.get("unit", ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A deep copy of the validated tree (canonical key names)."""
+        return copy.deepcopy(self._data)
+
+    def dump(self) -> str:
+        """The tree as YAML text."""
+        return yaml.safe_dump(self._data, sort_keys=False)
+
+    def __repr__(self) -> str:
+        return f"Parameters(source={self.source!r})\n{self.dump()}"
+
+
+_MISSING = object()

@@ -1,0 +1,71 @@
+"""Several datasets fitted together: exposures and back-projections add, norms are shared."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from ..errors import InvalidParameterError
+from .dataset import DataIF_COSI_DC2
+
+__all__ = ["JointData"]
+
+
+class JointData:
+    """The sum over datasets of everything the RL family needs, on flat float64 arrays.
+
+    Parameters
+    ----------
+    datasets : sequence of DataIF_COSI_DC2
+        All must share the model axes (same sky pixels and energy bands).
+    """
+
+    def __init__(self, datasets: Sequence[DataIF_COSI_DC2]):
+        if not datasets:
+            raise InvalidParameterError("no dataset given: call set_dataset([...]) first")
+        self.datasets = list(datasets)
+        first = self.datasets[0].response
+        for ds in self.datasets[1:]:
+            if ds.response.n_model != first.n_model:
+                raise InvalidParameterError(
+                    f"dataset {ds.name!r} has {ds.response.n_model} model elements, dataset "
+                    f"{self.datasets[0].name!r} has {first.n_model}: all datasets must share "
+                    "the model axes")
+        self.model_axes = first.model_axes
+        self.model_shape = first.model_shape
+        self.n_model = first.n_model
+        self.exposure = np.sum([ds.response.exposure for ds in self.datasets], axis=0)
+        names: list[str] = []
+        for ds in self.datasets:
+            names += [k for k in ds.keys_bkg_models() if k not in names]
+        self.background_names = names
+        #: Σ_i B_bi over all datasets having background b.
+        self.background_sums = {
+            key: float(sum(ds.background(key).sum() for ds in self.datasets
+                           if key in ds.keys_bkg_models()))
+            for key in names}
+
+    def expectations(self, model: np.ndarray, bkg_norm: Mapping[str, float]) -> list[np.ndarray]:
+        """Expected counts per dataset, each shape (n_data_k,)."""
+        return [ds.expectation(model, bkg_norm) for ds in self.datasets]
+
+    def log_likelihoods(self, expectations: Sequence[np.ndarray]) -> list[float]:
+        """Poisson log-likelihood per dataset."""
+        return [ds.log_likelihood(eps) for ds, eps in zip(self.datasets, expectations)]
+
+    def ratios(self, expectations: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """X / ε per dataset."""
+        return [ds.counts / eps for ds, eps in zip(self.datasets, expectations)]
+
+    def summed_adjoint(self, data: Sequence[np.ndarray]) -> np.ndarray:
+        """Σ_k R_kᵀ y_k (with ΔΩ), shape (n_model,)."""
+        total = np.zeros(self.n_model)
+        for ds, y in zip(self.datasets, data):
+            total += ds.response.adjoint(y)
+        return total
+
+    def background_dot(self, key: str, data: Sequence[np.ndarray]) -> float:
+        """Σ_k Σ_i y_ki B_bki over the datasets having background ``key``."""
+        return float(sum(np.dot(y, ds.background(key)) for ds, y in zip(self.datasets, data)
+                         if key in ds.keys_bkg_models()))
