@@ -1,0 +1,308 @@
+"""MEGAlib ``.tra`` / ``.tra.gz`` event files: Compton events to DC2 columns.
+
+A ``.tra`` file is a text file of event blocks, each opened by a ``SE`` line. For Compton events
+(``ET CO``) the lines used here are::
+
+    TI  t                          time (s)
+    GX  lon lat                    Galactic (l, b) of the spacecraft x axis (deg)
+    GZ  lon lat                    Galactic (l, b) of the spacecraft z axis (deg)
+    CE  Eg dEg Ee dEe              energy of the scattered gamma ray and of the recoil electron (keV)
+    CD  x1 y1 z1 dx1 dy1 dz1 x2 y2 z2 dx2 dy2 dz2 ...   first two interaction positions (cm)
+
+From them each event gets the DC2 columns (:data:`comptonsky.io.events.DC2_COLUMNS`):
+
+- ``Energies`` = Eg + Ee;
+- ``Phi`` = arccos(1 − mₑc² (1/Eg − 1/(Eg + Ee))) with mₑc² = 510.999 keV (the value MEGAlib
+  uses); NaN where kinematically impossible (such events are never binned);
+- the scattered-photon direction d = (r1 − r2)/|r1 − r2| (from the second interaction back to the
+  first, the Compton-data-space convention of MEGAlib and the DC2 files); ``Psi local`` its polar
+  angle from +z and ``Chi local`` its azimuth in [0, 2π), both in rad; ``Distance`` = |r1 − r2|;
+- ``Xpointings``, ``Zpointings`` from GX, GZ and ``Ypointings`` = z × x, as (l, b) in rad with
+  l in (−π, π];
+- ``Chi galactic``, ``Psi galactic``: Galactic (l, b) in deg, l in [0, 360), of the same
+  direction d rotated by the attitude (columns x̂, ŷ, ẑ in Galactic coordinates).
+
+Other event types (photo-absorption, pair, unknown) are skipped.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import FileFormatError, InvalidParameterError
+from .events import _GZIP_ERRORS, _igzip
+
+__all__ = ["ELECTRON_MASS_KEV", "iter_tra_chunks", "read_tra", "compton_columns"]
+
+logger = logging.getLogger(__name__)
+
+#: Electron rest energy used by MEGAlib for the Compton angle (keV).
+ELECTRON_MASS_KEV = 510.999
+
+
+def _open_text(path: Path):
+    if path.name.lower().endswith(".gz"):
+        raw = _igzip.open(path, "rb") if _igzip is not None else gzip.open(path, "rb")
+    else:
+        raw = open(path, "rb")  # noqa: SIM115
+    return raw
+
+
+def _unit_vectors(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """Cartesian unit vectors, shape (N, 3), from longitude and latitude in rad."""
+    cl = np.cos(lat)
+    return np.stack([cl * np.cos(lon), cl * np.sin(lon), np.sin(lat)], axis=-1)
+
+
+def _lonlat(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lon in [0, 2π), lat) in rad of vectors of shape (N, 3)."""
+    norm = np.linalg.norm(v, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lat = np.arcsin(np.clip(v[:, 2] / norm, -1.0, 1.0))
+    lon = np.mod(np.arctan2(v[:, 1], v[:, 0]), 2 * np.pi)
+    return lon, lat
+
+
+def _wrap_pi(lon: np.ndarray) -> np.ndarray:
+    """Longitudes (rad) wrapped into (-pi, pi]."""
+    return np.pi - np.mod(np.pi - lon, 2 * np.pi)
+
+
+def compton_columns(time: np.ndarray, e_gamma: np.ndarray, e_electron: np.ndarray,
+                    pos1: np.ndarray, pos2: np.ndarray, x_lonlat_deg: np.ndarray,
+                    z_lonlat_deg: np.ndarray) -> dict[str, np.ndarray]:
+    """DC2 columns of Compton events from their measured quantities.
+
+    Parameters
+    ----------
+    time : ndarray, shape (N,)
+        Event times (s).
+    e_gamma, e_electron : ndarray, shape (N,)
+        Energy deposited by the scattered gamma ray and by the recoil electron (keV).
+    pos1, pos2 : ndarray, shape (N, 3)
+        Positions of the first and second interaction in the spacecraft frame (cm).
+    x_lonlat_deg, z_lonlat_deg : ndarray, shape (N, 2)
+        Galactic (l, b) of the spacecraft x and z axes (deg); NaN where unknown.
+
+    Returns
+    -------
+    dict of str to ndarray
+        The DC2 columns in their canonical units (see module docstring).
+    """
+    time = np.asarray(time, dtype=np.float64)
+    eg = np.asarray(e_gamma, dtype=np.float64)
+    ee = np.asarray(e_electron, dtype=np.float64)
+    etot = eg + ee
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos_phi = 1.0 - ELECTRON_MASS_KEV * (1.0 / eg - 1.0 / etot)
+        phi = np.arccos(np.where(np.abs(cos_phi) <= 1.0, cos_phi, np.nan))
+    d = np.asarray(pos1, dtype=np.float64) - np.asarray(pos2, dtype=np.float64)
+    dist = np.linalg.norm(d, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        u = d / dist[:, None]
+        psi_local = np.arccos(np.clip(u[:, 2], -1.0, 1.0))
+    chi_local = np.mod(np.arctan2(u[:, 1], u[:, 0]), 2 * np.pi)
+    xr = np.radians(np.asarray(x_lonlat_deg, dtype=np.float64))
+    zr = np.radians(np.asarray(z_lonlat_deg, dtype=np.float64))
+    xv = _unit_vectors(xr[:, 0], xr[:, 1])
+    zv = _unit_vectors(zr[:, 0], zr[:, 1])
+    yv = np.cross(zv, xv)
+    ylon, ylat = _lonlat(yv)
+    # pointings: longitudes in (-pi, pi], as in the DC2 and MEGAlib files
+    ylon = _wrap_pi(ylon)
+    xr = np.stack([_wrap_pi(xr[:, 0]), xr[:, 1]], axis=1)
+    zr = np.stack([_wrap_pi(zr[:, 0]), zr[:, 1]], axis=1)
+    g = xv * u[:, :1] + yv * u[:, 1:2] + zv * u[:, 2:3]
+    glon, glat = _lonlat(g)
+    return {
+        "Energies": etot,
+        "TimeTags": time,
+        "Xpointings": xr,
+        "Ypointings": np.stack([ylon, ylat], axis=1),
+        "Zpointings": zr,
+        "Phi": phi,
+        "Chi local": chi_local,
+        "Psi local": psi_local,
+        "Distance": dist,
+        "Chi galactic": np.degrees(glon),
+        "Psi galactic": np.degrees(glat),
+    }
+
+
+def _iter_compton_records(path: Path) -> Iterator[tuple[float, float, float, list[float],
+                                                        list[float], list[float]]]:
+    """Yield (t, Eg, Ee, CD numbers, GX, GZ) per Compton event, in file order."""
+    where = str(path)
+    nan2 = [np.nan, np.nan]
+    lineno = 0
+    in_event = False
+    compton = False
+    t = eg = ee = None
+    cd: list[float] | None = None
+    gx = gz = nan2
+
+    def emit():
+        if compton and t is not None and eg is not None and cd is not None:
+            return (t, eg, ee, cd, gx, gz)
+        if compton:
+            logger.debug("%s: incomplete Compton event before line %d skipped", where, lineno)
+        return None
+
+    try:
+        with _open_text(path) as raw:
+            for bline in raw:
+                lineno += 1
+                key = bline[:2]
+                if key == b"SE" or key == b"EN":
+                    if in_event:
+                        rec = emit()
+                        if rec is not None:
+                            yield rec
+                    in_event = key == b"SE"
+                    compton = False
+                    t = eg = ee = None
+                    cd = None
+                    gx = gz = nan2
+                    continue
+                if not in_event:
+                    continue
+                try:
+                    if key == b"ET":
+                        compton = bline.split()[1:2] == [b"CO"]
+                    elif key == b"TI":
+                        t = float(bline.split()[1])
+                    elif key == b"CE":
+                        parts = bline.split()
+                        eg, ee = float(parts[1]), float(parts[3])
+                    elif key == b"CD":
+                        cd = [float(x) for x in bline.split()[1:10]]
+                        if len(cd) < 9:
+                            raise ValueError("CD needs two interaction positions")
+                    elif key == b"GX":
+                        parts = bline.split()
+                        gx = [float(parts[1]), float(parts[2])]
+                    elif key == b"GZ":
+                        parts = bline.split()
+                        gz = [float(parts[1]), float(parts[2])]
+                except (ValueError, IndexError) as exc:
+                    text = bline.decode("ascii", "replace").strip()
+                    raise FileFormatError(
+                        f"{where}, line {lineno}: cannot parse {text[:60]!r} ({exc})") from exc
+            if in_event:
+                rec = emit()
+                if rec is not None:
+                    yield rec
+    except FileFormatError:
+        raise
+    except _GZIP_ERRORS as exc:
+        raise FileFormatError(
+            f"{where}: cannot decompress near line {lineno}: {exc} (corrupt or truncated gzip)"
+        ) from exc
+    if lineno == 0:
+        raise FileFormatError(f"{where}: empty file, not a MEGAlib .tra file")
+
+
+def _records_to_columns(recs: list, wanted: list[str] | None) -> dict[str, np.ndarray]:
+    t = np.array([r[0] for r in recs], dtype=np.float64)
+    eg = np.array([r[1] for r in recs], dtype=np.float64)
+    ee = np.array([r[2] for r in recs], dtype=np.float64)
+    cd = np.array([r[3] for r in recs], dtype=np.float64).reshape(len(recs), 9)
+    gx = np.array([r[4] for r in recs], dtype=np.float64).reshape(len(recs), 2)
+    gz = np.array([r[5] for r in recs], dtype=np.float64).reshape(len(recs), 2)
+    cols = compton_columns(t, eg, ee, cd[:, 0:3], cd[:, 6:9], gx, gz)
+    if wanted is not None:
+        cols = {k: cols[k] for k in wanted}
+    return cols
+
+
+def iter_tra_chunks(path: str | os.PathLike, columns: Iterable[str] | None = None,
+                    chunk_size: int = 1 << 16,
+                    event_range: tuple[int, int | None] | None = None,
+                    callback: Callable[[int], None] | None = None
+                    ) -> Iterator[dict[str, np.ndarray]]:
+    """Stream the Compton events of a MEGAlib ``.tra``/``.tra.gz`` file as DC2 column chunks.
+
+    Parameters
+    ----------
+    path : path-like
+        The ``.tra`` or ``.tra.gz`` file.
+    columns : iterable of str, optional
+        DC2 columns to return (default all).
+    chunk_size : int
+        Events per chunk.
+    event_range : (int, int or None), optional
+        Only Compton events with ``start <= index < stop`` (index over Compton events in file
+        order).
+    callback : callable, optional
+        Called with the number of events in each chunk.
+
+    Yields
+    ------
+    dict of str to ndarray
+        Columns of shape (n,) or (n, 2) in the canonical units of
+        :data:`comptonsky.io.events.DC2_COLUMNS`.
+
+    Raises
+    ------
+    FileFormatError
+        On a missing, unparsable, corrupt or truncated file (the message names the file and line).
+    """
+    from .events import DC2_COLUMNS
+
+    path = Path(path)
+    if not path.exists():
+        raise FileFormatError(f"{path}: no such file")
+    wanted = None if columns is None else list(columns)
+    if wanted is not None:
+        unknown = [c for c in wanted if c not in DC2_COLUMNS]
+        if unknown:
+            raise FileFormatError(
+                f"{path}: missing column(s) {unknown}; a .tra file provides {list(DC2_COLUMNS)}")
+    if chunk_size < 1:
+        raise InvalidParameterError(f"chunk_size must be >= 1, got {chunk_size}")
+    start, stop = (0, None) if event_range is None else event_range
+    recs: list = []
+    index = -1
+    for rec in _iter_compton_records(path):
+        index += 1
+        if index < start:
+            continue
+        if stop is not None and index >= stop:
+            break
+        recs.append(rec)
+        if len(recs) >= chunk_size:
+            if callback is not None:
+                callback(len(recs))
+            yield _records_to_columns(recs, wanted)
+            recs = []
+    if recs:
+        if callback is not None:
+            callback(len(recs))
+        yield _records_to_columns(recs, wanted)
+
+
+def read_tra(path: str | os.PathLike, columns: Iterable[str] | None = None
+             ) -> dict[str, np.ndarray]:
+    """Read all Compton events of a ``.tra``/``.tra.gz`` file into DC2 columns.
+
+    Returns
+    -------
+    dict of str to ndarray
+        Columns of shape (N,) or (N, 2) in canonical units (empty arrays if no Compton event).
+    """
+    from .events import DC2_COLUMNS
+
+    parts: dict[str, list[np.ndarray]] = {}
+    for chunk in iter_tra_chunks(path, columns=columns):
+        for k, v in chunk.items():
+            parts.setdefault(k, []).append(v)
+    if not parts:
+        names = list(columns) if columns is not None else list(DC2_COLUMNS)
+        return {n: np.empty((0,) + DC2_COLUMNS[n].shape) for n in names}
+    return {k: np.concatenate(v) for k, v in parts.items()}
