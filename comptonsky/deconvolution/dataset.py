@@ -90,17 +90,17 @@ def check_same_axis(a, b, name: str, what_a: str, what_b: str) -> None:
 
 
 def _check_counts(values: np.ndarray, what: str) -> None:
-    bad = ~np.isfinite(values)
-    if bad.any():
-        idx = np.unravel_index(np.flatnonzero(bad)[0], values.shape)
-        raise InvalidDataError(f"{what}: {int(bad.sum())} bins are NaN or infinite "
-                               f"(first at index {tuple(int(i) for i in idx)})")
-    neg = values < 0
-    if neg.any():
-        idx = np.unravel_index(np.flatnonzero(neg)[0], values.shape)
-        raise InvalidDataError(f"{what}: {int(neg.sum())} bins are negative (first at index "
-                               f"{tuple(int(i) for i in idx)}, value {values[idx]!r}); counts "
-                               f"must be ≥ 0")
+    """Raise :class:`InvalidDataError` on NaN/inf or negative bins, naming the first one.
+
+    ``values`` has shape (n_Em, n_Phi, n_PsiChi).
+    """
+    for bad, problem in ((~np.isfinite(values), "NaN or infinite"), (values < 0, "negative")):
+        if bad.any():
+            idx = tuple(int(i) for i in np.unravel_index(np.flatnonzero(bad)[0], values.shape))
+            where = ", ".join(f"{label} {i}" for label, i in zip(DATA_LABELS, idx))
+            raise InvalidDataError(
+                f"{what}: {int(bad.sum())} bins are {problem}; first at index {idx} "
+                f"({where}) with value {values[idx]!r}; counts must be finite and ≥ 0")
 
 
 class DataIF_COSI_DC2:  # noqa: N801  (the tutorial's name)
@@ -127,8 +127,9 @@ class DataIF_COSI_DC2:  # noqa: N801  (the tutorial's name)
         for label in DATA_LABELS:
             check_same_axis(self._event.axes[label], self._data_axes[label], label,
                             f"dataset {name!r} event", "response")
-        self.counts = _dense_values(self._event).reshape(-1)
-        _check_counts(self.counts, f"dataset {name!r}: event counts")
+        counts = _dense_values(self._event)
+        _check_counts(counts, f"dataset {name!r}: event counts")
+        self.counts = counts.reshape(-1)
         self._bkg_hists: dict[str, Histogram] = {}
         self._bkg_values: dict[str, np.ndarray] = {}
         for key, hist in backgrounds.items():
@@ -137,8 +138,9 @@ class DataIF_COSI_DC2:  # noqa: N801  (the tutorial's name)
             for label in DATA_LABELS:
                 check_same_axis(hist.axes[label], self._data_axes[label], label, what,
                                 "response")
-            values = _dense_values(hist).reshape(-1)
+            values = _dense_values(hist)
             _check_counts(values, what)
+            values = values.reshape(-1)
             if not values.sum() > 0:
                 raise InvalidDataError(f"{what}: the template is all zero")
             self._bkg_hists[str(key)] = hist

@@ -1,0 +1,90 @@
+"""Shared fixtures: small synthetic problems and the path to ../shared/reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from comptonsky.testing import toy_problem
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_REFERENCE = REPO.parent / "shared" / "reference"
+PARFILE = SHARED_REFERENCE / "imagedeconvolution_parfile_gal_511keV.yml"
+
+
+def reference_file(name: str) -> Path:
+    """Path of a file in ../shared/reference, skipping the test when the folder is absent."""
+    path = SHARED_REFERENCE / name
+    if not path.exists():
+        pytest.skip(f"{path} is absent: ../shared/reference is not beside this checkout")
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_problem():
+    """nside 4 model and data, 15° Phi bins: 192 × 12 × 192 response."""
+    return toy_problem(nside=4, phi_bin_deg=15.0, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_problem():
+    """nside 1 model and data, 45° Phi bins: a 12 × 48 response for loop references."""
+    return toy_problem(nside=1, phi_bin_deg=45.0, ring_width_deg=25.0, seed=5,
+                       background_counts=500.0, exposure_cm2s=3e7)
+
+
+PARFILE_TEXT = """\
+author: test
+model_definition:
+  class: "AllSkyImage"
+  property:
+    coordinate: "galactic"
+    nside: {nside}
+    scheme: "ring"
+    energy_edges:
+      value: [509.0, 513.0]
+      unit: "keV"
+    unit: "cm-2 s-1 sr-1"
+  initialization:
+    algorithm: "flat"
+    parameter:
+      value: [1e-4]
+      unit: "cm-2 s-1 sr-1"
+deconvolution:
+  algorithm: "{algorithm}"
+  parameter:
+    iteration_max: {iterations}
+    acceleration:
+        activate: {accel}
+        alpha_max: {alpha_max}
+    response_weighting:
+        activate: {weighting}
+        index: 0.5
+    smoothing:
+        activate: {smoothing}
+        FWHM:
+            value: 30.0
+            unit: "deg"
+    stopping_criteria:
+        statistics: "log-likelihood"
+        threshold: {threshold}
+    background_normalization_optimization:
+        activate: {bkg}
+        range: {{"albedo": [0.01, 10.0]}}
+    save_results:
+        activate: False
+        directory: "./results"
+        only_final_result: True
+"""
+
+
+def write_parfile(tmp_path: Path, nside: int = 4, algorithm: str = "RL", iterations: int = 10,
+                  accel: bool = False, alpha_max: float = 10.0, weighting: bool = False,
+                  smoothing: bool = False, threshold: float = -1e30, bkg: bool = True) -> Path:
+    """Write a parameter file in the tutorial's layout and return its path."""
+    path = tmp_path / f"parfile_{algorithm}.yml"
+    path.write_text(PARFILE_TEXT.format(nside=nside, algorithm=algorithm, iterations=iterations,
+                                        accel=accel, alpha_max=alpha_max, weighting=weighting,
+                                        smoothing=smoothing, threshold=threshold, bkg=bkg))
+    return path

@@ -1,0 +1,109 @@
+"""Parameter files: the tutorial's layout, aliases, overrides and errors."""
+
+from __future__ import annotations
+
+import pytest
+from astropy import units as u
+
+from comptonsky.config import Parameters, load_yaml, parse_override
+from comptonsky.errors import FileFormatError, InvalidParameterError, UnknownChoiceError
+
+from .conftest import reference_file
+
+
+def test_reference_parameter_files_read():
+    for name in ("imagedeconvolution_parfile_gal_511keV.yml",
+                 "imagedeconvolution_parfile_scatt_511keV.yml"):
+        p = Parameters.from_file(reference_file(name))
+        assert p["model_definition:property:nside"] == 16
+        assert p["model_definition:initialization:parameter:value"] == [1e-4]
+        assert isinstance(p["model_definition:initialization:parameter:value"][0], float)
+        assert p["deconvolution:parameter:acceleration:alpha_max"] == 10.0
+        assert p["deconvolution:parameter:background_normalization_optimization:range"] == {
+            "albedo": [0.01, 10.0]}
+        assert p.quantity("deconvolution:parameter:smoothing:FWHM") == 2.0 * u.deg
+
+
+@pytest.mark.parametrize("text", ["1e-4", "1.e+6", "-2E3", ".inf", "1.0", "3.5e-12"])
+def test_numbers_in_exponent_notation_are_floats(text):
+    assert isinstance(load_yaml(text), float)
+
+
+def test_both_spellings_reach_the_same_parameter():
+    p = Parameters({"deconvolution": {"parameter": {"acceleration": {"accel_factor_max": 3}}}})
+    assert p["deconvolution:parameter:acceleration:alpha_max"] == 3.0
+    assert p["deconvolution:parameter:acceleration:accel_factor_max"] == 3.0
+    p.override("deconvolution:parameter:background_normalization:activate = True")
+    assert p["deconvolution:parameter:background_normalization_optimization:activate"] is True
+    p.override("deconvolution:parameter_RL:iteration_max = 50")
+    assert p["deconvolution:parameter:iteration_max"] == 50
+    p.override("model_definition:initialization:parameter_flat:value = [2e-4]")
+    assert p["model_definition:initialization:parameter:value"] == [2e-4]
+
+
+def test_the_same_key_under_both_spellings_is_an_error():
+    with pytest.raises(InvalidParameterError, match="given twice"):
+        Parameters({"deconvolution": {"parameter": {
+            "acceleration": {"alpha_max": 2.0, "accel_factor_max": 3.0}}}})
+
+
+def test_tutorial_overrides():
+    p = Parameters.from_file(reference_file("imagedeconvolution_parfile_gal_511keV.yml"))
+    p.override("deconvolution:parameter:iteration_max = 50")
+    p.override("deconvolution:parameter:smoothing:activate = False")
+    assert p["deconvolution:parameter:iteration_max"] == 50
+    assert p["deconvolution:parameter:smoothing:activate"] is False
+
+
+def test_misspelt_key_names_key_and_nearest():
+    p = Parameters()
+    with pytest.raises(UnknownChoiceError) as err:
+        p.override("deconvolution:parameter:acceleraton:activate = True")
+    msg = str(err.value)
+    assert "acceleraton" in msg and "did you mean 'deconvolution:parameter:acceleration'" in msg
+
+
+def test_misspelt_key_in_file_names_file(tmp_path):
+    path = tmp_path / "p.yml"
+    path.write_text("deconvolution:\n  algorithm: RL\n  parameter:\n    iteration_mx: 3\n")
+    with pytest.raises(UnknownChoiceError, match=r"p\.yml.*|iteration_max") as err:
+        Parameters.from_file(path)
+    assert "iteration_max" in str(err.value) and str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("deconvolution:parameter:iteration_max = 2.5", "expected an integer, found 2.5"),
+    ("deconvolution:parameter:iteration_max = ten", "expected an integer, found 'ten'"),
+    ("deconvolution:parameter:acceleration:activate = 3", "expected true or false"),
+    ("deconvolution:parameter:smoothing:FWHM:unit = degg", "did you mean 'deg'"),
+    ("deconvolution:parameter:smoothing:FWHM:unit = keV", "not convertible to deg"),
+    ("deconvolution:algorithm = RLL", "did you mean 'RL'"),
+    ("deconvolution:parameter:acceleration:alpha_max = 0.5", "must be ≥ 1.0"),
+])
+def test_bad_values_are_named(override, fragment):
+    p = Parameters()
+    with pytest.raises(InvalidParameterError) as err:
+        p.override(override)
+    assert fragment in str(err.value)
+    assert override.split("=")[0].strip().split(":")[-1] in str(err.value)
+
+
+def test_override_syntax_error():
+    with pytest.raises(InvalidParameterError, match="section:key = value"):
+        parse_override("deconvolution:parameter:iteration_max 50")
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(FileFormatError, match="cannot read"):
+        Parameters.from_file(tmp_path / "absent.yml")
+    bad = tmp_path / "bad.yml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(FileFormatError, match="not valid YAML"):
+        Parameters.from_file(bad)
+
+
+def test_get_default_and_dump_round_trip():
+    p = Parameters({"deconvolution": {"algorithm": "RL"}})
+    assert p.get("deconvolution:parameter:iteration_max", 7) == 7
+    again = Parameters(load_yaml(p.dump()))
+    assert again.to_dict() == p.to_dict()
