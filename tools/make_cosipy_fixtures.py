@@ -336,6 +336,40 @@ save_results:
                    "no response weighting, stop on log-likelihood"))
 
 
+def tutorial_equivalent(name, yaml_text):
+    """The same run written with the seed tutorial's algorithm names.
+
+    cosipy 0.4.3 calls the tutorial's accelerated 'RL' class 'RLadvanced' and the tutorial's
+    'RLsimple' class 'RLbasic'.  Its own 'RL' class is ML-EM plus background normalisation only;
+    in tutorial terms that is 'RL' with acceleration, weighting and smoothing off and no threshold.
+    """
+    if name == "rl_class_as_is":
+        return parfile("RL", """
+iteration_max: 10
+acceleration:
+    activate: False
+    accel_factor_max: 10.0
+response_weighting:
+    activate: False
+    index: 0.5
+smoothing:
+    activate: False
+    FWHM:
+        value: 2.0
+        unit: "deg"
+stopping_criteria:
+    statistics: "log-likelihood"
+    threshold: 0.0
+background_normalization_optimization:
+    activate: True
+    range: {"albedo": [0.01, 10.0]}
+save_results:
+    activate: False
+""")
+    return (yaml_text.replace('algorithm: "RLadvanced"', 'algorithm: "RL"')
+            .replace('algorithm: "RLbasic"', 'algorithm: "RLsimple"'))
+
+
 # --------------------------------------------------------------------------
 # running cosipy
 # --------------------------------------------------------------------------
@@ -731,6 +765,7 @@ def main(argv):
             yaml_text = yaml_text.replace("THRESHOLD", repr(thr))
         res = run_case(prob, name, yaml_text, overrides, use_mask, rec)
         npz[f"{name}/yaml"] = np.str_(yaml_text)
+        npz[f"{name}/tutorial_yaml"] = np.str_(tutorial_equivalent(name, yaml_text))
         npz[f"{name}/overrides"] = np.array(overrides if overrides else [""])[: max(1, len(overrides))]
         npz[f"{name}/n_overrides"] = np.int64(len(overrides))
         npz[f"{name}/description"] = np.str_(desc)
