@@ -44,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose + 1, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("comptonsky").setLevel(logging.INFO if args.verbose < 2 else logging.DEBUG)
+    if args.verbose == 0:
+        logging.getLogger("comptonsky").setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

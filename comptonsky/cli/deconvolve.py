@@ -1,0 +1,62 @@
+"""``comptonsky deconvolve``: parameter file + binned data + response → maps and a summary."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import InvalidParameterError
+
+HELP = "deconvolve binned data into sky maps (RL, RLsimple, MAP_RL, ...)"
+
+
+def _background(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE, found {text!r}")
+    return name, path
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "deconvolve", help=HELP, description=HELP + ". Writes model/delta maps (histpy HDF5), "
+        "results.fits (per-iteration table), PNG images and summary.json into --output.")
+    p.add_argument("parfile", help="parameter file (YAML, the tutorial's layout)")
+    p.add_argument("--event", required=True,
+                   help="binned events, histpy HDF5 with axes [Time,] Em, Phi, PsiChi")
+    p.add_argument("--background", action="append", type=_background, default=[],
+                   metavar="NAME=FILE", help="background template (repeatable); NAME is the "
+                   "key used in background_normalization_optimization:range")
+    p.add_argument("--response", required=True,
+                   help="Galactic response, histpy HDF5 (NuLambda, Ei, Em, Phi, PsiChi)")
+    p.add_argument("--output", required=True, help="output directory")
+    p.add_argument("--override", action="append", default=[], metavar="'a:b:c = v'",
+                   help="override a parameter (repeatable), e.g. "
+                   "'deconvolution:parameter:iteration_max = 50'")
+    p.add_argument("--name", default="data", help="dataset name (default: data)")
+    p.add_argument("--dtype", choices=("float64", "float32"), default=None,
+                   help="precision of the response in memory (default: as stored)")
+    p.add_argument("--storage", default=None,
+                   help="how the response is held: dense, sparse, out-of-core, auto")
+    p.add_argument("--all-iterations", action="store_true",
+                   help="write maps of every iteration, not only the last")
+    p.add_argument("--no-plots", action="store_true", help="skip PNG images")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..jobs import deconvolve_files
+
+    names = [name for name, _ in args.background]
+    if len(set(names)) != len(names):
+        raise InvalidParameterError(f"--background: a name is given twice in {names}")
+    summary = deconvolve_files(
+        args.parfile, args.event, dict(args.background), args.response, args.output,
+        overrides=args.override, name=args.name, dtype=args.dtype, storage=args.storage,
+        only_final_result=not args.all_iterations, progress=not args.no_progress,
+        plots=not args.no_plots)
+    print(f"{summary['algorithm']}: {summary['iterations']} iterations, "
+          f"log L = {sum(summary['log_likelihood']):.6g}, "
+          f"background norms {summary['background_normalization']}; "
+          f"outputs in {args.output}")
+    return 0
