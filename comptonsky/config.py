@@ -97,12 +97,14 @@ def _activate(**fields) -> Section:
     return Section({"activate": Leaf("bool"), **fields})
 
 
-ALGORITHMS = ("RL", "RLsimple", "MAP_RL")
+ALGORITHMS = ("RL", "RLsimple", "MAP_RL", "RLadvanced", "RLbasic")
+ACCELERATION_METHODS = ("max_step", "MaxStep", "max_step_unchecked")
 
 RL_PARAMETERS = Section({
     "iteration_max": Leaf("int", minimum=1),
     "minimum_flux": _quantity(INTENSITY),
-    "acceleration": _activate(alpha_max=Leaf("float", minimum=1.0)),
+    "acceleration": _activate(alpha_max=Leaf("float", minimum=1.0),
+                              method=Leaf("choice", choices=ACCELERATION_METHODS)),
     "response_weighting": _activate(index=Leaf("float")),
     "smoothing": _activate(FWHM=_quantity(u.deg, minimum=0.0)),
     "stopping_criteria": Section({
@@ -114,6 +116,8 @@ RL_PARAMETERS = Section({
     "save_results": _activate(directory=Leaf("str"), only_final_result=Leaf("bool")),
     "prior": Section({
         "TSV": Section({"coefficient": Leaf("float", minimum=0.0)}),
+        "entropy": Section({"coefficient": Leaf("float", minimum=0.0),
+                            "reference_map": _quantity(INTENSITY, minimum=0.0)}),
         "gamma": Section({
             "model": Section({"theta": _quantity(INTENSITY), "k": Section({"value": Leaf("float")})}),
             "background": Section({"theta": Section({"value": Leaf("float")}),
@@ -163,6 +167,9 @@ ALIASES: dict[str, str] = {
     "parameter_RLsimple": "parameter",
     "parameter_MAP_RL": "parameter",
     "parameter_flat": "parameter",
+    "parameter_RLadvanced": "parameter",
+    "parameter_RLbasic": "parameter",
+    "algorithm": "method",  # acceleration:algorithm (cosipy 0.4) ≡ acceleration:method
 }
 
 #: Physical units commonly meant, offered as suggestions when a unit string does not parse.

@@ -58,6 +58,7 @@ deconvolution:
     acceleration:
         activate: {accel}
         alpha_max: {alpha_max}
+        method: {method}
     response_weighting:
         activate: {weighting}
         index: 0.5
@@ -81,10 +82,12 @@ deconvolution:
 
 def write_parfile(tmp_path: Path, nside: int = 4, algorithm: str = "RL", iterations: int = 10,
                   accel: bool = False, alpha_max: float = 10.0, weighting: bool = False,
-                  smoothing: bool = False, threshold: float = -1e30, bkg: bool = True) -> Path:
+                  smoothing: bool = False, threshold: float = -1e30, bkg: bool = True,
+                  method: str = "max_step") -> Path:
     """Write a parameter file in the tutorial's layout and return its path."""
     path = tmp_path / f"parfile_{algorithm}.yml"
     path.write_text(PARFILE_TEXT.format(nside=nside, algorithm=algorithm, iterations=iterations,
                                         accel=accel, alpha_max=alpha_max, weighting=weighting,
-                                        smoothing=smoothing, threshold=threshold, bkg=bkg))
+                                        smoothing=smoothing, threshold=threshold, bkg=bkg,
+                                        method=method))
     return path

@@ -89,7 +89,9 @@ def _run(problem, tmp_path, mask=None, **settings):
     dict(accel=True, alpha_max=2.0, weighting=False, smoothing=True, bkg=True),
 ])
 def test_fast_rl_matches_slow_loop(tiny_problem, tmp_path, settings):
-    ds, deconv = _run(tiny_problem, tmp_path, iterations=6, **settings)
+    """The unchecked max-step rule (DESIGN §4 as written) against explicit loops."""
+    ds, deconv = _run(tiny_problem, tmp_path, iterations=6, method="max_step_unchecked",
+                      **settings)
     R = ds.response.matrix * ds.response.pixel_solid_angle[:, None]
     lam0 = deconv.initial_model.contents.value.reshape(-1)
     slow = slow_rl(R, ds.counts, ds.background("albedo"), lam0, 6,
@@ -133,7 +135,7 @@ def test_plain_rl_likelihood_never_decreases(small_problem, tmp_path):
 
 def test_flux_conservation_at_convergence(small_problem, tmp_path):
     """At an EM fixed point with free background norm, Σ ε = Σ X."""
-    ds, deconv = _run(small_problem, tmp_path, algorithm="RLsimple", iterations=400, bkg=True)
+    ds, deconv = _run(small_problem, tmp_path, algorithm="RL", iterations=400, bkg=True)
     final = deconv.algorithm.expectations[0]
     assert final.sum() == pytest.approx(ds.counts.sum(), rel=2e-3)
 
@@ -164,7 +166,7 @@ def test_masks_hold_pixels_at_zero(tmp_path):
 
 
 def test_stopping_threshold_stops_early(small_problem, tmp_path):
-    _, deconv = _run(small_problem, tmp_path, algorithm="RLsimple", iterations=200,
+    _, deconv = _run(small_problem, tmp_path, algorithm="RL", iterations=200,
                      threshold=10.0, bkg=False)
     results = deconv.results
     assert 2 < len(results) < 200

@@ -217,21 +217,25 @@ class DataIF_COSI_DC2:  # noqa: N801  (the tutorial's name)
             contents=self.response.exposure.reshape(self.response.model_shape))
 
     # --- numerics (flat arrays) -----------------------------------------------------------
-    def expectation(self, model: np.ndarray, bkg_norm: Mapping[str, float] | None = None,
-                    out: np.ndarray | None = None) -> np.ndarray:
-        """ε = R·(λΔΩ) + 1e-12 + Σ_b n_b B_b, shape (n_data,).
-
-        Backgrounds not in ``bkg_norm`` enter with norm 1.
-        """
+    def source_expectation(self, model: np.ndarray) -> np.ndarray:
+        """s = R·(λΔΩ) + 1e-12, shape (n_data,): the sky's expected counts."""
         eps = self.response.forward(model)
-        if out is not None:
-            out[:] = eps
-            eps = out
         eps += ALMOST_ZERO
+        return eps
+
+    def add_background(self, source: np.ndarray,
+                       bkg_norm: Mapping[str, float] | None = None) -> np.ndarray:
+        """ε = s + Σ_b n_b B_b as a new array (backgrounds not in ``bkg_norm`` at norm 1)."""
+        eps = source.copy()
         for key, values in self._bkg_values.items():
             norm = 1.0 if bkg_norm is None else float(bkg_norm.get(key, 1.0))
-            eps += norm * values
+            eps += values * norm
         return eps
+
+    def expectation(self, model: np.ndarray,
+                    bkg_norm: Mapping[str, float] | None = None) -> np.ndarray:
+        """ε = R·(λΔΩ) + 1e-12 + Σ_b n_b B_b, shape (n_data,)."""
+        return self.add_background(self.source_expectation(model), bkg_norm)
 
     def log_likelihood(self, expectation: np.ndarray) -> float:
         """Poisson log-likelihood Σ X log ε − Σ ε (without the log X! term)."""

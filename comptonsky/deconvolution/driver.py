@@ -118,14 +118,16 @@ class ImageDeconvolution:
         except KeyError:
             raise UnknownChoiceError("algorithm", name, ALGORITHMS) from None
         mask = None
+        shape = self._data.model_shape
         if self._mask is not None:
-            shape = self._data.model_shape
             try:
                 mask = np.broadcast_to(self._mask.reshape(self._mask.shape[0], -1),
                                        shape).reshape(-1).copy()
             except ValueError:
                 raise InvalidParameterError(f"set_mask: mask has shape {self._mask.shape}, "
                                             f"expected {shape} or ({shape[0]},)") from None
+        if mask is not None:
+            model[:] = np.where(mask.reshape(shape), model.contents.value, 0.0) * model.unit
         self._algorithm = cls(model, self._data, mask, self._parameter)
         self._algorithm.initialize()
         logger.info("initialised %s on %d dataset(s)", name, len(self._dataset))

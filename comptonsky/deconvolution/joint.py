@@ -50,6 +50,19 @@ class JointData:
         """Expected counts per dataset, each shape (n_data_k,)."""
         return [ds.expectation(model, bkg_norm) for ds in self.datasets]
 
+    def source_expectations(self, model: np.ndarray) -> list[np.ndarray]:
+        """Sky-only expected counts s = R·(λΔΩ) + 1e-12 per dataset."""
+        return [ds.source_expectation(model) for ds in self.datasets]
+
+    def add_backgrounds(self, sources: Sequence[np.ndarray],
+                        bkg_norm: Mapping[str, float]) -> list[np.ndarray]:
+        """ε = s + Σ_b n_b B_b per dataset."""
+        return [ds.add_background(s, bkg_norm) for ds, s in zip(self.datasets, sources)]
+
+    def total_log_likelihood(self, expectations: Sequence[np.ndarray]) -> float:
+        """Σ over datasets of the Poisson log-likelihood."""
+        return float(np.sum(self.log_likelihoods(expectations)))
+
     def log_likelihoods(self, expectations: Sequence[np.ndarray]) -> list[float]:
         """Poisson log-likelihood per dataset."""
         return [ds.log_likelihood(eps) for ds, eps in zip(self.datasets, expectations)]

@@ -64,6 +64,8 @@ except ImportError:  # pragma: no cover - isal is a declared dependency
     _GZIP_ERRORS = (OSError, EOFError, zlib.error, gzip.BadGzipFile)
 
 __all__ = [
+    "EventWriter",
+    "select_events",
     "ColumnSpec",
     "DC2_COLUMNS",
     "DEFAULT_CHUNK_SIZE",
@@ -373,7 +375,11 @@ def _fits_tform(arr: np.ndarray) -> tuple[str, str]:
     return (f"{repeat}{letter}" if repeat != 1 else letter), dt
 
 
-def _write_fits(tmp: Path, names, cols, col_units, n, gz, chunk_size, compresslevel, meta):
+def _write_fits(tmp: Path, names, cols, col_units, n, gz, chunk_size, compresslevel, meta,
+                nrows: int | None = None, rows_file: Path | None = None):
+    """Write the FITS file: the rows of ``cols`` or, with ``rows_file``, ``nrows`` staged rows."""
+    if rows_file is not None:
+        n = nrows
     primary = fits.Header()
     primary["SIMPLE"] = True
     primary["BITPIX"] = 8
@@ -413,8 +419,15 @@ def _write_fits(tmp: Path, names, cols, col_units, n, gz, chunk_size, compressle
     with out:
         out.write(primary.tostring().encode("ascii"))
         out.write(header.tostring().encode("ascii"))
+        if rows_file is not None:
+            with open(rows_file, "rb") as src:
+                while True:
+                    block = src.read(1 << 24)
+                    if not block:
+                        break
+                    out.write(block)
         step = max(1, int(chunk_size))
-        for start in range(0, n, step):
+        for start in range(0, 0 if rows_file is not None else n, step):
             stop = min(n, start + step)
             rows = np.empty(stop - start, dtype=row_dtype)
             for name in names:
@@ -858,3 +871,251 @@ def count_events(path: str | os.PathLike, format: str | None = None) -> int | No
         except OSError as exc:
             raise FileFormatError(f"{path}: cannot be read as HDF5 ({exc})") from exc
     return None
+
+
+# --------------------------------------------------------------------------------------------
+# streaming writer, selection and concatenation
+
+
+class EventWriter:
+    """Write an event list chunk by chunk with bounded memory; the file appears only on success.
+
+    The first chunk fixes the columns; every later chunk must have the same ones. FITS rows are
+    staged in an uncompressed temporary file beside the output (the table header needs the final
+    row count) and then copied, gzipped if the name ends in ``.gz``; HDF5 datasets grow in place.
+
+    Parameters
+    ----------
+    path : path-like
+        Output file (``.fits``, ``.fits.gz``, ``.hdf5``, ``.h5``).
+    format, overwrite, units, compresslevel, meta
+        As for :func:`write_events`.
+
+    Examples
+    --------
+    >>> with EventWriter("selected.fits.gz") as out:          # doctest: +SKIP
+    ...     for chunk in iter_event_chunks("big.fits.gz"):
+    ...         out.write({k: v[chunk["Energies"] > 500] for k, v in chunk.items()})
+    """
+
+    def __init__(self, path: str | os.PathLike, format: str | None = None,
+                 overwrite: bool = True, units: Mapping[str, str] | None = None,
+                 compresslevel: int | None = None, meta: Mapping[str, str] | None = None):
+        import contextlib
+
+        self.path = Path(path)
+        self.format = event_file_format(self.path, format)
+        if self.format not in ("fits", "hdf5"):
+            raise InvalidParameterError(f"{path}: cannot write event lists as {self.format!r}")
+        if self.format == "hdf5" and _is_gzip(self.path):
+            raise InvalidParameterError(
+                f"{path}: HDF5 files are compressed internally; drop the .gz suffix")
+        self.units = dict(units or {})
+        self.compresslevel = compresslevel
+        self.meta = dict(meta or {})
+        self.n = 0
+        self._names: list[str] | None = None
+        self._stack = contextlib.ExitStack()
+        self._tmp = self._stack.enter_context(atomic_path(self.path, overwrite=overwrite))
+        self._rows = None
+        self._h5 = None
+        self._closed = False
+
+    def __enter__(self) -> EventWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort(exc_type, exc, tb)
+
+    def _prepare(self, chunk: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        where = str(self.path)
+        cols = {name: _canonical_array(name, values, where) for name, values in chunk.items()}
+        validate_events(cols, where=where)
+        if self._names is None:
+            self._names = _ordered_names(cols)
+            for name in self.units:
+                if name not in DC2_COLUMNS:
+                    raise InvalidParameterError(
+                        f"{where}: cannot set a unit for non-DC2 column {name!r}")
+        elif set(cols) != set(self._names):
+            raise InvalidParameterError(
+                f"{where}: chunk columns {sorted(cols)} differ from the first chunk's "
+                f"{sorted(self._names)}")
+        for name, unit in self.units.items():
+            factor = u.Unit(DC2_COLUMNS[name].unit).to(u.Unit(unit))
+            if name in cols and factor != 1.0:
+                cols[name] = cols[name] * factor
+        return cols
+
+    def _col_unit(self, name: str) -> str:
+        return self.units.get(name, DC2_COLUMNS[name].unit) if name in DC2_COLUMNS else ""
+
+    def write(self, chunk: Mapping[str, np.ndarray]) -> None:
+        """Append a chunk of events (same columns as the first chunk)."""
+        if self._closed:
+            raise InvalidParameterError(f"{self.path}: writer already closed")
+        cols = self._prepare(chunk)
+        n = validate_events(cols)
+        if self.format == "fits":
+            if self._rows is None:
+                self._fields = []
+                for name in self._names:
+                    tform, dt = _fits_tform(cols[name])
+                    self._fields.append((name, dt, cols[name].shape[1:], tform))
+                self._row_dtype = np.dtype([(nm, dt, sh) for nm, dt, sh, _ in self._fields])
+                self._rows_path = self._tmp.with_name(self._tmp.name + ".rows")
+                self._rows = open(self._rows_path, "wb")  # noqa: SIM115
+            rows = np.empty(n, dtype=self._row_dtype)
+            for name in self._names:
+                rows[name] = cols[name]
+            self._rows.write(rows.tobytes())
+        else:
+            if self._h5 is None:
+                self._h5 = h5py.File(self._tmp, "w")
+                for key, value in self.meta.items():
+                    self._h5.attrs[str(key)] = value
+                for name in self._names:
+                    arr = cols[name]
+                    ds = self._h5.create_dataset(
+                        name, shape=(0,) + arr.shape[1:], maxshape=(None,) + arr.shape[1:],
+                        dtype=arr.dtype, chunks=(1 << 16,) + arr.shape[1:], compression="gzip",
+                        compression_opts=4 if self.compresslevel is None else self.compresslevel)
+                    if self._col_unit(name):
+                        ds.attrs["unit"] = self._col_unit(name)
+            for name in self._names:
+                ds = self._h5[name]
+                ds.resize(self.n + n, axis=0)
+                ds[self.n:self.n + n] = cols[name]
+        self.n += n
+
+    def close(self) -> Path:
+        """Finish the file and move it to its final name; returns the path."""
+        if self._closed:
+            return self.path
+        try:
+            if self._names is None:
+                raise InvalidParameterError(f"{self.path}: no events were written (no columns)")
+            if self.format == "fits":
+                self._rows.close()
+                self._finish_fits()
+            else:
+                self._h5.close()
+        except BaseException:
+            import sys
+
+            self.abort(*sys.exc_info())
+            raise
+        self._closed = True
+        self._stack.close()
+        logger.info("wrote %d events to %s", self.n, self.path)
+        return self.path
+
+    def _finish_fits(self) -> None:
+        cols = {nm: np.empty((0,) + sh, dtype=dt) for nm, dt, sh, _ in self._fields}
+        try:
+            # header from a zero-row table with the same layout, then the staged rows
+            _write_fits(self._tmp, self._names, cols, {n: self._col_unit(n) for n in self._names},
+                        0, _is_gzip(self.path), 1, self.compresslevel, self.meta,
+                        nrows=self.n, rows_file=self._rows_path)
+        finally:
+            self._rows_path.unlink(missing_ok=True)
+
+    def abort(self, exc_type=None, exc=None, tb=None) -> None:
+        """Discard everything written; the output name is left untouched."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._rows is not None:
+            self._rows.close()
+            self._rows_path.unlink(missing_ok=True)
+        if self._h5 is not None:
+            try:
+                self._h5.close()
+            except Exception:  # noqa: BLE001 - already failing
+                pass
+        self._stack.__exit__(exc_type or RuntimeError, exc or RuntimeError("aborted"), tb)
+
+
+def select_events(unbinned_data, output: str | os.PathLike | None = None, *,
+                  tmin: float | None = None, tmax: float | None = None,
+                  emin: float | None = None, emax: float | None = None,
+                  columns: Iterable[str] | None = None,
+                  chunk_size: int = DEFAULT_CHUNK_SIZE, overwrite: bool = True
+                  ) -> dict[str, np.ndarray] | Path:
+    """Select events by time and energy from one or several inputs, concatenated in order.
+
+    Parameters
+    ----------
+    unbinned_data : path-like, sequence of path-like, or mapping of str to ndarray
+        Event files (FITS, HDF5, .tra) or in-memory columns.
+    output : path-like, optional
+        Stream the selection to this file (written atomically) and return its path; default:
+        return the columns in memory.
+    tmin, tmax : float, optional
+        Keep ``tmin <= TimeTags < tmax`` (s).
+    emin, emax : float, optional
+        Keep ``emin <= Energies < emax`` (keV).
+    columns : iterable of str, optional
+        Columns to keep (default: all columns of the first input).
+    chunk_size : int
+        Events per chunk.
+    overwrite : bool
+        Replace an existing ``output``.
+
+    Returns
+    -------
+    dict of str to ndarray, or pathlib.Path
+        The selected columns (canonical units), or the path written.
+    """
+    if isinstance(unbinned_data, (str, os.PathLike, Mapping)):
+        inputs = [unbinned_data]
+    else:
+        inputs = list(unbinned_data)
+    if not inputs:
+        raise InvalidParameterError("select_events: no input given")
+    cols = None if columns is None else list(columns)
+    writer = EventWriter(output, overwrite=overwrite) if output is not None else None
+    parts: dict[str, list[np.ndarray]] = {}
+    try:
+        for item in inputs:
+            if isinstance(item, Mapping):
+                n = validate_events(item, where="in-memory events")
+                use = cols or list(item)
+                chunks: Iterable = ({c: np.asarray(item[c])[a:a + chunk_size] for c in use}
+                                    for a in range(0, n, chunk_size))
+            else:
+                chunks = iter_event_chunks(item, columns=cols, chunk_size=chunk_size)
+            for chunk in chunks:
+                if cols is None:
+                    cols = list(chunk)
+                keep = np.ones(len(next(iter(chunk.values()))), dtype=bool)
+                if tmin is not None or tmax is not None:
+                    t = chunk["TimeTags"]
+                    if tmin is not None:
+                        keep &= t >= tmin
+                    if tmax is not None:
+                        keep &= t < tmax
+                if emin is not None or emax is not None:
+                    e = chunk["Energies"]
+                    if emin is not None:
+                        keep &= e >= emin
+                    if emax is not None:
+                        keep &= e < emax
+                sel = {k: v[keep] for k, v in chunk.items()}
+                if writer is not None:
+                    writer.write(sel)
+                else:
+                    for k, v in sel.items():
+                        parts.setdefault(k, []).append(v)
+    except BaseException:
+        if writer is not None:
+            import sys
+
+            writer.abort(*sys.exc_info())
+        raise
+    if writer is not None:
+        return writer.close()
+    return {k: np.concatenate(v) for k, v in parts.items()}

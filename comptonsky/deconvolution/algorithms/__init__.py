@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import DeconvolutionAlgorithm
+from .map_rl import MAPRichardsonLucy
 from .rl import RichardsonLucy, RichardsonLucySimple
 
 __all__ = ["ALGORITHMS", "DeconvolutionAlgorithm", "register_algorithm"]
@@ -11,6 +12,10 @@ __all__ = ["ALGORITHMS", "DeconvolutionAlgorithm", "register_algorithm"]
 ALGORITHMS: dict[str, type[DeconvolutionAlgorithm]] = {
     "RL": RichardsonLucy,
     "RLsimple": RichardsonLucySimple,
+    "MAP_RL": MAPRichardsonLucy,
+    # cosipy ≥ 0.4 names of the same algorithms
+    "RLadvanced": RichardsonLucy,
+    "RLbasic": RichardsonLucySimple,
 }
 
 

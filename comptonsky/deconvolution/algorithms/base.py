@@ -81,13 +81,19 @@ class DeconvolutionAlgorithm(ABC):
         if self.mask is not None:
             self.model[~self.mask] = 0.0
         self.bkg_norm = {key: 1.0 for key in self.data.background_names}
-        self.expectations = self.data.expectations(self.model, self.bkg_norm)
-        self.log_likelihoods = self.data.log_likelihoods(self.expectations)
+        self.e_step()
         self.delta_model = np.zeros_like(self.model)
         self.processed_delta_model = np.zeros_like(self.model)
         self.alpha = 1.0
         self.results = []
         self.iteration_count = 0
+
+    def e_step(self) -> None:
+        """Expected counts (sky part ``self.sources`` and total ``self.expectations``) and log L
+        for the current model and background norms."""
+        self.sources = self.data.source_expectations(self.model)
+        self.expectations = self.data.add_backgrounds(self.sources, self.bkg_norm)
+        self.log_likelihoods = self.data.log_likelihoods(self.expectations)
 
     @abstractmethod
     def iterate(self) -> None:

@@ -1,0 +1,403 @@
+"""Sparse response storage: segmented CSR in both orientations, parallel numba gather kernels.
+
+Layout
+------
+Data index i = k · n_psi + p with k the flattened (Em, Phi) index and p the PsiChi pixel (the last
+data axis). For each k the response is a sparse matrix S_k of shape (n_model, n_psi): the Compton
+cone of sky pixel j in scatter-angle bin k. We store, k-major,
+
+* ``rows``: S_k in CSR (row j → PsiChi columns p), used by the adjoint
+  (Rᵀy)_j = Σ_k Σ_p S_k[j, p] y_{k,p};
+* ``cols``: S_kᵀ in CSR (row p → sky columns j), used by the forward
+  (R x)_{k,p} = Σ_j S_k[j, p] x_j.
+
+Both products are then *gathers* (each output element is a private dot product: no scatter, no
+atomics, no per-thread copies of the output) that parallelise over (k, row range) tiles. The
+vector a tile gathers from is one segment of y (n_psi values) or x (n_model values): a few tens of
+kB, resident in L1/L2. Column indices are uint16 when the column count allows (it does up to
+nside 64), so each stored element streams 4 + 2 bytes in float32 (8 + 2 in float64). Holding both
+orientations doubles the memory but not the bytes streamed per product.
+
+Measured at DC2 shape with the cone model (2 cores, 4.9e7 stored elements, float32): this kernel
+takes ≈ 0.027 s per product against ≈ 0.041 s for single-threaded ``scipy.sparse`` CSR matvec
+(either orientation; ``benchmarks/bench_deconvolution.py`` prints both), and four independent
+accumulators are needed to hide the floating-point add latency (a single accumulator runs at
+≈ 0.05 s).
+
+Threshold
+---------
+An element R_ij is stored when R_ij > threshold · max_i R_ij (relative to the maximum of the
+same model element j over the data space). ``threshold = 0`` keeps every non-zero element and
+reproduces the dense operator to rounding. The fraction of Σ R dropped is reported
+(:attr:`SparseResponse.dropped_flux_fraction`) and logged. The exposure of the sparse operator is
+Σ_i of the *stored* elements, so the operator stays exactly self-adjoint-consistent.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from ..errors import InvalidDataError
+from .operator import ResponseOperator
+
+__all__ = ["SegmentedCSR", "SparseResponse", "SparseBuilder", "index_dtype"]
+
+logger = logging.getLogger(__name__)
+
+
+def index_dtype(n_columns: int) -> np.dtype:
+    """Smallest unsigned/signed index type for ``n_columns`` columns (uint16 or int32)."""
+    return np.dtype(np.uint16) if n_columns <= np.iinfo(np.uint16).max + 1 else np.dtype(np.int32)
+
+
+@dataclass
+class SegmentedCSR:
+    """k-major CSR of n_seg matrices of shape (n_rows, n_cols) sharing one index/value array.
+
+    Attributes
+    ----------
+    ptr : ndarray, shape (n_seg, n_rows + 1), int64
+        Element range of row r of segment k: ``ptr[k, r] : ptr[k, r + 1]`` (absolute offsets).
+    idx : ndarray, shape (nnz,), uint16 or int32
+        Column index of each element.
+    val : ndarray, shape (nnz,), float32 or float64
+        Value of each element (cm² s).
+    n_cols : int
+        Number of columns of each segment matrix.
+    """
+
+    ptr: np.ndarray
+    idx: np.ndarray
+    val: np.ndarray
+    n_cols: int
+
+    @property
+    def n_seg(self) -> int:
+        return int(self.ptr.shape[0])
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.ptr.shape[1] - 1)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.val.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.ptr.nbytes + self.idx.nbytes + self.val.nbytes)
+
+
+# ------------------------------------------------------------------------------------------
+# numba kernels. Accumulation is in the value dtype within a row segment (≤ a few thousand
+# terms) and in float64 across segments.
+# ------------------------------------------------------------------------------------------
+
+@njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _gather(ptr, idx, val, vec, stride, n_chunks, out):  # pragma: no cover - compiled
+    """out[k, r] = Σ_n val[n] · vec[k·stride + idx[n]] over row r of segment k.
+
+    ``out`` must be zero-filled on entry (its dtype sets the accumulator type).
+    """
+    n_seg = ptr.shape[0]
+    n_rows = ptr.shape[1] - 1
+    chunk = (n_rows + n_chunks - 1) // n_chunks
+    for task in prange(n_seg * n_chunks):
+        k = task // n_chunks
+        r0 = (task % n_chunks) * chunk
+        r1 = min(r0 + chunk, n_rows)
+        base = k * stride
+        for r in range(r0, r1):
+            a0 = out[k, r] * 0
+            a1 = a0
+            a2 = a0
+            a3 = a0
+            n = ptr[k, r]
+            e = ptr[k, r + 1]
+            while n + 4 <= e:
+                a0 += val[n] * vec[base + idx[n]]
+                a1 += val[n + 1] * vec[base + idx[n + 1]]
+                a2 += val[n + 2] * vec[base + idx[n + 2]]
+                a3 += val[n + 3] * vec[base + idx[n + 3]]
+                n += 4
+            while n < e:
+                a0 += val[n] * vec[base + idx[n]]
+                n += 1
+            out[k, r] = (a0 + a1) + (a2 + a3)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _row_sums(ptr, val, out):  # pragma: no cover - compiled
+    """out[r] = Σ over segments k and elements of row r (float64)."""
+    n_seg = ptr.shape[0]
+    n_rows = ptr.shape[1] - 1
+    for r in prange(n_rows):
+        s = 0.0
+        for k in range(n_seg):
+            for n in range(ptr[k, r], ptr[k, r + 1]):
+                s += val[n]
+        out[r] = s
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _count_block(block, thr, counts, totals, kept):  # pragma: no cover - compiled
+    """Per row r and segment k of a dense block (n_rows, n_seg, n_cols): elements > thr[r]."""
+    n_rows, n_seg, n_cols = block.shape
+    for r in prange(n_rows):
+        t = thr[r]
+        tot = 0.0
+        kp = 0.0
+        for k in range(n_seg):
+            c = 0
+            for p in range(n_cols):
+                v = block[r, k, p]
+                tot += v
+                if v > t:
+                    c += 1
+                    kp += v
+            counts[k, r] = c
+        totals[r] = tot
+        kept[r] = kp
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _fill_block(block, thr, ptr, idx, val):  # pragma: no cover - compiled
+    """Write the kept elements of a dense block into k-major CSR arrays (ptr from counts)."""
+    n_rows, n_seg, n_cols = block.shape
+    for r in prange(n_rows):
+        t = thr[r]
+        for k in range(n_seg):
+            o = ptr[k, r]
+            for p in range(n_cols):
+                v = block[r, k, p]
+                if v > t:
+                    idx[o] = p
+                    val[o] = v
+                    o += 1
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _transpose_counts(ptr, idx, n_cols, counts):  # pragma: no cover - compiled
+    n_seg = ptr.shape[0]
+    n_rows = ptr.shape[1] - 1
+    for k in prange(n_seg):
+        for n in range(ptr[k, 0], ptr[k, n_rows]):
+            counts[k, idx[n]] += 1
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _transpose_fill(ptr, idx, val, tptr, tidx, tval):  # pragma: no cover - compiled
+    n_seg = ptr.shape[0]
+    n_rows = ptr.shape[1] - 1
+    n_cols = tptr.shape[1] - 1
+    for k in prange(n_seg):
+        nxt = tptr[k, :n_cols].copy()
+        for r in range(n_rows):
+            for n in range(ptr[k, r], ptr[k, r + 1]):
+                c = idx[n]
+                o = nxt[c]
+                tidx[o] = r
+                tval[o] = val[n]
+                nxt[c] = o + 1
+
+
+def _ptr_from_counts(counts: np.ndarray, start: int = 0) -> np.ndarray:
+    """k-major absolute offsets (n_seg, n_rows + 1) from counts (n_seg, n_rows)."""
+    n_seg, n_rows = counts.shape
+    flat = np.empty(n_seg * n_rows + 1, dtype=np.int64)
+    flat[0] = start
+    np.cumsum(counts.reshape(-1), out=flat[1:])
+    flat[1:] += start
+    ptr = np.empty((n_seg, n_rows + 1), dtype=np.int64)
+    ptr[:, :n_rows] = flat[:-1].reshape(n_seg, n_rows)
+    ptr[:, n_rows] = flat[n_rows::n_rows][:n_seg]
+    return ptr
+
+
+def transpose(rows: SegmentedCSR) -> SegmentedCSR:
+    """The per-segment transpose: CSR of S_kᵀ for every k (rows sorted within each row).
+
+    Parameters
+    ----------
+    rows : SegmentedCSR
+        Segments of shape (n_rows, n_cols).
+
+    Returns
+    -------
+    SegmentedCSR
+        Segments of shape (n_cols, n_rows).
+    """
+    counts = np.zeros((rows.n_seg, rows.n_cols), dtype=np.int64)
+    _transpose_counts(rows.ptr, rows.idx, rows.n_cols, counts)
+    tptr = _ptr_from_counts(counts)
+    tidx = np.empty(rows.nnz, dtype=index_dtype(rows.n_rows))
+    tval = np.empty(rows.nnz, dtype=rows.val.dtype)
+    _transpose_fill(rows.ptr, rows.idx, rows.val, tptr, tidx, tval)
+    return SegmentedCSR(tptr, tidx, tval, rows.n_rows)
+
+
+def _n_chunks(n_seg: int) -> int:
+    threads = numba.get_num_threads()
+    return max(1, -(-4 * threads // max(n_seg, 1)))
+
+
+class SparseBuilder:
+    """Accumulate dense row blocks into a :class:`SegmentedCSR` (rows orientation).
+
+    Parameters
+    ----------
+    n_model : int
+        Total number of rows (model elements).
+    n_seg, n_cols : int
+        Segments per row and columns per segment (n_data = n_seg · n_cols).
+    dtype : numpy dtype
+        Value dtype (float32 or float64).
+    threshold : float
+        Relative threshold (see module docstring), ≥ 0.
+    """
+
+    def __init__(self, n_model: int, n_seg: int, n_cols: int, dtype, threshold: float):
+        self.n_model, self.n_seg, self.n_cols = n_model, n_seg, n_cols
+        self.dtype = np.dtype(dtype)
+        self.threshold = float(threshold)
+        self._pieces: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.row_total = np.zeros(n_model, dtype=np.float64)
+        self.row_kept = np.zeros(n_model, dtype=np.float64)
+        self._next = 0
+
+    def add(self, j0: int, block: np.ndarray) -> None:
+        """Add rows ``j0 : j0 + len(block)``; ``block`` shape (n_rows, n_data), self.dtype."""
+        nb = block.shape[0]
+        if j0 != self._next:
+            raise ValueError(f"blocks must come in order: expected row {self._next}, got {j0}")
+        b3 = block.reshape(nb, self.n_seg, self.n_cols)
+        if not np.all(np.isfinite(block)):
+            raise InvalidDataError(f"response rows {j0}..{j0 + nb}: non-finite values")
+        rowmax = block.max(axis=1)
+        thr = (rowmax.astype(np.float64) * self.threshold).astype(self.dtype)
+        if self.threshold == 0.0:
+            thr[:] = 0
+        counts = np.empty((self.n_seg, nb), dtype=np.int64)
+        _count_block(b3, thr, counts, self.row_total[j0:j0 + nb], self.row_kept[j0:j0 + nb])
+        ptr = _ptr_from_counts(counts)
+        nnz = int(ptr[-1, -1])
+        idx = np.empty(nnz, dtype=index_dtype(self.n_cols))
+        val = np.empty(nnz, dtype=self.dtype)
+        _fill_block(b3, thr, ptr, idx, val)
+        self._pieces.append((j0, ptr, idx, val))
+        self._next = j0 + nb
+
+    def finish(self) -> SegmentedCSR:
+        """Assemble the k-major rows structure (frees the pieces)."""
+        if self._next != self.n_model:
+            raise ValueError(f"only {self._next} of {self.n_model} rows were added")
+        counts = np.empty((self.n_seg, self.n_model), dtype=np.int64)
+        for j0, ptr, _, _ in self._pieces:
+            nb = ptr.shape[1] - 1
+            counts[:, j0:j0 + nb] = np.diff(ptr, axis=1)
+        gptr = _ptr_from_counts(counts)
+        nnz = int(gptr[-1, -1])
+        idx = np.empty(nnz, dtype=index_dtype(self.n_cols))
+        val = np.empty(nnz, dtype=self.dtype)
+        while self._pieces:
+            j0, ptr, pidx, pval = self._pieces.pop(0)
+            nb = ptr.shape[1] - 1
+            for k in range(self.n_seg):
+                s, e = int(ptr[k, 0]), int(ptr[k, nb])
+                d = int(gptr[k, j0])
+                idx[d:d + e - s] = pidx[s:e]
+                val[d:d + e - s] = pval[s:e]
+        return SegmentedCSR(gptr, idx, val, self.n_cols)
+
+    @property
+    def dropped_flux_fraction(self) -> float:
+        """Σ dropped / Σ total over the rows added so far."""
+        total = float(self.row_total.sum())
+        return float((total - self.row_kept.sum()) / total) if total > 0 else 0.0
+
+    @property
+    def max_row_dropped_fraction(self) -> float:
+        """The largest fraction dropped from any one model element's row."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f = np.where(self.row_total > 0, 1.0 - self.row_kept / self.row_total, 0.0)
+        return float(f.max()) if f.size else 0.0
+
+
+class SparseResponse(ResponseOperator):
+    """Response held as segmented CSR in both orientations; parallel numba gather kernels.
+
+    Parameters
+    ----------
+    rows : SegmentedCSR
+        n_seg segments of shape (n_model, n_psi) (adjoint orientation).
+    cols : SegmentedCSR or None
+        Their transposes (forward orientation); computed from ``rows`` when None.
+    model_axes, data_axes, pixel_solid_angle, unit
+        See :class:`~comptonsky.response.operator.ResponseOperator`.
+    threshold : float
+        The relative threshold the elements were selected with.
+    dropped_flux_fraction, max_row_dropped_fraction : float
+        Σ of the dropped elements over Σ R (overall, and the worst model element).
+    """
+
+    storage = "sparse"
+
+    def __init__(self, rows: SegmentedCSR, cols: SegmentedCSR | None, model_axes, data_axes,
+                 pixel_solid_angle, unit, threshold: float = 0.0,
+                 dropped_flux_fraction: float = 0.0, max_row_dropped_fraction: float = 0.0):
+        super().__init__(model_axes, data_axes, pixel_solid_angle, unit)
+        n_seg = rows.n_seg
+        if rows.n_rows != self.n_model or n_seg * rows.n_cols != self.n_data:
+            raise InvalidDataError(
+                f"sparse response has {rows.n_rows} rows × {n_seg} segments × {rows.n_cols} "
+                f"columns, expected {self.n_model} rows and {self.n_data} data elements")
+        self.rows = rows
+        self.cols = cols if cols is not None else transpose(rows)
+        self.dtype = rows.val.dtype
+        self.n_seg = n_seg
+        self.n_psi = rows.n_cols
+        self.threshold = float(threshold)
+        self.dropped_flux_fraction = float(dropped_flux_fraction)
+        self.max_row_dropped_fraction = float(max_row_dropped_fraction)
+
+    @property
+    def nnz(self) -> int:
+        return self.rows.nnz
+
+    @property
+    def density(self) -> float:
+        """Stored elements / dense elements."""
+        return self.nnz / (self.n_model * self.n_data)
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows.nbytes + self.cols.nbytes
+
+    @property
+    def bytes_per_product(self) -> int:
+        """Bytes streamed by one forward or adjoint product."""
+        return self.rows.nbytes
+
+    def _matvec(self, x: np.ndarray) -> np.ndarray:
+        c = self.cols
+        out = np.zeros((self.n_seg, self.n_psi), dtype=self.dtype)
+        _gather(c.ptr, c.idx, c.val, x.astype(self.dtype), 0, _n_chunks(self.n_seg), out)
+        return out.reshape(-1).astype(np.float64)
+
+    def _rmatvec(self, y: np.ndarray) -> np.ndarray:
+        r = self.rows
+        out = np.zeros((self.n_seg, self.n_model), dtype=self.dtype)
+        _gather(r.ptr, r.idx, r.val, y.astype(self.dtype), self.n_psi, _n_chunks(self.n_seg),
+                out)
+        return out.sum(axis=0, dtype=np.float64)
+
+    def _row_sums(self) -> np.ndarray:
+        out = np.empty(self.n_model, dtype=np.float64)
+        _row_sums(self.rows.ptr, self.rows.val, out)
+        return out
+
