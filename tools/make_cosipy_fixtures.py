@@ -386,9 +386,10 @@ def make_histograms(prob):
 
     rsp = Histogram(Axes([ax_nl, ax_ei, ax_em, ax_phi, ax_pc]), contents=prob["response"].copy(),
                     unit=u.cm ** 2 * u.s)
-    data_axes = Axes([ax_em.copy(), ax_phi.copy(), ax_pc.copy()])
+    from copy import deepcopy as dc  # histpy 1.x axes have no .copy()
+    data_axes = Axes([dc(ax_em), dc(ax_phi), dc(ax_pc)])
     event = Histogram(data_axes, contents=prob["event"].copy())
-    bkg = Histogram(Axes([ax_em.copy(), ax_phi.copy(), ax_pc.copy()]), contents=prob["background"].copy())
+    bkg = Histogram(Axes([dc(ax_em), dc(ax_phi), dc(ax_pc)]), contents=prob["background"].copy())
     return rsp, event, bkg
 
 
@@ -399,6 +400,21 @@ def user_mask_array(prob):
     m = (b >= -40.0)
     m[list(ZERO_EXPOSURE_PIXELS)] = False
     return m.reshape(NPIX, 1)
+
+
+def fragile_after(models):
+    """First iteration (1-based) whose map holds a rounding residue: 0 < λ < 1e-12·max λ.
+
+    Such a pixel is the one that limited the acceleration factor (λ + α δ ≈ 0 up to rounding).
+    Whether an implementation stores it as exactly 0 or as a tiny positive number changes the
+    next acceleration factor, so iterations after this one are not reproducible bit-for-bit
+    unless the arithmetic is identical. 0 when no such iteration exists.
+    """
+    for k, m in enumerate(models, start=1):
+        top = np.max(np.abs(m))
+        if np.any((m > 0) & (m < 1e-12 * top)):
+            return np.int64(k)
+    return np.int64(0)
 
 
 class Recorder:
@@ -534,6 +550,7 @@ def run_case(prob, name, yaml_text, overrides, use_mask, rec: Recorder):
         for key in ("model", "delta_model", "processed_delta_model", "expectation"):
             out[key] = np.stack([row[key] for row in rows]).astype(np.float64)
         out["accel_factor"] = np.array([row["accel_factor"] for row in rows])
+        out["fragile_after"] = fragile_after(out["model"])
         out["accel_candidate"] = np.array([row["accel_candidate"] for row in rows])
         out["bkg_norm"] = np.array([row["bkg_norm"] for row in rows])
         out["loglike_recomputed"] = np.array([row["loglike_recomputed"] for row in rows])
@@ -559,7 +576,7 @@ def _yaml_get(d, path, default=None):
     return d
 
 
-def spec_replay(z, name):
+def spec_replay(z, name, legacy=False):
     """Replay case `name` of a loaded npz from the written specification.
 
     Returns a dict with per-iteration arrays (model, accel_factor, bkg_norm, loglike).
@@ -597,9 +614,22 @@ def spec_replay(z, name):
     rw = advanced and bool(_yaml_get(p, "response_weighting:activate", False))
     w = (E / E.max()) ** float(_yaml_get(p, "response_weighting:index", 0.5)) if rw else None
     smooth = alg_name == "RLadvanced" and bool(_yaml_get(p, "smoothing:activate", False))
+    fwhm_spec = _yaml_get(p, "smoothing:FWHM")
+    if legacy:  # cosipy 0.3.x: flat keys, RL = accelerated class, alpha applied without a check
+        bkg_on = bool(p.get("background_normalization_optimization", False))
+        lo, hi = (p.get("background_normalization_range") or {"albedo": [0.0, 100.0]})["albedo"]
+        if alg_name == "RLsimple":
+            lo, hi = -np.inf, np.inf
+        accel = alg_name == "RL" and bool(p.get("acceleration", False))
+        amax = float(p.get("alpha_max", 1.0))
+        rw = alg_name == "RL" and bool(p.get("response_weighting", False))
+        w = (E / E.max()) ** float(p.get("response_weighting_index", 0.5)) if rw else None
+        smooth = alg_name == "RL" and bool(p.get("smoothing", False))
+        fwhm_spec = p.get("smoothing_FWHM")
+        advanced = False
     if smooth:
         import astropy.units as u
-        fwhm = (float(_yaml_get(p, "smoothing:FWHM:value")) * u.Unit(_yaml_get(p, "smoothing:FWHM:unit"))).to("rad").value
+        fwhm = (float(fwhm_spec["value"]) * u.Unit(fwhm_spec["unit"])).to("rad").value
     stat = _yaml_get(p, "stopping_criteria:statistics", "log-posterior" if alg_name == "MAP_RL" else "log-likelihood")
     thr = float(_yaml_get(p, "stopping_criteria:threshold", 1e-2))
 
@@ -618,7 +648,7 @@ def spec_replay(z, name):
     for it in range(1, n_iter_max + 1):
         if eps is None or not advanced:
             src = fwd(lam)
-            eps = src + n * B
+            eps = (fwd(lam) - 1e-12 + n * B) + 1e-12 if legacy else src + n * B
         r = X / eps
         T = A @ r
         alpha = 1.0
@@ -643,7 +673,8 @@ def spec_replay(z, name):
         else:
             with np.errstate(divide="ignore", invalid="ignore"):
                 delta = lam * (T / E - 1.0)
-            delta = np.where(mask, delta, 0.0)
+            if not (legacy and alg_name == "RLsimple"):
+                delta = np.where(mask, delta, 0.0)
             n_next = n * (np.dot(r, B) / B.sum()) if bkg_on else n
             if rw:
                 delta = delta * w
@@ -652,7 +683,13 @@ def spec_replay(z, name):
                 for e in range(NE):
                     dm[:, e] = hp.smoothing(dm[:, e], fwhm=fwhm)
                 delta = dm.ravel()
-            if accel:
+            if accel and legacy:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    q = -lam / delta
+                ok = (q > 0) & (delta != 0) & mask
+                alpha = max(min(float(q[ok].min()) if ok.any() else np.inf, amax), 1.0)
+                lam = lam + alpha * delta
+            elif accel:
                 lam1 = lam + delta
                 src1 = fwd(lam1)
                 eps1 = src1 + n_next * B
@@ -675,6 +712,8 @@ def spec_replay(z, name):
         src = fwd(lam)
         eps = src + n * B
         L = loglike(eps)
+        if legacy:
+            eps = None  # recomputed at the next iteration's start from (lam, n)
         out["model"].append(lam.reshape(J, NE).copy())
         out["accel_factor"].append(alpha)
         out["bkg_norm"].append(n)
@@ -701,23 +740,227 @@ def spec_replay(z, name):
 def verify(path):
     z = np.load(path, allow_pickle=False)
     worst = 0.0
-    for name in z["cases"]:
-        rep = spec_replay(z, str(name))
+    legacy_names = [str(c) for c in z["legacy_cases"]] if "legacy_cases" in z.files else []
+    for name in [str(c) for c in z["cases"]] + legacy_names:
+        rep = spec_replay(z, name, legacy=name in legacy_names)
         nref = int(z[f"{name}/n_iter"])
         assert len(rep["model"]) == nref, (name, len(rep["model"]), nref)
+        frag = int(z[f"{name}/fragile_after"]) if f"{name}/fragile_after" in z.files else 0
+        upto = frag if frag else nref  # the α after a rounding-residue iteration may differ
         for key, ref in (("model", f"{name}/model"), ("accel_factor", f"{name}/accel_factor"),
                          ("bkg_norm", f"{name}/bkg_norm"), ("loglike", f"{name}/loglike_recomputed"),
                          ("log_posterior", f"{name}/log_posterior")):
             if ref not in z.files:
                 continue
-            a, b = rep[key], z[ref]
+            a, b = rep[key][:upto], z[ref][:upto]
             scale = np.max(np.abs(b)) or 1.0
             err = float(np.max(np.abs(a - b)) / scale)
             worst = max(worst, err)
             status = "ok" if err < 1e-9 else "MISMATCH"
-            print(f"{name:24s} {key:14s} max rel err {err:.2e} {status}")
+            print(f"{name:24s} {key:14s} max rel err {err:.2e} {status}"
+                  + (f" (iterations 1..{upto}; fragile after {frag})" if frag else ""))
     print(f"worst relative error {worst:.2e}")
     return worst < 1e-9
+
+
+# --------------------------------------------------------------------------
+# legacy generation: cosipy 0.3.x (flat parameter names, alpha always applied)
+# --------------------------------------------------------------------------
+
+LEGACY_PREFIX = "v034_"
+
+
+def legacy_parfile(algorithm: str, body: str) -> str:
+    return parfile(algorithm, body)
+
+
+LEGACY_CASES = []  # (name, yaml_text, tutorial_yaml, use_user_mask, description)
+
+LEGACY_CASES.append(("rl_full", legacy_parfile("RL", """
+iteration_max: 10
+minimum_flux:
+  value: 0.0
+  unit: "cm-2 s-1 sr-1"
+acceleration: true
+alpha_max: 10.0
+response_weighting: true
+response_weighting_index: 0.5
+smoothing: true
+smoothing_FWHM:
+  value: 20.0
+  unit: "deg"
+background_normalization_optimization: true
+background_normalization_range: {"albedo": [0.01, 10.0]}
+save_results: false
+"""), "rl_full", False, "legacy (b): alpha always applied, cap 10, weighting 0.5, smoothing 20 deg, bkg [0.01, 10]"))
+
+LEGACY_CASES.append(("rl_tutorial", legacy_parfile("RL", """
+iteration_max: 10
+acceleration: true
+alpha_max: 2.0
+response_weighting: false
+response_weighting_index: 0.5
+smoothing: false
+smoothing_FWHM:
+  value: 2.0
+  unit: "deg"
+background_normalization_optimization: true
+background_normalization_range: {"albedo": [0.01, 10.0]}
+save_results: false
+"""), "rl_tutorial", False, "legacy (c): alpha cap 2, bkg on, no smoothing, no weighting"))
+
+LEGACY_CASES.append(("rl_user_mask", legacy_parfile("RL", """
+iteration_max: 10
+minimum_flux:
+  value: 0.0
+  unit: "cm-2 s-1 sr-1"
+acceleration: true
+alpha_max: 10.0
+response_weighting: false
+smoothing: true
+smoothing_FWHM:
+  value: 20.0
+  unit: "deg"
+background_normalization_optimization: true
+background_normalization_range: {"albedo": [0.01, 10.0]}
+save_results: false
+"""), "rl_user_mask", True, "legacy (f): user mask, alpha cap 10, smoothing 20 deg, bkg on"))
+
+LEGACY_CASES.append(("rl_simple", legacy_parfile("RLsimple", """
+iteration_max: 10
+minimum_flux:
+  value: 0.0
+  unit: "cm-2 s-1 sr-1"
+background_normalization_optimization: false
+"""), "rl_simple", False, "legacy (d): RLsimple, bkg fixed at 1"))
+
+
+def legacy_tutorial_yaml(name):
+    """Nested (tutorial) spelling of the legacy runs, for comptonsky."""
+    body = {
+        "rl_full": dict(accel="True", amax="10.0", rw="True", sm="True", fwhm="20.0"),
+        "rl_tutorial": dict(accel="True", amax="2.0", rw="False", sm="False", fwhm="2.0"),
+        "rl_user_mask": dict(accel="True", amax="10.0", rw="False", sm="True", fwhm="20.0"),
+    }
+    if name == "rl_simple":
+        return parfile("RLsimple", """
+iteration_max: 10
+minimum_flux:
+  value: 0.0
+  unit: "cm-2 s-1 sr-1"
+stopping_criteria:
+  statistics: "log-likelihood"
+  threshold: 0.0
+save_results:
+  activate: False
+""")
+    b = body[name]
+    return parfile("RL", f"""
+iteration_max: 10
+minimum_flux:
+  value: 0.0
+  unit: "cm-2 s-1 sr-1"
+acceleration:
+  activate: {b['accel']}
+  alpha_max: {b['amax']}
+response_weighting:
+  activate: {b['rw']}
+  index: 0.5
+smoothing:
+  activate: {b['sm']}
+  FWHM:
+    value: {b['fwhm']}
+    unit: "deg"
+stopping_criteria:
+  statistics: "log-likelihood"
+  threshold: 0.0
+background_normalization_optimization:
+  activate: True
+  range: {{"albedo": [0.01, 10.0]}}
+save_results:
+  activate: False
+""")
+
+
+def run_legacy_case(prob, yaml_text, use_mask):
+    from histpy import Histogram
+    from cosipy.image_deconvolution import DataIF_COSI_DC2, ImageDeconvolution
+
+    rsp, event, bkg = make_histograms(prob)
+    dataif = DataIF_COSI_DC2.load(name="toy", event_binned_data=event,
+                                  dict_bkg_binned_data={"albedo": bkg}, rsp=rsp,
+                                  coordsys_conv_matrix=None)
+    with tempfile.TemporaryDirectory() as td:
+        pf = Path(td) / "par.yml"
+        pf.write_text(yaml_text)
+        imdec = ImageDeconvolution()
+        imdec.set_dataset([dataif])
+        imdec.read_parameterfile(str(pf))
+        mask_arr = None
+        if use_mask:
+            mask_arr = user_mask_array(prob)
+            imdec.set_mask(Histogram(dataif.model_axes, contents=mask_arr.copy()))
+        imdec.initialize()
+        imdec.run_deconvolution()
+        alg = imdec._deconvolution
+        results = imdec.results
+        out = {
+            "initial_model": _vals(imdec.initial_model),
+            "exposure_map": _vals(alg.summed_exposure_map),
+            "mask": (np.array(alg.mask.contents, dtype=bool) if alg.mask is not None
+                     else np.ones((NPIX, 1), dtype=bool)),
+            "mask_is_auto": np.bool_(not use_mask and alg.mask is not None),
+            "user_mask": mask_arr if mask_arr is not None else np.ones((NPIX, 1), dtype=bool),
+            "n_iter": np.int64(len(results)),
+            "iteration": np.array([r["iteration"] for r in results], dtype=np.int64),
+            "result_keys": np.array(sorted(results[0].keys())),
+            "algorithm_class": np.str_(type(alg).__name__),
+            "final_parameters": np.str_(imdec.parameter.dump()),
+        }
+        out["model"] = np.stack([_vals(r["model"]) for r in results])
+        out["delta_model"] = np.stack([_vals(r["delta_model"]) for r in results])
+        if "processed_delta_model" in results[0]:
+            out["processed_delta_model"] = np.stack([_vals(r["processed_delta_model"]) for r in results])
+        else:
+            out["processed_delta_model"] = out["delta_model"].copy()
+        out["fragile_after"] = fragile_after(out["model"])
+        out["accel_factor"] = np.array([float(r.get("alpha", 1.0)) for r in results])
+        out["bkg_norm"] = np.array([float(r["background_normalization"]["albedo"]) for r in results])
+        if "loglikelihood" in results[0]:
+            out["loglike"] = np.array([float(np.sum(r["loglikelihood"])) for r in results])
+        ll = []
+        for r in results:
+            exp_list = alg.calc_expectation_list(r["model"], dict_bkg_norm=r["background_normalization"])
+            ll.append(float(np.sum(alg.calc_loglikelihood_list(exp_list))))
+        out["loglike_recomputed"] = np.array(ll)
+        return out
+
+
+def main_legacy(out_path, version):
+    prob = build_problem()
+    existing = dict(np.load(out_path, allow_pickle=False)) if out_path.exists() else {}
+    existing = {k: v for k, v in existing.items() if not k.startswith(LEGACY_PREFIX) and k != "legacy_cases"
+                and k != "legacy_cosipy_version"}
+    names = []
+    for name, yaml_text, _, use_mask, desc in LEGACY_CASES:
+        res = run_legacy_case(prob, yaml_text, use_mask)
+        key = LEGACY_PREFIX + name
+        existing[f"{key}/yaml"] = np.str_(yaml_text)
+        existing[f"{key}/tutorial_yaml"] = np.str_(legacy_tutorial_yaml(name))
+        existing[f"{key}/overrides"] = np.array([""])
+        existing[f"{key}/n_overrides"] = np.int64(0)
+        existing[f"{key}/description"] = np.str_(desc)
+        for k, v in res.items():
+            existing[f"{key}/{k}"] = v
+        names.append(key)
+        print(f"{key:24s} class={res['algorithm_class']:22s} n_iter={int(res['n_iter']):3d} "
+              f"bkg={res['bkg_norm'][-1]:.6f} accel={np.array2string(res['accel_factor'], precision=3)} "
+              f"logL={res['loglike_recomputed'][-1]:.6f}")
+    existing["legacy_cases"] = np.array(names)
+    existing["legacy_cosipy_version"] = np.str_(version)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out_path, **existing)
+    print(f"wrote {out_path} ({out_path.stat().st_size} bytes)")
 
 
 def main(argv):
@@ -732,6 +975,14 @@ def main(argv):
     import cosipy
     import healpy
     import histpy
+
+    version = getattr(cosipy, "__version__", None)
+    if version is None:
+        from importlib.metadata import version as _v
+        version = _v("cosipy")
+    if version.startswith("0.3"):
+        main_legacy(out_path, version)
+        return
 
     prob = build_problem()
     rec = Recorder()
@@ -776,6 +1027,11 @@ def main(argv):
               f"bkg={res['bkg_norm'][-1]:.6f} accel={np.array2string(res['accel_factor'], precision=3)} "
               f"logL={res['loglike_recomputed'][-1]:.6f}")
     npz["cases"] = np.array(names)
+    if out_path.exists():  # keep the legacy (cosipy 0.3.x) cases written by the other venv
+        old = np.load(out_path, allow_pickle=False)
+        for k in old.files:
+            if k.startswith(LEGACY_PREFIX) or k in ("legacy_cases", "legacy_cosipy_version"):
+                npz[k] = old[k]
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out_path, **npz)
