@@ -66,11 +66,16 @@ def test_case_matches_cosipy(reference, case, tmp_path):
         assert result["iteration"] == ref["iteration"][k]
         np.testing.assert_allclose(result["model"].contents.value, ref["model"][k],
                                    rtol=1e-10, atol=1e-13 * scale, err_msg=f"model, it {k + 1}")
-        np.testing.assert_allclose(result["delta_model"].contents.value, ref["delta_model"][k],
-                                   rtol=1e-9, atol=1e-12 * scale, err_msg=f"delta, it {k + 1}")
-        np.testing.assert_allclose(result["processed_delta_model"].contents.value,
-                                   ref["processed_delta_model"][k], rtol=1e-9,
+        # delta maps on free pixels: on masked ones cosipy's MAP_RL leaves NaN (exp overflow
+        # at zero exposure), which we replace by 0; the maps themselves agree everywhere.
+        free = ref["mask"]
+        np.testing.assert_allclose(result["delta_model"].contents.value[free],
+                                   ref["delta_model"][k][free], rtol=1e-9,
+                                   atol=1e-12 * scale, err_msg=f"delta, it {k + 1}")
+        np.testing.assert_allclose(result["processed_delta_model"].contents.value[free],
+                                   ref["processed_delta_model"][k][free], rtol=1e-9,
                                    atol=1e-12 * scale, err_msg=f"processed delta, it {k + 1}")
+        assert np.isfinite(result["processed_delta_model"].contents.value).all()
         assert result["accel_factor"] == pytest.approx(ref["accel_factor"][k], rel=1e-12)
         assert result["background_normalization"]["albedo"] == pytest.approx(
             ref["bkg_norm"][k], rel=1e-12)

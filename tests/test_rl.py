@@ -19,7 +19,7 @@ def slow_rl(response, counts, background, lam0, iterations, accel=False, alpha_m
             minimum_flux=0.0, mask=None):
     """DESIGN §4 written with explicit loops over i and j (tiny problems only)."""
     R = np.asarray(response, dtype=float)  # (J, I), ΔΩ folded in
-    J, I = R.shape
+    J, I = R.shape  # noqa: E741 (the design's index names)
     lam = [float(v) for v in lam0]
     if mask is not None:
         lam = [lam[j] if mask[j] else 0.0 for j in range(J)]

@@ -105,8 +105,12 @@ class MAPRichardsonLucy(RichardsonLucy):
             gradient += prior.grad_log_prior(em_map.reshape(shape))
         with np.errstate(divide="ignore", invalid="ignore"):
             exponent = np.where(denominator > 0, gradient.reshape(-1) / denominator, 0.0)
-        self.prior_filter = np.exp(exponent)
-        self.delta_model = self.prior_filter * em_map - self.model
+        with np.errstate(over="ignore", invalid="ignore"):
+            self.prior_filter = np.exp(exponent)
+            self.delta_model = self.prior_filter * em_map - self.model
+        if self.mask is not None:  # masked pixels are reset to 0 below; keep NaN/inf out
+            self.prior_filter[~self.mask] = 1.0
+            self.delta_model[~self.mask] = 0.0
         if self.do_bkg_norm_optimization:
             new_norm = {}
             for key in self.data.background_names:

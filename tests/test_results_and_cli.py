@@ -1,0 +1,114 @@
+"""Saving results (histpy HDF5 maps + FITS table), plots, and the deconvolve command line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from comptonsky import DataIF_COSI_DC2, ImageDeconvolution, plot_convergence, plot_image
+from comptonsky.cli import main
+from comptonsky.errors import InvalidParameterError, UnknownChoiceError
+from comptonsky.io.histogram import open_histogram, write_histogram
+
+from .conftest import write_parfile
+
+
+@pytest.fixture
+def finished(small_problem, tmp_path):
+    ds = DataIF_COSI_DC2.load("toy", small_problem.event, {"albedo": small_problem.background},
+                              small_problem.response)
+    deconv = ImageDeconvolution()
+    deconv.set_dataset([ds])
+    deconv.read_parameterfile(write_parfile(tmp_path, iterations=5, accel=True))
+    deconv.initialize()
+    deconv.run_deconvolution(progress=False)
+    return deconv
+
+
+def test_save_results_round_trip(finished, tmp_path):
+    out = tmp_path / "all"
+    files = finished.save_results(out, only_final_result=False)
+    assert len(files) == 5 * 3 + 1
+    for result in finished.results:
+        model = open_histogram(out / f"model_itr{result['iteration']}.hdf5")
+        np.testing.assert_array_equal(model.contents.value, result["model"].contents.value)
+        assert list(model.axes.labels) == ["lb", "Ei"]
+    with fits.open(out / "results.fits") as hdul:
+        table = hdul["ITERATIONS"].data
+        np.testing.assert_array_equal(table["iteration"], [1, 2, 3, 4, 5])
+        np.testing.assert_allclose(table["accel_factor"],
+                                   [r["accel_factor"] for r in finished.results])
+        np.testing.assert_allclose(table["bkg_norm_albedo"],
+                                   [r["background_normalization"]["albedo"]
+                                    for r in finished.results])
+        np.testing.assert_allclose(table["log-likelihood_toy"],
+                                   [r["log-likelihood"][0] for r in finished.results])
+    final = finished.save_results(tmp_path / "final", only_final_result=True)
+    assert sorted(p.name for p in final) == sorted(
+        ["model_itr5.hdf5", "delta_model_itr5.hdf5", "processed_delta_model_itr5.hdf5",
+         "results.fits"])
+
+
+def test_save_results_from_parameter_file(small_problem, tmp_path):
+    ds = DataIF_COSI_DC2.load("toy", small_problem.event, {"albedo": small_problem.background},
+                              small_problem.response)
+    deconv = ImageDeconvolution()
+    deconv.set_dataset([ds])
+    deconv.read_parameterfile(write_parfile(tmp_path, iterations=2))
+    deconv.override_parameter("deconvolution:parameter:save_results:activate = True",
+                              f"deconvolution:parameter:save_results:directory = '{tmp_path}/r'")
+    deconv.initialize()
+    deconv.run_deconvolution(progress=False)
+    assert (tmp_path / "r" / "model_itr2.hdf5").exists()
+    assert (tmp_path / "r" / "results.fits").exists()
+
+
+def test_plots(finished, tmp_path):
+    model = finished.results[-1]["model"]
+    fig = plot_image(model, scale="log", sources={"GC": (0, 0)}, title="x",
+                     output=tmp_path / "m.png")
+    assert "509" in fig.axes[0].get_title()
+    assert (tmp_path / "m.png").stat().st_size > 1000
+    plot_convergence(finished.results, output=tmp_path / "c.png")
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    with pytest.raises(UnknownChoiceError, match="'linear', 'log'"):
+        plot_image(model, scale="sqrt")
+    with pytest.raises(InvalidParameterError, match="energy_index 3"):
+        plot_image(model, energy_index=3)
+
+
+def test_deconvolve_command(small_problem, tmp_path, capsys):
+    event = write_histogram(small_problem.event, tmp_path / "event.h5")
+    bkg = write_histogram(small_problem.background, tmp_path / "bkg.h5")
+    rsp = write_histogram(small_problem.response, tmp_path / "rsp.h5")
+    parfile = write_parfile(tmp_path, iterations=3)
+    out = tmp_path / "out"
+    status = main(["deconvolve", str(parfile), "--event", str(event), "--background",
+                   f"albedo={bkg}", "--response", str(rsp), "--output", str(out),
+                   "--override", "deconvolution:parameter:iteration_max = 4", "--no-progress"])
+    assert status == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["iterations"] == 4
+    assert set(summary["background_normalization"]) == {"albedo"}
+    for name in ("model_itr4.hdf5", "results.fits", "model_E0_log.png", "convergence.png"):
+        assert (out / name).exists(), name
+    assert "4 iterations" in capsys.readouterr().out
+
+
+def test_deconvolve_command_reports_bad_input(small_problem, tmp_path, capsys):
+    parfile = write_parfile(tmp_path)
+    status = main(["deconvolve", str(parfile), "--event", str(tmp_path / "none.h5"),
+                   "--response", str(tmp_path / "none.h5"), "--output", str(tmp_path / "o")])
+    assert status == 1
+    err = capsys.readouterr().err
+    assert "none.h5" in err and "no such file" in err
+    assert not (tmp_path / "o" / "summary.json").exists()
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "deconvolve" in capsys.readouterr().out
