@@ -80,8 +80,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Events per chunk when streaming (about 30 MB of DC2 rows).
-DEFAULT_CHUNK_SIZE = 1 << 18
+#: Events per chunk when streaming: 16384 DC2 rows are 1.8 MB, small enough to stay in cache
+#: between the reader thread and the binning kernel (measured faster than bigger chunks).
+DEFAULT_CHUNK_SIZE = 1 << 14
 
 
 @dataclass(frozen=True)
@@ -699,7 +700,7 @@ def _iter_hdf5(path: Path, columns: list[str] | None, chunk_size: int, start: in
             yield chunk
 
 
-def _prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
+def _prefetch(iterator: Iterator, depth: int = 4) -> Iterator:
     """Run ``iterator`` in a background thread, keeping up to ``depth`` items ready.
 
     Decompression (ISA-L, zlib, HDF5 filters) and numpy conversions release the GIL, so reading
