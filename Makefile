@@ -18,11 +18,11 @@ demo: venv
 	$(VENV)/bin/comptonsky demo --output demo-output
 
 test: venv
-	$(PY) -m ruff check comptonsky tests benchmarks
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q -n 2 tests
 
 lint: venv
-	$(PY) -m ruff check comptonsky tests benchmarks
+	$(PY) -m ruff check .
 
 bench: venv
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
