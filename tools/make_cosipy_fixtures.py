@@ -17,8 +17,6 @@ of that file is documented in ``tests/data/README.md``.
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import os
 import sys
@@ -433,7 +431,9 @@ def _vals(h):
 
 def install_hooks(rec: Recorder):
     from cosipy.image_deconvolution.algorithms import RichardsonLucy, RichardsonLucyBasic
-    from cosipy.image_deconvolution.algorithms.response_weighting_filter import ResponseWeightingFilter
+    from cosipy.image_deconvolution.algorithms.response_weighting_filter import (
+        ResponseWeightingFilter,
+    )
 
     orig_rl_m = RichardsonLucy.Mstep
     orig_basic_m = RichardsonLucyBasic.Mstep
@@ -466,9 +466,8 @@ def install_hooks(rec: Recorder):
 
 
 def run_case(prob, name, yaml_text, overrides, use_mask, rec: Recorder):
-    import astropy.units as u
-    from histpy import Histogram
     from cosipy.image_deconvolution import DataIF_COSI_DC2, ImageDeconvolution
+    from histpy import Histogram
 
     rsp, event, bkg = make_histograms(prob)
     dataif = DataIF_COSI_DC2.load(name="toy", event_binned_data=event,
@@ -883,8 +882,8 @@ save_results:
 
 
 def run_legacy_case(prob, yaml_text, use_mask):
-    from histpy import Histogram
     from cosipy.image_deconvolution import DataIF_COSI_DC2, ImageDeconvolution
+    from histpy import Histogram
 
     rsp, event, bkg = make_histograms(prob)
     dataif = DataIF_COSI_DC2.load(name="toy", event_binned_data=event,
