@@ -43,6 +43,9 @@ class ResponseOperator(ABC):
         Unit of R (normally cm² s).
     """
 
+    #: How the matrix is held ('dense', 'sparse', 'out-of-core', ...).
+    storage = "abstract"
+
     def __init__(self, model_axes: Axes, data_axes: Axes, pixel_solid_angle, unit):
         self.model_axes = model_axes
         self.data_axes = data_axes
@@ -139,10 +142,15 @@ class DenseResponse(ResponseOperator):
         is fine): no copy is made, so the response is held once.
     model_axes, data_axes, pixel_solid_angle, unit
         See :class:`ResponseOperator`.
+    row_sums : ndarray, shape (n_model,), optional
+        Σ_i R_ij in float64 if already known (a loader computes it while reading); else the
+        exposure costs one pass over the matrix.
     """
 
+    storage = "dense"
+
     def __init__(self, matrix: np.ndarray, model_axes: Axes, data_axes: Axes,
-                 pixel_solid_angle, unit):
+                 pixel_solid_angle, unit, row_sums: np.ndarray | None = None):
         super().__init__(model_axes, data_axes, pixel_solid_angle, unit)
         if matrix.shape != (self.n_model, self.n_data):
             raise InvalidDataError(
@@ -154,6 +162,7 @@ class DenseResponse(ResponseOperator):
             matrix = matrix.astype(np.float64)
         self.matrix = np.ascontiguousarray(matrix)
         self.dtype = self.matrix.dtype
+        self._known_row_sums = None if row_sums is None else np.asarray(row_sums, np.float64)
 
     def _matvec(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(x.astype(self.dtype, copy=False) @ self.matrix, dtype=np.float64)
@@ -162,8 +171,16 @@ class DenseResponse(ResponseOperator):
         return np.asarray(self.matrix @ y.astype(self.dtype, copy=False), dtype=np.float64)
 
     def _row_sums(self) -> np.ndarray:
+        if self._known_row_sums is not None:
+            return self._known_row_sums
         return self.matrix.sum(axis=1, dtype=np.float64)
 
     @property
     def nbytes(self) -> int:
+        """Bytes of response held."""
+        return int(self.matrix.nbytes)
+
+    @property
+    def bytes_per_product(self) -> int:
+        """Bytes streamed by one forward or adjoint product."""
         return int(self.matrix.nbytes)

@@ -1,0 +1,256 @@
+"""Converted-response cache: one file per (source file identity, dtype, storage, threshold).
+
+A cache file holds raw arrays, each starting at a 4096-byte boundary, followed by a JSON footer and
+a 16-byte trailer (footer length, magic). Writing is sequential, so arrays whose length is not
+known in advance (a sparse matrix being built) can be streamed; the file is written under a
+temporary name and renamed when complete (:func:`comptonsky.io.atomic.atomic_path`), so an
+interrupted conversion never leaves a truncated cache. Reading memory-maps the arrays (read-only,
+optionally pre-faulted with ``MAP_POPULATE``): a cached load costs no copy.
+
+The key hashes the source's resolved path, size and modification time (ns) with the target dtype,
+storage, threshold and the format version, so a changed response file is converted again.
+
+Location, first match wins: the ``cache_dir`` option; the ``COMPTONSKY_CACHE_DIR`` environment
+variable; the source file's directory if writable; ``$XDG_CACHE_HOME/comptonsky`` (default
+``~/.cache/comptonsky``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import mmap
+import os
+import struct
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import FileFormatError
+from ..io.atomic import atomic_path
+
+__all__ = ["CACHE_ENV", "cache_key", "cache_file", "CacheWriter", "CacheFile", "find_cache"]
+
+logger = logging.getLogger(__name__)
+
+CACHE_ENV = "COMPTONSKY_CACHE_DIR"
+FORMAT_VERSION = 1
+MAGIC = b"CSKYRSP1"
+ALIGN = 4096
+_TRAILER = struct.Struct("<Q8s")
+
+
+def cache_key(source: str | os.PathLike, dtype: str, storage: str, threshold: float | None) -> str:
+    """Hex key from the source file's identity and the conversion settings."""
+    path = Path(source).resolve()
+    st = path.stat()
+    ident = json.dumps([FORMAT_VERSION, str(path), st.st_size, st.st_mtime_ns, str(dtype),
+                        storage, None if threshold is None else float(threshold)])
+    return hashlib.sha256(ident.encode()).hexdigest()[:20]
+
+
+def cache_dir_for(source: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The directory the cache of ``source`` lives in (see module docstring)."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    parent = Path(source).resolve().parent
+    if os.access(parent, os.W_OK):
+        return parent
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "comptonsky"
+
+
+def cache_file(source: str | os.PathLike, key: str, storage: str, dtype: str,
+               cache_dir: str | os.PathLike | None = None) -> Path:
+    """Path of the cache file for ``source`` with the given key and settings."""
+    name = Path(source).name
+    return cache_dir_for(source, cache_dir) / f"{name}.comptonsky-{storage}-{dtype}-{key}.cache"
+
+
+def _stale_caches(target: Path) -> list[Path]:
+    """Other cache files of the same source, storage and dtype (older keys)."""
+    prefix = target.name.rsplit("-", 1)[0] + "-"
+    return [p for p in target.parent.glob(prefix + "*.cache") if p != target]
+
+
+class CacheWriter:
+    """Stream arrays into a new cache file (atomic: temporary name, renamed on close).
+
+    Parameters
+    ----------
+    path : path-like
+        Final cache file path.
+    meta : dict
+        JSON-serialisable metadata stored in the footer (key, settings, axes summary...).
+    background : bool
+        Write appended blocks from a background thread (the caller must not modify an
+        appended block afterwards unless it calls :meth:`wait`).
+    prune : bool
+        On success, remove older cache files of the same source, storage and dtype.
+    """
+
+    def __init__(self, path: str | os.PathLike, meta: dict[str, Any], background: bool = True,
+                 prune: bool = True):
+        self.path = Path(path)
+        self.prune = prune
+        self.meta = dict(meta)
+        self.arrays: dict[str, dict[str, Any]] = {}
+        self._ctx = atomic_path(self.path)
+        self.tmp = self._ctx.__enter__()
+        self._fh = open(self.tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
+        self._pool = ThreadPoolExecutor(1) if background else None
+        self._pending: list[Future] = []
+        self._current: str | None = None
+        self._pos = 0
+
+    # --- streaming an array of unknown length ---
+    def begin(self, name: str, dtype, inner_shape: tuple[int, ...] = ()) -> None:
+        """Start array ``name``; append blocks with :meth:`append`, close with :meth:`end`."""
+        pad = (-self._pos) % ALIGN
+        if pad:
+            self._write(b"\0" * pad)
+        self._current = name
+        self.arrays[name] = {"offset": self._pos, "dtype": np.dtype(dtype).str,
+                             "inner": list(inner_shape), "count": 0}
+
+    def append(self, block: np.ndarray) -> None:
+        """Append ``block`` (C-contiguous, of the array's dtype) to the current array."""
+        info = self.arrays[self._current]
+        if block.dtype.str != info["dtype"]:
+            raise TypeError(f"block dtype {block.dtype} != array dtype {info['dtype']}")
+        info["count"] += int(block.shape[0]) if block.ndim else 1
+        self._write(memoryview(np.ascontiguousarray(block)).cast("B"))
+
+    def end(self) -> None:
+        info = self.arrays[self._current]
+        info["shape"] = [info.pop("count")] + info.pop("inner")
+        self._current = None
+
+    def add(self, name: str, array: np.ndarray) -> None:
+        """Write a whole array."""
+        array = np.ascontiguousarray(array)
+        self.begin(name, array.dtype, array.shape[1:])
+        self.append(array if array.ndim else array.reshape(1))
+        self.end()
+        if array.ndim == 0:
+            self.arrays[name]["shape"] = []
+
+    def _write(self, data) -> None:
+        self._pos += len(data) if isinstance(data, bytes) else data.nbytes
+        if self._pool is None:
+            self._fh.write(data)
+        else:
+            self._pending.append(self._pool.submit(self._fh.write, data))
+            if len(self._pending) > 64:
+                self.wait()
+
+    def wait(self) -> None:
+        """Block until every appended block has been written."""
+        for fut in self._pending:
+            fut.result()
+        self._pending.clear()
+
+    def close(self) -> Path:
+        """Write the footer, close, rename into place; remove older caches of the source."""
+        self.wait()
+        footer = json.dumps({"version": FORMAT_VERSION, "meta": self.meta,
+                             "arrays": self.arrays}).encode()
+        self._fh.write(footer)
+        self._fh.write(_TRAILER.pack(len(footer), MAGIC))
+        self._fh.close()
+        if self._pool is not None:
+            self._pool.shutdown()
+        self._ctx.__exit__(None, None, None)
+        for old in _stale_caches(self.path) if self.prune else []:
+            try:
+                old.unlink()
+                logger.info("removed stale response cache %s", old)
+            except OSError:
+                pass
+        logger.info("wrote response cache %s (%.1f MB)", self.path, self.path.stat().st_size / 1e6)
+        return self.path
+
+    def abort(self) -> None:
+        """Discard the temporary file."""
+        try:
+            for fut in self._pending:
+                fut.cancel()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            self._fh.close()
+        finally:
+            try:
+                self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+            except RuntimeError:
+                pass
+
+
+class CacheFile:
+    """A cache file opened for reading: metadata and memory-mapped arrays.
+
+    Parameters
+    ----------
+    path : path-like
+    populate : bool
+        Pre-fault the mapping (``MAP_POPULATE``) so that the first product does not pay page
+        faults; costs the time to map the pages once, at open.
+    """
+
+    def __init__(self, path: str | os.PathLike, populate: bool = False):
+        self.path = Path(path)
+        size = self.path.stat().st_size
+        with open(self.path, "rb") as fh:
+            if size < _TRAILER.size:
+                raise FileFormatError(f"{self.path}: not a comptonsky response cache (too short)")
+            fh.seek(size - _TRAILER.size)
+            n, magic = _TRAILER.unpack(fh.read(_TRAILER.size))
+            if magic != MAGIC or n > size:
+                raise FileFormatError(f"{self.path}: not a comptonsky response cache "
+                                      f"(magic {magic!r}, expected {MAGIC!r})")
+            fh.seek(size - _TRAILER.size - n)
+            footer = json.loads(fh.read(n))
+            if footer.get("version") != FORMAT_VERSION:
+                raise FileFormatError(f"{self.path}: cache format version "
+                                      f"{footer.get('version')}, expected {FORMAT_VERSION}")
+            flags = mmap.MAP_SHARED
+            if populate and hasattr(mmap, "MAP_POPULATE"):
+                flags |= mmap.MAP_POPULATE
+            self._mmap = mmap.mmap(fh.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
+        self.meta: dict[str, Any] = footer["meta"]
+        self.layout: dict[str, dict[str, Any]] = footer["arrays"]
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        info = self.layout[name]
+        shape = tuple(info["shape"])
+        count = int(np.prod(shape)) if shape else 1
+        arr = np.frombuffer(self._mmap, dtype=np.dtype(info["dtype"]), count=count,
+                            offset=info["offset"])
+        return arr.reshape(shape)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.layout
+
+    def offset(self, name: str) -> int:
+        return int(self.layout[name]["offset"])
+
+
+def find_cache(path: Path, key: str, populate: bool = False) -> CacheFile | None:
+    """Open ``path`` if it is a valid cache with this key, else None (logged)."""
+    if not path.exists():
+        return None
+    try:
+        cf = CacheFile(path, populate=populate)
+    except (FileFormatError, ValueError, OSError) as exc:
+        logger.warning("ignoring unreadable response cache %s: %s", path, exc)
+        return None
+    if cf.meta.get("key") != key:
+        logger.warning("ignoring response cache %s: key %s, expected %s", path,
+                       cf.meta.get("key"), key)
+        return None
+    return cf
