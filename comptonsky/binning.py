@@ -476,10 +476,13 @@ class FileStats:
         if self.n_read == 0:
             logger.warning("%s: no events", self.name)
             return
+        reported = set()
         for b in binnings:
             nout = self.n_outside_time.get(id(b), 0)
-            if nout == 0:
+            key = (float(b.time_edges[0]), float(b.time_edges[-1]))
+            if nout == 0 or key in reported:
                 continue
+            reported.add(key)
             span = (f"the file's events span {float(self.t_seen_min)!r} to "
                     f"{float(self.t_seen_max)!r} s")
             rng = f"[{float(b.time_edges[0])!r}, {float(b.time_edges[-1])!r}) s"
