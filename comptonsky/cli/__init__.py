@@ -14,7 +14,7 @@ import sys
 __all__ = ["main", "build_parser"]
 
 #: Subcommand modules, in the order shown by ``comptonsky --help``.
-COMMAND_MODULES = ("demo", "simulate", "bin", "deconvolve", "plot")
+COMMAND_MODULES = ("demo", "simulate", "bin", "deconvolve", "uncertainty", "plot")
 
 
 def build_parser() -> argparse.ArgumentParser:
