@@ -112,3 +112,21 @@ def test_help_lists_commands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "deconvolve" in capsys.readouterr().out
+
+
+def test_plot_command_for_maps_and_tables(finished, tmp_path):
+    from comptonsky.deconvolution.results import read_results_table
+
+    finished.save_results(tmp_path, only_final_result=True)
+    rows = read_results_table(tmp_path / "results.fits")
+    assert [r["iteration"] for r in rows] == [1, 2, 3, 4, 5]
+    assert rows[-1]["background_normalization"]["albedo"] == pytest.approx(
+        finished.results[-1]["background_normalization"]["albedo"])
+    assert main(["plot", str(tmp_path / "model_itr5.hdf5"), "--scale", "log",
+                 "--source", "GC=0,0"]) == 0
+    assert (tmp_path / "model_itr5.png").exists()
+    assert main(["plot", str(tmp_path / "results.fits"), "--output",
+                 str(tmp_path / "conv.png")]) == 0
+    assert (tmp_path / "conv.png").exists()
+    with pytest.raises(SystemExit):
+        main(["plot", "x.h5", "--source", "GC=0"])

@@ -15,7 +15,7 @@ from astropy.table import Table
 from ..io.atomic import atomic_path
 from ..io.histogram import write_histogram
 
-__all__ = ["save_results", "results_table", "MAP_KEYS"]
+__all__ = ["save_results", "results_table", "read_results_table", "MAP_KEYS"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,3 +79,29 @@ def save_results(results: Sequence[dict[str, Any]], directory: str | os.PathLike
     written.append(path)
     logger.info("saved %d files into %s", len(written), directory)
     return written
+
+
+def read_results_table(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read ``results.fits`` back into per-iteration dicts (no maps).
+
+    Keys: ``iteration``, ``accel_factor``, ``background_normalization`` and ``log-likelihood``
+    (one entry per dataset), plus ``log-posterior`` when stored.
+    """
+    from ..errors import FileFormatError
+
+    try:
+        table = Table.read(path, hdu="ITERATIONS")
+    except (OSError, KeyError, ValueError) as exc:
+        raise FileFormatError(f"{path}: not a comptonsky results table ({exc})") from exc
+    norms = [c for c in table.colnames if c.startswith("bkg_norm_")]
+    logls = [c for c in table.colnames if c.startswith("log-likelihood_")]
+    rows = []
+    for row in table:
+        entry = {"iteration": int(row["iteration"]), "accel_factor": float(row["accel_factor"]),
+                 "background_normalization": {c[len("bkg_norm_"):]: float(row[c])
+                                              for c in norms},
+                 "log-likelihood": [float(row[c]) for c in logls]}
+        if "log-posterior" in table.colnames:
+            entry["log-posterior"] = float(row["log-posterior"])
+        rows.append(entry)
+    return rows

@@ -1,0 +1,52 @@
+"""``comptonsky plot``: PNG images of saved maps and of convergence tables."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "plot a saved map (histpy HDF5, axes lb × Ei) or a results.fits convergence table"
+
+
+def _source(text: str) -> tuple[str, tuple[float, float]]:
+    name, sep, pos = text.partition("=")
+    try:
+        lon, lat = (float(v) for v in pos.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=L,B in degrees, found {text!r}") from None
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=L,B in degrees, found {text!r}")
+    return name, (lon, lat)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("plot", help=HELP, description=HELP + ".")
+    p.add_argument("file", help="map file (.hdf5/.h5) or results table (.fits)")
+    p.add_argument("--output", help="PNG to write (default: FILE with .png)")
+    p.add_argument("--energy-index", type=int, default=0, help="energy band of a map")
+    p.add_argument("--scale", choices=("linear", "log"), default="linear", help="colour scale")
+    p.add_argument("--vmin", type=float, default=None, help="lower colour limit")
+    p.add_argument("--vmax", type=float, default=None, help="upper colour limit")
+    p.add_argument("--source", action="append", type=_source, default=[],
+                   metavar="NAME=L,B", help="mark a position in Galactic degrees (repeatable)")
+    p.add_argument("--title", default=None, help="title (the energy band is appended)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..plotting import plot_convergence, plot_image
+
+    path = Path(args.file)
+    output = Path(args.output) if args.output else path.with_suffix(".png")
+    if path.suffix.lower() in (".fits", ".fit"):
+        from ..deconvolution.results import read_results_table
+
+        plot_convergence(read_results_table(path), output=output)
+    else:
+        from ..io.histogram import open_histogram
+
+        plot_image(open_histogram(path), energy_index=args.energy_index, scale=args.scale,
+                   vmin=args.vmin, vmax=args.vmax, sources=dict(args.source) or None,
+                   title=args.title or path.stem, output=output)
+    print(f"wrote {output}")
+    return 0
