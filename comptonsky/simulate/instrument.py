@@ -94,7 +94,7 @@ class InstrumentModel:
     """
 
     line_energy_kev: float = 511.0
-    on_axis_area_cm2: float = 72.0
+    on_axis_area_cm2: float = 84.0
     area_index: float = 1.5
     back_fraction: float = 0.05
     hit_sigma_kev: float = 1.63

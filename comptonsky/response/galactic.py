@@ -1,0 +1,586 @@
+"""Carry a detector-frame response over an attitude history into a Galactic response.
+
+The one engine of DESIGN §6::
+
+    R_gal[j, e, m, φ, p] = Σ_t Δt_t · occ_t(n_j) · R_det[A_t⁻¹ n_j, e, m, φ, rot_t(p)]
+
+``n_j`` is the Galactic direction of sky pixel j, ``A_t`` the attitude (detector → Galactic
+rotation) of attitude bin t with live time ``Δt_t``, ``occ_t`` the fraction of pixel j above the
+Earth's limb, and ``rot_t`` the map between detector-frame and Galactic PsiChi pixels. The source
+direction is looked up in the detector-frame response at the nearest ν pixel; each detector-frame
+PsiChi pixel is pushed to the Galactic PsiChi grid at its rotated centre, either to the
+nearest pixel or spread over the four HEALPix interpolation neighbours.
+
+Inputs are a :class:`DetectorResponse` (a compressed per-ν sparse form of the
+``(NuLambda, Ei, Em, Phi, PsiChi)`` array in cm², built from a dense array, a histpy histogram such
+as a COSI ``DRM`` file, or the simulator's instrument model) and :class:`AttitudeBins` (groups of
+time with one attitude, from :func:`bin_attitudes`). The result, in cm² s, is produced in blocks
+of sky pixels so memory stays bounded; :func:`write_galactic_response` streams it into a histpy
+HDF5 file with the axes of ``psr_gal_511_DC2.h5``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import healpy as hp
+import numba
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import AxisMismatchError, InvalidParameterError
+from ..io.atomic import atomic_path
+from ..io.orientation import Orientation
+
+__all__ = [
+    "DetectorResponse",
+    "AttitudeBins",
+    "bin_attitudes",
+    "iter_galactic_response",
+    "galactic_response",
+    "write_galactic_response",
+    "carry_local_cds",
+    "galactic_exposure",
+]
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------
+# detector-frame response container
+
+
+@dataclass
+class DetectorResponse:
+    """A detector-frame response R_det[ν, Ei, Em, Phi, PsiChi] (cm²) stored sparsely per ν.
+
+    Row ν holds entries ``val[q]`` at PsiChi pixel ``col_p[q]`` and flattened (Ei, Em, Phi)
+    index ``col_k[q]`` for ``q`` in ``indptr[ν]:indptr[ν + 1]``.
+
+    Attributes
+    ----------
+    nside_nu, nside_psichi : int
+        HEALPix resolutions (RING) of the ν and PsiChi axes (detector frame).
+    shape_k : tuple of int
+        (n_Ei, n_Em, n_Phi).
+    indptr : ndarray, shape (N_ν + 1,), int64
+    col_p, col_k : ndarray, shape (nnz,), int32
+    val : ndarray, shape (nnz,), float32
+    """
+
+    nside_nu: int
+    nside_psichi: int
+    shape_k: tuple[int, int, int]
+    indptr: np.ndarray
+    col_p: np.ndarray
+    col_k: np.ndarray
+    val: np.ndarray
+
+    @property
+    def n_nu(self) -> int:
+        """Number of ν pixels."""
+        return hp.nside2npix(self.nside_nu)
+
+    @property
+    def n_psichi(self) -> int:
+        """Number of PsiChi pixels."""
+        return hp.nside2npix(self.nside_psichi)
+
+    @property
+    def n_k(self) -> int:
+        """n_Ei × n_Em × n_Phi."""
+        return int(np.prod(self.shape_k))
+
+    @property
+    def nnz(self) -> int:
+        """Stored entries."""
+        return len(self.val)
+
+    @classmethod
+    def from_parts(cls, parts: list, nside_nu: int, nside_psichi: int,
+                   shape_k: tuple[int, int, int]) -> DetectorResponse:
+        """Assemble from a list (chunks) of lists (rows) of ``(col_p, col_k, val)`` arrays."""
+        rows = [r for chunk in parts for r in chunk]
+        if len(rows) != hp.nside2npix(nside_nu):
+            raise InvalidParameterError(f"expected {hp.nside2npix(nside_nu)} ν rows, got {len(rows)}")
+        counts = np.array([len(r[2]) for r in rows], dtype=np.int64)
+        indptr = np.concatenate([[0], np.cumsum(counts)])
+        col_p = np.concatenate([r[0] for r in rows]).astype(np.int32, copy=False)
+        col_k = np.concatenate([r[1] for r in rows]).astype(np.int32, copy=False)
+        val = np.concatenate([r[2] for r in rows]).astype(np.float32, copy=False)
+        return cls(int(nside_nu), int(nside_psichi), tuple(int(s) for s in shape_k), indptr,
+                   col_p, col_k, val)
+
+    @classmethod
+    def from_dense(cls, array: np.ndarray, nside_nu: int | None = None,
+                   nside_psichi: int | None = None, threshold: float = 0.0) -> DetectorResponse:
+        """Build from a dense array of shape (N_ν, n_Ei, n_Em, n_Phi, N_PsiChi) in cm².
+
+        Parameters
+        ----------
+        array : array_like, shape (N_ν, n_Ei, n_Em, n_Phi, N_PsiChi)
+        nside_nu, nside_psichi : int, optional
+            Default: inferred from the axis lengths.
+        threshold : float
+            Entries ≤ threshold × the row maximum are dropped.
+        """
+        a = np.asarray(array)
+        if a.ndim != 5:
+            raise AxisMismatchError(f"detector response must be 5-D (NuLambda, Ei, Em, Phi, "
+                                    f"PsiChi), got shape {a.shape}")
+        nside_nu = nside_nu or hp.npix2nside(a.shape[0])
+        nside_psichi = nside_psichi or hp.npix2nside(a.shape[4])
+        rows = []
+        for i in range(a.shape[0]):
+            r = a[i].reshape(-1, a.shape[4]).T  # (P, K): p-major
+            vmax = r.max() if r.size else 0.0
+            p, k = np.nonzero(r > threshold * vmax) if vmax > 0 else (np.array([], int),) * 2
+            rows.append((p, k, r[p, k]))
+        return cls.from_parts([rows], nside_nu, nside_psichi, a.shape[1:4])
+
+    @classmethod
+    def from_histogram(cls, hist, threshold: float = 0.0) -> DetectorResponse:
+        """Build from a histpy Histogram with axes NuLambda, Ei, Em, Phi, PsiChi (detector frame).
+
+        The contents are converted to cm² if the histogram has a unit; dense and sparse contents
+        are accepted (sparse ones are densified one ν row at a time).
+        """
+        labels = list(hist.axes.labels)
+        want = ["NuLambda", "Ei", "Em", "Phi", "PsiChi"]
+        if labels != want:
+            raise AxisMismatchError(f"detector response axes must be {want}, got {labels}")
+        factor = 1.0
+        if hist.unit is not None and str(hist.unit) not in ("", "dimensionless"):
+            import astropy.units as u
+            factor = float(hist.unit.to(u.cm**2))
+        contents = hist.contents
+        if hasattr(contents, "todense") and not isinstance(contents, np.ndarray):
+            rows = []
+            for i in range(contents.shape[0]):
+                r = np.asarray(contents[i].todense()) * factor
+                r = r.reshape(-1, r.shape[-1]).T
+                vmax = r.max() if r.size else 0.0
+                p, k = np.nonzero(r > threshold * vmax) if vmax > 0 else (np.array([], int),) * 2
+                rows.append((p, k, r[p, k]))
+            return cls.from_parts([rows], hist.axes["NuLambda"].nside,
+                                  hist.axes["PsiChi"].nside, contents.shape[1:4])
+        arr = np.asarray(getattr(contents, "value", contents)) * factor
+        return cls.from_dense(arr, hist.axes["NuLambda"].nside, hist.axes["PsiChi"].nside,
+                              threshold)
+
+    def row(self, i: int) -> np.ndarray:
+        """Dense row ν = i, shape (n_Ei, n_Em, n_Phi, N_PsiChi), cm²."""
+        out = np.zeros((self.n_k, self.n_psichi))
+        s = slice(self.indptr[i], self.indptr[i + 1])
+        np.add.at(out, (self.col_k[s], self.col_p[s]), self.val[s])
+        return out.reshape(self.shape_k + (self.n_psichi,))
+
+    def to_dense(self) -> np.ndarray:
+        """Dense array (N_ν, n_Ei, n_Em, n_Phi, N_PsiChi); only for small responses."""
+        return np.stack([self.row(i) for i in range(self.n_nu)])
+
+    def total(self) -> np.ndarray:
+        """Sum over (Ei, Em, Phi, PsiChi) per ν: the effective area (cm²), shape (N_ν,)."""
+        return np.add.reduceat(np.append(self.val.astype(np.float64), 0.0),
+                               self.indptr[:-1])[: self.n_nu] * (np.diff(self.indptr) > 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# attitude bins
+
+
+@dataclass
+class AttitudeBins:
+    """Groups of time sharing one attitude.
+
+    Attributes
+    ----------
+    rotations : ndarray, shape (T, 3, 3)
+        Detector → Galactic rotation of each bin.
+    zenith : ndarray, shape (T, 3)
+        Galactic zenith unit vector of each bin.
+    horizon_deg : ndarray, shape (T,)
+        Angle from the zenith beyond which the Earth blocks the sky (deg).
+    livetime : ndarray, shape (T,)
+        Live time (s) in each bin.
+    """
+
+    rotations: np.ndarray
+    zenith: np.ndarray
+    horizon_deg: np.ndarray
+    livetime: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.livetime)
+
+    @property
+    def total_livetime(self) -> float:
+        """Sum of live times (s)."""
+        return float(self.livetime.sum())
+
+
+def bin_attitudes(orientation: Orientation, resolution_deg: float = 1.0,
+                  horizon_deg: float | None = None, tmin: float | None = None,
+                  tmax: float | None = None) -> AttitudeBins:
+    """Group an attitude history into attitude bins of about ``resolution_deg``.
+
+    Time stamps are keyed by the HEALPix pixel of the z axis, the roll of the x axis about z
+    and the detector-frame pixel of the zenith, each at the given resolution; each group's
+    attitude is the live-time-weighted mean of its members (re-orthonormalised).
+
+    Parameters
+    ----------
+    orientation : Orientation
+        Sampled history; each row's live time belongs to that row's attitude.
+    resolution_deg : float
+        Target angular size of a bin (deg).
+    horizon_deg : float, optional
+        Earth-limb angle from the zenith (deg). Default: from each row's altitude
+        (113° at 550 km); rows with unknown altitude use 550 km.
+    tmin, tmax : float, optional
+        Restrict to this time range first.
+
+    Returns
+    -------
+    AttitudeBins
+    """
+    from ..simulate.orbit import horizon_angle_deg
+
+    o = orientation
+    if tmin is not None or tmax is not None:
+        o = o.select(-np.inf if tmin is None else tmin, np.inf if tmax is None else tmax)
+    live = o.livetime
+    keep = live > 0
+    if not np.any(keep):
+        raise InvalidParameterError("the attitude history has no live time in the range")
+    x, z, zen, alt, live = (o.x_axis[keep], o.z_axis[keep], o.zenith[keep], o.altitude[keep],
+                            live[keep])
+    nside_q = 1
+    while hp.nside2resol(nside_q, arcmin=True) / 60.0 > resolution_deg and nside_q < 8192:
+        nside_q *= 2
+    zpix = hp.vec2pix(nside_q, z[:, 0], z[:, 1], z[:, 2]).astype(np.int64)
+    # roll: angle of x about z, measured from the projection of the Galactic pole (or x axis)
+    ref = np.where(np.abs(z[:, 2:3]) < 0.99, np.array([0.0, 0.0, 1.0]), np.array([1.0, 0, 0]))
+    e1 = ref - np.sum(ref * z, axis=1, keepdims=True) * z
+    e1 /= np.linalg.norm(e1, axis=1, keepdims=True)
+    e2 = np.cross(z, e1)
+    roll = np.arctan2(np.sum(x * e2, axis=1), np.sum(x * e1, axis=1))
+    rbin = np.floor((roll + np.pi) / np.radians(resolution_deg)).astype(np.int64)
+    rot = np.stack([x, np.cross(z, x), z], axis=-1)
+    zen_loc = np.einsum("nji,nj->ni", rot, zen)
+    zlpix = hp.vec2pix(max(1, nside_q // 2), zen_loc[:, 0], zen_loc[:, 1],
+                       zen_loc[:, 2]).astype(np.int64)
+    keys = np.stack([zpix, rbin, zlpix], axis=1)
+    uniq, inv = np.unique(keys, axis=0, return_inverse=True)
+    inv = inv.ravel()
+    nb = len(uniq)
+    w = np.bincount(inv, weights=live, minlength=nb)
+
+    def wmean(v):
+        s = np.stack([np.bincount(inv, weights=live * v[:, c], minlength=nb) for c in range(3)],
+                     axis=1)
+        return s / np.linalg.norm(s, axis=1, keepdims=True)
+
+    zb, xb, zenb = wmean(z), wmean(x), wmean(zen)
+    xb = xb - np.sum(xb * zb, axis=1, keepdims=True) * zb
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    rotb = np.stack([xb, np.cross(zb, xb), zb], axis=-1)
+    if horizon_deg is None:
+        altb = np.bincount(inv, weights=live * np.where(alt > 0, alt, 550.0), minlength=nb) / w
+        hor = np.array([horizon_angle_deg(a) for a in altb])
+    else:
+        hor = np.full(nb, float(horizon_deg))
+    logger.info("attitude binning: %d samples -> %d bins (%.2f deg), live time %.6g s",
+                len(live), nb, resolution_deg, w.sum())
+    return AttitudeBins(rotations=rotb, zenith=zenb, horizon_deg=hor, livetime=w)
+
+
+# ------------------------------------------------------------------------------------------------
+# the engine
+
+
+def _push_tables(rotations: np.ndarray, nside_local: int, nside_gal: int,
+                 interpolation: str) -> tuple[np.ndarray, np.ndarray]:
+    """Galactic target pixels and weights of each detector-frame PsiChi pixel per attitude.
+
+    Returns
+    -------
+    pix : ndarray, shape (T, P_local, n) int32
+    w : ndarray, shape (T, P_local, n) float32
+        n = 1 (nearest) or 4 (bilinear).
+    """
+    v = np.stack(hp.pix2vec(nside_local, np.arange(hp.nside2npix(nside_local))), axis=-1)
+    g = np.einsum("tij,pj->tpi", rotations, v).reshape(-1, 3)
+    if interpolation == "nearest":
+        pix = hp.vec2pix(nside_gal, g[:, 0], g[:, 1], g[:, 2])[:, None]
+        w = np.ones_like(pix, dtype=np.float32)
+    elif interpolation == "bilinear":
+        theta, phi = hp.vec2ang(g)
+        p4, w4 = hp.get_interp_weights(nside_gal, theta, phi)
+        pix, w = p4.T, w4.T
+    else:
+        raise InvalidParameterError(
+            f"unknown PsiChi interpolation {interpolation!r}; expected 'nearest' or 'bilinear'")
+    shape = (len(rotations), v.shape[0], pix.shape[1])
+    return (np.ascontiguousarray(pix.reshape(shape), dtype=np.int32),
+            np.ascontiguousarray(w.reshape(shape), dtype=np.float32))
+
+
+def _sky_lookup(bins: AttitudeBins, nside_sky: int, pixels: np.ndarray, nside_nu: int,
+                occultation: bool) -> tuple[np.ndarray, np.ndarray]:
+    """ν pixel of each (attitude bin, sky pixel) and live time × visible fraction.
+
+    Returns
+    -------
+    nu_idx : ndarray, shape (T, J) int32
+    weight : ndarray, shape (T, J) float64 (s)
+    """
+    n = np.stack(hp.pix2vec(nside_sky, pixels), axis=-1)  # (J, 3)
+    loc = np.einsum("tji,pj->tpi", bins.rotations, n)  # R^T n
+    nu_idx = hp.vec2pix(nside_nu, loc[..., 0], loc[..., 1], loc[..., 2]).astype(np.int32)
+    weight = np.broadcast_to(bins.livetime[:, None], nu_idx.shape).astype(np.float64)
+    if occultation:
+        nest = hp.ring2nest(nside_sky, pixels)
+        ch = np.stack(hp.pix2vec(2 * nside_sky, (nest[:, None] * 4 + np.arange(4)).ravel(),
+                                 nest=True), axis=-1).reshape(len(pixels), 4, 3)
+        cosz = np.einsum("ti,pci->tpc", bins.zenith, ch)
+        vis = (cosz >= np.cos(np.radians(bins.horizon_deg))[:, None, None]).mean(axis=2)
+        weight = weight * vis
+    return np.ascontiguousarray(nu_idx), np.ascontiguousarray(weight)
+
+
+@numba.njit(parallel=True, cache=True)
+def _accumulate(out, nu_idx, weight, push_pix, push_w, indptr, col_p, col_k, val):
+    nj = out.shape[0]
+    nt = nu_idx.shape[0]
+    nint = push_pix.shape[2]
+    for jj in numba.prange(nj):
+        row = out[jj]
+        for t in range(nt):
+            f = weight[t, jj]
+            if f <= 0.0:
+                continue
+            nu = nu_idx[t, jj]
+            for q in range(indptr[nu], indptr[nu + 1]):
+                p = col_p[q]
+                k = col_k[q]
+                v = val[q] * f
+                for a in range(nint):
+                    row[push_pix[t, p, a], k] += v * push_w[t, p, a]
+
+
+def iter_galactic_response(det: DetectorResponse, bins: AttitudeBins, nside: int | None = None,
+                           block: int = 128, occultation: bool = True,
+                           interpolation: str = "bilinear", progress: bool = True,
+                           pixels: np.ndarray | None = None,
+                           ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield the Galactic response in blocks of sky pixels.
+
+    Parameters
+    ----------
+    det : DetectorResponse
+        Detector-frame response (cm²).
+    bins : AttitudeBins
+        Attitude bins with live times (s).
+    nside : int, optional
+        Resolution of both Galactic axes (NuLambda and PsiChi); default the detector response's
+        PsiChi resolution.
+    block : int
+        Sky pixels per block (memory: block × n_k × N_PsiChi × 4 bytes).
+    occultation : bool
+        Zero the response of sky pixels behind the Earth (fractionally at the limb).
+    interpolation : {"nearest", "bilinear"}
+        How detector-frame PsiChi pixels are pushed to the Galactic grid. "nearest" keeps the
+        cone sharp when many attitudes are averaged (the DC2 case); "bilinear" avoids aliasing
+        for a handful of attitudes.
+    progress : bool
+        Show a tqdm bar.
+    pixels : array_like, optional
+        Only these sky pixels (RING), in this order; default all.
+
+    Yields
+    ------
+    pixels : ndarray, shape (J_b,)
+        The sky pixels of the block.
+    values : ndarray, shape (J_b, n_Ei, n_Em, n_Phi, N_PsiChi), float32
+        Response in cm² s.
+    """
+    nside = int(nside or det.nside_psichi)
+    npix = hp.nside2npix(nside)
+    if pixels is None:
+        pixels = np.arange(npix)
+    pixels = np.asarray(pixels, dtype=np.int64)
+    push_pix, push_w = _push_tables(bins.rotations, det.nside_psichi, nside, interpolation)
+    bar = tqdm(total=len(pixels), desc="Galactic response", unit="pix", disable=not progress)
+    try:
+        for b0 in range(0, len(pixels), block):
+            pix = pixels[b0:b0 + block]
+            nu_idx, weight = _sky_lookup(bins, nside, pix, det.nside_nu, occultation)
+            out = np.zeros((len(pix), npix, det.n_k), dtype=np.float32)
+            _accumulate(out, nu_idx, weight, push_pix, push_w, det.indptr, det.col_p,
+                        det.col_k, det.val)
+            vals = np.ascontiguousarray(out.transpose(0, 2, 1)).reshape(
+                (len(pix),) + det.shape_k + (npix,))
+            bar.update(len(pix))
+            yield pix, vals
+    finally:
+        bar.close()
+
+
+def galactic_response(det: DetectorResponse, bins: AttitudeBins, nside: int | None = None,
+                      **kwargs) -> np.ndarray:
+    """The whole Galactic response in memory, shape (N_sky, n_Ei, n_Em, n_Phi, N_PsiChi), cm² s.
+
+    See :func:`iter_galactic_response` for the parameters; use :func:`write_galactic_response`
+    for large shapes.
+    """
+    parts = [v for _, v in iter_galactic_response(det, bins, nside, **kwargs)]
+    return np.concatenate(parts, axis=0)
+
+
+def write_galactic_response(path: str | os.PathLike, det: DetectorResponse, bins: AttitudeBins,
+                            ei_edges_kev: np.ndarray, em_edges_kev: np.ndarray,
+                            phi_edges_deg: np.ndarray, nside: int | None = None,
+                            dtype: str = "float32", overwrite: bool = True,
+                            **kwargs) -> Path:
+    """Stream the Galactic response into a histpy HDF5 file, atomically.
+
+    Axes: ``NuLambda`` (HealpixAxis, galactic, RING), ``Ei`` (keV), ``Em`` (keV), ``Phi`` (deg),
+    ``PsiChi`` (HealpixAxis, galactic, RING); unit ``cm2 s``; dense contents without
+    under/overflow bins — the layout of ``psr_gal_511_DC2.h5``, loadable with
+    ``histpy.Histogram.open``.
+
+    Parameters
+    ----------
+    path : path-like
+        Output file.
+    det, bins, nside, kwargs
+        As in :func:`iter_galactic_response`.
+    ei_edges_kev, em_edges_kev, phi_edges_deg : array_like
+        Edges of the energy and Compton-angle axes (must match ``det.shape_k``).
+    dtype : str
+        Stored dtype ("float32" or "float64").
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    nside = int(nside or det.nside_psichi)
+    ei, em, ph = (np.asarray(ei_edges_kev, float), np.asarray(em_edges_kev, float),
+                  np.asarray(phi_edges_deg, float))
+    if (len(ei) - 1, len(em) - 1, len(ph) - 1) != tuple(det.shape_k):
+        raise AxisMismatchError(f"edges give (Ei, Em, Phi) = {(len(ei) - 1, len(em) - 1, len(ph) - 1)}"
+                                f" bins but the detector response has {det.shape_k}")
+    npix = hp.nside2npix(nside)
+    shape = (npix,) + tuple(det.shape_k) + (npix,)
+    path = Path(path)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        with h5py.File(tmp, "w") as f:
+            g = write_histogram_header(f, [
+                ("NuLambda", "healpix", nside), ("Ei", "keV", ei), ("Em", "keV", em),
+                ("Phi", "deg", ph), ("PsiChi", "healpix", nside)], unit="cm2 s")
+            chunks = (1,) + tuple(det.shape_k) + (npix,)
+            ds = g.create_dataset("contents", shape=shape, dtype=dtype, chunks=chunks,
+                                  track_times=False)
+            for pix, vals in iter_galactic_response(det, bins, nside, **kwargs):
+                ds[int(pix[0]):int(pix[-1]) + 1] = vals.astype(dtype, copy=False)
+    logger.info("wrote Galactic response %s to %s", shape, path)
+    return path
+
+
+def write_histogram_header(f: h5py.File, axes: list, unit: str, name: str = "hist") -> h5py.Group:
+    """Create a histpy ``hist`` group with its ``axes`` (dense format); return the group.
+
+    Parameters
+    ----------
+    f : h5py.File
+    axes : list of (label, unit or "healpix", edges or nside)
+        HEALPix axes are Galactic, RING.
+    unit : str
+        Unit of the contents.
+    """
+    g = f.create_group(name)
+    g.attrs["format"] = "dense"
+    g.attrs["unit"] = unit
+    ax = g.create_group("axes")
+    for i, (label, aunit, spec) in enumerate(axes):
+        if aunit == "healpix":
+            nside = int(spec)
+            d = ax.create_dataset(str(i), data=np.arange(hp.nside2npix(nside) + 1),
+                                  track_times=False)
+            d.attrs["__class__"] = np.array(["histpy.healpix_axis", "HealpixAxis"], dtype=object)
+            d.attrs["nside"] = nside
+            d.attrs["scheme"] = "RING"
+            d.attrs["coordsys"] = "galactic"
+        else:
+            d = ax.create_dataset(str(i), data=np.asarray(spec, dtype=np.float64),
+                                  track_times=False)
+            d.attrs["__class__"] = np.array(["histpy.axis", "Axis"], dtype=object)
+            d.attrs["unit"] = aunit
+        d.attrs["label"] = label
+        d.attrs["scale"] = "linear"
+    return g
+
+
+# ------------------------------------------------------------------------------------------------
+# detector-fixed emission (albedo) and exposure
+
+
+def carry_local_cds(local_rate, bins: AttitudeBins, nside_local: int, nside: int,
+                    interpolation: str = "bilinear") -> np.ndarray:
+    """Carry detector-frame expected count rates into the Galactic CDS over the attitude bins.
+
+    For emission fixed in the detector frame (Earth albedo for a zenith-pointed instrument),
+    ``B_gal[k, p] = Σ_t Δt_t Σ_q B_loc,t[k, q] · push_t(q → p)``.
+
+    Parameters
+    ----------
+    local_rate : ndarray or callable
+        Rates (counts s⁻¹) of shape (n_k, N_PsiChi_local), or a callable ``f(t) -> array``
+        giving them for attitude bin ``t`` (for example when the Earth moves in the detector
+        frame, as with rocking).
+    bins : AttitudeBins
+    nside_local, nside : int
+        Resolutions of the detector-frame and Galactic PsiChi axes.
+    interpolation : {"nearest", "bilinear"}
+
+    Returns
+    -------
+    ndarray, shape (n_k, N_PsiChi)
+        Expected counts.
+    """
+    push_pix, push_w = _push_tables(bins.rotations, nside_local, nside, interpolation)
+    npix = hp.nside2npix(nside)
+    out = None
+    for t in range(len(bins)):
+        rate = local_rate(t) if callable(local_rate) else local_rate
+        rate = np.asarray(rate, dtype=np.float64)
+        if out is None:
+            out = np.zeros((rate.shape[0], npix))
+        contrib = rate[:, :, None] * push_w[t][None, :, :] * bins.livetime[t]
+        idx = np.broadcast_to(push_pix[t][None], contrib.shape)
+        for k in range(rate.shape[0]):
+            out[k] += np.bincount(idx[k].ravel(), weights=contrib[k].ravel(), minlength=npix)
+    return out
+
+
+def galactic_exposure(det: DetectorResponse, bins: AttitudeBins, nside: int,
+                      occultation: bool = True, pixels: np.ndarray | None = None) -> np.ndarray:
+    """Exposure (cm² s) of Galactic sky pixels: Σ over (Ei, Em, Phi, PsiChi) of R_gal.
+
+    Cheap: it needs only the per-ν effective area, not the full response.
+
+    Returns
+    -------
+    ndarray, shape (J,)
+    """
+    if pixels is None:
+        pixels = np.arange(hp.nside2npix(nside))
+    area = det.total()
+    nu_idx, weight = _sky_lookup(bins, nside, np.asarray(pixels), det.nside_nu, occultation)
+    return np.sum(weight * area[nu_idx], axis=0)
