@@ -282,6 +282,12 @@ def _canonical_array(name: str, values, where: str) -> np.ndarray:
 # writing
 
 
+def _dc2_order(names: Iterable[str]) -> list[str]:
+    """DC2 columns first, in the DC2 order, then the others in their given order."""
+    names = list(names)
+    return [n for n in DC2_COLUMNS if n in names] + [n for n in names if n not in DC2_COLUMNS]
+
+
 def _ordered_names(events: Mapping[str, object]) -> list[str]:
     known = [n for n in DC2_COLUMNS if n in events]
     return known + [n for n in events if n not in DC2_COLUMNS]
@@ -659,7 +665,7 @@ def _iter_hdf5(path: Path, columns: list[str] | None, chunk_size: int, start: in
         if "Energies" not in f and len(f.keys()) == 1 and isinstance(next(iter(f.values())),
                                                                     h5py.Group):
             grp = next(iter(f.values()))
-        names = [k for k, v in grp.items() if isinstance(v, h5py.Dataset)]
+        names = _dc2_order([k for k, v in grp.items() if isinstance(v, h5py.Dataset)])
         wanted = names if columns is None else list(columns)
         missing = [c for c in wanted if c not in names]
         if missing:
@@ -794,11 +800,11 @@ def iter_event_chunks(path: str | os.PathLike, columns: Iterable[str] | None = N
         the file.
     """
     path = Path(path)
+    fmt = event_file_format(path, format)
     if not path.exists():
         raise FileFormatError(f"{path}: no such file")
     if chunk_size < 1:
         raise InvalidParameterError(f"chunk_size must be >= 1, got {chunk_size}")
-    fmt = event_file_format(path, format)
     cols = None if columns is None else list(dict.fromkeys(columns))
     start, stop = (0, None) if event_range is None else (int(event_range[0]),
                                                          None if event_range[1] is None
@@ -847,7 +853,7 @@ def event_file_columns(path: str | os.PathLike, format: str | None = None) -> li
     if fmt == "hdf5":
         try:
             with h5py.File(path, "r") as f:
-                return [k for k, v in f.items() if isinstance(v, h5py.Dataset)]
+                return _dc2_order([k for k, v in f.items() if isinstance(v, h5py.Dataset)])
         except OSError as exc:
             raise FileFormatError(f"{path}: cannot be read as HDF5 ({exc})") from exc
     return list(DC2_COLUMNS)

@@ -192,8 +192,10 @@ def _iter_compton_records(path: Path) -> Iterator[tuple[float, float, float, lis
                         gz = [float(parts[1]), float(parts[2])]
                 except (ValueError, IndexError) as exc:
                     text = bline.decode("ascii", "replace").strip()
+                    hint = "; the gzip file may be corrupt" if path.name.endswith(".gz") else ""
                     raise FileFormatError(
-                        f"{where}, line {lineno}: cannot parse {text[:60]!r} ({exc})") from exc
+                        f"{where}, line {lineno}: cannot parse {text[:60]!r} ({exc}){hint}"
+                    ) from exc
             if in_event:
                 rec = emit()
                 if rec is not None:
