@@ -1,0 +1,392 @@
+"""Benchmark: the tutorial's RL deconvolution at DC2 shape, for every response storage mode.
+
+Builds a DC2-shape response, shape (NuLambda 3072, Ei 1, Em 1, Phi 60, PsiChi 3072), float64 in
+cm² s (4.5 GB), from the synthetic Compton-cone model of :mod:`comptonsky.response.synthetic`
+(Gaussian rings of σ = 2° at angular distance Phi around each sky pixel, cut at 4σ, times a smooth
+latitude-dependent exposure of 9.7e7 cm² s at the Galactic Centre; ≈ 8.9 % of the elements are
+non-zero) and writes it in the histpy format with ``Histogram.write``. Counts are a Poisson draw of
+the DC2 511 keV sky (point source, two bulges, thin disk; DESIGN §6) plus a 1.5e6-count background
+whose template is the response summed over the sky.
+
+Then, each in a fresh process (peak memory = VmHWM, the peak resident set), for each mode:
+
+1. first load (no cache: HDF5 read block-wise into the mode's dtype and storage, cache written),
+   the tutorial's RL run (50 iterations; acceleration α_max 2, background normalisation on,
+   smoothing and response weighting off) timed per iteration;
+2. cached load (memory-mapped cache) and a few iterations.
+
+Also: the machine's memory bandwidth (best BLAS sgemv over a 1 GiB matrix), the bandwidth floor
+of each mode (2 products × bytes streamed ÷ bandwidth), a numba-vs-scipy.sparse kernel comparison,
+and the largest deviation of each mode's final map from the float64 dense map (relative to its
+maximum). The reference tool (cosipy) takes 4.5 s per iteration, 19 s to load and 8.9 GiB at this
+shape on the project machine (issue 5).
+
+Usage::
+
+    python benchmarks/bench_deconvolution.py [--workdir DIR] [--iterations 50] [--modes ...]
+
+The response and data files are kept in ``--workdir`` (default ``$TMPDIR/comptonsky-bench``) and
+reused by later runs; caches are deleted before each first load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+NSIDE, N_PHI = 16, 60
+REFERENCE = {"iteration_s": 4.5, "load_s": 19.0, "peak_gib": 8.9}
+
+MODES = {
+    "dense-float64": dict(storage="dense", dtype="float64"),
+    "dense-float32": dict(storage="dense", dtype="float32"),
+    "sparse-float32": dict(storage="sparse", dtype="float32"),
+    "sparse-float64": dict(storage="sparse", dtype="float64"),
+    "out-of-core-float32": dict(storage="out-of-core", dtype="float32", memory_budget="1 GiB"),
+    "auto-float32": dict(storage="auto", dtype="float32"),
+}
+
+PARAMETERS = """\
+model_definition:
+  class: "AllSkyImage"
+  property:
+    coordinate: "galactic"
+    nside: 16
+    scheme: "ring"
+    energy_edges: {value: [509.0, 513.0], unit: "keV"}
+    unit: "cm-2 s-1 sr-1"
+  initialization:
+    algorithm: "flat"
+    parameter: {value: [1e-4], unit: "cm-2 s-1 sr-1"}
+deconvolution:
+  algorithm: "RL"
+  parameter:
+    iteration_max: 50
+    acceleration: {activate: True, alpha_max: 2.0}
+    response_weighting: {activate: False, index: 0.5}
+    smoothing: {activate: False, FWHM: {value: 2.0, unit: "deg"}}
+    stopping_criteria: {statistics: "log-likelihood", threshold: 0.0}
+    background_normalization_optimization:
+      activate: True
+      range: {"albedo": [0.01, 10.0]}
+    save_results: {activate: False, directory: "./results", only_final_result: True}
+"""
+
+
+# ------------------------------------------------------------------------------------------
+# Inputs
+# ------------------------------------------------------------------------------------------
+
+def dc2_sky(nside: int) -> np.ndarray:
+    """DC2 511 keV 'thin disk' intensity map (cm⁻² s⁻¹ sr⁻¹), shape (12 nside²,)."""
+    import healpy as hp
+    npix = hp.nside2npix(nside)
+    lon, lat = hp.pix2ang(nside, np.arange(npix), lonlat=True)
+    lon = (lon + 180.0) % 360.0 - 180.0
+    omega = hp.nside2pixarea(nside)
+
+    def gauss(l0, b0, sl, sb):
+        g = np.exp(-0.5 * (((lon - l0) / sl) ** 2 + ((lat - b0) / sb) ** 2))
+        return g / g.sum()
+
+    flux = (1.2e-4 * gauss(0, 0, 1.0, 1.0) + 2.8e-4 * gauss(-0.25, -1.25, 2.5, 2.5)
+            + 7.3e-4 * gauss(0, 0, 8.7, 8.7) + 1.7e-3 * gauss(0, 0, 90.0, 3.0))
+    return flux / omega
+
+
+def build_inputs(workdir: Path) -> Path:
+    """Write the response, event and background histograms (skipped when present)."""
+    import healpy as hp
+    from astropy import units as u
+    from histpy import Axes, Histogram
+
+    from comptonsky.response.synthetic import cone_axes, fill_cone_rows
+
+    rsp_path = workdir / "psr_gal_511_DC2_cone.h5"
+    done = workdir / "inputs.done"
+    if done.exists() and rsp_path.exists():
+        return rsp_path
+    workdir.mkdir(parents=True, exist_ok=True)
+    axes = cone_axes(NSIDE, N_PHI)
+    npix = hp.nside2npix(NSIDE)
+    t0 = time.perf_counter()
+    contents = np.empty((npix, 1, 1, N_PHI, npix), dtype=np.float64)
+    step = 128
+    for j0 in range(0, npix, step):
+        fill_cone_rows(contents[j0:j0 + step, 0, 0], slice(j0, j0 + step), NSIDE, N_PHI)
+    matrix = contents.reshape(npix, -1)
+    print(f"built the cone response {contents.shape} float64 ({contents.nbytes / 1e9:.2f} GB; "
+          f"{np.count_nonzero(matrix) / matrix.size:.4f} non-zero) in "
+          f"{time.perf_counter() - t0:.1f} s", flush=True)
+    lam = dc2_sky(NSIDE) * hp.nside2pixarea(NSIDE)
+    signal = lam @ matrix
+    template = np.ones(npix) @ matrix
+    bkg = template * (1.5e6 / template.sum())
+    rng = np.random.default_rng(1)
+    counts = rng.poisson(signal + bkg).astype(np.float64)
+    print(f"expected signal {signal.sum():.4g} counts, background {bkg.sum():.4g}", flush=True)
+    t0 = time.perf_counter()
+    Histogram(axes, contents=contents, unit=u.cm ** 2 * u.s, copy_contents=False).write(
+        rsp_path, overwrite=True)
+    print(f"wrote {rsp_path} ({rsp_path.stat().st_size / 1e9:.2f} GB) in "
+          f"{time.perf_counter() - t0:.1f} s", flush=True)
+    del contents, matrix
+    data_axes = Axes([axes["Em"], axes["Phi"], axes["PsiChi"]])
+    shape = tuple(int(n) for n in data_axes.nbins)
+    Histogram(data_axes, contents=counts.reshape(shape)).write(workdir / "event.h5",
+                                                               overwrite=True)
+    Histogram(data_axes, contents=bkg.reshape(shape)).write(workdir / "bkg.h5", overwrite=True)
+    (workdir / "parfile.yml").write_text(PARAMETERS)
+    done.write_text("ok\n")
+    return rsp_path
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory (GiB): VmHWM, which, unlike ``ru_maxrss``, is not
+    inherited from the parent across fork and exec."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2 ** 20
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
+def memory_bandwidth() -> float:
+    """Bytes/s of a large BLAS sgemv (best of both orientations, best of 5)."""
+    a = np.ones((4096, 65536), dtype=np.float32)
+    x = np.ones(4096, dtype=np.float32)
+    y = np.ones(65536, dtype=np.float32)
+    best = np.inf
+    for _ in range(5):
+        t = time.perf_counter()
+        x @ a
+        best = min(best, time.perf_counter() - t)
+        t = time.perf_counter()
+        a @ y
+        best = min(best, time.perf_counter() - t)
+    return a.nbytes / best
+
+
+# ------------------------------------------------------------------------------------------
+# Child: one mode, one process
+# ------------------------------------------------------------------------------------------
+
+def child(args) -> None:
+    from histpy import Histogram
+
+    from comptonsky import DataIF_COSI_DC2, ImageDeconvolution
+
+    workdir = Path(args.workdir)
+    opts = dict(MODES[args.mode])
+    event = Histogram.open(workdir / "event.h5")
+    bkg = Histogram.open(workdir / "bkg.h5")
+    t0 = time.perf_counter()
+    data = DataIF_COSI_DC2.load("bench", event, {"albedo": bkg}, rsp=args.rsp,
+                                cache_dir=str(workdir / "cache"), **opts)
+    load_s = time.perf_counter() - t0
+    op = data.response
+    deco = ImageDeconvolution()
+    deco.set_dataset([data])
+    deco.read_parameterfile(workdir / "parfile.yml")
+    deco.override_parameter(f"deconvolution:parameter:iteration_max = {args.iterations}")
+    deco.initialize()
+    alg = deco.algorithm
+    times: list[float] = []
+    inner = alg.iterate
+
+    def timed():
+        t = time.perf_counter()
+        inner()
+        times.append(time.perf_counter() - t)
+
+    alg.iterate = timed
+    t0 = time.perf_counter()
+    deco.run_deconvolution(progress=False)
+    run_s = time.perf_counter() - t0
+    final = np.asarray(deco.results[-1]["model"].contents.value).reshape(-1)
+    np.save(workdir / f"map-{args.mode}-{args.phase}.npy", final)
+    info = dict(getattr(op, "load_info", {}))
+    out = {"mode": args.mode, "phase": args.phase, "load_s": load_s, "run_s": run_s,
+           "iterations": len(times), "iter_s": times, "cached": info.get("cached"),
+           "storage": info.get("storage", op.storage), "dtype": str(op.dtype),
+           "bytes_per_product": int(op.bytes_per_product), "held_bytes": int(op.nbytes),
+           "peak_rss_gib": peak_rss_gib(),
+           "bkg_norm": deco.results[-1]["background_normalization"]}
+    if op.storage == "sparse":
+        out.update(nnz=op.nnz, density=op.density, threshold=op.threshold,
+                   dropped_flux_fraction=op.dropped_flux_fraction,
+                   max_row_dropped_fraction=op.max_row_dropped_fraction)
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def kernels_child(args) -> None:
+    """Time numba gathers against scipy.sparse CSR on the sparse float32 cache."""
+    import numba
+    import scipy.sparse as sp
+
+    from comptonsky.response.load import load_response
+    op = load_response(args.rsp, dtype="float32", storage="sparse",
+                       cache_dir=str(Path(args.workdir) / "cache"))
+    rng = np.random.default_rng(0)
+    x = rng.random(op.n_model)
+    y = rng.random(op.n_data)
+
+    def best(fn, n=5):
+        fn()
+        ts = []
+        for _ in range(n):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return min(ts)
+
+    res = {"threads": numba.get_num_threads(),
+           "numba_forward_s": best(lambda: op._matvec(x)),
+           "numba_adjoint_s": best(lambda: op._rmatvec(y))}
+    numba.set_num_threads(1)
+    res["numba_1thread_forward_s"] = best(lambda: op._matvec(x))
+    res["numba_1thread_adjoint_s"] = best(lambda: op._rmatvec(y))
+    numba.set_num_threads(res["threads"])
+    r = op.rows
+    counts = np.diff(r.ptr, axis=1)                       # (n_seg, n_model)
+    j = np.repeat(np.tile(np.arange(op.n_model), op.n_seg), counts.reshape(-1))
+    k = np.repeat(np.repeat(np.arange(op.n_seg), op.n_model), counts.reshape(-1))
+    csr = sp.csr_matrix((np.asarray(r.val), (j, k * op.n_psi + r.idx.astype(np.int64))),
+                        shape=(op.n_model, op.n_data))
+    del j, k
+    csc_t = csr.T.tocsr()
+    x32, y32 = x.astype(np.float32), y.astype(np.float32)
+    res["scipy_forward_scatter_s"] = best(lambda: csr.T @ x32)
+    res["scipy_forward_csrT_s"] = best(lambda: csc_t @ x32)
+    res["scipy_adjoint_s"] = best(lambda: csr @ y32)
+    print("RESULT " + json.dumps(res), flush=True)
+
+
+# ------------------------------------------------------------------------------------------
+# Parent
+# ------------------------------------------------------------------------------------------
+
+def run_child(args, mode: str, phase: str, iterations: int, kind: str = "mode") -> dict:
+    cmd = [sys.executable, __file__, "--child", kind, "--mode", mode, "--phase", phase,
+           "--iterations", str(iterations), "--workdir", str(args.workdir), "--rsp",
+           str(args.rsp)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+    raise RuntimeError(f"benchmark child {mode}/{phase} failed (exit {proc.returncode})")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "comptonsky-bench"))
+    p.add_argument("--iterations", type=int, default=50)
+    p.add_argument("--ooc-iterations", type=int, default=10,
+                   help="iterations of the (slow) out-of-core mode")
+    p.add_argument("--modes", nargs="*", default=list(MODES))
+    p.add_argument("--child", default=None)
+    p.add_argument("--mode", default=None)
+    p.add_argument("--phase", default="first")
+    p.add_argument("--rsp", default=None)
+    args = p.parse_args()
+    if args.child == "mode":
+        return child(args)
+    if args.child == "kernels":
+        return kernels_child(args)
+
+    args.workdir = Path(args.workdir)
+    args.rsp = build_inputs(args.workdir)
+    bw = memory_bandwidth()
+    print(f"memory bandwidth (BLAS sgemv, 1 GiB): {bw / 1e9:.1f} GB/s; "
+          f"CPU cores: {os.cpu_count()}", flush=True)
+    t0 = time.perf_counter()
+    import h5py
+    with h5py.File(args.rsp, "r") as f:
+        raw = f["hist/contents"][()]
+    read_s = time.perf_counter() - t0
+    print(f"plain h5py read of the whole response (float64, {raw.nbytes / 1e9:.2f} GB): "
+          f"{read_s:.2f} s", flush=True)
+    del raw
+    cache = args.workdir / "cache"
+    rows = []
+    for mode in args.modes:
+        for old in cache.glob("*.cache") if cache.exists() else []:
+            old.unlink()
+        n_it = args.ooc_iterations if mode.startswith("out-of-core") else args.iterations
+        first = run_child(args, mode, "first", n_it)
+        cached = run_child(args, mode, "cached", min(5, n_it))
+        rows.append((mode, first, cached))
+        it = np.array(first["iter_s"])
+        print(f"{mode:>20}: {np.median(it):.4f} s/iteration (median of {len(it)}, min "
+              f"{it.min():.4f}), load {first['load_s']:.2f} s first / {cached['load_s']:.2f} s "
+              f"cached, peak {first['peak_rss_gib']:.2f} / {cached['peak_rss_gib']:.2f} GiB, "
+              f"floor {2 * first['bytes_per_product'] / bw:.4f} s", flush=True)
+    kern = None
+    if "sparse-float32" in args.modes:
+        for old in cache.glob("*.cache") if cache.exists() else []:
+            old.unlink()
+        run_child(args, "sparse-float32", "first", 1)
+        kern = run_child(args, "sparse-float32", "kernels", 1, kind="kernels")
+
+    ref_map = None
+    ref_file = args.workdir / "map-dense-float64-first.npy"
+    if ref_file.exists():
+        ref_map = np.load(ref_file)
+
+    print()
+    print(f"DC2 shape 3072 x 1 x 1 x 60 x 3072; RL, tutorial settings; {os.cpu_count()} cores; "
+          f"bandwidth {bw / 1e9:.1f} GB/s; reference tool: {REFERENCE['iteration_s']} s/it, "
+          f"load {REFERENCE['load_s']} s, peak {REFERENCE['peak_gib']} GiB; plain HDF5 read "
+          f"{read_s:.2f} s")
+    hdr = (f"{'mode':>20} {'s/iter':>8} {'floor':>7} {'speedup':>8} {'load 1st':>9} "
+           f"{'cached':>7} {'peak GiB':>9} {'cached':>7} {'held GB':>8} {'map dev':>9}")
+    print(hdr)
+    print("-" * len(hdr))
+    summary = []
+    for mode, first, cached in rows:
+        it = float(np.median(first["iter_s"]))
+        floor = 2 * first["bytes_per_product"] / bw
+        dev = float("nan")
+        mfile = args.workdir / f"map-{mode}-first.npy"
+        if ref_map is not None and mfile.exists():
+            m = np.load(mfile)
+            dev = float(np.abs(m - ref_map).max() / np.abs(ref_map).max())
+        print(f"{mode:>20} {it:8.4f} {floor:7.4f} {REFERENCE['iteration_s'] / it:7.1f}x "
+              f"{first['load_s']:8.2f}s {cached['load_s']:6.2f}s {first['peak_rss_gib']:9.2f} "
+              f"{cached['peak_rss_gib']:7.2f} {first['held_bytes'] / 1e9:8.2f} {dev:9.2e}")
+        summary.append({"mode": mode, "iter_s_median": it, "floor_s": floor,
+                        "first": first, "cached": cached, "map_max_dev": dev})
+        if "nnz" in first:
+            print(f"{'':>20} sparse: threshold {first['threshold']:g}, density "
+                  f"{first['density']:.4f}, dropped flux fraction "
+                  f"{first['dropped_flux_fraction']:.3g} (worst pixel "
+                  f"{first['max_row_dropped_fraction']:.3g})")
+    if kern:
+        print(f"\nsparse float32 kernels (best of 5, per product): numba {kern['threads']} threads "
+              f"forward {kern['numba_forward_s']:.4f} s / adjoint {kern['numba_adjoint_s']:.4f} s; "
+              f"numba 1 thread {kern['numba_1thread_forward_s']:.4f} / "
+              f"{kern['numba_1thread_adjoint_s']:.4f} s; scipy.sparse CSR (1 thread) forward "
+              f"{kern['scipy_forward_scatter_s']:.4f} s (Rᵀx scatter) or "
+              f"{kern['scipy_forward_csrT_s']:.4f} s (transposed copy), adjoint "
+              f"{kern['scipy_adjoint_s']:.4f} s")
+    out = args.workdir / "results.json"
+    out.write_text(json.dumps({"bandwidth_Bps": bw, "plain_read_s": read_s, "modes": summary,
+                               "kernels": kern}, indent=1))
+    print(f"\nfull results: {out}")
+
+
+if __name__ == "__main__":
+    main()

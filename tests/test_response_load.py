@@ -1,0 +1,218 @@
+"""Loading responses from files: block-wise HDF5 reads, the converted cache, options, errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+from histpy import Histogram
+
+from comptonsky.errors import (
+    FileFormatError,
+    InvalidDataError,
+    InvalidParameterError,
+    UnknownChoiceError,
+)
+from comptonsky.response import load as load_mod
+from comptonsky.response.cache import CACHE_ENV
+from comptonsky.response.load import choose_storage, load_response
+from comptonsky.response.outofcore import parse_memory
+from comptonsky.response.synthetic import cone_response
+
+
+@pytest.fixture(scope="module")
+def cone():
+    return cone_response(nside=4, n_phi=12, ring_width_deg=10.0)
+
+
+@pytest.fixture(scope="module")
+def reference(cone):
+    return load_response(cone)
+
+
+@pytest.fixture
+def rsp_file(cone, tmp_path):
+    path = tmp_path / "rsp.h5"
+    cone.write(path)
+    return path
+
+
+def _same(op, ref, tol=1e-12):
+    rng = np.random.default_rng(1)
+    x, y = rng.random(ref.n_model), rng.random(ref.n_data)
+    for a, b in ((op.forward(x), ref.forward(x)), (op.adjoint(y), ref.adjoint(y)),
+                 (op.exposure, ref.exposure)):
+        assert np.abs(a - b).max() <= tol * np.abs(b).max()
+
+
+def _caches(directory):
+    return sorted(p.name for p in directory.glob("*.cache"))
+
+
+def test_file_load_matches_histogram(rsp_file, reference):
+    op = load_response(rsp_file, cache=False)
+    _same(op, reference)
+    assert op.model_axes.labels.tolist() == ["lb", "Ei"]
+    assert op.unit.to_string().replace(" ", "") in ("cm2s", "scm2")
+    assert _caches(rsp_file.parent) == []
+
+
+def test_file_with_overflow_bins_and_chunked_gzip(cone, reference, tmp_path):
+    padded = Histogram(cone.axes, contents=cone.contents, track_overflow=True)
+    p1 = tmp_path / "padded.h5"
+    padded.write(p1)
+    _same(load_response(p1, cache=False), reference)
+    p2 = tmp_path / "chunked.h5"
+    cone.write(p2, h5_dataset_kw={"chunks": (7, 1, 1, 12, 192), "compression": "gzip"})
+    src = load_mod._open_source(p2)
+    try:
+        assert src.row_align == 7
+        assert load_mod._block_rows(src, 4, 10 * 2304 * 4) == 7
+    finally:
+        src.close()
+    for storage in ("dense", "sparse", "out-of-core"):
+        _same(load_response(p2, storage=storage, dtype="float32", sparse_threshold=0,
+                            cache=False), reference, 2e-6)
+
+
+def test_sparse_histogram_contents(cone, reference):
+    sparse_hist = Histogram(cone.axes, contents=cone.contents, sparse=True)
+    op = load_response(sparse_hist, storage="sparse", sparse_threshold=0.0)
+    _same(op, reference)
+    _same(load_response(sparse_hist), reference)
+
+
+def test_cache_is_written_then_memory_mapped(rsp_file, reference, tmp_path):
+    cdir = tmp_path / "cache"
+    for storage in ("dense", "sparse"):
+        first = load_response(rsp_file, dtype="float32", storage=storage, cache_dir=cdir,
+                              sparse_threshold=0.0)
+        assert first.load_info["cached"] is False
+        second = load_response(rsp_file, dtype="float32", storage=storage, cache_dir=cdir,
+                               sparse_threshold=0.0)
+        assert second.load_info["cached"] is True
+        _same(second, reference, 2e-6)
+        arr = second.matrix if storage == "dense" else second.rows.val
+        assert not arr.flags.writeable and not arr.flags.owndata      # a read-only map
+    # out-of-core shares the dense cache file
+    ooc = load_response(rsp_file, dtype="float32", storage="out-of-core", cache_dir=cdir)
+    assert ooc.load_info["cached"] is True
+    _same(ooc, reference, 2e-6)
+    names = _caches(cdir)
+    assert len(names) == 2 and all(n.startswith("rsp.h5.comptonsky-") for n in names)
+    assert not [p for p in cdir.iterdir() if p.name.endswith(".part")]
+
+
+def test_cache_beside_file_by_default_and_env_var(rsp_file, tmp_path, monkeypatch):
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    load_response(rsp_file, dtype="float32")
+    assert len(_caches(rsp_file.parent)) == 1
+    env_dir = tmp_path / "env-cache"
+    monkeypatch.setenv(CACHE_ENV, str(env_dir))
+    op = load_response(rsp_file, dtype="float32")
+    assert op.load_info["cached"] is False and len(_caches(env_dir)) == 1
+
+
+def test_cache_invalidated_when_file_changes(rsp_file, cone, tmp_path):
+    cdir = tmp_path / "c"
+    load_response(rsp_file, dtype="float32", cache_dir=cdir)
+    old = _caches(cdir)
+    st = rsp_file.stat()
+    os.utime(rsp_file, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))
+    op = load_response(rsp_file, dtype="float32", cache_dir=cdir)
+    assert op.load_info["cached"] is False
+    new = _caches(cdir)
+    assert len(new) == 1 and new != old          # the stale cache was removed
+
+
+def test_corrupt_cache_is_ignored(rsp_file, reference, tmp_path, caplog):
+    cdir = tmp_path / "c"
+    op = load_response(rsp_file, cache_dir=cdir)
+    path = cdir / os.path.basename(op.load_info["cache_path"])
+    data = path.read_bytes()
+    path.write_bytes(data[:-5])
+    with caplog.at_level(logging.WARNING, logger="comptonsky.response.cache"):
+        again = load_response(rsp_file, cache_dir=cdir)
+    assert again.load_info["cached"] is False
+    assert "ignoring" in caplog.text
+    _same(again, reference)
+
+
+def test_cached_load_is_fast(rsp_file, tmp_path):
+    cdir = tmp_path / "c"
+    load_response(rsp_file, dtype="float32", storage="sparse", cache_dir=cdir)
+    t = time.perf_counter()
+    load_response(rsp_file, dtype="float32", storage="sparse", cache_dir=cdir)
+    assert time.perf_counter() - t < 1.0
+
+
+def test_float32_load_makes_no_float64_copy(tmp_path):
+    """Reading a float64 file into float32 allocates the float32 matrix and little else."""
+    rsp = cone_response(nside=8, n_phi=12, ring_width_deg=6.0)
+    path = tmp_path / "big.h5"
+    rsp.write(path)
+    nbytes32 = rsp.contents.size * 4
+    del rsp
+    tracemalloc.start()
+    op = load_response(path, dtype="float32", cache=False)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert op.nbytes == nbytes32
+    assert peak < 1.1 * nbytes32
+
+
+def test_auto_picks_by_memory(rsp_file, tmp_path):
+    small = load_response(rsp_file, storage="auto", memory_budget="100 kB", cache_dir=tmp_path)
+    assert small.storage == "out-of-core"
+    big = load_response(rsp_file, storage="auto", dtype="float32", cache_dir=tmp_path)
+    assert big.storage in ("dense", "sparse")
+    assert "reason" in big.load_info
+    assert choose_storage(3072, 184320, "float32", 0.09, 20 * 2 ** 30, 3072)[0] == "sparse"
+    assert choose_storage(3072, 184320, "float32", 0.5, 20 * 2 ** 30, 3072)[0] == "dense"
+    assert choose_storage(3072, 184320, "float64", 0.5, 2 ** 30, 3072)[0] == "out-of-core"
+
+
+def test_storage_aliases_and_none(rsp_file, tmp_path):
+    assert load_response(rsp_file, storage=None, cache=False).storage == "dense"
+    assert load_response(rsp_file, storage="outofcore", cache_dir=tmp_path).storage == \
+        "out-of-core"
+
+
+@pytest.mark.parametrize("kwargs,exc,words", [
+    ({"storage": "sparce"}, UnknownChoiceError, ["sparse", "out-of-core", "auto"]),
+    ({"dtype": "float16"}, UnknownChoiceError, ["float32", "float64"]),
+    ({"sparse_treshold": 1e-3}, UnknownChoiceError, ["sparse_threshold"]),
+    ({"memory_budget": "lots"}, InvalidParameterError, ["memory_budget", "lots", "GiB"]),
+    ({"sparse_threshold": 2.0}, InvalidParameterError, ["sparse_threshold", "2.0"]),
+])
+def test_bad_options(rsp_file, kwargs, exc, words):
+    with pytest.raises(exc) as info:
+        load_response(rsp_file, cache=False, **kwargs)
+    for w in words:
+        assert w in str(info.value)
+
+
+def test_bad_files(tmp_path, cone):
+    with pytest.raises(FileFormatError, match="not found"):
+        load_response(tmp_path / "missing.h5")
+    junk = tmp_path / "junk.h5"
+    junk.write_text("not hdf5")
+    with pytest.raises(FileFormatError, match="junk.h5"):
+        load_response(junk)
+    zero = Histogram(cone.axes, contents=np.zeros(cone.contents.shape), unit="cm2 s")
+    with pytest.raises(InvalidDataError, match="no exposure"):
+        load_response(zero)
+
+
+def test_parse_memory():
+    assert parse_memory("1 GiB") == 2 ** 30
+    assert parse_memory("512MB") == 512 * 10 ** 6
+    assert parse_memory("2.5G") == int(2.5e9)
+    assert parse_memory(1000) == 1000
+    assert parse_memory(None) is None
+    with pytest.raises(InvalidParameterError):
+        parse_memory("-1 GB")
