@@ -602,7 +602,8 @@ def bin_events(unbinned_data, binnings: CDSBinning | Sequence[CDSBinning], *,
                                            format=format, event_range=event_range,
                                            callback=bar.update)
             for chunk in chunks:
-                phi_deg = np.rad2deg(chunk["Phi"])
+                with np.errstate(over="ignore", invalid="ignore"):
+                    phi_deg = np.rad2deg(chunk["Phi"])
                 stats.n_read += phi_deg.shape[0]
                 for acc in accs:
                     acc.add(chunk, phi_deg, stats)
@@ -790,10 +791,10 @@ class BinnedData:
             values = proj.contents
             values = np.asarray(values.todense() if hasattr(values, "todense") else values)
             if isinstance(ax, HealpixAxis):
-                fig = plt.figure(figsize=(8, 5))
                 nest = str(ax.scheme).upper() == "NESTED"
-                hp.mollview(values, fig=fig.number, nest=nest, title=f"PsiChi ({ax.coordsys.name})"
-                            if ax.coordsys is not None else "PsiChi", unit="counts")
+                frame = "" if ax.coordsys is None else f" ({ax.coordsys.name})"
+                hp.mollview(values, nest=nest, title=f"PsiChi{frame}", unit="counts")
+                fig = plt.gcf()
             else:
                 fig, pax = plt.subplots(figsize=(7, 4))
                 edges = np.asarray(getattr(ax.edges, "value", ax.edges))
