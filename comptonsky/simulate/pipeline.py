@@ -1,0 +1,331 @@
+"""One call from a preset to a complete DC2-like data set on disk.
+
+:func:`simulate_dataset` writes, into one directory, the Galactic point-source response, the
+source and albedo event lists, the noise-free albedo template, the truth map, the orientation
+file, the binning inputs and a ready image-deconvolution parameter file — the files the COSI
+511 keV tutorial uses, in the same formats. A manifest (``simulation.json``) records the
+parameters and headline numbers; calling again with the same parameters returns the existing
+files without recomputing (delete the directory or pass ``force=True`` to redo).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import astropy.units as u
+import healpy as hp
+import numpy as np
+from histpy import Axis, HealpixAxis, Histogram
+
+from ..errors import InvalidParameterError
+from ..io.atomic import atomic_path
+from ..io.events import write_events
+from ..io.histogram import write_histogram
+from ..io.orientation import write_ori
+from ..response.galactic import (
+    bin_attitudes,
+    carry_local_cds,
+    galactic_exposure,
+    write_galactic_response,
+)
+from .events import simulate_background_events, simulate_sky_events
+from .orbit import attitude_history
+from .presets import Preset, get_preset
+
+__all__ = ["simulate_dataset", "SIMULATION_VERSION", "MANIFEST_NAME"]
+
+logger = logging.getLogger(__name__)
+
+#: Bumped whenever the simulator's output for the same parameters changes (invalidates caches).
+SIMULATION_VERSION = 1
+#: Name of the manifest file written last into the output directory.
+MANIFEST_NAME = "simulation.json"
+
+
+def _events_name(tag: str, fmt: str) -> str:
+    return f"{tag}_events.fits.gz" if fmt == "fits" else f"{tag}_events.hdf5"
+
+
+def _file_names(sky_name: str, fmt: str, cosmic: bool) -> dict[str, str]:
+    names = {
+        "response": "psr_gal_511.h5",
+        "source_events": _events_name(sky_name, fmt),
+        "albedo_events": _events_name("albedo", fmt),
+        "albedo_model": "albedo_model.hdf5",
+        "truth": f"truth_{sky_name}.hdf5",
+        "orientation": "orientation.ori",
+        "inputs": "inputs.yaml",
+        "parfile": "imagedeconvolution_parfile.yml",
+    }
+    if cosmic:
+        names["cosmic_events"] = _events_name("cosmic", fmt)
+    return names
+
+
+def _inputs_yaml(events_name: str, fmt: str, tmin: float, tmax: float, window, phi_bin: float,
+                 nside: int) -> str:
+    dur = tmax - tmin
+    time_bins = str(int(round(dur))) if abs(dur - round(dur)) < 1e-6 else f"[{tmin!r}, {tmax!r}]"
+    return (
+        "#----------#\n"
+        "# Data I/O:\n\n"
+        f'data_file: "{events_name}"\n'
+        'ori_file: "orientation.ori"\n'
+        f"unbinned_output: '{fmt}' # 'fits' or 'hdf5'\n"
+        f"time_bins: {time_bins} # time bin size in seconds. Takes int or list of bin edges.\n"
+        f"tmin: {tmin!r}\n"
+        f"tmax: {tmax!r}\n"
+        f"energy_bins: [{window[0]!r}, {window[1]!r}]\n"
+        f"phi_pix_size: {phi_bin:g} # binning of Compton scattering angle [deg]\n"
+        f"nside: {nside} # healpix binning of psi chi\n"
+        "scheme: 'ring' # healpix binning of psi chi\n"
+        "#----------#\n"
+    )
+
+
+def _parfile_yaml(nside: int, window, background_name: str = "albedo") -> str:
+    return (
+        "author: comptonsky simulate\n"
+        "model_definition:\n"
+        '  class: "AllSkyImage"\n'
+        "  property:\n"
+        '    coordinate: "galactic"\n'
+        f"    nside: {nside}\n"
+        '    scheme: "ring"\n'
+        "    energy_edges: # should be the same as the response matrix\n"
+        f"      value: [{window[0]!r}, {window[1]!r}]\n"
+        '      unit: "keV"\n'
+        '    unit: "cm-2 s-1 sr-1"\n'
+        "  initialization:\n"
+        '    algorithm: "flat"\n'
+        "    parameter:\n"
+        "      value: [1e-4]\n"
+        '      unit: "cm-2 s-1 sr-1"\n'
+        "deconvolution:\n"
+        '  algorithm: "RL"\n'
+        "  parameter:\n"
+        "    iteration_max: 30\n"
+        "    acceleration:\n"
+        "        activate: True\n"
+        "        alpha_max: 10.0\n"
+        "    response_weighting:\n"
+        "        activate: True\n"
+        "        index: 0.5\n"
+        "    smoothing:\n"
+        "        activate: False\n"
+        "        FWHM:\n"
+        "            value: 2.0\n"
+        '            unit: "deg"\n'
+        "    stopping_criteria:\n"
+        '        statistics: "log-likelihood"\n'
+        "        threshold: 0.01\n"
+        "    background_normalization_optimization:\n"
+        "        activate: True\n"
+        f'        range: {{"{background_name}": [0.01, 10.0]}}\n'
+        "    save_results:\n"
+        "        activate: False\n"
+        '        directory: "./results"\n'
+        "        only_final_result: True\n"
+    )
+
+
+def _write_event_file(path: Path, events: dict, fmt: str) -> None:
+    """Write an event list atomically; gzip headers carry no name or time (reproducible files)."""
+    with atomic_path(path) as tmp:
+        inner = tmp.parent / f"{tmp.name}.{path.name}"  # keeps the suffix that selects gzip
+        try:
+            write_events(inner, events, format=fmt)
+            if path.name.endswith(".gz"):
+                _strip_gzip_header(inner, tmp)
+            else:
+                os.replace(inner, tmp)
+        finally:
+            if inner.exists():
+                inner.unlink()
+
+
+def _strip_gzip_header(src: Path, dst: Path) -> None:
+    """Copy a gzip file, dropping the optional name and comment and zeroing the time stamp."""
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        head = fin.read(10)
+        flags = head[3] if len(head) == 10 else 0
+        if head[:3] != b"\x1f\x8b\x08" or flags & 0x02:  # not gzip, or header CRC present
+            fout.write(head)
+            shutil.copyfileobj(fin, fout, 1 << 22)
+            return
+        extra = b""
+        if flags & 0x04:
+            xlen = fin.read(2)
+            extra = xlen + fin.read(int.from_bytes(xlen, "little"))
+        for bit in (0x08, 0x10):  # FNAME, FCOMMENT: zero-terminated strings
+            if flags & bit:
+                while fin.read(1) not in (b"\x00", b""):
+                    pass
+        fout.write(head[:3] + bytes([flags & ~0x18]) + b"\x00\x00\x00\x00" + head[8:10] + extra)
+        shutil.copyfileobj(fin, fout, 1 << 22)
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def simulate_dataset(output_dir: str | os.PathLike, preset: str | Preset = "dc2-511-thin-disk",
+                     nside: int = 16, phi_bin_deg: float = 3.0, duration_s: float | None = None,
+                     seed: int = 1, format: str = "fits", attitude_step_s: float = 20.0,
+                     attitude_resolution_deg: float | None = None, force: bool = False,
+                     progress: bool = True) -> dict[str, Path]:
+    """Simulate a complete DC2-like data set into ``output_dir``.
+
+    Parameters
+    ----------
+    output_dir : path-like
+        Directory to write (created if needed).
+    preset : str or Preset
+        ``"dc2-511-thin-disk"`` (default), ``"dc2-511-thick-disk"``, ``"dc3-511-thin-disk"``,
+        ``"dc2-511-thin-disk-cosmic"`` or a :class:`Preset`.
+    nside : int
+        HEALPix resolution of NuLambda, PsiChi and the truth map (16 for DC2; 4 or 8 for tests).
+    phi_bin_deg : float
+        Compton-angle bin width (deg); must divide 180.
+    duration_s : float, optional
+        Observation length (s) from the preset's start time; default the preset's (3 months).
+    seed : int
+        Random seed; the same seed gives identical files.
+    format : {"fits", "hdf5"}
+        Event-list format (``.fits.gz`` or ``.hdf5``).
+    attitude_step_s : float
+        Sampling step of the attitude history and of ``orientation.ori`` (s).
+    attitude_resolution_deg : float, optional
+        Size of the attitude bins of the response; default half a HEALPix pixel.
+    force : bool
+        Recompute even if a matching manifest is present.
+    progress : bool
+        Show progress bars.
+
+    Returns
+    -------
+    dict of str to pathlib.Path
+        Keys ``response``, ``source_events``, ``albedo_events``, ``albedo_model``, ``truth``,
+        ``orientation``, ``inputs``, ``parfile``, ``manifest`` (and ``cosmic_events`` for presets
+        with a cosmic component).
+    """
+    pre = get_preset(preset)
+    if nside < 1 or nside & (nside - 1):
+        raise InvalidParameterError(f"nside must be a power of 2, got {nside}")
+    nphi = 180.0 / float(phi_bin_deg)
+    if not phi_bin_deg > 0 or abs(nphi - round(nphi)) > 1e-9:
+        raise InvalidParameterError(f"phi bin width must divide 180 deg, got {phi_bin_deg}")
+    fmt = str(format).lower()
+    if fmt not in ("fits", "hdf5"):
+        raise InvalidParameterError(f"format must be 'fits' or 'hdf5', got {format!r}")
+    orbit = pre.orbit.with_duration(duration_s)
+    if attitude_resolution_deg is None:
+        attitude_resolution_deg = 0.5 * float(np.degrees(hp.nside2resol(nside)))
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sky = pre.sky()
+    cosmic = bool(pre.isotropic_intensity)
+    names = _file_names(sky.name, fmt, cosmic)
+    paths = {k: out / v for k, v in names.items()}
+    paths["manifest"] = out / MANIFEST_NAME
+    params = {"version": SIMULATION_VERSION, "preset": pre.name, "nside": int(nside),
+              "phi_bin_deg": float(phi_bin_deg), "duration_s": float(orbit.duration_s),
+              "seed": int(seed), "format": fmt, "attitude_step_s": float(attitude_step_s),
+              "attitude_resolution_deg": float(attitude_resolution_deg)}
+    if not force and paths["manifest"].exists():
+        try:
+            old = json.loads(paths["manifest"].read_text())
+        except (OSError, ValueError):
+            old = {}
+        if old.get("parameters") == params and all(p.exists() for p in paths.values()):
+            logger.info("simulation in %s is up to date; reusing it", out)
+            return paths
+    elif paths["manifest"].exists():
+        paths["manifest"].unlink()
+
+    t_start = time.perf_counter()
+    inst = pre.instrument()
+    window = pre.energy_window_kev
+    phi_edges = np.linspace(0.0, 180.0, int(round(nphi)) + 1)
+    em_edges = np.asarray(window, dtype=float)
+    ss = np.random.SeedSequence(int(seed))
+    rng_src, rng_bkg = (np.random.default_rng(s) for s in ss.spawn(2))
+    summary: dict = {}
+
+    # attitude history -> orientation file and attitude bins
+    ori = attitude_history(orbit, attitude_step_s)
+    write_ori(paths["orientation"], ori)
+    bins = bin_attitudes(ori, attitude_resolution_deg)
+    summary["attitude_bins"] = len(bins)
+
+    # detector-frame response -> Galactic response
+    t0 = time.perf_counter()
+    det = inst.detector_response(nside, nside, phi_edges, em_edges)
+    logger.info("detector-frame response built in %.1f s", time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    write_galactic_response(paths["response"], det, bins, em_edges, em_edges, phi_edges,
+                            nside=nside, progress=progress)
+    logger.info("Galactic response written in %.1f s", time.perf_counter() - t0)
+
+    # truth map
+    lam = sky.intensity_map(nside)
+    truth = Histogram([HealpixAxis(nside=nside, scheme="ring", coordsys="galactic", label="lb"),
+                       Axis(em_edges * u.keV, label="Ei")],
+                      contents=lam[:, None], unit=u.Unit("cm-2 s-1 sr-1"))
+    write_histogram(truth, paths["truth"])
+    expo = galactic_exposure(det, bins, nside)
+    gc = hp.ang2pix(nside, 0.0, 0.0, lonlat=True)
+    summary["gc_exposure_cm2_s"] = float(expo[gc])
+    summary["injected_flux_ph_cm2_s"] = sky.flux
+    summary["expected_source_counts"] = float(np.sum(expo * lam) * hp.nside2pixarea(nside))
+
+    # events
+    src = simulate_sky_events(sky, inst, orbit, rng_src, progress=progress)
+    _write_event_file(paths["source_events"], src, fmt)
+    inwin = (src["Energies"] >= window[0]) & (src["Energies"] < window[1])
+    summary["source_events"] = len(src["Energies"])
+    summary["source_events_in_window"] = int(inwin.sum())
+    bkgs = pre.backgrounds()
+    for bkg in bkgs:
+        ev = simulate_background_events(bkg, inst, orbit, rng_bkg, progress=progress)
+        key = "albedo_events" if bkg.name == "albedo" else f"{bkg.name}_events"
+        _write_event_file(paths[key], ev, fmt)
+        summary[f"{bkg.name}_events"] = len(ev["Energies"])
+        summary[f"{bkg.name}_events_in_window"] = int(
+            ((ev["Energies"] >= window[0]) & (ev["Energies"] < window[1])).sum())
+
+    # noise-free albedo template in the Galactic CDS
+    albedo = bkgs[0]
+    cache: dict = {}
+
+    def rate(t: int) -> np.ndarray:
+        zl = bins.rotations[t].T @ bins.zenith[t]
+        key = (tuple(np.round(zl, 3)), round(float(bins.horizon_deg[t]), 2))
+        if key not in cache:
+            cache[key] = albedo.local_rate(det, zl, bins.horizon_deg[t])
+        return cache[key]
+
+    model = carry_local_cds(rate, bins, nside, nside)
+    model = model.reshape(det.shape_k[1], det.shape_k[2], -1)[None]  # (Time, Em, Phi, PsiChi)
+    hist = Histogram([Axis(np.array([orbit.tmin, orbit.tmax]) * u.s, label="Time"),
+                      Axis(em_edges * u.keV, label="Em"), Axis(phi_edges * u.deg, label="Phi"),
+                      HealpixAxis(nside=nside, scheme="ring", coordsys="galactic",
+                                  label="PsiChi")],
+                     contents=model)
+    write_histogram(hist, paths["albedo_model"])
+    summary["expected_albedo_counts"] = float(model.sum())
+
+    _write_text(paths["inputs"], _inputs_yaml(names["source_events"], fmt, orbit.tmin,
+                                              orbit.tmax, window, phi_bin_deg, nside))
+    _write_text(paths["parfile"], _parfile_yaml(nside, window))
+    manifest = {"parameters": params, "files": names, "summary": summary}
+    _write_text(paths["manifest"], json.dumps(manifest, indent=2) + "\n")
+    logger.info("simulation written to %s in %.1f s: %s", out, time.perf_counter() - t_start,
+                summary)
+    return paths

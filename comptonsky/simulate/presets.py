@@ -1,0 +1,88 @@
+"""Named simulation presets: orbit, instrument, sky and backgrounds of a DC-like data set."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..errors import UnknownChoiceError
+from .background import AlbedoBackground, EarthFixedBackground, IsotropicBackground
+from .instrument import InstrumentModel
+from .orbit import DC2_ORBIT, DC3_ORBIT, OrbitProfile
+from .sky import SkyModel, dc2_511_thick_disk, dc2_511_thin_disk
+
+__all__ = ["Preset", "PRESETS", "get_preset"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A recipe for a synthetic data set.
+
+    Attributes
+    ----------
+    name : str
+        Preset name (``comptonsky simulate --preset``).
+    description : str
+    orbit : OrbitProfile
+    sky : callable returning SkyModel
+    instrument : callable returning InstrumentModel
+    albedo_flux : float
+        Earth-albedo line flux from the whole Earth disk (ph cm⁻² s⁻¹).
+    isotropic_intensity : float or None
+        Isotropic cosmic intensity (ph cm⁻² s⁻¹ sr⁻¹), or None for none.
+    energy_window_kev : tuple of float
+        Analysis window (Ei and Em edges).
+    """
+
+    name: str
+    description: str
+    orbit: OrbitProfile
+    sky: Callable[[], SkyModel]
+    instrument: Callable[[], InstrumentModel] = InstrumentModel
+    albedo_flux: float = 4.4e-4
+    isotropic_intensity: float | None = None
+    energy_window_kev: tuple[float, float] = (509.0, 513.0)
+    extra: dict = field(default_factory=dict)
+
+    def backgrounds(self) -> list[EarthFixedBackground]:
+        """The background photon fields of the preset (albedo first)."""
+        out = [AlbedoBackground(self.albedo_flux, self.orbit.horizon_deg)]
+        if self.isotropic_intensity:
+            out.append(IsotropicBackground(self.isotropic_intensity))
+        return out
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("dc2-511-thin-disk",
+               "DC2 orbit (550 km, 0 deg, zenith pointing, 3 months); 511 keV thin-disk sky "
+               "(point + narrow/broad bulge + thin disk, 2.83e-3 ph/cm2/s); Earth albedo",
+               DC2_ORBIT, dc2_511_thin_disk),
+        Preset("dc2-511-thick-disk",
+               "DC2 orbit; 511 keV sky with the thick disk (sigma_l 60, sigma_b 10.5 deg); "
+               "Earth albedo",
+               DC2_ORBIT, dc2_511_thick_disk),
+        Preset("dc3-511-thin-disk",
+               "DC3 orbit (530 km, +-22 deg rocking every 12 h); 511 keV thin-disk sky; albedo",
+               DC3_ORBIT, dc2_511_thin_disk),
+        Preset("dc2-511-thin-disk-cosmic",
+               "as dc2-511-thin-disk plus an isotropic cosmic component (1.5e-4 ph/cm2/s/sr)",
+               DC2_ORBIT, dc2_511_thin_disk, isotropic_intensity=1.5e-4),
+    )
+}
+
+
+def get_preset(name: str | Preset) -> Preset:
+    """Return the preset called ``name`` (a :class:`Preset` is returned unchanged).
+
+    Raises
+    ------
+    UnknownChoiceError
+        If there is no such preset (the message suggests the nearest name).
+    """
+    if isinstance(name, Preset):
+        return name
+    if name not in PRESETS:
+        raise UnknownChoiceError("simulation preset", name, PRESETS)
+    return PRESETS[name]
