@@ -604,8 +604,32 @@ def _readinto_full(stream, view: memoryview) -> int:
     return got
 
 
+class _RawRows:
+    """A chunk of FITS rows (big-endian records in their own buffer), converted to columns on
+    demand: the reader thread only inflates, the consumer thread converts."""
+
+    __slots__ = ("rec", "wanted", "factors")
+
+    def __init__(self, rec: np.ndarray, wanted: list[str], factors: dict[str, float]):
+        self.rec, self.wanted, self.factors = rec, wanted, factors
+
+    def columns(self) -> dict[str, np.ndarray]:
+        rec = self.rec
+        chunk = {}
+        for c in self.wanted:
+            col = rec[c]
+            arr = col.astype(col.dtype.newbyteorder("="))
+            if arr.dtype.kind in "iu" and c in DC2_COLUMNS:
+                arr = arr.astype(np.float64)
+            if self.factors[c] != 1.0:
+                arr *= self.factors[c]
+            chunk[c] = arr
+        return chunk
+
+
 def _iter_fits(path: Path, columns: list[str] | None, chunk_size: int, start: int,
-               stop: int | None, callback) -> Iterator[dict[str, np.ndarray]]:
+               stop: int | None, callback, raw: bool = False) -> Iterator:
+    """Yield column dicts, or with ``raw`` :class:`_RawRows` (one fresh buffer per chunk)."""
     where = str(path)
     with _open_raw(path) as stream:
         table = _parse_fits_table(path, stream)
@@ -623,28 +647,24 @@ def _iter_fits(path: Path, columns: list[str] | None, chunk_size: int, start: in
         row = start
         try:
             _skip(stream, start * rowbytes, where)
-            buf = bytearray(min(chunk_size, max(stop - start, 1)) * rowbytes)
+            size = min(chunk_size, max(stop - start, 1)) * rowbytes
+            buf = bytearray(size)
             while row < stop:
                 nrows = min(chunk_size, stop - row)
+                if raw:  # the consumer holds on to the buffer: a fresh one per chunk
+                    buf = bytearray(size)
                 view = memoryview(buf)[: nrows * rowbytes]
                 got = _readinto_full(stream, view)
                 if got < nrows * rowbytes:
                     raise FileFormatError(
                         f"{where}: file ends after {row + got // rowbytes} of {table.nrows} "
                         "events (truncated)")
-                rec = np.frombuffer(buf, dtype=table.row_dtype, count=nrows)
-                chunk = {}
-                for c in wanted:
-                    arr = rec[c].astype(rec[c].dtype.newbyteorder("="))
-                    if arr.dtype.kind in "iu" and c in DC2_COLUMNS:
-                        arr = arr.astype(np.float64)
-                    if factors[c] != 1.0:
-                        arr *= factors[c]
-                    chunk[c] = arr
+                rows = _RawRows(np.frombuffer(buf, dtype=table.row_dtype, count=nrows), wanted,
+                                factors)
                 row += nrows
                 if callback is not None:
                     callback(nrows)
-                yield chunk
+                yield rows if raw else rows.columns()
         except _GZIP_ERRORS as exc:
             if isinstance(exc, FileFormatError):
                 raise
@@ -810,6 +830,9 @@ def iter_event_chunks(path: str | os.PathLike, columns: Iterable[str] | None = N
                                                          None if event_range[1] is None
                                                          else int(event_range[1]))
     if fmt == "fits":
+        if prefetch:
+            raw = _iter_fits(path, cols, int(chunk_size), start, stop, callback, raw=True)
+            return (rows.columns() for rows in _prefetch(raw))
         it = _iter_fits(path, cols, int(chunk_size), start, stop, callback)
     elif fmt == "hdf5":
         it = _iter_hdf5(path, cols, int(chunk_size), start, stop, callback)
