@@ -175,9 +175,9 @@ class Orientation:
         tk = t[keep]
         if len(tk):
             # an interval running past tmax keeps only its part inside the range
-            nxt = np.append(tk[1:], tmax)
-            span = np.maximum(nxt - tk, 1e-300)
-            live *= np.clip((np.minimum(nxt, tmax) - tk) / span, 0.0, 1.0)
+            ends = np.append(t[1:], t[-1] + self.livetime[-1])[keep]
+            span = np.maximum(ends - tk, 1e-300)
+            live *= np.clip((np.minimum(ends, tmax) - tk) / span, 0.0, 1.0)
         return Orientation(tk, self.x_axis[keep], self.z_axis[keep], self.altitude[keep],
                            self.earth_zenith[keep], live)
 
