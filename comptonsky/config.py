@@ -97,8 +97,11 @@ def _activate(**fields) -> Section:
     return Section({"activate": Leaf("bool"), **fields})
 
 
-ALGORITHMS = ("RL", "RLsimple", "MAP_RL", "RLadvanced", "RLbasic")
-ACCELERATION_METHODS = ("max_step", "MaxStep", "max_step_unchecked")
+ALGORITHMS = ("RL", "RLsimple", "MAP_RL", "RLadvanced", "RLbasic", "OSEM")
+ACCELERATION_METHODS = ("max_step", "MaxStep", "max_step_unchecked", "line_search", "LineSearch",
+                        "SQUAREM", "squarem")
+STOPPING_STATISTICS = ("log-likelihood", "log-posterior", "cross-validation")
+INITIALIZATION_ALGORITHMS = ("flat", "map", "backprojection")
 
 RL_PARAMETERS = Section({
     "iteration_max": Leaf("int", minimum=1),
@@ -106,18 +109,31 @@ RL_PARAMETERS = Section({
     "acceleration": _activate(alpha_max=Leaf("float", minimum=1.0),
                               method=Leaf("choice", choices=ACCELERATION_METHODS)),
     "response_weighting": _activate(index=Leaf("float")),
-    "smoothing": _activate(FWHM=_quantity(u.deg, minimum=0.0)),
+    "smoothing": _activate(FWHM=_quantity(u.deg, minimum=0.0),
+                           method=Leaf("choice", choices=("healpy", "pixel"))),
     "stopping_criteria": Section({
-        "statistics": Leaf("choice", choices=("log-likelihood", "log-posterior")),
+        "statistics": Leaf("choice", choices=STOPPING_STATISTICS),
         "threshold": Leaf("float"),
+        # cross-validation (binomial thinning of the counts)
+        "validation_fraction": Leaf("float", minimum=0.0),
+        "patience": Leaf("int", minimum=1),
+        "seed": Leaf("int", minimum=0),
+        "refit": Leaf("bool"),
     }),
+    # OSEM: ordered subsets of the data space
+    "n_subsets": Leaf("int", minimum=1),
+    "subset_axis": Leaf("choice", choices=("Phi", "PsiChi")),
     "background_normalization_optimization": _activate(
         range=Section(free=Leaf("float_list"))),
     "save_results": _activate(directory=Leaf("str"), only_final_result=Leaf("bool")),
     "prior": Section({
         "TSV": Section({"coefficient": Leaf("float", minimum=0.0)}),
         "entropy": Section({"coefficient": Leaf("float", minimum=0.0),
-                            "reference_map": _quantity(INTENSITY, minimum=0.0)}),
+                            "reference_map": Section({
+                                "value": Leaf("float", minimum=0.0),
+                                "unit": Leaf("unit", physical_type=INTENSITY),
+                                "file": Leaf("str")})}),
+        "energy_TSV": Section({"coefficient": Leaf("float", minimum=0.0)}),
         "gamma": Section({
             "model": Section({"theta": _quantity(INTENSITY), "k": Section({"value": Leaf("float")})}),
             "background": Section({"theta": Section({"value": Leaf("float")}),
@@ -147,9 +163,10 @@ SCHEMA = Section({
             "unit": Leaf("unit", physical_type=INTENSITY),
         }),
         "initialization": Section({
-            "algorithm": Leaf("choice", choices=("flat",)),
+            "algorithm": Leaf("choice", choices=INITIALIZATION_ALGORITHMS),
             "parameter": Section({"value": Leaf("float_list"),
                                   "unit": Leaf("unit", physical_type=INTENSITY)}),
+            "file": Leaf("str"),
         }),
     }),
     "deconvolution": Section({

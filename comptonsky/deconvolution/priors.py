@@ -9,7 +9,8 @@ from __future__ import annotations
 import healpy as hp
 import numpy as np
 
-__all__ = ["GammaPrior", "TSVPrior", "EntropyPrior", "healpix_neighbours"]
+__all__ = ["GammaPrior", "TSVPrior", "EntropyPrior", "EnergyTSVPrior", "healpix_neighbours",
+           "reference_map_from_file"]
 
 #: Added to λ inside the gamma log-prior so that λ = 0 stays finite (float64 machine epsilon).
 LOG_EPSILON = float(np.finfo(np.float64).eps)
@@ -71,9 +72,11 @@ class TSVPrior:
 
 
 class EntropyPrior:
-    """Maximum-entropy prior against a reference intensity m.
+    """Maximum-entropy prior against a reference intensity m (a number or a map).
 
-    log P = c Σ_j λ_j (1 − log(λ_j / m)); gradient −c log(λ_j / m).
+    log P = c Σ_j λ_j (1 − log(λ_j / m_j)); gradient −c log(λ_j / m_j). The log-prior is largest
+    at λ = m. ``reference`` is a float or an array of shape (npix, n_energy) in the model unit
+    (``prior:entropy:reference_map: {value, unit}`` or ``{file}``).
     """
 
     def __init__(self, coefficient: float, reference: float | np.ndarray):
@@ -88,3 +91,64 @@ class EntropyPrior:
     def grad_log_prior(self, model: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore"):
             return -self.coefficient * np.log(model / self.reference)
+
+
+class EnergyTSVPrior:
+    """Smoothness across neighbouring energy bands, pixel by pixel.
+
+    log P = −c Σ_j Σ_k (λ_{j,k+1} − λ_{j,k})²  (maps of shape (npix, n_energy), model unit);
+    gradient ∂ log P/∂λ_{j,k} = −2c [(λ_{j,k} − λ_{j,k−1}) + (λ_{j,k} − λ_{j,k+1})], a missing
+    neighbour band contributing nothing. With one energy band it is identically zero.
+    """
+
+    def __init__(self, coefficient: float):
+        self.coefficient = float(coefficient)
+
+    def log_prior(self, model: np.ndarray) -> float:
+        return float(-self.coefficient * np.sum(np.diff(model, axis=1) ** 2))
+
+    def grad_log_prior(self, model: np.ndarray) -> np.ndarray:
+        diff = np.diff(model, axis=1)  # λ_{k+1} − λ_k, shape (npix, n_energy − 1)
+        grad = np.zeros_like(model, dtype=np.float64)
+        grad[:, 1:] -= diff   # λ_k − λ_{k−1}
+        grad[:, :-1] += diff  # −(λ_k − λ_{k+1})
+        return -2.0 * self.coefficient * grad
+
+
+def reference_map_from_file(path, model_axes, unit) -> np.ndarray:
+    """A reference map (histpy HDF5, axes lb, Ei or lb only) as an array (npix, n_energy).
+
+    Parameters
+    ----------
+    path : path-like
+        histpy HDF5 file.
+    model_axes : histpy.Axes
+        The model axes it must match (NSIDE, scheme, number of energy bands).
+    unit : astropy.units.Unit
+        The model unit the values are converted to.
+    """
+    from astropy import units as u
+
+    from ..errors import AxisMismatchError
+    from ..io.histogram import open_histogram
+
+    hist = open_histogram(path)
+    values = hist.contents
+    values = u.Quantity(values, hist.unit).to_value(unit) if hist.unit is not None else \
+        np.asarray(values)
+    lb = model_axes[0]
+    shape = tuple(int(n) for n in model_axes.nbins)
+    if hist.axes[0].nside != lb.nside:
+        raise AxisMismatchError(f"{path}: map has HEALPix nside {hist.axes[0].nside}, the model "
+                                f"has nside {lb.nside}")
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 1:
+        values = np.repeat(values[:, None], shape[1], axis=1)
+    if values.shape != shape:
+        raise AxisMismatchError(f"{path}: map has shape {values.shape}, the model has {shape} "
+                                "(pixels, energy bands)")
+    if str(hist.axes[0].scheme).lower() != str(lb.scheme).lower():
+        order = "n2r" if str(hist.axes[0].scheme).lower() == "nested" else "r2n"
+        values = np.stack([hp.reorder(values[:, k], **{order: True})
+                           for k in range(shape[1])], axis=1)
+    return values

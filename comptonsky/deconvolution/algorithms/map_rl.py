@@ -20,7 +20,7 @@ import numpy as np
 from astropy import units as u
 
 from ...errors import InvalidParameterError
-from ..priors import EntropyPrior, GammaPrior, TSVPrior
+from ..priors import EnergyTSVPrior, EntropyPrior, GammaPrior, TSVPrior, reference_map_from_file
 from .base import PARAMETER_PREFIX
 from .rl import RichardsonLucy
 
@@ -38,8 +38,13 @@ class MAPRichardsonLucy(RichardsonLucy):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # MAP_RL has neither acceleration nor smoothing
-        self.do_acceleration = False
+        # MAP_RL has no smoothing and none of the max-step rules; the safe accelerators
+        # (SQUAREM, line_search) work on the log-posterior
+        if self.accelerator is None:
+            if self.do_acceleration:
+                logger.info("MAP_RL ignores acceleration method %r (use 'SQUAREM' or "
+                            "'line_search')", self.acceleration_method)
+            self.do_acceleration = False
         self.do_smoothing = False
         prior = self._get("prior")
         if not prior:
@@ -67,31 +72,68 @@ class MAPRichardsonLucy(RichardsonLucy):
             self.smooth_priors["TSV"] = TSVPrior(self._get("prior:TSV:coefficient", 0.0),
                                                  lb.nside, nested)
         if "entropy" in prior:
-            reference = self._quantity("prior:entropy:reference_map", None)
-            if reference is None:
-                raise InvalidParameterError(
-                    f"{self.parameter.source}: {PARAMETER_PREFIX}:prior:entropy:reference_map "
-                    "is not set")
+            reference_file = self._get("prior:entropy:reference_map:file")
+            if reference_file is not None:
+                reference = reference_map_from_file(reference_file, self.data.model_axes,
+                                                    self.model_unit)
+            else:
+                value = self._quantity("prior:entropy:reference_map", None)
+                if value is None:
+                    raise InvalidParameterError(
+                        f"{self.parameter.source}: {PARAMETER_PREFIX}:prior:entropy:"
+                        "reference_map is not set (give value and unit, or file)")
+                reference = float(u.Quantity(value).to_value(self.model_unit))
             self.smooth_priors["entropy"] = EntropyPrior(
-                self._get("prior:entropy:coefficient", 0.0),
-                float(u.Quantity(reference).to_value(self.model_unit)))
+                self._get("prior:entropy:coefficient", 0.0), reference)
+        if "energy_TSV" in prior:
+            self.smooth_priors["energy_TSV"] = EnergyTSVPrior(
+                self._get("prior:energy_TSV:coefficient", 0.0))
 
     def initialize(self) -> None:
         super().initialize()
         self.prior_filter = np.ones_like(self.model)
         self.log_priors = self._log_priors()
 
-    def _log_priors(self) -> dict[str, float]:
+    def _log_priors(self, model: np.ndarray | None = None,
+                    norms: dict[str, float] | None = None) -> dict[str, float]:
+        model = self.model if model is None else model
+        norms = self.bkg_norm if norms is None else norms
         shape = self.data.model_shape
-        out = {"gamma_model": self.gamma_model.log_prior(self.model),
+        out = {"gamma_model": self.gamma_model.log_prior(model),
                "gamma_bkg": (sum(self.gamma_bkg.log_prior(np.array([n]))
-                                 for n in self.bkg_norm.values())
+                                 for n in norms.values())
                              if self.do_bkg_norm_optimization else 0.0)}
         for name, prior in self.smooth_priors.items():
-            out[name] = prior.log_prior(self.model.reshape(shape))
+            out[name] = prior.log_prior(model.reshape(shape))
         return out
 
-    def iterate(self) -> None:
+    # --- safe accelerators: objective = log-posterior ------------------------------------
+    has_extra_objective = True
+
+    def extra_objective(self, model: np.ndarray, norms: dict[str, float]) -> float:
+        """Σ of the log-priors at (model, norms)."""
+        return float(sum(self._log_priors(model, norms).values()))
+
+    def accept_state(self, state) -> None:
+        super().accept_state(state)
+        self.log_priors = self._log_priors()
+
+    def directions(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """MAP step (weighted), unweighted MAP step, gamma-EM step without the prior filter."""
+        em_map, new_norm = self._map_update()
+        dn = np.array([new_norm[k] - self.bkg_norm[k] for k in self.data.background_names])
+        self.processed_delta_model = self.process_delta(self.delta_model)
+        out = [(self.processed_delta_model, dn)]
+        if self.weight is not None:
+            out.append((self.delta_model, dn))
+        plain = em_map - self.model
+        if self.mask is not None:
+            plain[~self.mask] = 0.0
+        out.append((plain, dn))
+        return out
+
+    def _map_update(self) -> tuple[np.ndarray, dict[str, float]]:
+        """EM map λᴱᴹ, δ = F λᴱᴹ − λ (sets delta_model, prior_filter) and the new norms."""
         ratios = self.data.ratios(self.expectations)
         back = self.data.summed_adjoint(ratios)
         denominator = self.data.exposure + self.gamma_model.inverse_theta
@@ -111,14 +153,22 @@ class MAPRichardsonLucy(RichardsonLucy):
         if self.mask is not None:  # masked pixels are reset to 0 below; keep NaN/inf out
             self.prior_filter[~self.mask] = 1.0
             self.delta_model[~self.mask] = 0.0
+        new_norm = dict(self.bkg_norm)
         if self.do_bkg_norm_optimization:
-            new_norm = {}
             for key in self.data.background_names:
                 n = self.bkg_norm[key]
                 new_norm[key] = ((n * self.data.background_dot(key, ratios)
                                   + self.gamma_bkg.k - 1.0)
                                  / (self.data.background_sums[key]
                                     + self.gamma_bkg.inverse_theta))
+        return em_map, new_norm
+
+    def iterate(self) -> None:
+        if self.accelerator is not None:
+            self.alpha = self.accelerator.iterate(self)
+            return
+        _, new_norm = self._map_update()
+        if self.do_bkg_norm_optimization:
             self.bkg_norm = new_norm
         self.processed_delta_model = self.process_delta(self.delta_model)
         self.alpha = 1.0

@@ -27,8 +27,9 @@ import numpy as np
 from astropy import units as u
 
 from ...errors import InvalidParameterError, UnknownChoiceError
-from ..smoothing import HealpySmoothing
+from ..smoothing import make_smoother
 from ..steps import acceleration_factor, em_delta, response_weighting_filter
+from .acceleration import ACCELERATORS, State
 from .base import DeconvolutionAlgorithm
 
 __all__ = ["RichardsonLucy", "RichardsonLucySimple", "ACCELERATION_METHODS"]
@@ -40,6 +41,10 @@ ACCELERATION_METHODS = {
     "max_step": "max_step",
     "MaxStep": "max_step",
     "max_step_unchecked": "max_step_unchecked",
+    "line_search": "line_search",
+    "LineSearch": "line_search",
+    "SQUAREM": "SQUAREM",
+    "squarem": "SQUAREM",
 }
 
 #: Default range of a background normalisation not listed in ``range``.
@@ -63,11 +68,16 @@ class RichardsonLucy(DeconvolutionAlgorithm):
         if method not in ACCELERATION_METHODS:
             raise UnknownChoiceError("acceleration method", method, ACCELERATION_METHODS)
         self.acceleration_method = ACCELERATION_METHODS[method]
+        #: SQUAREM / line search object (None for the max-step rules and without acceleration)
+        self.accelerator = (ACCELERATORS[self.acceleration_method]()
+                            if self.do_acceleration and self.acceleration_method in ACCELERATORS
+                            else None)
         self.do_response_weighting = self.uses_filters and bool(
             self._get("response_weighting:activate", False))
         self.response_weighting_index = float(self._get("response_weighting:index", 0.5))
         self.do_smoothing = self.uses_filters and bool(self._get("smoothing:activate", False))
         self.smoothing_fwhm = self._quantity("smoothing:FWHM", None)
+        self.smoothing_method = self._get("smoothing:method", "healpy")
         if self.do_smoothing and self.smoothing_fwhm is None:
             raise InvalidParameterError(f"{self.parameter.source}: smoothing is activated but "
                                         "deconvolution:parameter:smoothing:FWHM is not set")
@@ -102,8 +112,8 @@ class RichardsonLucy(DeconvolutionAlgorithm):
         self.smoother = None
         if self.do_smoothing:
             lb = self.data.model_axes[0]
-            self.smoother = HealpySmoothing(self.smoothing_fwhm, lb.nside,
-                                            nested=str(lb.scheme).lower() == "nested")
+            self.smoother = make_smoother(self.smoothing_method, self.smoothing_fwhm, lb.nside,
+                                          nested=str(lb.scheme).lower() == "nested")
 
     # --- the steps ------------------------------------------------------------------------
     def m_step(self, ratios: list[np.ndarray]) -> tuple[np.ndarray, dict[str, float]]:
@@ -158,7 +168,66 @@ class RichardsonLucy(DeconvolutionAlgorithm):
             for key, (lo, hi) in self.bkg_norm_range.items():
                 self.bkg_norm[key] = float(min(max(self.bkg_norm[key], lo), hi))
 
+    # --- interface used by the safe accelerators (acceleration.py) -----------------------
+    has_extra_objective = False
+
+    def _norm_array(self, norms: dict[str, float] | None = None) -> np.ndarray:
+        norms = self.bkg_norm if norms is None else norms
+        return np.array([norms[k] for k in self.data.background_names], dtype=np.float64)
+
+    def extra_objective(self, model: np.ndarray, norms: dict[str, float]) -> float:
+        """Terms added to Σ log L in the objective (0 for ML; log-priors for MAP_RL)."""
+        return 0.0
+
+    def current_state(self) -> State:
+        """The current point with its expectations and objective."""
+        return State(self.model, self._norm_array(), self.sources, self.expectations,
+                     list(self.log_likelihoods),
+                     float(np.sum(self.log_likelihoods))
+                     + self.extra_objective(self.model, self.bkg_norm))
+
+    def set_state(self, state: State) -> None:
+        """Make ``state`` current (model, norms, expectations, log L)."""
+        self.model = state.model
+        self.bkg_norm = {k: float(v) for k, v in zip(self.data.background_names, state.norms)}
+        self.sources = state.sources
+        self.expectations = state.expectations
+        self.log_likelihoods = state.log_likelihoods
+
+    def accept_state(self, state: State) -> None:
+        """Make ``state`` the result of this iteration."""
+        self.set_state(state)
+
+    def directions(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """EM directions (map, norms) at the current state, best first, plain EM last.
+
+        Costs one adjoint pass. Sets ``delta_model`` and ``processed_delta_model``.
+        """
+        ratios = self.data.ratios(self.expectations)
+        self.delta_model, delta_norm = self.m_step(ratios)
+        self.processed_delta_model = self.process_delta(self.delta_model)
+        dn = np.array([delta_norm.get(k, 0.0) for k in self.data.background_names])
+        out = [(self.processed_delta_model, dn)]
+        if self.weight is not None or self.smoother is not None:
+            out.append((self.delta_model, dn))
+        return out
+
+    def constrain(self, model: np.ndarray,
+                  norms: dict[str, float]) -> tuple[np.ndarray, dict[str, float]]:
+        """Minimum flux and mask on a map, ranges on norms (new objects; inputs untouched)."""
+        model = np.where(model < self.minimum_flux, self.minimum_flux, model)
+        if self.mask is not None:
+            model[~self.mask] = 0.0
+        norms = dict(norms)
+        if self.do_bkg_norm_optimization:
+            for key, (lo, hi) in self.bkg_norm_range.items():
+                norms[key] = float(min(max(norms[key], lo), hi))
+        return model, norms
+
     def iterate(self) -> None:
+        if self.accelerator is not None:
+            self.alpha = self.accelerator.iterate(self)
+            return
         ratios = self.data.ratios(self.expectations)
         self.delta_model, delta_norm = self.m_step(ratios)
         trial_norm = {k: n + delta_norm.get(k, 0.0) for k, n in self.bkg_norm.items()}
