@@ -197,6 +197,14 @@ def child(args) -> None:
                                 cache_dir=str(workdir / "cache"), **opts)
     load_s = time.perf_counter() - t0
     op = data.response
+    products = {"forward": 0, "adjoint": 0}
+    for name in products:
+        method = getattr(op, name)
+
+        def counted(*a, _m=method, _n=name, **k):
+            products[_n] += 1
+            return _m(*a, **k)
+        setattr(op, name, counted)
     deco = ImageDeconvolution()
     deco.set_dataset([data])
     deco.read_parameterfile(workdir / "parfile.yml")
@@ -212,6 +220,7 @@ def child(args) -> None:
         times.append(time.perf_counter() - t)
 
     alg.iterate = timed
+    products.update(forward=0, adjoint=0)
     t0 = time.perf_counter()
     deco.run_deconvolution(progress=False)
     run_s = time.perf_counter() - t0
@@ -219,7 +228,8 @@ def child(args) -> None:
     np.save(workdir / f"map-{args.mode}-{args.phase}.npy", final)
     info = dict(getattr(op, "load_info", {}))
     out = {"mode": args.mode, "phase": args.phase, "load_s": load_s, "run_s": run_s,
-           "iterations": len(times), "iter_s": times, "cached": info.get("cached"),
+           "iterations": len(times), "iter_s": times,
+           "products_per_iteration": (products["forward"] + products["adjoint"]) / max(1, len(times)), "cached": info.get("cached"),
            "storage": info.get("storage", op.storage), "dtype": str(op.dtype),
            "bytes_per_product": int(op.bytes_per_product), "held_bytes": int(op.nbytes),
            "peak_rss_gib": peak_rss_gib(),
@@ -278,14 +288,46 @@ def kernels_child(args) -> None:
 # Parent
 # ------------------------------------------------------------------------------------------
 
+def _cpu_jiffies() -> tuple[int, int]:
+    with open("/proc/stat") as fh:
+        v = [int(x) for x in fh.readline().split()[1:]]
+    return sum(v), v[3] + v[4]
+
+
+def wait_idle(max_wait: float = 60.0, busy_max: float = 0.10) -> float:
+    """Wait (up to ``max_wait`` s) until other processes use < ``busy_max`` of the CPUs."""
+    t_end = time.time() + max_wait
+    while True:
+        t0, i0 = _cpu_jiffies()
+        time.sleep(1.0)
+        t1, i1 = _cpu_jiffies()
+        busy = 1.0 - (i1 - i0) / max(1, t1 - t0)
+        if busy < busy_max or time.time() > t_end:
+            return busy
+
+
 def run_child(args, mode: str, phase: str, iterations: int, kind: str = "mode") -> dict:
+    idle_before = wait_idle()
+    tick = os.sysconf("SC_CLK_TCK")
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    j0, i0 = _cpu_jiffies()
+    t0 = time.time()
     cmd = [sys.executable, __file__, "--child", kind, "--mode", mode, "--phase", phase,
            "--iterations", str(iterations), "--workdir", str(args.workdir), "--rsp",
            str(args.rsp)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.time() - t0
+    j1, i1 = _cpu_jiffies()
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+    busy_all = ((j1 - j0) - (i1 - i0)) / tick
+    other = max(0.0, busy_all - own) / (wall * (os.cpu_count() or 1))
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[7:])
+            res = json.loads(line[7:])
+            res["other_cpu_load"] = other
+            res["other_cpu_load_before"] = idle_before
+            return res
     sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
     raise RuntimeError(f"benchmark child {mode}/{phase} failed (exit {proc.returncode})")
 
@@ -333,7 +375,9 @@ def main() -> None:
         print(f"{mode:>20}: {np.median(it):.4f} s/iteration (median of {len(it)}, min "
               f"{it.min():.4f}), load {first['load_s']:.2f} s first / {cached['load_s']:.2f} s "
               f"cached, peak {first['peak_rss_gib']:.2f} / {cached['peak_rss_gib']:.2f} GiB, "
-              f"floor {2 * first['bytes_per_product'] / bw:.4f} s", flush=True)
+              f"floor {2 * first['bytes_per_product'] / bw:.4f} s, "
+              f"{first['products_per_iteration']:.2f} products/iteration, other processes used "
+              f"{100 * first['other_cpu_load']:.0f} % of the CPUs", flush=True)
     kern = None
     if "sparse-float32" in args.modes:
         for old in cache.glob("*.cache") if cache.exists() else []:
@@ -351,8 +395,12 @@ def main() -> None:
           f"bandwidth {bw / 1e9:.1f} GB/s; reference tool: {REFERENCE['iteration_s']} s/it, "
           f"load {REFERENCE['load_s']} s, peak {REFERENCE['peak_gib']} GiB; plain HDF5 read "
           f"{read_s:.2f} s")
-    hdr = (f"{'mode':>20} {'s/iter':>8} {'floor':>7} {'speedup':>8} {'load 1st':>9} "
-           f"{'cached':>7} {'peak GiB':>9} {'cached':>7} {'held GB':>8} {'map dev':>9}")
+    print("s/iter: median over the run (min in brackets); floor: 2 products x bytes streamed / "
+          "bandwidth; prod: response products per iteration measured; other: CPU share used by "
+          "other processes during the run")
+    hdr = (f"{'mode':>20} {'s/iter':>17} {'floor':>7} {'prod':>5} {'speedup':>8} "
+           f"{'load 1st':>9} {'cached':>7} {'peak GiB':>9} {'cached':>7} {'held GB':>8} "
+           f"{'map dev':>9} {'other':>6}")
     print(hdr)
     print("-" * len(hdr))
     summary = []
@@ -364,9 +412,12 @@ def main() -> None:
         if ref_map is not None and mfile.exists():
             m = np.load(mfile)
             dev = float(np.abs(m - ref_map).max() / np.abs(ref_map).max())
-        print(f"{mode:>20} {it:8.4f} {floor:7.4f} {REFERENCE['iteration_s'] / it:7.1f}x "
+        it_min = float(np.min(first["iter_s"]))
+        print(f"{mode:>20} {it:8.4f} ({it_min:6.4f}) {floor:7.4f} "
+              f"{first['products_per_iteration']:5.2f} {REFERENCE['iteration_s'] / it:7.1f}x "
               f"{first['load_s']:8.2f}s {cached['load_s']:6.2f}s {first['peak_rss_gib']:9.2f} "
-              f"{cached['peak_rss_gib']:7.2f} {first['held_bytes'] / 1e9:8.2f} {dev:9.2e}")
+              f"{cached['peak_rss_gib']:7.2f} {first['held_bytes'] / 1e9:8.2f} {dev:9.2e} "
+              f"{100 * first['other_cpu_load']:5.0f}%")
         summary.append({"mode": mode, "iter_s_median": it, "floor_s": floor,
                         "first": first, "cached": cached, "map_max_dev": dev})
         if "nnz" in first:

@@ -208,6 +208,17 @@ def test_bad_files(tmp_path, cone):
         load_response(zero)
 
 
+def test_gpu_device_choices(rsp_file):
+    from comptonsky.response.gpu import gpu_backend
+    auto = load_response(rsp_file, device="auto", cache=False)
+    if gpu_backend() is None:
+        assert auto.load_info["device"] == "cpu"
+        with pytest.raises(InvalidParameterError, match="CuPy or PyTorch"):
+            load_response(rsp_file, device="gpu", cache=False)
+    with pytest.raises(UnknownChoiceError, match="'gpu'"):
+        load_response(rsp_file, device="cuda", cache=False)
+
+
 def test_parse_memory():
     assert parse_memory("1 GiB") == 2 ** 30
     assert parse_memory("512MB") == 512 * 10 ** 6

@@ -57,7 +57,9 @@ _STORAGE_ALIASES = {"outofcore": "out-of-core", "out_of_core": "out-of-core",
                     "ooc": "out-of-core"}
 DTYPES = ("float64", "float32")
 #: Keyword options of :func:`load_response` besides ``dtype`` and ``storage``.
-OPTIONS = ("sparse_threshold", "memory_budget", "cache", "cache_dir", "populate", "progress")
+OPTIONS = ("sparse_threshold", "memory_budget", "cache", "cache_dir", "populate", "progress",
+           "device")
+DEVICES = ("cpu", "gpu", "auto")
 #: Default relative threshold of the sparse storage.
 DEFAULT_SPARSE_THRESHOLD = 1e-4
 #: Target size of one block read from the file while loading.
@@ -391,7 +393,8 @@ def load_response(rsp: Histogram | str | os.PathLike, dtype: str | None = None,
                   sparse_threshold: float = DEFAULT_SPARSE_THRESHOLD,
                   memory_budget: str | int | None = None, cache: bool = True,
                   cache_dir: str | os.PathLike | None = None, populate: bool = True,
-                  progress: bool | None = None, **unknown) -> ResponseOperator:
+                  progress: bool | None = None, device: str = "cpu",
+                  **unknown) -> ResponseOperator:
     """Build a response operator from a histpy response histogram or HDF5 file.
 
     Parameters
@@ -419,6 +422,10 @@ def load_response(rsp: Histogram | str | os.PathLike, dtype: str | None = None,
         is as fast as the others.
     progress : bool or None
         Show a progress bar while reading (None: only for files over 256 MiB on a terminal).
+    device : {'cpu', 'gpu', 'auto'}
+        'gpu' holds a dense response in GPU memory (CuPy or PyTorch, whichever is importable
+        with a CUDA device; :mod:`comptonsky.response.gpu`, untested on real hardware); 'auto'
+        uses the GPU for dense storage when one is available, else the CPU.
 
     Returns
     -------
@@ -455,6 +462,8 @@ def load_response(rsp: Histogram | str | os.PathLike, dtype: str | None = None,
         raise InvalidParameterError(f"sparse_threshold: expected a number in [0, 1), found "
                                     f"{sparse_threshold!r}")
     budget = parse_memory(memory_budget)
+    if str(device) not in DEVICES:
+        raise UnknownChoiceError("response device", str(device), DEVICES)
 
     src = _open_source(rsp)
     try:
@@ -472,7 +481,9 @@ def load_response(rsp: Histogram | str | os.PathLike, dtype: str | None = None,
         src.close()
     if not np.any(op.exposure > 0):
         raise InvalidDataError(f"{src.name}: the response has no exposure (all entries are zero)")
-    info.update(storage=storage, reason=reason, dtype=str(dt), seconds=time.perf_counter() - t0)
+    op = _maybe_gpu(op, str(device))
+    info.update(storage=storage, reason=reason, dtype=str(dt), seconds=time.perf_counter() - t0,
+                device=getattr(op, "device", "cpu"))
     op.load_info = info
     extra = ""
     if isinstance(op, SparseResponse):
@@ -483,6 +494,21 @@ def load_response(rsp: Histogram | str | os.PathLike, dtype: str | None = None,
                 src.name, op.n_model, op.n_data, storage, dt, op.nbytes / 1e6,
                 "from cache" if info.get("cached") else "converted", info["seconds"], extra)
     return op
+
+
+def _maybe_gpu(op: ResponseOperator, device: str) -> ResponseOperator:
+    """Move a dense response to the GPU when asked (or, for 'auto', when one is present)."""
+    if device == "cpu":
+        return op
+    from .gpu import GPUDenseResponse, gpu_backend
+    backend = gpu_backend()
+    if device == "auto" and (backend is None or not isinstance(op, DenseResponse)):
+        return op
+    if not isinstance(op, DenseResponse):
+        raise InvalidParameterError(f"response device 'gpu' supports storage 'dense' only, "
+                                    f"found storage {op.storage!r}")
+    return GPUDenseResponse(op.matrix, op.model_axes, op.data_axes, op.pixel_solid_angle,
+                            op.unit, row_sums=op._row_sums(), backend=backend)
 
 
 def _load(src: _Source, dt: np.dtype, storage: str, threshold: float, budget: int | None,

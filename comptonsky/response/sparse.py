@@ -99,10 +99,11 @@ class SegmentedCSR:
 # ------------------------------------------------------------------------------------------
 
 @njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _gather(ptr, idx, val, vec, stride, n_chunks, out):  # pragma: no cover - compiled
-    """out[k, r] = Σ_n val[n] · vec[k·stride + idx[n]] over row r of segment k.
+def _gather(ptr, idx, val, vec, stride, n_vec, n_chunks, out):  # pragma: no cover - compiled
+    """out[k, r] = Σ_n val[n] · v_k[idx[n]] over row r of segment k, v_k = vec[k·stride:][:n_vec].
 
-    ``out`` must be zero-filled on entry (its dtype sets the accumulator type).
+    ``out`` must be zero-filled on entry (its dtype sets the accumulator type). Work is split in
+    (segment, row range) tiles; four accumulators hide the add latency.
     """
     n_seg = ptr.shape[0]
     n_rows = ptr.shape[1] - 1
@@ -111,7 +112,7 @@ def _gather(ptr, idx, val, vec, stride, n_chunks, out):  # pragma: no cover - co
         k = task // n_chunks
         r0 = (task % n_chunks) * chunk
         r1 = min(r0 + chunk, n_rows)
-        base = k * stride
+        v = vec[k * stride:k * stride + n_vec]
         for r in range(r0, r1):
             a0 = out[k, r] * 0
             a1 = a0
@@ -120,13 +121,13 @@ def _gather(ptr, idx, val, vec, stride, n_chunks, out):  # pragma: no cover - co
             n = ptr[k, r]
             e = ptr[k, r + 1]
             while n + 4 <= e:
-                a0 += val[n] * vec[base + idx[n]]
-                a1 += val[n + 1] * vec[base + idx[n + 1]]
-                a2 += val[n + 2] * vec[base + idx[n + 2]]
-                a3 += val[n + 3] * vec[base + idx[n + 3]]
+                a0 += val[n] * v[idx[n]]
+                a1 += val[n + 1] * v[idx[n + 1]]
+                a2 += val[n + 2] * v[idx[n + 2]]
+                a3 += val[n + 3] * v[idx[n + 3]]
                 n += 4
             while n < e:
-                a0 += val[n] * vec[base + idx[n]]
+                a0 += val[n] * v[idx[n]]
                 n += 1
             out[k, r] = (a0 + a1) + (a2 + a3)
 
@@ -386,14 +387,15 @@ class SparseResponse(ResponseOperator):
     def _matvec(self, x: np.ndarray) -> np.ndarray:
         c = self.cols
         out = np.zeros((self.n_seg, self.n_psi), dtype=self.dtype)
-        _gather(c.ptr, c.idx, c.val, x.astype(self.dtype), 0, _n_chunks(self.n_seg), out)
+        _gather(c.ptr, c.idx, c.val, x.astype(self.dtype), 0, self.n_model,
+                _n_chunks(self.n_seg), out)
         return out.reshape(-1).astype(np.float64)
 
     def _rmatvec(self, y: np.ndarray) -> np.ndarray:
         r = self.rows
         out = np.zeros((self.n_seg, self.n_model), dtype=self.dtype)
-        _gather(r.ptr, r.idx, r.val, y.astype(self.dtype), self.n_psi, _n_chunks(self.n_seg),
-                out)
+        _gather(r.ptr, r.idx, r.val, y.astype(self.dtype), self.n_psi, self.n_psi,
+                _n_chunks(self.n_seg), out)
         return out.sum(axis=0, dtype=np.float64)
 
     def _row_sums(self) -> np.ndarray:
