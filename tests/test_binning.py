@@ -394,3 +394,63 @@ def test_cli_bin(tmp_path, test_yaml, capsys):
     rc = cli_main(["bin", str(test_yaml), str(f1), "-o", str(tmp_path / "g.hdf5"),
                    "--no-progress"])
     assert rc == 1 and "exists" in capsys.readouterr().err
+
+
+def _uniform_events(n, seed):
+    rng = np.random.default_rng(seed)
+    return {"TimeTags": rng.uniform(T0, T0 + 100, n), "Energies": rng.uniform(100, 800, n),
+            "Phi": rng.uniform(0, np.pi, n), "Chi galactic": rng.uniform(0, 360, n),
+            "Psi galactic": rng.uniform(-90, 90, n), "Chi local": rng.uniform(0, 6, n),
+            "Psi local": rng.uniform(0, 3, n), "Distance": rng.uniform(0, 5, n),
+            "Xpointings": rng.uniform(0, 1, (n, 2)), "Ypointings": rng.uniform(0, 1, (n, 2)),
+            "Zpointings": rng.uniform(0, 1, (n, 2))}
+
+
+def test_binning_memory_is_bounded(tmp_path):
+    """Peak allocations while binning do not grow with the file: a few chunks at a time."""
+    import tracemalloc
+
+    b = make_binning("galactic")
+    peaks = {}
+    for n in (60_000, 240_000):
+        path = write_events(tmp_path / f"ev{n}.fits.gz", _uniform_events(n, seed=n))
+        bin_events(path, [b], progress=False, event_range=(0, 1000))  # compile outside tracing
+        tracemalloc.start()
+        try:
+            (h,) = bin_events(path, [b], progress=False)
+            _, peaks[n] = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert h.contents.sum() == n
+    inflated = 240_000 * 14 * 8  # 27 MB of rows
+    assert peaks[240_000] < 1.25 * peaks[60_000] + 1e6, peaks
+    assert peaks[240_000] < inflated / 2, peaks
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # inside healpy's mollview
+def test_select_combine_and_plots_through_binned_data(tmp_path, test_yaml):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    b = make_binning("local")
+    ev_a, ev_b = edge_case_events(b, n=500, seed=1), edge_case_events(b, n=700, seed=2)
+    for ev in (ev_a, ev_b):
+        ev["TimeTags"] = np.linspace(1835477990.0, 1835478020.0, ev["TimeTags"].size)
+    pa = write_events(tmp_path / "a.hdf5", ev_a)
+    pb = write_events(tmp_path / "b.fits", ev_b)
+    bd = BinnedData(input_yaml=test_yaml)  # unbinned_output: hdf5
+    out = bd.combine_unbinned_data([pa, pb], output_name=tmp_path / "combined")
+    assert out == tmp_path / "combined.hdf5"
+    sel = bd.select_data(unbinned_data=out, emin=300.0)  # tmin/tmax from the parameters
+    both = {k: np.concatenate([ev_a[k], ev_b[k]]) for k in ev_a}
+    t, e = both["TimeTags"], both["Energies"]
+    keep = (t >= 1835478000.0) & (t < 1835478010.0) & (e >= 300.0)
+    for k in both:
+        np.testing.assert_array_equal(sel[k], both[k][keep])
+    assert bd.cosi_dataset is sel
+    h = bd.get_binned_data(psichi_binning="local", make_binning_plots=True, progress=False)
+    np.testing.assert_array_equal(h.contents.todense(), numpy_reference(sel, bd.binning("local")))
+    assert len(plt.get_fignums()) >= 4
+    plt.close("all")
