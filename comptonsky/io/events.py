@@ -623,9 +623,8 @@ class _RawRows:
         chunk = {}
         for c in self.wanted:
             col = rec[c]
-            arr = col.astype(col.dtype.newbyteorder("="))
-            if arr.dtype.kind in "iu" and c in DC2_COLUMNS:
-                arr = arr.astype(np.float64)
+            # one pass: byte swap (and widen float32 / integer DC2 columns to float64)
+            arr = col.astype(np.float64 if c in DC2_COLUMNS else col.dtype.newbyteorder("="))
             if self.factors[c] != 1.0:
                 arr *= self.factors[c]
             chunk[c] = arr
