@@ -390,7 +390,8 @@ class _Accumulator:
         self.counts = np.zeros(self.size, dtype=np.int64) if self.dense else None
         self._keys: list[np.ndarray] = []
         self._vals: list[np.ndarray] = []
-        self._pending = 0
+        self._pending = 0  # (index, count) pairs stored since the last merge
+        self._merged = 0  # pairs in the merged arrays
         self._partial = np.empty(0, dtype=np.int64)
         self.n_binned = 0
 
@@ -421,7 +422,8 @@ class _Accumulator:
             self._keys.append(keys)
             self._vals.append(vals.astype(np.int64))
             self._pending += keys.size
-            if self._pending > 1 << 22:
+            # merge when the unmerged pairs outgrow the merged ones (amortised linear cost)
+            if self._pending > max(1 << 22, 2 * self._merged):
                 self._merge()
         stats.n_bad_direction += int(skipped)
         self.n_binned += int(sel.size - skipped)
@@ -433,7 +435,8 @@ class _Accumulator:
             uniq, inv = np.unique(keys, return_inverse=True)
             self._keys = [uniq]
             self._vals = [np.bincount(inv, weights=vals, minlength=uniq.size).astype(np.int64)]
-        self._pending = self._keys[0].size if self._keys else 0
+        self._merged = self._keys[0].size if self._keys else 0
+        self._pending = 0
 
     def histogram(self) -> Histogram:
         """The counts as a histpy Histogram with sparse (COO) float64 contents."""
