@@ -51,6 +51,7 @@ from .frames import register_spacecraft_frame
 from .io.events import (
     DEFAULT_CHUNK_SIZE,
     count_events,
+    event_file_columns,
     event_file_format,
     iter_event_chunks,
     validate_events,
@@ -584,6 +585,11 @@ def bin_events(unbinned_data, binnings: CDSBinning | Sequence[CDSBinning], *,
             event_file_format(item, format)  # reject unknown names before any work
             if not Path(item).exists():
                 raise FileFormatError(f"{item}: no such file")
+            # fail fast, before binning earlier files, on a file that lacks a column
+            have = event_file_columns(item, format)
+            missing = [c for c in columns if c not in have]
+            if missing:
+                raise FileFormatError(f"{item}: missing column(s) {missing}; the file has {have}")
             totals.append(count_events(item, format))
     if event_range is not None:
         start, stop = event_range
