@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .base import DeconvolutionAlgorithm
 from .map_rl import MAPRichardsonLucy
+from .osem import OrderedSubsetsEM
 from .rl import RichardsonLucy, RichardsonLucySimple
 
 __all__ = ["ALGORITHMS", "DeconvolutionAlgorithm", "register_algorithm"]
@@ -13,6 +14,7 @@ ALGORITHMS: dict[str, type[DeconvolutionAlgorithm]] = {
     "RL": RichardsonLucy,
     "RLsimple": RichardsonLucySimple,
     "MAP_RL": MAPRichardsonLucy,
+    "OSEM": OrderedSubsetsEM,
     # cosipy ≥ 0.4 names of the same algorithms
     "RLadvanced": RichardsonLucy,
     "RLbasic": RichardsonLucySimple,

@@ -138,7 +138,20 @@ class DeconvolutionAlgorithm(ABC):
         }
 
     def run(self, progress: bool = True) -> list[dict[str, Any]]:
-        """Iterate until a stopping criterion is met; returns ``self.results``."""
+        """Iterate until a stopping criterion is met; returns ``self.results``.
+
+        With ``stopping_criteria:statistics: cross-validation`` the number of iterations is
+        chosen first on a binomially thinned copy of the counts (see
+        :mod:`comptonsky.deconvolution.stopping`).
+        """
+        if self.stopping_statistic == "cross-validation":
+            from ..stopping import run_cross_validated
+
+            return run_cross_validated(self, progress=progress)
+        return self._loop(progress)
+
+    def _loop(self, progress: bool = True) -> list[dict[str, Any]]:
+        """The iteration loop with the configured stopping rule."""
         bar = tqdm(total=self.iteration_max, desc=f"{self.name} iterations", unit="it",
                    disable=not progress, leave=False)
         try:

@@ -34,7 +34,7 @@ class MAPRichardsonLucy(RichardsonLucy):
 
     name = "MAP_RL"
     default_statistic = "log-posterior"
-    statistics = ("log-posterior", "log-likelihood")
+    statistics = ("log-posterior", "log-likelihood", "cross-validation")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -57,7 +57,7 @@ class RichardsonLucy(DeconvolutionAlgorithm):
     name = "RL"
     fits_backgrounds = True
     uses_filters = True
-    statistics = ("log-likelihood",)
+    statistics = ("log-likelihood", "cross-validation")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
