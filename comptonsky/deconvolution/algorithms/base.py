@@ -78,6 +78,11 @@ class DeconvolutionAlgorithm(ABC):
             self.mask = zero if self.mask is None else (self.mask & zero)
             logger.info("%d model elements have zero exposure; they are masked (held at 0)",
                         int((~zero).sum()))
+        if self.parameter.get("model_definition:initialization:algorithm") == "backprojection":
+            from ..model import backprojection_map
+
+            self.model = backprojection_map(self.data, self.mask)
+            logger.info("initial map: back-projection of the counts above the backgrounds")
         if self.mask is not None:
             self.model[~self.mask] = 0.0
         self.bkg_norm = {key: 1.0 for key in self.data.background_names}
