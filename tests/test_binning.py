@@ -417,7 +417,7 @@ def test_binning_memory_is_bounded(tmp_path):
         bin_events(path, [b], progress=False, event_range=(0, 1000))  # compile outside tracing
         tracemalloc.start()
         try:
-            (h,) = bin_events(path, [b], progress=False)
+            (h,) = bin_events(path, [b], progress=False, chunk_size=4096)
             _, peaks[n] = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()

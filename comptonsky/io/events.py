@@ -652,11 +652,15 @@ def _iter_fits(path: Path, columns: list[str] | None, chunk_size: int, start: in
         try:
             _skip(stream, start * rowbytes, where)
             size = min(chunk_size, max(stop - start, 1)) * rowbytes
-            buf = bytearray(size)
+            # In raw mode chunks are handed to another thread: rotate through a ring of buffers
+            # bigger than what can be in flight (queue depth + one being filled + one being
+            # converted), so no buffer is overwritten while in use and none is re-allocated.
+            ring = [bytearray(size) for _ in range(_RING_BUFFERS if raw else 1)]
+            k = 0
             while row < stop:
                 nrows = min(chunk_size, stop - row)
-                if raw:  # the consumer holds on to the buffer: a fresh one per chunk
-                    buf = bytearray(size)
+                buf = ring[k % len(ring)]
+                k += 1
                 view = memoryview(buf)[: nrows * rowbytes]
                 got = _readinto_full(stream, view)
                 if got < nrows * rowbytes:
@@ -730,7 +734,13 @@ def _iter_hdf5(path: Path, columns: list[str] | None, chunk_size: int, start: in
             yield chunk
 
 
-def _prefetch(iterator: Iterator, depth: int = 4) -> Iterator:
+#: Chunks the reader thread may prepare ahead of the consumer.
+_PREFETCH_DEPTH = 4
+#: Row buffers rotated by the FITS reader in prefetch mode (> _PREFETCH_DEPTH + 2).
+_RING_BUFFERS = _PREFETCH_DEPTH + 4
+
+
+def _prefetch(iterator: Iterator, depth: int = _PREFETCH_DEPTH) -> Iterator:
     """Run ``iterator`` in a background thread, keeping up to ``depth`` items ready.
 
     Decompression (ISA-L, zlib, HDF5 filters) and numpy conversions release the GIL, so reading
