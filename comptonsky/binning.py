@@ -50,6 +50,7 @@ from .errors import (
 from .frames import register_spacecraft_frame
 from .io.events import (
     DEFAULT_CHUNK_SIZE,
+    EventSource,
     count_events,
     event_file_columns,
     event_file_format,
@@ -504,7 +505,7 @@ class FileStats:
 _BASE_COLUMNS = ("TimeTags", "Energies", "Phi")
 
 
-def _as_inputs(unbinned_data) -> list:
+def _as_inputs(unbinned_data: EventSource) -> list:
     if unbinned_data is None:
         raise InvalidParameterError("no unbinned data given (a file, a list of files, or a "
                                     "mapping of event columns)")
@@ -531,7 +532,7 @@ def _iter_mapping(events: Mapping[str, np.ndarray], columns, chunk_size, event_r
         yield chunk
 
 
-def bin_events(unbinned_data, binnings: CDSBinning | Sequence[CDSBinning], *,
+def bin_events(unbinned_data: EventSource, binnings: CDSBinning | Sequence[CDSBinning], *,
                event_range: tuple[int, int | None] | None = None,
                chunk_size: int = DEFAULT_CHUNK_SIZE, progress: bool = True,
                format: str | None = None) -> list[Histogram]:
@@ -680,7 +681,7 @@ class BinnedData:
                                           where=self._where)
 
     # ---------------------------------------------------------------- binning
-    def get_binned_data(self, unbinned_data=None, output_name: str | os.PathLike | None = None,
+    def get_binned_data(self, unbinned_data: EventSource | None = None, output_name: str | os.PathLike | None = None,
                         make_binning_plots: bool = False, show_plots: bool = False,
                         psichi_binning: str = "galactic",
                         event_range: tuple[int, int | None] | None = None,
@@ -841,7 +842,7 @@ class BinnedData:
             write_events(self._output_path(output_name), self.cosi_dataset)
         return self.cosi_dataset
 
-    def select_data(self, unbinned_data=None, output_name: str | os.PathLike | None = None,
+    def select_data(self, unbinned_data: EventSource | None = None, output_name: str | os.PathLike | None = None,
                     tmin: float | None = None, tmax: float | None = None,
                     emin: float | None = None, emax: float | None = None
                     ) -> dict[str, np.ndarray] | Path:

@@ -40,7 +40,7 @@ import os
 import queue
 import threading
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +64,7 @@ except ImportError:  # pragma: no cover - isal is a declared dependency
     _GZIP_ERRORS = (OSError, EOFError, zlib.error, gzip.BadGzipFile)
 
 __all__ = [
+    "EventSource",
     "EventWriter",
     "select_events",
     "ColumnSpec",
@@ -79,6 +80,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: What binning and selection accept as input: an event file, several files (added together in
+#: order), or event columns already in memory (canonical units).
+EventSource = str | os.PathLike | Sequence[str | os.PathLike] | Mapping[str, np.ndarray]
 
 #: Events per chunk when streaming: 16384 DC2 rows are 1.8 MB, small enough to stay in cache
 #: between the reader thread and the binning kernel (measured faster than bigger chunks).
@@ -1084,7 +1089,7 @@ class EventWriter:
         self._stack.__exit__(exc_type or RuntimeError, exc or RuntimeError("aborted"), tb)
 
 
-def select_events(unbinned_data, output: str | os.PathLike | None = None, *,
+def select_events(unbinned_data: EventSource, output: str | os.PathLike | None = None, *,
                   tmin: float | None = None, tmax: float | None = None,
                   emin: float | None = None, emax: float | None = None,
                   columns: Iterable[str] | None = None,
