@@ -308,3 +308,14 @@ def test_float32_and_integer_columns_are_widened(tmp_path):
     np.testing.assert_array_equal(got["Energies"], [511.5, 100.25])
     np.testing.assert_array_equal(got["TimeTags"], [10.0, 20.0])
     assert got["extra"].dtype == np.int16 and got["extra"].dtype.isnative
+
+
+def test_gzip_output_is_reproducible_and_names_no_temporary(tmp_path):
+    ev = make_events(500)
+    a = write_events(tmp_path / "a.fits.gz", ev).read_bytes()
+    b = write_events(tmp_path / "b.fits.gz", ev).read_bytes()
+    assert a == b  # no file name or time stamp in the gzip header
+    assert a[3] & 0x08 == 0 and a[4:8] == bytes(4)
+    with EventWriter(tmp_path / "c.fits.gz") as w:
+        w.write(ev)
+    assert (tmp_path / "c.fits.gz").read_bytes() == a

@@ -34,6 +34,7 @@ memory.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import os
@@ -392,6 +393,27 @@ def _fits_tform(arr: np.ndarray) -> tuple[str, str]:
     return (f"{repeat}{letter}" if repeat != 1 else letter), dt
 
 
+@contextlib.contextmanager
+def _output_stream(path: Path, gz: bool, compresslevel: int | None) -> Iterator:
+    """Binary output stream, gzipped if ``gz``. The gzip header carries no file name (the
+    temporary name would leak into it) and a zero time stamp, so equal contents give equal
+    files."""
+    with open(path, "wb") as raw:
+        if not gz:
+            yield raw
+            return
+        if _igzip is not None and (compresslevel is None or compresslevel <= 3):
+            level = 1 if compresslevel is None else compresslevel
+            stream = _igzip.IGzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
+                                      compresslevel=level)
+        else:
+            level = 6 if compresslevel is None else compresslevel
+            stream = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
+                                   compresslevel=level)
+        with stream:
+            yield stream
+
+
 def _write_fits(tmp: Path, names, cols, col_units, n, gz, chunk_size, compresslevel, meta,
                 nrows: int | None = None, rows_file: Path | None = None):
     """Write the FITS file: the rows of ``cols`` or, with ``rows_file``, ``nrows`` staged rows."""
@@ -426,14 +448,7 @@ def _write_fits(tmp: Path, names, cols, col_units, n, gz, chunk_size, compressle
     header["EXTNAME"] = "EVENTS"
     for key, value in (meta or {}).items():
         header[str(key)[:8].upper()] = value
-    if gz:
-        if _igzip is not None and (compresslevel is None or compresslevel <= 3):
-            out = _igzip.open(tmp, "wb", compresslevel=1 if compresslevel is None else compresslevel)
-        else:
-            out = gzip.open(tmp, "wb", compresslevel=6 if compresslevel is None else compresslevel)
-    else:
-        out = open(tmp, "wb")  # noqa: SIM115
-    with out:
+    with _output_stream(tmp, gz, compresslevel) as out:
         out.write(primary.tostring().encode("ascii"))
         out.write(header.tostring().encode("ascii"))
         if rows_file is not None:
@@ -950,8 +965,6 @@ class EventWriter:
     def __init__(self, path: str | os.PathLike, format: str | None = None,
                  overwrite: bool = True, units: Mapping[str, str] | None = None,
                  compresslevel: int | None = None, meta: Mapping[str, str] | None = None):
-        import contextlib
-
         self.path = Path(path)
         self.format = event_file_format(self.path, format)
         if self.format not in ("fits", "hdf5"):
