@@ -11,7 +11,12 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("demo", help=HELP, description=HELP + ".")
     p.add_argument("--output", default="demo-output", help="output directory (default: "
                    "demo-output)")
-    p.add_argument("--nside", type=int, default=None, help="HEALPix NSIDE of model and PsiChi")
+    p.add_argument("--nside", type=int, default=None,
+                   help="HEALPix NSIDE of model and PsiChi (default 16, the DC2 value)")
+    p.add_argument("--phi-bin", type=float, default=None,
+                   help="Compton-angle bin width in degrees (default 6)")
+    p.add_argument("--preset", default="dc2-511-thin-disk",
+                   help="simulator preset (dc2-511-thin-disk, dc2-511-thick-disk, ...)")
     p.add_argument("--iterations", type=int, default=50, help="RL iterations (default 50)")
     p.add_argument("--seed", type=int, default=1, help="random seed of the simulation")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -22,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
     summary = run_demo(args.output, nside=args.nside, iterations=args.iterations,
-                       seed=args.seed, progress=not args.no_progress)
+                       seed=args.seed, progress=not args.no_progress, preset=args.preset,
+                       phi_bin_deg=args.phi_bin)
     print(f"demo finished: {summary['iterations']} iterations; outputs in {args.output}/")
     for name, row in summary.get("regions", {}).items():
         print(f"  {name:>12}: recovered {row['recovered']:.3e}  injected {row['injected']:.3e} "
