@@ -142,3 +142,21 @@ def test_initialize_needs_dataset_and_parameters(tmp_path):
     deconv = ImageDeconvolution()
     with pytest.raises(InvalidParameterError, match="set_dataset"):
         deconv.initialize()
+
+
+def test_parameter_file_response_section_changes_precision(small_problem, tmp_path):
+    """``response: {dtype: float32}`` in the parameter file reloads the response in float32."""
+    results = {}
+    for dtype in ("float64", "float32"):
+        ds = DataIF_COSI_DC2.load("x", small_problem.event, {"albedo": small_problem.background},
+                                  small_problem.response)
+        deconv = ImageDeconvolution()
+        deconv.set_dataset([ds])
+        deconv.read_parameterfile(write_parfile(tmp_path, iterations=5, accel=True))
+        deconv.override_parameter(f"response:dtype = {dtype}")
+        deconv.initialize()
+        assert ds.response.matrix.dtype == np.dtype(dtype)
+        results[dtype] = deconv.run_deconvolution(progress=False)[-1]["model"].contents.value
+    scale = results["float64"].max()
+    assert np.abs(results["float32"] - results["float64"]).max() < 1e-3 * scale
+    assert not np.array_equal(results["float32"], results["float64"])

@@ -184,7 +184,34 @@ class DataIF_COSI_DC2:  # noqa: N801  (the tutorial's name)
             if storage is not None:
                 kwargs["storage"] = storage
             response = load_response(rsp, dtype=dtype, **kwargs)
-        return cls(name, event_binned_data, dict(dict_bkg_binned_data or {}), response)
+        dataset = cls(name, event_binned_data, dict(dict_bkg_binned_data or {}), response)
+        dataset._response_source = None if isinstance(rsp, ResponseOperator) else rsp
+        dataset._response_options = {"dtype": dtype, "storage": storage, **response_options}
+        return dataset
+
+    def reload_response(self, **options) -> None:
+        """Hold the response differently (``dtype``, ``storage``, ... of ``load_response``).
+
+        Used when a parameter file's ``response:`` section asks for other settings than the
+        ones the dataset was loaded with. A no-op when the settings are unchanged.
+        """
+        source = getattr(self, "_response_source", None)
+        current = getattr(self, "_response_options", {})
+        wanted = {**current, **{k: v for k, v in options.items() if v is not None}}
+        if wanted == current:
+            return
+        if source is None:
+            raise InvalidParameterError(
+                f"dataset {self.name!r}: its response was given as an operator, so the "
+                "parameter file's response settings cannot be applied; load it from a "
+                "Histogram or file instead")
+        logger.info("dataset %r: reloading the response with %s", self.name, wanted)
+        response = load_response(source, **wanted)
+        if response.shape != self.response.shape:
+            raise InvalidDataError(f"dataset {self.name!r}: reloaded response has shape "
+                                   f"{response.shape}, expected {self.response.shape}")
+        self.response = response
+        self._response_options = wanted
 
     # --- tutorial-style accessors ---------------------------------------------------------
     @property

@@ -108,6 +108,10 @@ class ImageDeconvolution:
             raise InvalidParameterError("no dataset: call set_dataset([...]) before initialize()")
         if self._parameter.get("model_definition") is None:
             raise InvalidParameterError("no parameters: call read_parameterfile(...) first")
+        response_options = self._parameter.get("response") or {}
+        if response_options:
+            for ds in self._dataset:
+                ds.reload_response(**response_options)
         self._data = JointData(self._dataset)
         model = model_from_parameters(self._parameter)
         model.check_axes(self._data.model_axes, "response")
