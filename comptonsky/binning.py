@@ -82,9 +82,10 @@ BINNING_KEYS = (
     "phi_pix_size", "nside", "scheme",
 )
 
-#: Largest histogram (number of cells) accumulated as a dense array; bigger ones are accumulated
-#: sparsely so memory stays bounded (2**24 int64 cells = 128 MiB).
-DENSE_LIMIT = 1 << 24
+#: Largest histogram (number of cells) accumulated as a dense array (2**22 int64 cells = 32 MiB;
+#: its conversion to the sparse result needs at most 5 times that); bigger ones accumulate sorted
+#: (index, count) pairs, so memory follows the number of filled cells.
+DENSE_LIMIT = 1 << 22
 
 
 # --------------------------------------------------------------------------------------------
