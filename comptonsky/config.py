@@ -123,6 +123,7 @@ RL_PARAMETERS = Section({
     # OSEM: ordered subsets of the data space
     "n_subsets": Leaf("int", minimum=1),
     "subset_axis": Leaf("choice", choices=("Phi", "PsiChi")),
+    "subset_schedule": Leaf("choice", choices=("adaptive", "constant")),
     "background_normalization_optimization": _activate(
         range=Section(free=Leaf("float_list"))),
     "save_results": _activate(directory=Leaf("str"), only_final_result=Leaf("bool")),

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import InvalidParameterError, UnknownChoiceError
 from ..response.operator import DenseResponse, ResponseOperator
+from .passes import add_partial
 
 __all__ = ["DataSubsets", "SUBSET_AXES"]
 
@@ -103,11 +104,40 @@ class DataSubsets:
         """ΔΩ_j Σ_{i ∈ subset k} R_ij, shape (n_model,), cm² s sr."""
         return self._exposures[k]
 
+    def group_indices(self, blocks) -> np.ndarray:
+        """Flat data indices of the union of subsets ``blocks`` (in the order of the blocks)."""
+        return np.concatenate([self.indices[k] for k in blocks])
+
+    def forward_group(self, blocks, model: np.ndarray) -> np.ndarray:
+        """:meth:`forward` over several subsets, concatenated in the order of ``blocks``."""
+        if len(blocks) == 1:
+            return self.forward(blocks[0], model)
+        if self.mode == "fallback":
+            return self.response.forward(model)[self.group_indices(blocks)]
+        return np.concatenate([self.forward(k, model) for k in blocks])
+
+    def adjoint_group(self, blocks, data: np.ndarray) -> np.ndarray:
+        """:meth:`adjoint` of data on the union of subsets ``blocks`` (ordered as given)."""
+        if len(blocks) == 1:
+            return self.adjoint(blocks[0], data)
+        if self.mode == "fallback":
+            full = np.zeros(self.response.n_data)
+            full[self.group_indices(blocks)] = data
+            return self.response.adjoint(full)
+        out = np.zeros(self.response.n_model)
+        start = 0
+        for k in blocks:
+            n = len(self.indices[k])
+            out += self.adjoint(k, data[start:start + n])
+            start += n
+        return out
+
     def forward(self, k: int, model: np.ndarray) -> np.ndarray:
         """Σ_j R_ij ΔΩ_j λ_j for the bins i of subset k, shape (len(indices[k]),), counts."""
         resp = self.response
         if self.mode == "fallback":
             return resp.forward(model)[self.indices[k]]
+        add_partial("forward", len(self.indices[k]) / resp.n_data)
         x = (np.asarray(model, dtype=np.float64).reshape(-1)
              * resp.pixel_solid_angle).astype(resp.dtype, copy=False)
         if self.mode == "permuted":
@@ -127,6 +157,7 @@ class DataSubsets:
             full = np.zeros(resp.n_data)
             full[self.indices[k]] = y
             return resp.adjoint(full)
+        add_partial("adjoint", len(self.indices[k]) / resp.n_data)
         y = y.astype(resp.dtype, copy=False)
         if self.mode == "permuted":
             back = np.asarray(self._blocks[k] @ y, dtype=np.float64)

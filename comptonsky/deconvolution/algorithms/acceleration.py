@@ -217,10 +217,9 @@ class LineSearch:
 
     name = "line_search"
 
-    def iterate(self, algo) -> float:
-        """One iteration on ``algo``; returns the step α taken (0 when nothing improved)."""
+    def step(self, algo, start: State) -> tuple[State, float]:
+        """The best point along the EM directions from ``start`` (which must be current)."""
         data = algo.data
-        start = algo.current_state()
         for d, dn in algo.directions():
             u = forward_raw(data, d)
             bkg_slope = background_part(data, dn)
@@ -244,11 +243,15 @@ class LineSearch:
             sources = None if changed else [s + alpha * x for s, x in zip(start.sources, u)]
             state = evaluate(algo, model, norms, sources)
             if state.objective >= start.objective:
-                algo.accept_state(state)
-                return alpha
+                return state, alpha
         logger.debug("iteration %d: no ascent direction; state kept", algo.iteration_count)
-        algo.accept_state(start)
-        return 0.0
+        return start, 0.0
+
+    def iterate(self, algo) -> float:
+        """One iteration on ``algo``; returns the step α taken (0 when nothing improved)."""
+        state, alpha = self.step(algo, algo.current_state())
+        algo.accept_state(state)
+        return alpha
 
 
 class SQUAREM:
@@ -258,7 +261,11 @@ class SQUAREM:
     max_backtracks = 3
 
     def _em(self, algo, state: State) -> tuple[State, np.ndarray, np.ndarray]:
-        """One (processed) EM step from ``state``; returns the new state and the plain step."""
+        """One (processed) EM step from ``state``; returns the new state and the plain step.
+
+        (Using the line-searched step as the base map instead was tried: its step length
+        varies from point to point, which spoils the extrapolation, and it was slower.)
+        """
         algo.set_state(state)
         directions = algo.directions()
         d, dn = directions[0]

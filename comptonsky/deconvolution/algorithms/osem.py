@@ -40,47 +40,74 @@ class OrderedSubsetsEM(RichardsonLucy):
     name = "OSEM"
     statistics = ("log-likelihood", "cross-validation")
 
+    #: adaptive schedule: most cycles with one number of subsets
+    max_cycles_per_level = 5
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.do_acceleration:
-            logger.info("OSEM ignores acceleration (each cycle already takes n_subsets steps)")
+        #: used once the schedule is down to one subset (SQUAREM or line_search only)
+        self.safe_accelerator = self.accelerator
+        if self.do_acceleration and self.accelerator is None:
+            logger.info("OSEM ignores acceleration method %r (use line_search or SQUAREM, "
+                        "applied once one subset is left)", self.acceleration_method)
         self.do_acceleration = False
         self.accelerator = None
-        self.n_subsets = int(self._get("n_subsets", 8))
-        self.subset_axis = self._get("subset_axis", "Phi")
+        self.n_subsets = int(self._get("n_subsets", 16))
+        self.subset_axis = self._get("subset_axis", "PsiChi")
+        self.subset_schedule = self._get("subset_schedule", "adaptive")
 
     def initialize(self) -> None:
         super().initialize()
         self.subsets = [DataSubsets(ds.response, self.n_subsets, self.subset_axis)
                         for ds in self.data.datasets]
-        self.subset_exposures = [np.sum([s.subset_exposure(k) for s in self.subsets], axis=0)
-                                 for k in range(self.n_subsets)]
-        self.subset_bkg_sums = [
-            {key: float(sum(ds.background(key)[s.indices[k]].sum()
-                            for ds, s in zip(self.data.datasets, self.subsets)
-                            if key in ds.keys_bkg_models()))
-             for key in self.data.background_names}
-            for k in range(self.n_subsets)]
+        # levels K, K/2, K/4, ... (while even), then 1: subset k of level L is the union of the
+        # base subsets k, k + L, k + 2L, ... (nested interleaving, no new copy of the response)
+        levels = [self.n_subsets]
+        if self.subset_schedule == "adaptive":
+            while levels[-1] > 1:
+                levels.append(levels[-1] // 2 if levels[-1] % 2 == 0 else 1)
+        self.levels = levels
+        self.level = 0
+        self.groups = {K: [list(range(k, self.n_subsets, K)) for k in range(K)] for K in levels}
+        base_exposure = [np.sum([s.subset_exposure(k) for s in self.subsets], axis=0)
+                         for k in range(self.n_subsets)]
+        self.group_exposures = {K: [np.sum([base_exposure[b] for b in g], axis=0)
+                                    for g in groups] for K, groups in self.groups.items()}
+        self.group_indices = {K: [[s.group_indices(g) for s in self.subsets] for g in groups]
+                              for K, groups in self.groups.items()}
+        self.group_bkg_sums = {
+            K: [{key: float(sum(ds.background(key)[idx[m]].sum()
+                                for m, ds in enumerate(self.data.datasets)
+                                if key in ds.keys_bkg_models()))
+                 for key in self.data.background_names} for idx in self.group_indices[K]]
+            for K in levels}
+        self.cycle_gains: list[float] = []
 
-    def _sub_iteration(self, k: int, expectations: list[np.ndarray]) -> None:
+    @property
+    def current_subsets(self) -> int:
+        """Number of subsets used by the next cycle."""
+        return self.levels[self.level]
+
+    def _sub_iteration(self, K: int, k: int, expectations: list[np.ndarray]) -> None:
         datasets = self.data.datasets
-        ratios = [ds.counts[s.indices[k]] / eps
-                  for ds, s, eps in zip(datasets, self.subsets, expectations)]
+        indices = self.group_indices[K][k]
+        blocks = self.groups[K][k]
+        ratios = [ds.counts[idx] / eps for ds, idx, eps in zip(datasets, indices, expectations)]
         back = np.zeros(self.data.n_model)
         for s, r in zip(self.subsets, ratios):
-            back += s.adjoint(k, r)
-        exposure = self.subset_exposures[k]
+            back += s.adjoint_group(blocks, r)
+        exposure = self.group_exposures[K][k]
         factor = np.divide(back, exposure, out=np.ones_like(back), where=exposure > 0)
         delta = self.model * (factor - 1.0)
         if self.mask is not None:
             delta[~self.mask] = 0.0
         if self.do_bkg_norm_optimization:
             for key in self.data.background_names:
-                total = self.subset_bkg_sums[k][key]
+                total = self.group_bkg_sums[K][k][key]
                 if total <= 0:
                     continue
-                dot = sum(float(np.dot(r, ds.background(key)[s.indices[k]]))
-                          for ds, s, r in zip(datasets, self.subsets, ratios)
+                dot = sum(float(np.dot(r, ds.background(key)[idx]))
+                          for ds, idx, r in zip(datasets, indices, ratios)
                           if key in ds.keys_bkg_models())
                 self.bkg_norm[key] = self.bkg_norm[key] * dot / total
         self.delta_model = delta
@@ -88,23 +115,40 @@ class OrderedSubsetsEM(RichardsonLucy):
         self.model = self.model + self.processed_delta_model
         self.apply_constraints()
 
-    def _subset_expectations(self, k: int) -> list[np.ndarray]:
+    def _subset_expectations(self, K: int, k: int) -> list[np.ndarray]:
         out = []
-        for ds, s in zip(self.data.datasets, self.subsets):
-            eps = s.forward(k, self.model)
+        for ds, s, idx in zip(self.data.datasets, self.subsets, self.group_indices[K][k]):
+            eps = s.forward_group(self.groups[K][k], self.model)
             eps += ALMOST_ZERO
             for key in ds.keys_bkg_models():
-                eps += self.bkg_norm.get(key, 1.0) * ds.background(key)[s.indices[k]]
+                eps += self.bkg_norm.get(key, 1.0) * ds.background(key)[idx]
             out.append(eps)
         return out
 
     def iterate(self) -> None:
-        for k in range(self.n_subsets):
+        K = self.current_subsets
+        if K == 1 and self.safe_accelerator is not None:
+            self.alpha = self.safe_accelerator.iterate(self)
+            return
+        before = float(np.sum(self.log_likelihoods))
+        for k in range(K):
             if k == 0:  # the full expectations of the previous cycle are still current
-                expectations = [eps[s.indices[0]]
-                                for eps, s in zip(self.expectations, self.subsets)]
+                expectations = [eps[idx] for eps, idx in
+                                zip(self.expectations, self.group_indices[K][0])]
             else:
-                expectations = self._subset_expectations(k)
-            self._sub_iteration(k, expectations)
-        self.alpha = 1.0
+                expectations = self._subset_expectations(K, k)
+            self._sub_iteration(K, k, expectations)
+        self.alpha = float(K)
         self.e_step()
+        gain = float(np.sum(self.log_likelihoods)) - before
+        self.cycle_gains.append(gain)
+        # adaptive schedule: fewer subsets once a cycle loses, gains less than a quarter of the
+        # cycle before, or less than 2 % of the first cycle at this number of subsets (signs
+        # that the ordered-subsets limit cycle is near), and after at most 5 cycles per level
+        if self.subset_schedule == "adaptive" and self.level + 1 < len(self.levels) and (
+                gain < 0 or len(self.cycle_gains) >= self.max_cycles_per_level
+                or (len(self.cycle_gains) >= 2 and gain < 0.25 * self.cycle_gains[-2])
+                or gain < 0.02 * self.cycle_gains[0]):
+            self.level += 1
+            self.cycle_gains.clear()
+            logger.debug("OSEM: %d subsets from the next cycle", self.current_subsets)

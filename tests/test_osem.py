@@ -1,0 +1,135 @@
+"""OSEM: restricted products, equivalence with RL for one subset, speed-up per response pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from comptonsky.deconvolution.subsets import DataSubsets
+from comptonsky.errors import InvalidParameterError
+from comptonsky.response.operator import DenseResponse, ResponseOperator
+
+from .test_acceleration import loglikes, run
+
+
+class _WrappedResponse(ResponseOperator):
+    """A non-dense backend (exercises the fallback path)."""
+
+    storage = "test"
+
+    def __init__(self, dense: DenseResponse):
+        super().__init__(dense.model_axes, dense.data_axes, dense.pixel_solid_angle, dense.unit)
+        self._m = dense.matrix
+
+    def _matvec(self, x):
+        return x @ self._m
+
+    def _rmatvec(self, y):
+        return self._m @ y
+
+    def _row_sums(self):
+        return self._m.sum(axis=1)
+
+
+@pytest.fixture(scope="module")
+def dense(small_problem):
+    from comptonsky import DataIF_COSI_DC2
+
+    ds = DataIF_COSI_DC2.load("toy", small_problem.event, {"albedo": small_problem.background},
+                              small_problem.response)
+    return ds.response
+
+
+@pytest.mark.parametrize("axis,n", [("Phi", 5), ("PsiChi", 7), ("Phi", 1)])
+@pytest.mark.parametrize("backend", ["dense", "wrapped"])
+def test_subset_products_match_full_products(dense, axis, n, backend):
+    response = dense if backend == "dense" else _WrappedResponse(dense)
+    subsets = DataSubsets(response, n, axis)
+    assert subsets.mode == ("fallback" if backend == "wrapped" else
+                            "views" if axis == "Phi" else "permuted")
+    all_idx = np.sort(np.concatenate(subsets.indices))
+    np.testing.assert_array_equal(all_idx, np.arange(response.n_data))  # a partition
+    rng = np.random.default_rng(0)
+    x, y = rng.random(response.n_model), rng.random(response.n_data)
+    full_fwd = response.forward(x)
+    total_back = np.zeros(response.n_model)
+    for k, idx in enumerate(subsets.indices):
+        np.testing.assert_allclose(subsets.forward(k, x), full_fwd[idx], rtol=1e-12)
+        masked = np.zeros_like(y)
+        masked[idx] = y[idx]
+        np.testing.assert_allclose(subsets.adjoint(k, y[idx]), response.adjoint(masked),
+                                   rtol=1e-12)
+        total_back += subsets.subset_exposure(k)
+    np.testing.assert_allclose(total_back, response.exposure, rtol=1e-12)
+    blocks = list(range(0, n, 2))
+    np.testing.assert_allclose(subsets.forward_group(blocks, x),
+                               full_fwd[subsets.group_indices(blocks)], rtol=1e-12)
+
+
+def test_too_many_subsets_is_an_error(dense):
+    with pytest.raises(InvalidParameterError, match="n_subsets"):
+        DataSubsets(dense, 13, "Phi")  # 12 Phi bins
+
+
+@pytest.mark.parametrize("settings", [
+    dict(weighting=False, smoothing=False, bkg=True),
+    dict(weighting=True, smoothing=True, bkg=True),
+])
+def test_one_subset_is_rl(small_problem, tmp_path, settings):
+    rl, _ = run(small_problem, tmp_path, iterations=6, accel=False, **settings)
+    osem, _ = run(small_problem, tmp_path, algorithm="OSEM", iterations=6, accel=False,
+                  overrides=["deconvolution:parameter:n_subsets = 1"], **settings)
+    for a, b in zip(rl.results, osem.results):
+        np.testing.assert_allclose(b["model"].contents.value, a["model"].contents.value,
+                                   rtol=1e-9, atol=1e-15)
+        assert b["background_normalization"]["albedo"] == pytest.approx(
+            a["background_normalization"]["albedo"], rel=1e-10)
+        assert b["log-likelihood"][0] == pytest.approx(a["log-likelihood"][0], rel=1e-12)
+
+
+def test_osem_reaches_tutorial_likelihood_in_a_fifth_of_the_passes(small_problem, tmp_path):
+    ref, ref_passes = run(small_problem, tmp_path, iterations=50, accel=True, alpha_max=2.0,
+                          method="max_step")
+    target = loglikes(ref)[-1]
+    osem, passes = run(small_problem, tmp_path, algorithm="OSEM", iterations=3,
+                       overrides=["deconvolution:parameter:n_subsets = 48"])
+    assert passes.total <= ref_passes.total / 5
+    assert loglikes(osem)[-1] >= target
+
+
+def test_adaptive_schedule_goes_down_to_one_subset_and_converges(small_problem, tmp_path):
+    osem, _ = run(small_problem, tmp_path, algorithm="OSEM", iterations=40, accel=True,
+                  method="line_search", overrides=["deconvolution:parameter:n_subsets = 16"])
+    algo = osem.algorithm
+    assert algo.levels == [16, 8, 4, 2, 1]
+    assert algo.current_subsets == 1
+    values = loglikes(osem)
+    # at one subset the safe line search runs: monotone from there on
+    assert np.all(np.diff(values[-10:]) >= -1e-9 * abs(values[-1]))
+    const, _ = run(small_problem, tmp_path, algorithm="OSEM", iterations=3, accel=False,
+                   overrides=["deconvolution:parameter:n_subsets = 16",
+                              "deconvolution:parameter:subset_schedule = constant"])
+    assert const.algorithm.levels == [16]
+
+
+def test_osem_respects_mask_and_minimum_flux(small_problem, tmp_path):
+    from comptonsky import DataIF_COSI_DC2, ImageDeconvolution
+
+    from .conftest import write_parfile
+
+    ds = DataIF_COSI_DC2.load("toy", small_problem.event, {"albedo": small_problem.background},
+                              small_problem.response)
+    deconv = ImageDeconvolution()
+    deconv.set_dataset([ds])
+    deconv.read_parameterfile(write_parfile(tmp_path, algorithm="OSEM", iterations=3))
+    deconv.override_parameter("deconvolution:parameter:n_subsets = 4",
+                              "deconvolution:parameter:minimum_flux = {value: 1.0e-7, unit: "
+                              "'cm-2 s-1 sr-1'}")
+    mask = np.ones(192, dtype=bool)
+    mask[:20] = False
+    deconv.set_mask(mask)
+    deconv.initialize()
+    deconv.run_deconvolution(progress=False)
+    final = deconv.results[-1]["model"].contents.value[:, 0]
+    assert np.all(final[:20] == 0)
+    assert np.all(final[20:] >= 1e-7)
