@@ -297,12 +297,32 @@ class CDSBinning:
 # compiled kernels
 
 
+def _uniform_inverse_width(edges: np.ndarray) -> float:
+    """1 / bin width if the edges are equally spaced (to 1e-9 relative), else 0."""
+    widths = np.diff(edges)
+    if widths.size and np.all(np.abs(widths - widths.mean()) <= 1e-9 * np.abs(widths.mean())):
+        return float(widths.size / (edges[-1] - edges[0]))
+    return 0.0
+
+
 @numba.njit(nogil=True, cache=True)
-def _find_bin(edges, x):  # pragma: no cover - compiled
-    """Index i with edges[i] <= x < edges[i+1]; -1 if outside or NaN (same as searchsorted)."""
+def _find_bin(edges, x, inv):  # pragma: no cover - compiled
+    """Index i with edges[i] <= x < edges[i+1]; -1 if outside or NaN (same as searchsorted).
+
+    With ``inv`` > 0 (equally spaced edges) the index is first guessed arithmetically and then
+    corrected by comparing with the actual edges, so the result is the same as a search."""
     n = edges.shape[0]
     if not (x >= edges[0]) or not (x < edges[n - 1]):
         return -1
+    if inv > 0.0:
+        i = int((x - edges[0]) * inv)
+        if i > n - 2:
+            i = n - 2
+        while i > 0 and x < edges[i]:
+            i -= 1
+        while i < n - 2 and x >= edges[i + 1]:
+            i += 1
+        return i
     lo = 0
     hi = n - 1
     while hi - lo > 1:
@@ -315,9 +335,11 @@ def _find_bin(edges, x):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True)
-def _partial_index(t, e, phi_deg, t_edges, e_edges, phi_edges, out, tstats):  # pragma: no cover
+def _partial_index(t, e, phi_deg, t_edges, e_edges, phi_edges, inv, out,
+                   tstats):  # pragma: no cover - compiled
     """Flat (Time, Em, Phi) index per event into ``out`` (-1 if outside); returns the count
-    inside. ``tstats`` accumulates [events outside the time range, min t, max t]."""
+    inside. ``inv`` holds each axis' inverse bin width (0 if not equally spaced); ``tstats``
+    accumulates [events outside the time range, min t, max t]."""
     ne = e_edges.shape[0] - 1
     nphi = phi_edges.shape[0] - 1
     nin = 0
@@ -330,13 +352,13 @@ def _partial_index(t, e, phi_deg, t_edges, e_edges, phi_edges, out, tstats):  # 
             tlo = tk
         if tk > thi:
             thi = tk
-        it = _find_bin(t_edges, tk)
+        it = _find_bin(t_edges, tk, inv[0])
         if it < 0:
             nout_t += 1
             out[k] = -1
             continue
-        ie = _find_bin(e_edges, e[k])
-        ip = _find_bin(phi_edges, phi_deg[k])
+        ie = _find_bin(e_edges, e[k], inv[1])
+        ip = _find_bin(phi_edges, phi_deg[k], inv[2])
         if ie < 0 or ip < 0:
             out[k] = -1
             continue
@@ -396,6 +418,9 @@ class _Accumulator:
         self._pending = 0  # (index, count) pairs stored since the last merge
         self._merged = 0  # pairs in the merged arrays
         self._partial = np.empty(0, dtype=np.int64)
+        self._inv = np.array([_uniform_inverse_width(binning.time_edges),
+                              _uniform_inverse_width(binning.energy_edges),
+                              _uniform_inverse_width(binning.phi_edges)])
         self.n_binned = 0
 
     def add(self, chunk: Mapping[str, np.ndarray], phi_deg: np.ndarray,
@@ -407,7 +432,7 @@ class _Accumulator:
         partial = self._partial[:n]
         tstats = np.array([0.0, np.inf, -np.inf])
         _partial_index(chunk["TimeTags"], chunk["Energies"], phi_deg, b.time_edges,
-                       b.energy_edges, b.phi_edges, partial, tstats)
+                       b.energy_edges, b.phi_edges, self._inv, partial, tstats)
         stats.update_time(b, int(tstats[0]), tstats[1], tstats[2])
         sel = np.flatnonzero(partial >= 0)
         if sel.size == 0:

@@ -454,3 +454,20 @@ def test_select_combine_and_plots_through_binned_data(tmp_path, test_yaml):
     np.testing.assert_array_equal(h.contents.todense(), numpy_reference(sel, bd.binning("local")))
     assert len(plt.get_fignums()) >= 4
     plt.close("all")
+
+
+@pytest.mark.parametrize("edges", [np.linspace(0.1, 7.3, 73), np.arange(61) * 3.0,
+                                   np.linspace(1835487300.0, 1843467255.0, 2218),
+                                   np.array([150., 220., 325., 480., 520., 765., 5000.])])
+def test_find_bin_equals_searchsorted(edges):
+    """The arithmetic guess for equally spaced edges is corrected to the exact search result,
+    also for values one ulp around every edge."""
+    inv = binning_mod._uniform_inverse_width(edges)
+    assert (inv > 0) == (edges.size > 7)
+    rng = np.random.default_rng(0)
+    x = np.concatenate([edges, np.nextafter(edges, -np.inf), np.nextafter(edges, np.inf),
+                        rng.uniform(edges[0] - 1, edges[-1] + 1, 5000), [np.nan]])
+    expected = np.searchsorted(edges, x, side="right") - 1
+    expected[(x >= edges[-1]) | np.isnan(x)] = -1
+    got = np.array([binning_mod._find_bin(edges, v, inv) for v in x])
+    np.testing.assert_array_equal(got, expected)
