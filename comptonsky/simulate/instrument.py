@@ -363,7 +363,7 @@ class InstrumentModel:
             start = np.zeros((sl.stop - sl.start, npix_p), dtype=np.int32)
             vals = np.zeros((sl.stop - sl.start, npix_p, width), dtype=np.float64)
             _band_kernel(nu[sl], sub, lpath, 4 * np.pi / npix_p / nsub, tab["phi"],
-                         tab["q_per_sr"], tab["mu"], phi_edges, sigma, 4.5, start, vals)
+                         tab["q_per_sr"], tab["mu"], phi_edges, sigma, 4.5, start, vals, _CDF_TAB)
             vals *= scale[sl, None, None]
             parts.append(_band_to_csr(start, vals, em_frac, len(phi_edges) - 1, threshold))
         return DetectorResponse.from_parts(parts, nside_nu=nside_nu, nside_psichi=nside_psichi,
@@ -379,15 +379,45 @@ def _perp_basis(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return e1, e2
 
 
+_CDF_HALF = 6.0  # the Gaussian CDF table spans ±6 σ
+_CDF_X = np.linspace(-_CDF_HALF, _CDF_HALF, 24001)
+_CDF_TAB = 0.5 * (1.0 + erf(_CDF_X / np.sqrt(2.0)))
+
+
+@numba.njit(cache=True, inline="always")
+def _gauss_cdf(x, tab):
+    if x <= -_CDF_HALF:
+        return 0.0
+    if x >= _CDF_HALF:
+        return 1.0
+    u = (x + _CDF_HALF) * ((tab.shape[0] - 1) / (2.0 * _CDF_HALF))
+    k = int(u)
+    f = u - k
+    return tab[k] * (1.0 - f) + tab[k + 1] * f
+
+
+@numba.njit(cache=True, inline="always")
+def _first_edge_above(edges, x):
+    """Index b of the last edge with edges[b] <= x (0 if none), by bisection."""
+    lo, hi = 0, edges.shape[0] - 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if edges[mid] <= x:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
 @numba.njit(parallel=True, cache=True)
-def _band_kernel(nu, sub, lpath, sub_area, tphi, tq, tmu, edges, sigma, nsig, start, vals):
+def _band_kernel(nu, sub, lpath, sub_area, tphi, tq, tmu, edges, sigma, nsig, start, vals, cdf):
     nnu = nu.shape[0]
     npix, nsub = sub.shape[0], sub.shape[1]
     nbin = edges.shape[0] - 1
     width = vals.shape[2]
     dt = tphi[1] - tphi[0]
     ntab = tphi.shape[0]
-    inv = 1.0 / (math.sqrt(2.0) * sigma)
+    inv = 1.0 / sigma
     for i in numba.prange(nnu):
         ang = np.empty(nsub)
         for p in range(npix):
@@ -398,11 +428,7 @@ def _band_kernel(nu, sub, lpath, sub_area, tphi, tq, tmu, edges, sigma, nsig, st
                 a = math.acos(c)
                 ang[s] = a
                 amin = min(amin, a)
-            # first bin that can receive weight
-            lo = amin - nsig * sigma
-            b0 = 0
-            while b0 < nbin - 1 and edges[b0 + 1] <= lo:
-                b0 += 1
+            b0 = min(_first_edge_above(edges, amin - nsig * sigma), nbin - 1)
             start[i, p] = b0
             for s in range(nsub):
                 a = ang[s]
@@ -415,12 +441,11 @@ def _band_kernel(nu, sub, lpath, sub_area, tphi, tq, tmu, edges, sigma, nsig, st
                 if w <= 0.0:
                     continue
                 b = b0
-                while b < nbin and edges[b] < a + nsig * sigma:
-                    if b - b0 >= width:
-                        break
-                    frac = 0.5 * (math.erf((edges[b + 1] - a) * inv)
-                                  - math.erf((edges[b] - a) * inv))
-                    vals[i, p, b - b0] += w * frac
+                lower = _gauss_cdf((edges[b] - a) * inv, cdf)
+                while b < nbin and b - b0 < width and edges[b] < a + nsig * sigma:
+                    upper = _gauss_cdf((edges[b + 1] - a) * inv, cdf)
+                    vals[i, p, b - b0] += w * (upper - lower)
+                    lower = upper
                     b += 1
 
 
