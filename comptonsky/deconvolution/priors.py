@@ -110,9 +110,9 @@ class EnergyTSVPrior:
     def grad_log_prior(self, model: np.ndarray) -> np.ndarray:
         diff = np.diff(model, axis=1)  # λ_{k+1} − λ_k, shape (npix, n_energy − 1)
         grad = np.zeros_like(model, dtype=np.float64)
-        grad[:, 1:] -= diff   # λ_k − λ_{k−1}
+        grad[:, 1:] -= diff   # −(λ_k − λ_{k−1})
         grad[:, :-1] += diff  # −(λ_k − λ_{k+1})
-        return -2.0 * self.coefficient * grad
+        return 2.0 * self.coefficient * grad
 
 
 def reference_map_from_file(path, model_axes, unit) -> np.ndarray:
