@@ -164,10 +164,11 @@ def peak_rss_gib() -> float:
 
 
 def memory_bandwidth() -> float:
-    """Bytes/s of a large BLAS sgemv (best of both orientations, best of 5)."""
-    a = np.ones((4096, 65536), dtype=np.float32)
-    x = np.ones(4096, dtype=np.float32)
-    y = np.ones(65536, dtype=np.float32)
+    """Bytes/s of a large BLAS sgemv (1 GiB, 3072 rows like the DC2 response; best of both
+    orientations, best of 5)."""
+    a = np.ones((3072, 2 ** 28 // 3072), dtype=np.float32)
+    x = np.ones(a.shape[0], dtype=np.float32)
+    y = np.ones(a.shape[1], dtype=np.float32)
     best = np.inf
     for _ in range(5):
         t = time.perf_counter()

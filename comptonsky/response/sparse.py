@@ -114,7 +114,7 @@ def _gather(ptr, idx, val, vec, stride, n_vec, n_chunks, out):  # pragma: no cov
         r1 = min(r0 + chunk, n_rows)
         v = vec[k * stride:k * stride + n_vec]
         for r in range(r0, r1):
-            a0 = out[k, r] * 0
+            a0 = out[k, r]  # zero, typed like out (a literal 0 would promote float32)
             a1 = a0
             a2 = a0
             a3 = a0
