@@ -49,6 +49,14 @@ def _same(op, ref, tol=1e-12):
         assert np.abs(a - b).max() <= tol * np.abs(b).max()
 
 
+def _done(op):
+    """Wait for the cache the load is writing in the background (if any)."""
+    fut = op.load_info.get("cache_pending")
+    if fut is not None:
+        fut.result()
+    return op
+
+
 def _caches(directory):
     return sorted(p.name for p in directory.glob("*.cache"))
 
@@ -92,6 +100,7 @@ def test_cache_is_written_then_memory_mapped(rsp_file, reference, tmp_path):
         first = load_response(rsp_file, dtype="float32", storage=storage, cache_dir=cdir,
                               sparse_threshold=0.0)
         assert first.load_info["cached"] is False
+        _done(first)
         second = load_response(rsp_file, dtype="float32", storage=storage, cache_dir=cdir,
                                sparse_threshold=0.0)
         assert second.load_info["cached"] is True
@@ -107,23 +116,29 @@ def test_cache_is_written_then_memory_mapped(rsp_file, reference, tmp_path):
     assert not [p for p in cdir.iterdir() if p.name.endswith(".part")]
 
 
+def test_second_load_waits_for_the_cache_being_written(rsp_file, tmp_path):
+    first = load_response(rsp_file, dtype="float32", cache_dir=tmp_path)
+    second = load_response(rsp_file, dtype="float32", cache_dir=tmp_path)
+    assert first.load_info["cached"] is False and second.load_info["cached"] is True
+
+
 def test_cache_beside_file_by_default_and_env_var(rsp_file, tmp_path, monkeypatch):
     monkeypatch.delenv(CACHE_ENV, raising=False)
-    load_response(rsp_file, dtype="float32")
+    _done(load_response(rsp_file, dtype="float32"))
     assert len(_caches(rsp_file.parent)) == 1
     env_dir = tmp_path / "env-cache"
     monkeypatch.setenv(CACHE_ENV, str(env_dir))
-    op = load_response(rsp_file, dtype="float32")
+    op = _done(load_response(rsp_file, dtype="float32"))
     assert op.load_info["cached"] is False and len(_caches(env_dir)) == 1
 
 
 def test_cache_invalidated_when_file_changes(rsp_file, cone, tmp_path):
     cdir = tmp_path / "c"
-    load_response(rsp_file, dtype="float32", cache_dir=cdir)
+    _done(load_response(rsp_file, dtype="float32", cache_dir=cdir))
     old = _caches(cdir)
     st = rsp_file.stat()
     os.utime(rsp_file, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))
-    op = load_response(rsp_file, dtype="float32", cache_dir=cdir)
+    op = _done(load_response(rsp_file, dtype="float32", cache_dir=cdir))
     assert op.load_info["cached"] is False
     new = _caches(cdir)
     assert len(new) == 1 and new != old          # the stale cache was removed
@@ -131,20 +146,32 @@ def test_cache_invalidated_when_file_changes(rsp_file, cone, tmp_path):
 
 def test_corrupt_cache_is_ignored(rsp_file, reference, tmp_path, caplog):
     cdir = tmp_path / "c"
-    op = load_response(rsp_file, cache_dir=cdir)
+    op = _done(load_response(rsp_file, dtype="float32", cache_dir=cdir))
     path = cdir / os.path.basename(op.load_info["cache_path"])
     data = path.read_bytes()
     path.write_bytes(data[:-5])
     with caplog.at_level(logging.WARNING, logger="comptonsky.response.cache"):
-        again = load_response(rsp_file, cache_dir=cdir)
+        again = _done(load_response(rsp_file, dtype="float32", cache_dir=cdir))
     assert again.load_info["cached"] is False
     assert "ignoring" in caplog.text
-    _same(again, reference)
+    _same(again, reference, 2e-6)
+
+
+def test_float64_contiguous_file_is_mapped_in_place(rsp_file, reference, tmp_path):
+    op = load_response(rsp_file, cache_dir=tmp_path)
+    assert op.load_info["mapped_source"] is True
+    assert not op.matrix.flags.writeable
+    _same(op, reference)
+    ooc = load_response(rsp_file, storage="out-of-core", memory_budget="200 kB",
+                        cache_dir=tmp_path)
+    assert ooc.load_info["mapped_source"] is True and ooc.path == str(rsp_file)
+    _same(ooc, reference)
+    assert _caches(tmp_path) == []
 
 
 def test_cached_load_is_fast(rsp_file, tmp_path):
     cdir = tmp_path / "c"
-    load_response(rsp_file, dtype="float32", storage="sparse", cache_dir=cdir)
+    _done(load_response(rsp_file, dtype="float32", storage="sparse", cache_dir=cdir))
     t = time.perf_counter()
     load_response(rsp_file, dtype="float32", storage="sparse", cache_dir=cdir)
     assert time.perf_counter() - t < 1.0

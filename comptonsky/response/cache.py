@@ -32,7 +32,8 @@ import numpy as np
 from ..errors import FileFormatError
 from ..io.atomic import atomic_path
 
-__all__ = ["CACHE_ENV", "cache_key", "cache_file", "CacheWriter", "CacheFile", "find_cache"]
+__all__ = ["CACHE_ENV", "cache_key", "cache_file", "CacheWriter", "CacheFile", "find_cache",
+           "map_array"]
 
 logger = logging.getLogger(__name__)
 
@@ -147,8 +148,6 @@ class CacheWriter:
             self._fh.write(data)
         else:
             self._pending.append(self._pool.submit(self._fh.write, data))
-            if len(self._pending) > 64:
-                self.wait()
 
     def wait(self) -> None:
         """Block until every appended block has been written."""
@@ -156,16 +155,45 @@ class CacheWriter:
             fut.result()
         self._pending.clear()
 
+    def close_in_background(self) -> Future:
+        """Finish the file (:meth:`close`) from the writer thread; returns its Future.
+
+        Use when every appended block stays unchanged (the rows of the final matrix): loading
+        returns while the cache is still being written. The thread is not a daemon, so the
+        interpreter waits for it at exit; a failure is logged and leaves no partial file.
+        """
+        if self._pool is None:
+            fut: Future = Future()
+            fut.set_result(self.close())
+            return fut
+
+        def finish():
+            try:
+                return self._finish()
+            except BaseException as exc:
+                logger.warning("writing response cache %s failed: %s", self.path, exc)
+                self._discard()
+                raise
+
+        fut = self._pool.submit(finish)
+        self._pool.shutdown(wait=False)
+        return fut
+
     def close(self) -> Path:
         """Write the footer, close, rename into place; remove older caches of the source."""
         self.wait()
+        if self._pool is not None:
+            self._pool.shutdown()
+        return self._finish()
+
+    def _finish(self) -> Path:
+        for fut in self._pending:
+            fut.result()
         footer = json.dumps({"version": FORMAT_VERSION, "meta": self.meta,
                              "arrays": self.arrays}).encode()
         self._fh.write(footer)
         self._fh.write(_TRAILER.pack(len(footer), MAGIC))
         self._fh.close()
-        if self._pool is not None:
-            self._pool.shutdown()
         self._ctx.__exit__(None, None, None)
         for old in _stale_caches(self.path) if self.prune else []:
             try:
@@ -178,11 +206,14 @@ class CacheWriter:
 
     def abort(self) -> None:
         """Discard the temporary file."""
+        for fut in self._pending:
+            fut.cancel()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        self._discard()
+
+    def _discard(self) -> None:
         try:
-            for fut in self._pending:
-                fut.cancel()
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
             self._fh.close()
         finally:
             try:
@@ -238,6 +269,29 @@ class CacheFile:
 
     def offset(self, name: str) -> int:
         return int(self.layout[name]["offset"])
+
+
+def map_array(path: str | os.PathLike, offset: int, shape: tuple[int, ...], dtype,
+              populate: bool = False) -> np.ndarray:
+    """Read-only memory map of a C-ordered array of ``shape`` at byte ``offset`` of a file.
+
+    Raises
+    ------
+    FileFormatError
+        If the file is shorter than the array.
+    """
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape))
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if offset + count * dtype.itemsize > size:
+            raise FileFormatError(f"{path}: {size} bytes, expected at least "
+                                  f"{offset + count * dtype.itemsize} for a {shape} {dtype} array")
+        flags = mmap.MAP_SHARED
+        if populate and hasattr(mmap, "MAP_POPULATE"):
+            flags |= mmap.MAP_POPULATE
+        mm = mmap.mmap(fh.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
+    return np.frombuffer(mm, dtype=dtype, count=count, offset=offset).reshape(shape)
 
 
 def find_cache(path: Path, key: str, populate: bool = False) -> CacheFile | None:

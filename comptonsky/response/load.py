@@ -28,6 +28,7 @@ import logging
 import os
 import tempfile
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,15 @@ from tqdm.auto import tqdm
 from ..errors import FileFormatError, InvalidDataError, InvalidParameterError, UnknownChoiceError
 from ..frames import register_spacecraft_frame
 from ..io.histogram import open_histogram
-from .cache import CACHE_ENV, CacheFile, CacheWriter, cache_file, cache_key, find_cache
+from .cache import (
+    CACHE_ENV,
+    CacheFile,
+    CacheWriter,
+    cache_file,
+    cache_key,
+    find_cache,
+    map_array,
+)
 from .operator import DenseResponse, ResponseOperator
 from .outofcore import OutOfCoreResponse, parse_memory
 from .sparse import SegmentedCSR, SparseBuilder, SparseResponse, index_dtype, transpose
@@ -64,6 +73,8 @@ DEVICES = ("cpu", "gpu", "auto")
 DEFAULT_SPARSE_THRESHOLD = 1e-4
 #: Target size of one block read from the file while loading.
 LOAD_BLOCK_BYTES = 64 * 2 ** 20
+#: Cache files this process is still writing (path → Future), so that a second load waits.
+_PENDING: dict[str, Future] = {}
 #: Default budget of the out-of-core mode when none is given.
 DEFAULT_OUT_OF_CORE_BUDGET = 2 ** 30
 
@@ -202,6 +213,19 @@ class _HDF5Source(_Source):
         except BaseException:
             self.file.close()
             raise
+
+    def contiguous_offset(self) -> int | None:
+        """Byte offset of the contents if they can be memory-mapped as the (n_model, n_data)
+        matrix (contiguous layout, no filters, no overflow bins, native byte order), else None."""
+        if self.ds.chunks is not None or self.pad0 or any(s.start for s in self.sel_template):
+            return None
+        if not self.file_dtype.isnative:
+            return None
+        try:
+            offset = self.ds.id.get_offset()
+        except Exception:  # noqa: BLE001 - no storage allocated, external, ...
+            return None
+        return None if offset is None else int(offset)
 
     def read(self, j0: int, j1: int, out: np.ndarray) -> None:
         nb = j1 - j0
@@ -525,10 +549,28 @@ def _load(src: _Source, dt: np.dtype, storage: str, threshold: float, budget: in
         key = cache_key(src.path, dt.name, kind, thr)
         target = cache_file(src.path, key, kind, dt.name, cache_dir)
         info["cache_path"] = str(target)
+        pending = _PENDING.pop(str(target), None)
+        if pending is not None:                  # this process is writing it: let it finish
+            try:
+                pending.result()
+            except Exception:  # noqa: BLE001 - logged by the writer; convert again below
+                pass
         cf = find_cache(target, key, populate=populate and storage != "out-of-core")
         if cf is not None:
             info["cached"] = True
             return _from_cache(cf, target, storage, dt, common, budget), info
+    offset = (src.contiguous_offset()
+               if isinstance(src, _HDF5Source) and storage in ("dense", "out-of-core")
+               and dt == src.file_dtype else None)
+    if offset is not None:
+        # the file already holds the matrix in this dtype: map (or stream) it where it lies
+        info.update(mapped_source=True, cache_path=None)
+        if storage == "dense":
+            matrix = map_array(src.path, offset, (src.n_model, src.n_data), dt, populate)
+            return DenseResponse(matrix, *common), info
+        return OutOfCoreResponse(src.path, offset, dt, *common,
+                                 memory_budget=budget if budget is not None
+                                 else DEFAULT_OUT_OF_CORE_BUDGET), info
     meta = {"key": key,
             "source": src.name, "storage": kind, "dtype": dt.name, "threshold": thr,
             "n_model": src.n_model, "n_data": src.n_data,
@@ -542,8 +584,8 @@ def _load(src: _Source, dt: np.dtype, storage: str, threshold: float, budget: in
         writer = CacheWriter(target, meta) if use_cache else None
         try:
             matrix, row_sums = _build_dense(src, dt, writer, progress)
-            if writer is not None:
-                writer.close()
+            if writer is not None:        # the rows are final: finish the cache behind us
+                info["cache_pending"] = _PENDING[str(target)] = writer.close_in_background()
         except BaseException:
             if writer is not None:
                 writer.abort()
@@ -554,13 +596,13 @@ def _load(src: _Source, dt: np.dtype, storage: str, threshold: float, budget: in
         rows, cols, dropped, worst = _build_sparse(src, dt, threshold, progress)
         meta.update(dropped_flux_fraction=dropped, max_row_dropped_fraction=worst)
         if use_cache:
-            writer = CacheWriter(target, meta, background=False)
+            writer = CacheWriter(target, meta)
             try:
                 for name, s in (("rows", rows), ("cols", cols)):
                     writer.add(f"{name}_ptr", s.ptr)
                     writer.add(f"{name}_idx", s.idx)
                     writer.add(f"{name}_val", s.val)
-                writer.close()
+                info["cache_pending"] = _PENDING[str(target)] = writer.close_in_background()
             except BaseException:
                 writer.abort()
                 raise
