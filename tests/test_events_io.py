@@ -319,3 +319,26 @@ def test_gzip_output_is_reproducible_and_names_no_temporary(tmp_path):
     with EventWriter(tmp_path / "c.fits.gz") as w:
         w.write(ev)
     assert (tmp_path / "c.fits.gz").read_bytes() == a
+
+
+@pytest.mark.parametrize("name", ["ev.fits.gz", "ev.hdf5"])
+def test_abandoned_iteration_stops_the_reader_thread(tmp_path, name):
+    import gc
+    import threading
+    import time
+
+    path = write_events(tmp_path / name, make_events(50_000))
+    before = {t.ident for t in threading.enumerate()}
+    chunks = iter_event_chunks(path, chunk_size=1000)
+    first = next(chunks)
+    assert len(first["Energies"]) == 1000
+    del chunks
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        extra = [t for t in threading.enumerate()
+                 if t.ident not in before and t.name == "comptonsky-event-reader"]
+        if not extra:
+            break
+        time.sleep(0.01)
+    assert not extra
