@@ -696,6 +696,18 @@ class BinnedData:
         self.binned_data: Histogram | None = None
         self.cosi_dataset: dict[str, np.ndarray] | None = None
 
+    def _data_file_path(self) -> str | None:
+        """``data_file`` as given, or relative to the parameter file's folder when it is not
+        found relative to the working directory."""
+        if not self.data_file:
+            return None
+        path = Path(self.data_file)
+        if not path.is_absolute() and not path.exists() and self.input_yaml is not None:
+            beside = Path(self.input_yaml).parent / path
+            if beside.exists():
+                return str(beside)
+        return str(path)
+
     @property
     def _where(self) -> str:
         return self.input_yaml or "binning parameters"
@@ -744,7 +756,7 @@ class BinnedData:
             if self.cosi_dataset is not None:
                 unbinned_data = self.cosi_dataset
             elif self.data_file:
-                unbinned_data = self.data_file
+                unbinned_data = self._data_file_path()
             else:
                 raise InvalidParameterError(
                     "get_binned_data: no unbinned_data given and no data_file in the parameters")
@@ -860,7 +872,7 @@ class BinnedData:
         ``cosi_dataset``; optionally write them as FITS or HDF5 (``unbinned_output``)."""
         from .io.tra import read_tra
 
-        src = data_file or self.data_file
+        src = data_file or self._data_file_path()
         if not src:
             raise InvalidParameterError("read_tra: no data_file given")
         self.cosi_dataset = read_tra(src)
@@ -881,7 +893,7 @@ class BinnedData:
         from .io.events import select_events
 
         src = unbinned_data if unbinned_data is not None else (self.cosi_dataset
-                                                              or self.data_file)
+                                                              or self._data_file_path())
         tmin = self.tmin if tmin is None else tmin
         tmax = self.tmax if tmax is None else tmax
         out = None if output_name is None else self._output_path(output_name)

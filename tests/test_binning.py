@@ -471,3 +471,17 @@ def test_find_bin_equals_searchsorted(edges):
     expected[(x >= edges[-1]) | np.isnan(x)] = -1
     got = np.array([binning_mod._find_bin(edges, v, inv) for v in x])
     np.testing.assert_array_equal(got, expected)
+
+
+def test_data_file_relative_to_parameter_file(tmp_path, monkeypatch):
+    sub = tmp_path / "run"
+    sub.mkdir()
+    ev = edge_case_events(make_binning(), n=300)
+    ev["TimeTags"] = np.linspace(1835478000.0, 1835478009.0, ev["TimeTags"].size)
+    write_events(sub / "events.hdf5", ev)
+    (sub / "inputs.yaml").write_text('data_file: "events.hdf5"\n' + TEST_YAML)
+    monkeypatch.chdir(tmp_path)
+    h = BinnedData(input_yaml="run/inputs.yaml").get_binned_data(psichi_binning="local",
+                                                                  progress=False)
+    ref = BinnedData(input_yaml=sub / "inputs.yaml").binning("local")
+    np.testing.assert_array_equal(h.contents.todense(), numpy_reference(ev, ref))
