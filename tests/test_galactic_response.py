@@ -49,10 +49,13 @@ def test_identity_attitude_reproduces_detector_response():
     r = galactic_response(det, _bins([np.eye(3)], [10.0]), occultation=False,
                           interpolation="nearest", progress=False)
     np.testing.assert_allclose(r, 10.0 * a, rtol=1e-6)
-    # bilinear pushing at pixel centres is the identity too
-    r2 = galactic_response(det, _bins([np.eye(3)], [10.0]), occultation=False,
-                           interpolation="bilinear", progress=False)
-    np.testing.assert_allclose(r2, 10.0 * a, rtol=1e-5, atol=1e-6)
+    # bilinear pushing at pixel centres and overlap sharing are the identity too, and so is a
+    # sky pixel represented by its sub-pixels
+    for kw in (dict(interpolation="bilinear"), dict(interpolation="overlap"),
+               dict(interpolation="overlap", sky_oversample=1)):
+        r2 = galactic_response(det, _bins([np.eye(3)], [10.0]), occultation=False,
+                               progress=False, **kw)
+        np.testing.assert_allclose(r2, 10.0 * a, rtol=1e-5, atol=1e-6)
 
 
 def test_quarter_turn_permutes_pixels():
@@ -60,12 +63,13 @@ def test_quarter_turn_permutes_pixels():
     a = _random_det(1)
     det = DetectorResponse.from_dense(a)
     rot = _rot_z(90.0)
-    r = galactic_response(det, _bins([rot], [2.0]), occultation=False, interpolation="nearest",
-                          progress=False)
     v = np.stack(hp.pix2vec(NSIDE, np.arange(NPIX)), axis=-1)
     perm = hp.vec2pix(NSIDE, *(v @ rot).T)  # local pixel of each Galactic pixel: R^T n
     expected = 2.0 * a[perm][..., perm]
-    np.testing.assert_allclose(r, expected, rtol=1e-6)
+    for interp in ("nearest", "overlap"):
+        r = galactic_response(det, _bins([rot], [2.0]), occultation=False,
+                              interpolation=interp, progress=False)
+        np.testing.assert_allclose(r, expected, rtol=1e-6, atol=1e-7)
 
 
 def test_sum_over_attitudes_and_exposure():

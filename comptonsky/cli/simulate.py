@@ -41,6 +41,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="event-list format (default fits, gzipped)")
     p.add_argument("--attitude-step", type=float, default=20.0,
                    help="attitude sampling step in s (default 20)")
+    p.add_argument("--sky-sampling", choices=("pixel", "continuous"), default="pixel",
+                   help="draw source photons from the truth map (pixel, default: events agree "
+                   "with response x truth) or from the analytic sky components (continuous)")
     p.add_argument("--force", action="store_true",
                    help="recompute even if the output directory holds this simulation")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -56,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     paths = simulate_dataset(args.output, preset=args.preset, nside=args.nside,
                              phi_bin_deg=args.phi_bin, duration_s=args.duration, seed=args.seed,
                              format=args.format, attitude_step_s=args.attitude_step,
+                             sky_sampling=args.sky_sampling,
                              force=args.force, progress=not args.no_progress)
     summary = json.loads(paths["manifest"].read_text()).get("summary", {})
     for key, path in paths.items():

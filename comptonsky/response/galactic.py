@@ -8,8 +8,8 @@ The one engine of DESIGN §6::
 rotation) of attitude bin t with live time ``Δt_t``, ``occ_t`` the fraction of pixel j above the
 Earth's limb, and ``rot_t`` the map between detector-frame and Galactic PsiChi pixels. The source
 direction is looked up in the detector-frame response at the nearest ν pixel; each detector-frame
-PsiChi pixel is pushed to the Galactic PsiChi grid at its rotated centre, either to the
-nearest pixel or spread over the four HEALPix interpolation neighbours.
+PsiChi pixel is pushed to the Galactic PsiChi grid after rotation, shared among the Galactic
+pixels it overlaps (or by bilinear weights, or to the nearest pixel).
 
 Inputs are a :class:`DetectorResponse` (a compressed per-ν sparse form of the
 ``(NuLambda, Ei, Em, Phi, PsiChi)`` array in cm², built from a dense array, a histpy histogram such
@@ -351,45 +351,104 @@ def _push_tables(rotations: np.ndarray, nside_local: int, nside_gal: int,
     -------
     pix : ndarray, shape (T, P_local, n) int32
     w : ndarray, shape (T, P_local, n) float32
-        n = 1 (nearest) or 4 (bilinear).
+        n = 1 (nearest), 4 (bilinear) or the most Galactic pixels one detector pixel overlaps.
     """
     v = np.stack(hp.pix2vec(nside_local, np.arange(hp.nside2npix(nside_local))), axis=-1)
     g = np.einsum("tij,pj->tpi", rotations, v).reshape(-1, 3)
     if interpolation == "nearest":
         pix = hp.vec2pix(nside_gal, g[:, 0], g[:, 1], g[:, 2])[:, None]
         w = np.ones_like(pix, dtype=np.float32)
+    elif interpolation == "overlap":
+        return _overlap_push(rotations, v, nside_local, nside_gal)
     elif interpolation == "bilinear":
         theta, phi = hp.vec2ang(g)
         p4, w4 = hp.get_interp_weights(nside_gal, theta, phi)
         pix, w = p4.T, w4.T
     else:
         raise InvalidParameterError(
-            f"unknown PsiChi interpolation {interpolation!r}; expected 'nearest' or 'bilinear'")
+            f"unknown PsiChi interpolation {interpolation!r}; expected 'nearest', 'bilinear' "
+            "or 'overlap'")
     shape = (len(rotations), v.shape[0], pix.shape[1])
     return (np.ascontiguousarray(pix.reshape(shape), dtype=np.int32),
             np.ascontiguousarray(w.reshape(shape), dtype=np.float32))
 
 
+def _overlap_push(rotations: np.ndarray, v: np.ndarray, nside_local: int,
+                  nside_gal: int) -> tuple[np.ndarray, np.ndarray]:
+    """Share of each rotated detector pixel in each Galactic pixel, from 16 sub-pixels each."""
+    npix = v.shape[0]
+    nest = hp.ring2nest(nside_local, np.arange(npix))
+    sub = np.stack(hp.pix2vec(4 * nside_local, (nest[:, None] * 16 + np.arange(16)).ravel(),
+                              nest=True), axis=-1).reshape(npix, 16, 3)
+    tgts, wts = [], []
+    step = max(1, 2_000_000 // (npix * 16))
+    for t0 in range(0, len(rotations), step):
+        gs = np.einsum("tij,psj->tpsi", rotations[t0:t0 + step], sub)
+        pix = np.sort(hp.vec2pix(nside_gal, gs[..., 0], gs[..., 1], gs[..., 2]), axis=-1)
+        first = np.ones(pix.shape, dtype=bool)
+        first[..., 1:] = pix[..., 1:] != pix[..., :-1]
+        run = np.cumsum(first, axis=-1) - 1  # which distinct target each sub-pixel belongs to
+        ti, pi, _ = np.indices(pix.shape, sparse=True)
+        cnt = np.zeros(pix.shape, dtype=np.float32)
+        np.add.at(cnt, (ti, pi, run), np.float32(1.0 / 16.0))
+        tgt = np.zeros(pix.shape, dtype=np.int32)
+        tgt[ti, pi, run] = pix
+        tgts.append(tgt)
+        wts.append(cnt)
+    tgt = np.concatenate(tgts)
+    cnt = np.concatenate(wts)
+    width = int(np.max(np.sum(cnt > 0, axis=-1)))
+    return np.ascontiguousarray(tgt[..., :width]), np.ascontiguousarray(cnt[..., :width])
+
+
 def _sky_lookup(bins: AttitudeBins, nside_sky: int, pixels: np.ndarray, nside_nu: int,
-                occultation: bool) -> tuple[np.ndarray, np.ndarray]:
-    """ν pixel of each (attitude bin, sky pixel) and live time × visible fraction.
+                occultation: bool, sky_oversample: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """ν pixels seen by each (attitude bin, sky pixel) and their live time × visible fraction.
+
+    With ``sky_oversample`` = L > 0 the sky pixel is represented by its 4^L sub-pixels (a
+    uniform source over the pixel) instead of its centre; sub-pixels falling in the same ν
+    pixel are merged.
 
     Returns
     -------
-    nu_idx : ndarray, shape (T, J) int32
-    weight : ndarray, shape (T, J) float64 (s)
+    nu_idx : ndarray, shape (T, J, C) int32
+    weight : ndarray, shape (T, J, C) float64 (s); 0 for merged duplicates
     """
-    n = np.stack(hp.pix2vec(nside_sky, pixels), axis=-1)  # (J, 3)
-    loc = np.einsum("tji,pj->tpi", bins.rotations, n)  # R^T n
+    pixels = np.asarray(pixels, dtype=np.int64)
+    nest = hp.ring2nest(nside_sky, pixels)
+    if sky_oversample > 0:
+        c = 4**sky_oversample
+        pts = np.stack(hp.pix2vec(nside_sky * 2**sky_oversample,
+                                  (nest[:, None] * c + np.arange(c)).ravel(), nest=True),
+                       axis=-1).reshape(len(pixels), c, 3)
+    else:
+        pts = np.stack(hp.pix2vec(nside_sky, pixels), axis=-1)[:, None, :]
+    c = pts.shape[1]
+    loc = np.einsum("tji,pcj->tpci", bins.rotations, pts)  # R^T n
     nu_idx = hp.vec2pix(nside_nu, loc[..., 0], loc[..., 1], loc[..., 2]).astype(np.int32)
-    weight = np.broadcast_to(bins.livetime[:, None], nu_idx.shape).astype(np.float64)
+    weight = np.broadcast_to(bins.livetime[:, None, None] / c, nu_idx.shape).astype(np.float64)
     if occultation:
-        nest = hp.ring2nest(nside_sky, pixels)
-        ch = np.stack(hp.pix2vec(2 * nside_sky, (nest[:, None] * 4 + np.arange(4)).ravel(),
-                                 nest=True), axis=-1).reshape(len(pixels), 4, 3)
-        cosz = np.einsum("ti,pci->tpc", bins.zenith, ch)
-        vis = (cosz >= np.cos(np.radians(bins.horizon_deg))[:, None, None]).mean(axis=2)
-        weight = weight * vis
+        level = max(1, sky_oversample)
+        cc = 4**level
+        ch = np.stack(hp.pix2vec(nside_sky * 2**level, (nest[:, None] * cc + np.arange(cc)).ravel(),
+                                 nest=True), axis=-1).reshape(len(pixels), cc, 3)
+        cos_h = np.cos(np.radians(bins.horizon_deg))[:, None, None]
+        vis = np.einsum("ti,pci->tpc", bins.zenith, ch) >= cos_h
+        if sky_oversample > 0:
+            weight = weight * vis
+        else:
+            weight = weight * vis.mean(axis=2)[:, :, None]
+    if c > 1:  # merge sub-pixels that look up the same ν row
+        order = np.argsort(nu_idx, axis=2, kind="stable")
+        nu_idx = np.take_along_axis(nu_idx, order, axis=2)
+        weight = np.take_along_axis(weight, order, axis=2)
+        csum = np.cumsum(weight, axis=2)
+        last = np.ones(nu_idx.shape, dtype=bool)
+        last[..., :-1] = nu_idx[..., 1:] != nu_idx[..., :-1]
+        # the weight of a run of equal ν goes to its last element (csum is non-decreasing)
+        at_last = np.maximum.accumulate(np.where(last, csum, 0.0), axis=2)
+        prev = np.concatenate([np.zeros(csum.shape[:2] + (1,)), at_last[..., :-1]], axis=2)
+        weight = np.where(last, csum - prev, 0.0)
     return np.ascontiguousarray(nu_idx), np.ascontiguousarray(weight)
 
 
@@ -397,26 +456,30 @@ def _sky_lookup(bins: AttitudeBins, nside_sky: int, pixels: np.ndarray, nside_nu
 def _accumulate(out, nu_idx, weight, push_pix, push_w, indptr, col_p, col_k, val):
     nj = out.shape[0]
     nt = nu_idx.shape[0]
+    nc = nu_idx.shape[2]
     nint = push_pix.shape[2]
     for jj in numba.prange(nj):
         row = out[jj]
         for t in range(nt):
-            f = weight[t, jj]
-            if f <= 0.0:
-                continue
-            nu = nu_idx[t, jj]
-            for q in range(indptr[nu], indptr[nu + 1]):
-                p = col_p[q]
-                k = col_k[q]
-                v = val[q] * f
-                for a in range(nint):
-                    row[push_pix[t, p, a], k] += v * push_w[t, p, a]
+            for c in range(nc):
+                f = weight[t, jj, c]
+                if f <= 0.0:
+                    continue
+                nu = nu_idx[t, jj, c]
+                for q in range(indptr[nu], indptr[nu + 1]):
+                    p = col_p[q]
+                    k = col_k[q]
+                    v = val[q] * f
+                    for a in range(nint):
+                        w = push_w[t, p, a]
+                        if w > 0.0:
+                            row[push_pix[t, p, a], k] += v * w
 
 
 def iter_galactic_response(det: DetectorResponse, bins: AttitudeBins, nside: int | None = None,
                            block: int = 128, occultation: bool = True,
-                           interpolation: str = "bilinear", progress: bool = True,
-                           pixels: np.ndarray | None = None,
+                           interpolation: str = "overlap", progress: bool = True,
+                           pixels: np.ndarray | None = None, sky_oversample: int = 0,
                            ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield the Galactic response in blocks of sky pixels.
 
@@ -433,10 +496,15 @@ def iter_galactic_response(det: DetectorResponse, bins: AttitudeBins, nside: int
         Sky pixels per block (memory: block × n_k × N_PsiChi × 4 bytes).
     occultation : bool
         Zero the response of sky pixels behind the Earth (fractionally at the limb).
-    interpolation : {"nearest", "bilinear"}
-        How detector-frame PsiChi pixels are pushed to the Galactic grid. "nearest" keeps the
-        cone sharp when many attitudes are averaged (the DC2 case); "bilinear" avoids aliasing
-        for a handful of attitudes.
+    interpolation : {"overlap", "bilinear", "nearest"}
+        How detector-frame PsiChi pixels are pushed to the Galactic grid: "overlap" shares each
+        rotated detector pixel among the Galactic pixels it overlaps (from 16 sub-pixels; the
+        closest to binning the events directly), "bilinear" uses HEALPix interpolation weights
+        at its rotated centre, "nearest" gives it all to the pixel containing the centre.
+    sky_oversample : int
+        0: the response of sky pixel j is that of a point source at its centre (as in COSI
+        point-source responses). L > 0: the average over its 4^L sub-pixels (a source uniform
+        over the pixel); costs up to 4^L times more.
     progress : bool
         Show a tqdm bar.
     pixels : array_like, optional
@@ -459,7 +527,8 @@ def iter_galactic_response(det: DetectorResponse, bins: AttitudeBins, nside: int
     try:
         for b0 in range(0, len(pixels), block):
             pix = pixels[b0:b0 + block]
-            nu_idx, weight = _sky_lookup(bins, nside, pix, det.nside_nu, occultation)
+            nu_idx, weight = _sky_lookup(bins, nside, pix, det.nside_nu, occultation,
+                                         sky_oversample)
             out = np.zeros((len(pix), npix, det.n_k), dtype=np.float32)
             _accumulate(out, nu_idx, weight, push_pix, push_w, det.indptr, det.col_p,
                         det.col_k, det.val)
@@ -571,7 +640,7 @@ def write_histogram_header(f: h5py.File, axes: list, unit: str, name: str = "his
 
 
 def carry_local_cds(local_rate, bins: AttitudeBins, nside_local: int, nside: int,
-                    interpolation: str = "bilinear") -> np.ndarray:
+                    interpolation: str = "overlap") -> np.ndarray:
     """Carry detector-frame expected count rates into the Galactic CDS over the attitude bins.
 
     For emission fixed in the detector frame (Earth albedo for a zenith-pointed instrument),
@@ -586,7 +655,8 @@ def carry_local_cds(local_rate, bins: AttitudeBins, nside_local: int, nside: int
     bins : AttitudeBins
     nside_local, nside : int
         Resolutions of the detector-frame and Galactic PsiChi axes.
-    interpolation : {"nearest", "bilinear"}
+    interpolation : {"overlap", "bilinear", "nearest"}
+        See :func:`iter_galactic_response`.
 
     Returns
     -------
@@ -609,7 +679,8 @@ def carry_local_cds(local_rate, bins: AttitudeBins, nside_local: int, nside: int
 
 
 def galactic_exposure(det: DetectorResponse, bins: AttitudeBins, nside: int,
-                      occultation: bool = True, pixels: np.ndarray | None = None) -> np.ndarray:
+                      occultation: bool = True, pixels: np.ndarray | None = None,
+                      sky_oversample: int = 0) -> np.ndarray:
     """Exposure (cm² s) of Galactic sky pixels: Σ over (Ei, Em, Phi, PsiChi) of R_gal.
 
     Cheap: it needs only the per-ν effective area, not the full response.
@@ -621,5 +692,6 @@ def galactic_exposure(det: DetectorResponse, bins: AttitudeBins, nside: int,
     if pixels is None:
         pixels = np.arange(hp.nside2npix(nside))
     area = det.total()
-    nu_idx, weight = _sky_lookup(bins, nside, np.asarray(pixels), det.nside_nu, occultation)
-    return np.sum(weight * area[nu_idx], axis=0)
+    nu_idx, weight = _sky_lookup(bins, nside, np.asarray(pixels), det.nside_nu, occultation,
+                                 sky_oversample)
+    return np.sum(weight * area[nu_idx], axis=(0, 2))
