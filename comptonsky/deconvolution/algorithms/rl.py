@@ -6,11 +6,14 @@ tutorial calls ``RL``; see ``docs/reference-algorithms.md``). One iteration:
 1. r = X / ε with ε from the end of the previous iteration;
 2. δλ_j = λ_j ((Rᵀr)_j / E_j − 1), masked elements 0; if fitting backgrounds,
    δn_b = n_b (Σ_i r_i B_bi / Σ_i B_bi − 1);
-3. processed δλ: × (E/max E)^β (response weighting), then Gaussian smoothing per energy band;
+3. processed δλ: × (E/max E)^β (response weighting), then Gaussian smoothing per energy band
+   (``smoothing:method``: ``healpy``, spherical harmonics, or ``pixel``, an exact sparse kernel);
 4. step: λ¹ = λ + δλ. With acceleration, α = min over unmasked j of −λ_j/δλ_j > 0, capped at
    α_max and floored at 1; the accelerated step λ + αδλ is kept unless its log-likelihood
    (sky expectation interpolated linearly between λ and λ¹) is below that of λ¹
    (``method: max_step``); ``max_step_unchecked`` always takes it (the older rule);
+   ``line_search`` and ``SQUAREM`` replace steps 4 with the safe accelerators of
+   :mod:`.acceleration` (the objective can never fall);
 5. λ ← max(λ, minimum_flux), masked elements 0; n_b ← n_b + δn_b clipped to its range;
 6. ε and log L at the new state; stop at ``iteration_max`` or when log L rises by less than
    the threshold (a fall only warns).
