@@ -118,7 +118,6 @@ RL_PARAMETERS = Section({
         "validation_fraction": Leaf("float", minimum=0.0),
         "patience": Leaf("int", minimum=1),
         "seed": Leaf("int", minimum=0),
-        "refit": Leaf("bool"),
     }),
     # OSEM: ordered subsets of the data space
     "n_subsets": Leaf("int", minimum=1),

@@ -1,7 +1,9 @@
 """Ordered-subsets EM (``OSEM``) on the binned Compton data space.
 
-The data bins of every dataset are split into K interleaved subsets (``n_subsets``, along
-``subset_axis``: ``Phi`` or ``PsiChi``; see :mod:`comptonsky.deconvolution.subsets`). One OSEM
+The data bins of every dataset are split into K interleaved subsets (``n_subsets``, default 16,
+along ``subset_axis``: ``PsiChi`` (default) or ``Phi``; see
+:mod:`comptonsky.deconvolution.subsets`). The results' ``accel_factor`` is the number of subsets
+used by the cycle. One OSEM
 iteration is a cycle over the subsets; for subset k, with S_k its bins:
 
 1. ε_i = Σ_j R_ij ΔΩ_j λ_j + 1e-12 + Σ_b n_b B_bi for i ∈ S_k (restricted forward product);
@@ -14,9 +16,12 @@ After the cycle, ε and log L are computed on all bins (one full forward product
 subset is reused by the next cycle). A cycle streams the response 3 − 1/K times (adjoint once,
 forward once in pieces, once for the likelihood), against 2 for plain RL, and gains roughly K RL
 iterations early on. With K = 1 an OSEM iteration is an RL iteration without acceleration.
-OSEM does not converge to the maximum-likelihood point for K > 1 (it approaches a limit cycle);
-reduce ``n_subsets`` (or switch to RL) for the final iterations if needed. Acceleration settings
-are ignored.
+OSEM does not converge to the maximum-likelihood point for K > 1 (it approaches a limit cycle).
+With ``subset_schedule: adaptive`` (default) K is halved (nested subsets: no new response copy)
+when a cycle loses, gains less than a quarter of the previous one or less than 2 % of the first
+cycle at this K, or after 5 cycles at one K, down to 1; at K = 1 the configured safe accelerator
+(``line_search`` or ``SQUAREM``) is used if acceleration is active, else plain RL steps.
+``subset_schedule: constant`` keeps K.
 """
 
 from __future__ import annotations
