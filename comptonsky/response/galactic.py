@@ -472,8 +472,9 @@ def _accumulate(out, nu_idx, weight, push_pix, push_w, indptr, col_p, col_k, val
                     v = val[q] * f
                     for a in range(nint):
                         w = push_w[t, p, a]
-                        if w > 0.0:
-                            row[push_pix[t, p, a], k] += v * w
+                        if w <= 0.0:  # targets are packed first; zeros only pad the end
+                            break
+                        row[push_pix[t, p, a], k] += v * w
 
 
 def iter_galactic_response(det: DetectorResponse, bins: AttitudeBins, nside: int | None = None,
