@@ -117,3 +117,13 @@ def test_default_max_step_unchanged_by_safe_machinery(small_problem, tmp_path):
                          method="max_step")
     assert deconv.algorithm.accelerator is None
     assert passes.total == 5 * 3  # per iteration: adjoint, trial forward, final forward
+
+
+def test_unchecked_rule_fails_where_safe_methods_do_not(small_problem, tmp_path):
+    """The contrast the safe methods exist for: α always applied (cosipy 0.3) with the tutorial
+    defaults lowers log L and lets the background norm collapse on this toy."""
+    unchecked, _ = run(small_problem, tmp_path, iterations=30, accel=True, alpha_max=10.0,
+                       weighting=True, method="max_step_unchecked")
+    values = loglikes(unchecked)
+    assert np.sum(np.diff(values) < 0) >= 5
+    assert unchecked.results[-1]["background_normalization"]["albedo"] < 0.5
