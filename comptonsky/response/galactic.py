@@ -363,7 +363,9 @@ def _push_tables(rotations: np.ndarray, nside_local: int, nside_gal: int,
     elif interpolation == "bilinear":
         theta, phi = hp.vec2ang(g)
         p4, w4 = hp.get_interp_weights(nside_gal, theta, phi)
-        pix, w = p4.T, w4.T
+        order = np.argsort(-w4.T, axis=1, kind="stable")  # non-zero weights first
+        pix = np.take_along_axis(p4.T, order, axis=1)
+        w = np.take_along_axis(w4.T, order, axis=1)
     else:
         raise InvalidParameterError(
             f"unknown PsiChi interpolation {interpolation!r}; expected 'nearest', 'bilinear' "
