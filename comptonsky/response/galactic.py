@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -642,7 +642,8 @@ def write_histogram_header(f: h5py.File, axes: list, unit: str, name: str = "his
 # detector-fixed emission (albedo) and exposure
 
 
-def carry_local_cds(local_rate, bins: AttitudeBins, nside_local: int, nside: int,
+def carry_local_cds(local_rate: np.ndarray | Callable[[int], np.ndarray], bins: AttitudeBins,
+                    nside_local: int, nside: int,
                     interpolation: str = "overlap") -> np.ndarray:
     """Carry detector-frame expected count rates into the Galactic CDS over the attitude bins.
 

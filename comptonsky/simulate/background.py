@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import healpy as hp
 import numpy as np
 
 from ..errors import InvalidParameterError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..response.galactic import DetectorResponse
 
 __all__ = ["EarthFixedBackground", "AlbedoBackground", "IsotropicBackground"]
 
@@ -84,7 +88,8 @@ class EarthFixedBackground:
         return (c[:, None] * axis + s[:, None]
                 * (np.cos(az)[:, None] * e1 + np.sin(az)[:, None] * e2))
 
-    def local_rate(self, det, zenith_local: np.ndarray, horizon_deg: float) -> np.ndarray:
+    def local_rate(self, det: DetectorResponse, zenith_local: np.ndarray,
+                   horizon_deg: float) -> np.ndarray:
         """Expected count rate in the detector-frame CDS for a fixed zenith direction.
 
         Parameters

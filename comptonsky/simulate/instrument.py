@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import healpy as hp
 import numba
@@ -36,6 +37,9 @@ import numpy as np
 from scipy.special import erf
 
 from ..errors import InvalidParameterError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..response.galactic import DetectorResponse
 
 __all__ = ["ELECTRON_MASS_KEV", "InstrumentModel", "klein_nishina", "scattered_energy"]
 
@@ -311,7 +315,7 @@ class InstrumentModel:
 
     def detector_response(self, nside_nu: int, nside_psichi: int, phi_edges_deg: np.ndarray,
                           em_edges_kev: np.ndarray, oversample: int | None = None,
-                          threshold: float = 1e-6):
+                          threshold: float = 1e-6) -> DetectorResponse:
         """Binned detector-frame response R_det[ν, Ei, Em, Phi, PsiChi] (cm²).
 
         Each local sky pixel ν is represented by its centre (a point-source response); each
