@@ -97,3 +97,14 @@ def test_bad_parameters(tmp_path):
         simulate_dataset(tmp_path, nside=4, phi_bin_deg=7.0)
     with pytest.raises(InvalidParameterError, match="power of 2"):
         simulate_dataset(tmp_path, nside=6)
+
+
+def test_dc3_rocking_preset(tmp_path):
+    paths = simulate_dataset(tmp_path, preset="dc3-511-thin-disk", nside=4, phi_bin_deg=20.0,
+                             duration_s=2 * 3600.0, progress=False)
+    ori = read_ori(paths["orientation"])
+    tilt = np.degrees(np.arccos(np.clip(np.sum(ori.z_axis * ori.zenith, axis=1), -1, 1)))
+    np.testing.assert_allclose(tilt, 22.0, atol=1e-4)
+    assert ori.altitude[0] == 530.0
+    model = Histogram.open(paths["albedo_model"])
+    assert model.contents.sum() > 0
