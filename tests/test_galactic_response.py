@@ -139,3 +139,30 @@ def test_carry_local_cds_conserves_counts():
     ident = carry_local_cds(rate, _bins([np.eye(3)], [1.0]), NSIDE, NSIDE,
                             interpolation="nearest")
     np.testing.assert_allclose(ident, rate)
+
+
+def test_from_drm_file_layout(tmp_path):
+    # a small file in the COSI full-detector-response layout: DRM/{AXES, COUNTS, EFF_AREA}
+    import h5py
+    from histpy import Axes
+
+    rng = np.random.default_rng(7)
+    axes = Axes([HealpixAxis(nside=NSIDE, label="NuLambda"),
+                 Axis([500.0, 510.0, 520.0], label="Ei", unit="keV"),
+                 Axis([500.0, 510.0, 520.0], label="Em", unit="keV"),
+                 Axis([0.0, 90.0, 180.0], label="Phi", unit="deg"),
+                 HealpixAxis(nside=NSIDE, label="PsiChi"),
+                 Axis([0.0, 1.0, 2.0], label="Dist", unit="cm")])
+    counts = rng.random(axes.shape)
+    eff = np.array([2.0, 3.0])
+    with h5py.File(tmp_path / "drm.h5", "w") as f:
+        g = f.create_group("DRM")
+        g.attrs["VERSION"] = 2
+        g.attrs["UNIT"] = "cm2"
+        axes.write(g.create_group("AXES"))
+        g.create_dataset("COUNTS", data=counts)
+        g.create_dataset("EFF_AREA", data=eff)
+    det = DetectorResponse.from_drm_file(tmp_path / "drm.h5")
+    expected = (counts * eff[None, :, None, None, None, None]).sum(axis=5)
+    assert det.shape_k == (2, 2, 2)
+    np.testing.assert_allclose(det.to_dense(), expected, rtol=1e-6)

@@ -173,6 +173,77 @@ class DetectorResponse:
         return cls.from_dense(arr, hist.axes["NuLambda"].nside, hist.axes["PsiChi"].nside,
                               threshold)
 
+    @classmethod
+    def from_drm_file(cls, path: str | os.PathLike, threshold: float = 0.0,
+                      name: str = "DRM") -> DetectorResponse:
+        """Read a COSI full detector response (``DRM`` HDF5 layout, version 2).
+
+        The layout: group ``DRM`` with attribute ``UNIT``, a histpy ``AXES`` group whose first
+        axis is ``NuLambda``, a ``COUNTS`` dataset over all axes and ``EFF_AREA`` (one value per
+        ``Ei`` bin); the response is ``COUNTS × EFF_AREA`` broadcast along ``Ei``. Axes other than
+        NuLambda, Ei, Em, Phi and PsiChi (for example ``SigmaTau`` or ``Dist``) are summed over.
+        Rows are read one ν pixel at a time, so memory stays at one row plus the sparse result.
+
+        Parameters
+        ----------
+        path : path-like
+            The ``.h5`` file.
+        threshold : float
+            Entries ≤ threshold × the row maximum are dropped.
+        name : str
+            Group holding the response.
+
+        Raises
+        ------
+        FileFormatError
+            If the file lacks the group or one of the required axes.
+        """
+        import astropy.units as u
+        from histpy import Axes
+
+        from ..errors import FileFormatError
+
+        path = Path(path)
+        try:
+            f = h5py.File(path, "r")
+        except OSError as exc:
+            raise FileFormatError(f"{path}: cannot be read as HDF5 ({exc})") from exc
+        with f:
+            if name not in f:
+                raise FileFormatError(f"{path}: no {name!r} group (found {sorted(f.keys())})")
+            g = f[name]
+            axes = Axes.open(g["AXES"])
+            labels = list(axes.labels)
+            want = ["NuLambda", "Ei", "Em", "Phi", "PsiChi"]
+            missing = [a for a in want if a not in labels]
+            if missing or labels[0] != "NuLambda":
+                raise FileFormatError(f"{path}: detector response axes {labels}; need "
+                                      f"{want} with NuLambda first (missing {missing})")
+            unit = u.Unit(g.attrs.get("UNIT", "cm2"))
+            factor = float(unit.to(u.cm**2))
+            eff = np.asarray(g["EFF_AREA"], dtype=np.float64) * factor
+            counts = g["COUNTS"]
+            rest = labels[1:]
+            keep = [rest.index(a) for a in want[1:]]
+            drop = tuple(i for i in range(len(rest)) if i not in keep)
+            ei_axis = rest.index("Ei")
+            shape_e = [1] * len(rest)
+            shape_e[ei_axis] = -1
+            rows = []
+            for i in range(counts.shape[0]):
+                r = np.asarray(counts[i], dtype=np.float64) * eff.reshape(shape_e)
+                if drop:
+                    r = r.sum(axis=drop)
+                order = [sorted(keep).index(k) for k in keep]
+                r = np.transpose(r, order)  # (Ei, Em, Phi, PsiChi)
+                r2 = r.reshape(-1, r.shape[-1]).T
+                vmax = r2.max() if r2.size else 0.0
+                p, k = (np.nonzero(r2 > threshold * vmax) if vmax > 0
+                        else (np.array([], int),) * 2)
+                rows.append((p, k, r2[p, k]))
+            shape_k = tuple(axes[a].nbins for a in want[1:4])
+            return cls.from_parts([rows], axes["NuLambda"].nside, axes["PsiChi"].nside, shape_k)
+
     def row(self, i: int) -> np.ndarray:
         """Dense row ν = i, shape (n_Ei, n_Em, n_Phi, N_PsiChi), cm²."""
         out = np.zeros((self.n_k, self.n_psichi))
