@@ -349,7 +349,7 @@ def wait_idle(max_wait: float = 60.0, busy_max: float = 0.10) -> float:
 
 
 def run_child(args, mode: str, phase: str, iterations: int, kind: str = "mode") -> dict:
-    idle_before = wait_idle()
+    idle_before = wait_idle(args.max_wait)
     tick = os.sysconf("SC_CLK_TCK")
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     j0, i0 = _cpu_jiffies()
@@ -384,6 +384,8 @@ def main() -> None:
     p.add_argument("--response", default=None,
                    help="benchmark this DC2-shape response file (e.g. the simulator's "
                         "psr_gal_511.h5) instead of building the synthetic cone model")
+    p.add_argument("--max-wait", type=float, default=60.0,
+                   help="seconds to wait for idle CPUs before each measured process")
     p.add_argument("--child", default=None)
     p.add_argument("--mode", default=None)
     p.add_argument("--phase", default="first")
@@ -407,7 +409,7 @@ def main() -> None:
     with h5py.File(args.rsp, "r") as f:
         raw = f["hist/contents"][()]
     read_s = time.perf_counter() - t0
-    print(f"plain h5py read of the whole response (float64, {raw.nbytes / 1e9:.2f} GB): "
+    print(f"plain h5py read of the whole response ({raw.dtype}, {raw.nbytes / 1e9:.2f} GB): "
           f"{read_s:.2f} s", flush=True)
     del raw
     cache = args.workdir / "cache"

@@ -254,3 +254,27 @@ def test_parse_memory():
     assert parse_memory(None) is None
     with pytest.raises(InvalidParameterError):
         parse_memory("-1 GB")
+
+
+def test_cache_file_roundtrip_and_abort(tmp_path):
+    from comptonsky.response.cache import CacheFile, CacheWriter
+    path = tmp_path / "x.cache"
+    w = CacheWriter(path, {"key": "k"})
+    w.begin("a", np.float32, (3,))
+    w.append(np.ones((2, 3), np.float32))
+    w.append(np.full((1, 3), 2, np.float32))
+    w.end()
+    w.add("b", np.arange(5))
+    w.close()
+    cf = CacheFile(path)
+    assert cf.meta == {"key": "k"}
+    assert cf["a"].shape == (3, 3) and cf["a"][2, 0] == 2
+    assert cf["b"].tolist() == [0, 1, 2, 3, 4]
+    assert cf.offset("a") % 4096 == 0 and cf.offset("b") % 4096 == 0
+    aborted = CacheWriter(tmp_path / "y.cache", {"key": "k"})
+    aborted.add("a", np.ones(10))
+    aborted.abort()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.cache"]
+    with pytest.raises(FileFormatError, match="not a comptonsky response cache"):
+        (tmp_path / "z.cache").write_bytes(b"0" * 64)
+        CacheFile(tmp_path / "z.cache")
