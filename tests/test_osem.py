@@ -133,3 +133,16 @@ def test_osem_respects_mask_and_minimum_flux(small_problem, tmp_path):
     final = deconv.results[-1]["model"].contents.value[:, 0]
     assert np.all(final[:20] == 0)
     assert np.all(final[20:] >= 1e-7)
+
+
+def test_subsets_shared_between_runs_on_one_response(dense, small_problem, tmp_path):
+    from comptonsky.deconvolution.subsets import subsets_for
+
+    first = subsets_for(dense, 4, "PsiChi")
+    assert subsets_for(dense, 4, "PsiChi") is first  # one permuted copy per response
+    assert subsets_for(dense, 8, "PsiChi") is not first
+    osem, _ = run(small_problem, tmp_path, algorithm="OSEM", iterations=30, overrides=[
+        "deconvolution:parameter:n_subsets = 8",
+        "deconvolution:parameter:stopping_criteria:statistics = cross-validation"])
+    assert 1 <= osem.algorithm.cross_validation["best_iteration"] <= 30
+    assert len(osem.results) == osem.algorithm.cross_validation["best_iteration"]

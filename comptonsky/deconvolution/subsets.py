@@ -20,6 +20,7 @@ scattering the subset's bins: correct, but every sub-iteration then streams the 
 from __future__ import annotations
 
 import logging
+import weakref
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from ..errors import InvalidParameterError, UnknownChoiceError
 from ..response.operator import DenseResponse, ResponseOperator
 from .passes import add_partial
 
-__all__ = ["DataSubsets", "SUBSET_AXES"]
+__all__ = ["DataSubsets", "SUBSET_AXES", "subsets_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -173,3 +174,21 @@ class DataSubsets:
     def extra_bytes(self) -> int:
         """Bytes held in addition to the response (the permuted copy, if any)."""
         return int(self._permuted.nbytes) if self.mode == "permuted" else 0
+
+
+_SHARED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def subsets_for(response: ResponseOperator, n_subsets: int, axis: str) -> DataSubsets:
+    """A :class:`DataSubsets` for ``response``, shared while anyone holds it.
+
+    Datasets that share a response (the thinned copies of cross-validation, bootstrap replicates)
+    then share the permuted copy of the matrix instead of making one each.
+    """
+    key = (id(response), int(n_subsets), axis)
+    found = _SHARED.get(key)
+    if found is not None and found.response is response:
+        return found
+    made = DataSubsets(response, n_subsets, axis)
+    _SHARED[key] = made
+    return made

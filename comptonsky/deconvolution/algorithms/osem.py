@@ -31,7 +31,7 @@ import logging
 import numpy as np
 
 from ..dataset import ALMOST_ZERO
-from ..subsets import DataSubsets
+from ..subsets import subsets_for
 from .rl import RichardsonLucy
 
 __all__ = ["OrderedSubsetsEM"]
@@ -63,7 +63,7 @@ class OrderedSubsetsEM(RichardsonLucy):
 
     def initialize(self) -> None:
         super().initialize()
-        self.subsets = [DataSubsets(ds.response, self.n_subsets, self.subset_axis)
+        self.subsets = [subsets_for(ds.response, self.n_subsets, self.subset_axis)
                         for ds in self.data.datasets]
         # levels K, K/2, K/4, ... (while even), then 1: subset k of level L is the union of the
         # base subsets k, k + L, k + 2L, ... (nested interleaving, no new copy of the response)
