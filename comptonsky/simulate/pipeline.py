@@ -43,7 +43,7 @@ __all__ = ["simulate_dataset", "SIMULATION_VERSION", "MANIFEST_NAME"]
 logger = logging.getLogger(__name__)
 
 #: Bumped whenever the simulator's output for the same parameters changes (invalidates caches).
-SIMULATION_VERSION = 2
+SIMULATION_VERSION = 3
 #: Name of the manifest file written last into the output directory.
 MANIFEST_NAME = "simulation.json"
 
