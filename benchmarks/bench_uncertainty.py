@@ -61,7 +61,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=40)
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--iterations", type=int, default=25)
+    parser.add_argument("--bootstrap-iterations", type=int, default=None,
+                        help="iterations per replicate (default: --iterations)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--no-speed", action="store_true", help="skip the parallel-speed part")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     workdir = tempfile.mkdtemp(prefix="bench-unc-")
@@ -71,14 +74,17 @@ def main(argv=None) -> int:
     shape = background.contents.shape
 
     # parallel speed on the first seed
-    deconv = deconvolve(ds0, args.nside, args.iterations, workdir)
+    deconv = None if args.no_speed else deconvolve(ds0, args.nside, args.iterations, workdir)
     speed = {}
-    for workers, executor in ((1, "process"), (args.workers, "process"),
-                              (args.workers, "thread")):
+    boot_iterations = args.bootstrap_iterations or args.iterations
+    for workers, executor in (() if args.no_speed else
+                              ((1, "process"), (args.workers, "process"),
+                               (args.workers, "thread"))):
         result = bootstrap_uncertainty(deconv, n_samples=args.samples, workers=workers,
-                                       executor=executor, progress=False)
+                                       executor=executor, iterations=boot_iterations,
+                                       progress=False)
         speed[f"{workers} {executor}"] = result.timing_s
-        print(f"bootstrap {args.samples} × {args.iterations} iterations: {workers} worker(s), "
+        print(f"bootstrap {args.samples} × {boot_iterations} iterations: {workers} worker(s), "
               f"{executor}: {result.timing_s:.2f} s")
 
     fluxes = {r: [] for r in REGIONS}
@@ -90,7 +96,7 @@ def main(argv=None) -> int:
                              {"albedo": background}, ds0.response)
         deconv = deconvolve(ds, args.nside, args.iterations, workdir)
         result = bootstrap_uncertainty(deconv, n_samples=args.samples, workers=args.workers,
-                                       progress=False)
+                                       iterations=boot_iterations, progress=False)
         for r in REGIONS:
             fluxes[r].append(result.region_fluxes[r]["flux"][0])
             stds[r].append(result.region_fluxes[r]["std"][0])
@@ -98,7 +104,7 @@ def main(argv=None) -> int:
     print(f"\ncalibration over {args.seeds} simulations ({elapsed:.0f} s); scatter of the "
           f"scatter ≈ {100 / np.sqrt(2 * (args.seeds - 1)):.0f} %")
     out = {"speed_s": speed, "seeds": args.seeds, "samples": args.samples,
-           "iterations": args.iterations, "nside": args.nside, "phi_deg": args.phi}
+           "iterations": args.iterations, "bootstrap_iterations": boot_iterations, "nside": args.nside, "phi_deg": args.phi}
     for r in REGIONS:
         scatter = float(np.std(fluxes[r], ddof=1))
         boot = float(np.mean(stds[r]))
