@@ -242,6 +242,36 @@ def transpose(rows: SegmentedCSR) -> SegmentedCSR:
     return SegmentedCSR(tptr, tidx, tval, rows.n_rows)
 
 
+_BLAS_LIMITED = False
+
+
+def limit_blas_threads() -> bool:
+    """Run BLAS single-threaded from now on in this process (once; logged). Returns True if done.
+
+    OpenBLAS worker threads busy-wait for a while after each threaded call. In an RL iteration
+    the algorithm's vector operations (``np.dot`` over the data space) call BLAS right before
+    the sparse kernels, and the spinning workers take a core from the numba threads (measured:
+    median product time +50 %). With sparse storage BLAS only does those small vector
+    operations, so one BLAS thread costs nothing. Undo with
+    ``threadpoolctl.threadpool_limits(n, user_api="blas")``.
+    """
+    global _BLAS_LIMITED
+    if _BLAS_LIMITED or numba.get_num_threads() < 2:
+        return False
+    _BLAS_LIMITED = True
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        return False
+    if not any(i.get("user_api") == "blas" and i.get("num_threads", 1) > 1
+               for i in threadpool_info()):
+        return False
+    threadpool_limits(1, user_api="blas")
+    logger.info("sparse response: BLAS limited to 1 thread so that its spinning worker threads "
+                "do not take cores from the %d numba kernel threads", numba.get_num_threads())
+    return True
+
+
 def _n_chunks(n_seg: int) -> int:
     threads = numba.get_num_threads()
     return max(1, -(-4 * threads // max(n_seg, 1)))
@@ -365,6 +395,7 @@ class SparseResponse(ResponseOperator):
         self.threshold = float(threshold)
         self.dropped_flux_fraction = float(dropped_flux_fraction)
         self.max_row_dropped_fraction = float(max_row_dropped_fraction)
+        limit_blas_threads()
 
     @property
     def nnz(self) -> int:
