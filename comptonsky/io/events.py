@@ -86,8 +86,8 @@ logger = logging.getLogger(__name__)
 #: order), or event columns already in memory (canonical units).
 EventSource = str | os.PathLike | Sequence[str | os.PathLike] | Mapping[str, np.ndarray]
 
-#: Events per chunk when streaming: 16384 DC2 rows are 1.8 MB, small enough to stay in cache
-#: between the reader thread and the binning kernel (measured faster than bigger chunks).
+#: Events per chunk when streaming: 16384 DC2 rows are 1.8 MB; binning measured faster with this
+#: than with chunks of 65536 or 262144 events.
 DEFAULT_CHUNK_SIZE = 1 << 14
 
 
