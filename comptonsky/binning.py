@@ -17,7 +17,8 @@ edge is excluded as well):
   or with a NaN coordinate, are not counted;
 - Time: ``TimeTags`` (s); Em: ``Energies`` (keV); Phi: ``numpy.rad2deg(Phi)`` (deg);
 - PsiChi, local frame: ``healpy.ang2pix(nside, Psi local, Chi local)`` (Psi local is a polar angle);
-  Galactic frame: ``healpy.ang2pix(nside, Chi galactic, Psi galactic, lonlat=True)`` ((l, b) in deg).
+  Galactic frame: ``healpy.ang2pix(nside, Chi galactic, Psi galactic, lonlat=True)`` ((l, b),
+  deg).
   Events whose direction is not on the sphere (what healpy would reject) are skipped with a warning.
 
 Events are read in chunks by a background thread (decompression releases the GIL) while the
@@ -719,7 +720,8 @@ class BinnedData:
                                           where=self._where)
 
     # ---------------------------------------------------------------- binning
-    def get_binned_data(self, unbinned_data: EventSource | None = None, output_name: str | os.PathLike | None = None,
+    def get_binned_data(self, unbinned_data: EventSource | None = None,
+                        output_name: str | os.PathLike | None = None,
                         make_binning_plots: bool = False, show_plots: bool = False,
                         psichi_binning: str = "galactic",
                         event_range: tuple[int, int | None] | None = None,
@@ -786,7 +788,8 @@ class BinnedData:
                 "no binned data: call get_binned_data or load_binned_data_from_hdf5 first")
         return self.binned_data
 
-    def get_binning_info(self, binned_data=None) -> dict:
+    def get_binning_info(self, binned_data: Histogram | str | os.PathLike | None = None
+                         ) -> dict:
         """Describe each axis of the binned data (and log it).
 
         Returns
@@ -810,7 +813,8 @@ class BinnedData:
         info["total_counts"] = float(contents.sum())
         return info
 
-    def plot_binned_data(self, binned_data=None, output_name: str | None = None,
+    def plot_binned_data(self, binned_data: Histogram | str | os.PathLike | None = None,
+                         output_name: str | None = None,
                          show: bool = False) -> dict:
         """Plot each projection of the binned data: counts versus Time, Em, Phi, and a
         Mollweide map of the PsiChi projection.
@@ -880,7 +884,8 @@ class BinnedData:
             write_events(self._output_path(output_name), self.cosi_dataset)
         return self.cosi_dataset
 
-    def select_data(self, unbinned_data: EventSource | None = None, output_name: str | os.PathLike | None = None,
+    def select_data(self, unbinned_data: EventSource | None = None,
+                    output_name: str | os.PathLike | None = None,
                     tmin: float | None = None, tmax: float | None = None,
                     emin: float | None = None, emax: float | None = None
                     ) -> dict[str, np.ndarray] | Path:

@@ -302,7 +302,8 @@ def test_missing_column_and_wrong_unit(tmp_path, test_yaml):
     del ev["Psi galactic"]
     path = write_events(tmp_path / "nogal.fits", ev)
     bd = BinnedData(input_yaml=test_yaml)
-    with pytest.raises(FileFormatError, match=r"nogal.fits: missing column\(s\) \['Psi galactic'\]"):
+    with pytest.raises(FileFormatError,
+                       match=r"nogal.fits: missing column\(s\) \['Psi galactic'\]"):
         bd.get_binned_data(path, psichi_binning="galactic", progress=False)
     ev = edge_case_events(make_binning(), n=100)
     path = write_events(tmp_path / "badunit.hdf5", ev)

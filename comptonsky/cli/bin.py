@@ -73,5 +73,6 @@ def run(args: argparse.Namespace) -> int:
             hist = hist.to_dense()
         write_histogram(hist, out, overwrite=True)
         total = float(hist.contents.sum())
-        print(f"{out}: {total:.0f} counts, {frame} PsiChi, shape {tuple(int(n) for n in hist.axes.nbins)}")
+        shape = tuple(int(n) for n in hist.axes.nbins)
+        print(f"{out}: {total:.0f} counts, {frame} PsiChi, shape {shape}")
     return 0
