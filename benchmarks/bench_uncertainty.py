@@ -59,6 +59,8 @@ def main(argv=None) -> int:
     parser.add_argument("--nside", type=int, default=8)
     parser.add_argument("--phi", type=float, default=6.0)
     parser.add_argument("--seeds", type=int, default=40)
+    parser.add_argument("--seed-offset", type=int, default=0,
+                        help="first simulation seed (runs can be combined)")
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--iterations", type=int, default=25)
     parser.add_argument("--bootstrap-iterations", type=int, default=None,
@@ -90,7 +92,7 @@ def main(argv=None) -> int:
     fluxes = {r: [] for r in REGIONS}
     stds = {r: [] for r in REGIONS}
     start = time.perf_counter()
-    for seed in range(args.seeds):
+    for seed in range(args.seed_offset, args.seed_offset + args.seeds):
         counts = np.random.default_rng(1000 + seed).poisson(expected).astype(float)
         ds = DataIF_COSI_DC2("dc2", Histogram(data_axes, contents=counts.reshape(shape)),
                              {"albedo": background}, ds0.response)
@@ -109,7 +111,8 @@ def main(argv=None) -> int:
         scatter = float(np.std(fluxes[r], ddof=1))
         boot = float(np.mean(stds[r]))
         out[r] = {"mean_flux": float(np.mean(fluxes[r])), "scatter": scatter,
-                  "bootstrap_std": boot, "ratio": boot / scatter}
+                  "bootstrap_std": boot, "ratio": boot / scatter,
+                  "fluxes": [float(v) for v in fluxes[r]], "stds": [float(v) for v in stds[r]]}
         print(f"  {r:13s} mean flux {np.mean(fluxes[r]):.4e}, scatter over seeds {scatter:.3e}, "
               f"mean bootstrap std {boot:.3e}, ratio {boot / scatter:.3f}")
     if args.json:
