@@ -401,6 +401,7 @@ def main() -> None:
         args.rsp = inputs_from_response(args.workdir, Path(args.response).resolve())
     else:
         args.rsp = build_inputs(args.workdir)
+    wait_idle(args.max_wait)
     bw = memory_bandwidth()
     print(f"memory bandwidth (BLAS sgemv, 1 GiB): {bw / 1e9:.1f} GB/s; "
           f"CPU cores: {os.cpu_count()}", flush=True)
@@ -453,7 +454,9 @@ def main() -> None:
           "bandwidth; prod: response products per iteration measured; map dev: max |map - "
           "float64 dense map| / max, final iteration; other: CPU share used by other processes "
           "during the run")
-    hdr = (f"{'mode':>20} {'s/iter':>17} {'floor':>7} {'prod':>5} {'speedup':>8} "
+    print("achieved: bytes streamed per iteration / median iteration time (the products' "
+          "effective bandwidth)")
+    hdr = (f"{'mode':>20} {'s/iter':>17} {'floor':>7} {'prod':>5} {'GB/s':>5} {'speedup':>8} "
            f"{'load 1st':>9} {'cached':>7} {'peak GiB':>9} {'cached':>7} {'held GB':>8} "
            f"{'map dev':>9} {'other':>6}")
     print(hdr)
@@ -466,7 +469,9 @@ def main() -> None:
         dev10 = deviation(mode, COMPARE_AT)
         it_min = float(np.min(first["iter_s"]))
         print(f"{mode:>20} {it:8.4f} ({it_min:6.4f}) {floor:7.4f} "
-              f"{first['products_per_iteration']:5.2f} {REFERENCE['iteration_s'] / it:7.1f}x "
+              f"{first['products_per_iteration']:5.2f} "
+              f"{first['products_per_iteration'] * first['bytes_per_product'] / it / 1e9:5.1f} "
+              f"{REFERENCE['iteration_s'] / it:7.1f}x "
               f"{first['load_s']:8.2f}s {cached['load_s']:6.2f}s {first['peak_rss_gib']:9.2f} "
               f"{cached['peak_rss_gib']:7.2f} {first['held_bytes'] / 1e9:8.2f} {dev:9.2e} "
               f"{100 * first['other_cpu_load']:5.0f}%")
