@@ -256,6 +256,7 @@ def child(args) -> None:
 
     alg.iterate = timed
     products.update(forward=0, adjoint=0)
+    computed0 = op.products_computed
     t0 = time.perf_counter()
     deco.run_deconvolution(progress=False)
     run_s = time.perf_counter() - t0
@@ -271,7 +272,9 @@ def child(args) -> None:
     out = {"mode": args.mode, "phase": args.phase, "load_s": load_s, "run_s": run_s,
            "iterations": len(times), "iter_s": times, "cache_written_s": cache_done_s,
            "mapped_source": bool(info.get("mapped_source")),
-           "products_per_iteration": (products["forward"] + products["adjoint"]) / max(1, len(times)), "cached": info.get("cached"),
+           "products_per_iteration":
+               (op.products_computed - computed0 + products["adjoint"]) / max(1, len(times)),
+           "calls_per_iteration": (products["forward"] + products["adjoint"]) / max(1, len(times)), "cached": info.get("cached"),
            "storage": info.get("storage", op.storage), "dtype": str(op.dtype),
            "bytes_per_product": int(op.bytes_per_product), "held_bytes": int(op.nbytes),
            "peak_rss_gib": peak_rss_gib(),

@@ -153,3 +153,33 @@ def test_float32_rl_map_matches_float64(tmp_path):
     assert _rel(m32, m64) < 1e-3
     assert _rel(msp, m64) < 1e-9
     assert _rel(mooc, m64) < 1e-3
+
+
+@pytest.mark.parametrize("storage,dtype,opts", BACKENDS,
+                         ids=[f"{s}-{d}" for s, d, _ in BACKENDS])
+def test_forward_reuses_products_on_a_line(cone, reference, tmp_path, storage, dtype, opts):
+    """An accelerated step x0 + α(x1 − x0), clipped on a few pixels, costs no full product."""
+    op = load_response(cone, dtype=dtype, storage=storage, cache_dir=tmp_path, **opts)
+    rng = np.random.default_rng(7)
+    x0 = rng.random(op.n_model)
+    x1 = x0 + 0.3 * rng.standard_normal(op.n_model)
+    op.forward(x0)
+    op.forward(x1)
+    x2 = x0 + 1.7 * (x1 - x0)
+    x2[[3, 50]] = 0.0                       # clipped pixels
+    before = op.products_computed
+    got = op.forward(x2)
+    assert op.products_computed == before and op.products_reused == 1
+    tol = max(TOL[dtype], 1e-10)
+    assert _rel(got, reference.forward(x2)) < tol
+    again = op.forward(x2)                  # the same model again: reused, not recomputed
+    assert op.products_computed == before and np.array_equal(again, got)
+    got[:] = -1                              # callers may modify results in place
+    assert _rel(op.forward(x2), reference.forward(x2)) < tol
+    # an unrelated model is computed in full
+    x3 = rng.random(op.n_model)
+    assert _rel(op.forward(x3), reference.forward(x3)) < tol
+    assert op.products_computed == before + 1
+    op.reuse_products = False
+    op.forward(x3)
+    assert op.products_computed == before + 2

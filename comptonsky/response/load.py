@@ -67,7 +67,7 @@ _STORAGE_ALIASES = {"outofcore": "out-of-core", "out_of_core": "out-of-core",
 DTYPES = ("float64", "float32")
 #: Keyword options of :func:`load_response` besides ``dtype`` and ``storage``.
 OPTIONS = ("sparse_threshold", "memory_budget", "cache", "cache_dir", "populate", "progress",
-           "device")
+           "device", "reuse_products")
 DEVICES = ("cpu", "gpu", "auto")
 #: Default relative threshold of the sparse storage.
 DEFAULT_SPARSE_THRESHOLD = 1e-4
@@ -418,7 +418,7 @@ def load_response(rsp: Histogram | str | os.PathLike, dtype: str | None = None,
                   memory_budget: str | int | None = None, cache: bool = True,
                   cache_dir: str | os.PathLike | None = None, populate: bool = True,
                   progress: bool | None = None, device: str = "cpu",
-                  **unknown) -> ResponseOperator:
+                  reuse_products: bool = True, **unknown) -> ResponseOperator:
     """Build a response operator from a histpy response histogram or HDF5 file.
 
     Parameters
@@ -450,6 +450,10 @@ def load_response(rsp: Histogram | str | os.PathLike, dtype: str | None = None,
         'gpu' holds a dense response in GPU memory (CuPy or PyTorch, whichever is importable
         with a CUDA device; :mod:`comptonsky.response.gpu`, untested on real hardware); 'auto'
         uses the GPU for dense storage when one is available, else the CPU.
+    reuse_products : bool
+        Let ``forward`` rebuild R·x from the last two forward products when x lies on their
+        line up to a few elements (an accelerated RL step: one product saved per iteration);
+        False streams the response for every call.
 
     Returns
     -------
@@ -506,6 +510,7 @@ def load_response(rsp: Histogram | str | os.PathLike, dtype: str | None = None,
     if not np.any(op.exposure > 0):
         raise InvalidDataError(f"{src.name}: the response has no exposure (all entries are zero)")
     op = _maybe_gpu(op, str(device))
+    op.reuse_products = bool(reuse_products)
     info.update(storage=storage, reason=reason, dtype=str(dt), seconds=time.perf_counter() - t0,
                 device=getattr(op, "device", "cpu"))
     op.load_info = info

@@ -56,6 +56,12 @@ class ResponseOperator(ABC):
                                 (self.n_model,))
         self.pixel_solid_angle = np.ascontiguousarray(solid)
         self._exposure: np.ndarray | None = None
+        #: Compute a forward product from the last two when the model lies on their line
+        #: (see :meth:`_forward_from_history`); False always streams the response.
+        self.reuse_products = True
+        self.products_computed = 0
+        self.products_reused = 0
+        self._history: list[tuple[np.ndarray, np.ndarray]] = []
 
     # --- the three operations -------------------------------------------------------------
     @abstractmethod
@@ -84,7 +90,64 @@ class ResponseOperator(ABC):
             Σ_j R_ij ΔΩ_j λ_j in counts.
         """
         x = np.asarray(model, dtype=np.float64).reshape(self.n_model)
-        return self._matvec(x * self.pixel_solid_angle)
+        if not self.reuse_products:
+            self.products_computed += 1
+            return self._matvec(x * self.pixel_solid_angle)
+        if self._history and np.array_equal(x, self._history[-1][0]):
+            self.products_reused += 1
+            return self._history[-1][1].copy()
+        y = self._forward_from_history(x)
+        if y is None:
+            y = self._matvec(x * self.pixel_solid_angle)
+            self.products_computed += 1
+        else:
+            self.products_reused += 1
+        self._history = self._history[-1:] + [(x.copy(), y.copy())]
+        return y
+
+    # --- reuse of earlier forward products (linearity) ------------------------------------
+    #: Residuals below this fraction of max|x| are left out of the correction (float64 rounding).
+    REUSE_TOLERANCE = 1e-12
+
+    def _forward_from_history(self, x: np.ndarray) -> np.ndarray | None:
+        """R·x from the last two forward products when x lies on (or next to) their line.
+
+        If x = x0 + α (x1 − x0) + d with d non-zero on a few elements J only (an RL step of
+        length α along the trial direction, then clipping at the minimum flux), then
+        R x = y0 + α (y1 − y0) + R_J d_J, which costs |J| rows of R instead of all of them.
+        Returns None when that does not apply (then a full product is made).
+        """
+        hist = self._history
+        if len(hist) < 2:
+            return None
+        (x0, y0), (x1, y1) = hist
+        step = x1 - x0
+        big = np.abs(step) > 1e-6 * float(np.abs(step).max())
+        if not big.any():
+            return None
+        dx = x - x0
+        alpha = float(np.median(dx[big] / step[big]))        # robust to clipped elements
+        tol = self.REUSE_TOLERANCE * max(float(np.abs(x).max()), np.finfo(float).tiny)
+        inl = np.abs(dx - alpha * step) <= 1e3 * tol
+        if inl.sum() < self.n_model - max(8, self.n_model // 64):
+            return None
+        alpha = float(np.dot(dx[inl], step[inl]) / max(np.dot(step[inl], step[inl]),
+                                                       np.finfo(float).tiny))
+        resid = dx - alpha * step
+        rows = np.flatnonzero(np.abs(resid) > tol)
+        if rows.size > max(8, self.n_model // 64):
+            return None
+        y = y0 + alpha * (y1 - y0)
+        if rows.size:
+            y += self._matvec_rows(rows, resid[rows] * self.pixel_solid_angle[rows])
+        return y
+
+    def _matvec_rows(self, rows: np.ndarray, coef: np.ndarray) -> np.ndarray:
+        """Σ_{j ∈ rows} R_j coef_j, shape (n_data,), float64 (backends override with a cheap
+        version; this default makes a full product of a vector that is zero elsewhere)."""
+        x = np.zeros(self.n_model)
+        x[rows] = coef
+        return self._matvec(x)
 
     def adjoint(self, data: np.ndarray) -> np.ndarray:
         """Back-projection of a data-space array.
@@ -169,6 +232,9 @@ class DenseResponse(ResponseOperator):
 
     def _rmatvec(self, y: np.ndarray) -> np.ndarray:
         return np.asarray(self.matrix @ y.astype(self.dtype, copy=False), dtype=np.float64)
+
+    def _matvec_rows(self, rows: np.ndarray, coef: np.ndarray) -> np.ndarray:
+        return coef @ self.matrix[rows].astype(np.float64)
 
     def _row_sums(self) -> np.ndarray:
         if self._known_row_sums is not None:

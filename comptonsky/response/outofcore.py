@@ -155,6 +155,13 @@ class OutOfCoreResponse(ResponseOperator):
             out[j0:j1] = blk @ yd
         return out
 
+    def _matvec_rows(self, rows: np.ndarray, coef: np.ndarray) -> np.ndarray:
+        row = np.empty((1, self.n_data), dtype=self.dtype)
+        out = np.zeros(self.n_data, dtype=np.float64)
+        for j, c in zip(rows.tolist(), np.asarray(coef).tolist()):
+            out += c * self._read(j, j + 1, row)[0]
+        return out
+
     def _row_sums(self) -> np.ndarray:
         if self._row_sums_cache is None:
             out = np.empty(self.n_model, dtype=np.float64)

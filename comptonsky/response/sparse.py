@@ -132,6 +132,18 @@ def _gather(ptr, idx, val, vec, stride, n_vec, n_chunks, out):  # pragma: no cov
             out[k, r] = (a0 + a1) + (a2 + a3)
 
 
+@njit(cache=True, nogil=True)
+def _scatter_rows(ptr, idx, val, rows, coef, out):  # pragma: no cover - compiled
+    """out[k, idx] += val · coef[t] over the elements of rows[t] (a few rows)."""
+    n_seg = ptr.shape[0]
+    for t in range(rows.shape[0]):
+        j = rows[t]
+        c = coef[t]
+        for k in range(n_seg):
+            for n in range(ptr[k, j], ptr[k, j + 1]):
+                out[k, idx[n]] += val[n] * c
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _row_sums(ptr, val, out):  # pragma: no cover - compiled
     """out[r] = Σ over segments k and elements of row r (float64)."""
@@ -428,6 +440,12 @@ class SparseResponse(ResponseOperator):
         _gather(r.ptr, r.idx, r.val, y.astype(self.dtype), self.n_psi, self.n_psi,
                 _n_chunks(self.n_seg), out)
         return out.sum(axis=0, dtype=np.float64)
+
+    def _matvec_rows(self, rows: np.ndarray, coef: np.ndarray) -> np.ndarray:
+        out = np.zeros((self.n_seg, self.n_psi), dtype=np.float64)
+        _scatter_rows(self.rows.ptr, self.rows.idx, self.rows.val, rows.astype(np.int64),
+                      np.asarray(coef, dtype=np.float64), out)
+        return out.reshape(-1)
 
     def _row_sums(self) -> np.ndarray:
         out = np.empty(self.n_model, dtype=np.float64)
