@@ -19,7 +19,7 @@ nside 64), so each stored element streams 4 + 2 bytes in float32 (8 + 2 in float
 orientations doubles the memory but not the bytes streamed per product.
 
 Measured at DC2 shape with the cone model (2 cores, 4.9e7 stored elements, float32): this kernel
-takes ≈ 0.027 s per product against ≈ 0.041 s for single-threaded ``scipy.sparse`` CSR matvec
+takes ≈ 0.026 s per product against ≈ 0.041 s for single-threaded ``scipy.sparse`` CSR matvec
 (either orientation; ``benchmarks/bench_deconvolution.py`` prints both), and four independent
 accumulators are needed to hide the floating-point add latency (a single accumulator runs at
 ≈ 0.05 s).
