@@ -74,7 +74,8 @@ INTENSITY = u.Unit("cm-2 s-1 sr-1")
 class Leaf:
     """A leaf parameter: its type and constraints."""
 
-    kind: str  # "int", "float", "bool", "str", "choice", "float_list", "unit", "any", "str_or_none"
+    kind: str  # "int", "float", "bool", "str", "choice", "float_list", "unit", "any",
+    #            "str_or_none", "size" (bytes as an integer or a string such as "1 GiB")
     choices: tuple[str, ...] = ()
     physical_type: u.UnitBase | None = None  # for "unit": must be convertible to this
     minimum: float | None = None
@@ -146,8 +147,13 @@ RESPONSE_SECTION = Section({
     "dtype": Leaf("choice", choices=("float64", "float32")),
     "storage": Leaf("choice", choices=("dense", "sparse", "out-of-core", "auto")),
     "sparse_threshold": Leaf("float", minimum=0.0),
-    "memory_budget": Leaf("str"),
+    "memory_budget": Leaf("size"),
+    "cache": Leaf("bool"),
     "cache_dir": Leaf("str_or_none"),
+    "populate": Leaf("bool"),
+    "progress": Leaf("bool"),
+    "device": Leaf("choice", choices=("cpu", "gpu", "auto")),
+    "reuse_products": Leaf("bool"),
 })
 
 SCHEMA = Section({
@@ -236,6 +242,10 @@ def _check_leaf(leaf: Leaf, value: Any, path: str, source: str) -> Any:
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             raise bad("a list of numbers")
         return [float(v) for v in value]
+    elif kind == "size":
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise bad("a size in bytes or a string such as '1 GiB'")
+        return value
     elif kind in ("str", "str_or_none"):
         if value is None and kind == "str_or_none":
             return None

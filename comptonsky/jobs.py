@@ -38,6 +38,15 @@ def write_summary(summary: Mapping[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
+def _plain(info: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The JSON-representable entries of a mapping (numbers, strings, paths, flags)."""
+    if info is None:
+        return None
+    keep = (str, int, float, bool, type(None), Path, np.generic)
+    return {str(k): (str(v) if isinstance(v, Path) else v) for k, v in info.items()
+            if isinstance(v, keep)}
+
+
 def _json_default(obj):
     if isinstance(obj, (np.floating, np.integer)):
         return obj.item()
@@ -54,7 +63,8 @@ def deconvolve_files(parfile: str | os.PathLike, event: str | os.PathLike | Hist
                      overrides: Sequence[str] = (), name: str = "data",
                      dtype: str | None = None, storage: str | None = None,
                      only_final_result: bool = True, progress: bool = True,
-                     plots: bool = True) -> dict[str, Any]:
+                     plots: bool = True,
+                     response_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Run a deconvolution from files and write maps, the FITS table, PNGs and ``summary.json``.
 
     Parameters
@@ -75,6 +85,8 @@ def deconvolve_files(parfile: str | os.PathLike, event: str | os.PathLike | Hist
         Dataset name.
     dtype, storage : str, optional
         Response precision and storage (see :func:`comptonsky.response.load.load_response`).
+    response_options : dict, optional
+        Further ``load_response`` options (``sparse_threshold``, ``memory_budget``, ...).
     only_final_result : bool
         Write maps of the last iteration only (else every iteration).
     progress : bool
@@ -97,7 +109,8 @@ def deconvolve_files(parfile: str | os.PathLike, event: str | os.PathLike | Hist
     t0 = time.perf_counter()
     dataset = DataIF_COSI_DC2.load(name, as_hist(event),
                                    {k: as_hist(v) for k, v in backgrounds.items()},
-                                   response, dtype=dtype, storage=storage)
+                                   response, dtype=dtype, storage=storage,
+                                   **dict(response_options or {}))
     load_s = time.perf_counter() - t0
     deconv = ImageDeconvolution()
     deconv.set_dataset([dataset])
@@ -137,7 +150,8 @@ def deconvolve_files(parfile: str | os.PathLike, event: str | os.PathLike | Hist
         "events": float(dataset.counts.sum()),
         "response": {"shape": list(dataset.response.shape),
                      "dtype": str(getattr(dataset.response, "dtype", "")),
-                     "storage": type(dataset.response).__name__},
+                     "storage": type(dataset.response).__name__,
+                     "load_info": _plain(getattr(dataset.response, "load_info", None))},
         "timing_s": {"load": load_s, "iterations": run_s,
                      "per_iteration": run_s / max(len(results), 1),
                      "total": time.perf_counter() - start},

@@ -130,3 +130,33 @@ def test_plot_command_for_maps_and_tables(finished, tmp_path):
     assert (tmp_path / "conv.png").exists()
     with pytest.raises(SystemExit):
         main(["plot", "x.h5", "--source", "GC=0"])
+
+
+def test_deconvolve_command_with_sparse_float32_response(small_problem, tmp_path):
+    event = write_histogram(small_problem.event, tmp_path / "event.h5")
+    bkg = write_histogram(small_problem.background, tmp_path / "bkg.h5")
+    rsp = write_histogram(small_problem.response, tmp_path / "rsp.h5")
+    parfile = write_parfile(tmp_path, iterations=3)
+    out = tmp_path / "out"
+    status = main(["deconvolve", str(parfile), "--event", str(event), "--background",
+                   f"albedo={bkg}", "--response", str(rsp), "--output", str(out),
+                   "--dtype", "float32", "--storage", "sparse", "--sparse-threshold", "1e-3",
+                   "--cache-dir", str(tmp_path / "cache"), "--no-plots", "--no-progress"])
+    assert status == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["response"]["dtype"] == "float32"
+    assert "Sparse" in summary["response"]["storage"]
+
+
+def test_response_section_options_are_validated():
+    from comptonsky.config import Parameters
+
+    p = Parameters({"response": {"storage": "sparse", "memory_budget": "1 GiB", "cache": False,
+                                 "device": "cpu", "reuse_products": True}})
+    assert p["response:memory_budget"] == "1 GiB"
+    p.override("response:memory_budget = 1073741824")
+    assert p["response:memory_budget"] == 1073741824
+    with pytest.raises(UnknownChoiceError, match="sparse"):
+        p.override("response:storage = sparce")
+    with pytest.raises(UnknownChoiceError, match="sparse_threshold"):
+        p.override("response:sparse_treshold = 1e-3")

@@ -36,12 +36,31 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dtype", choices=("float64", "float32"), default=None,
                    help="precision of the response in memory (default: as stored)")
     p.add_argument("--storage", default=None,
-                   help="how the response is held: dense, sparse, out-of-core, auto")
+                   help="how the response is held: dense, sparse, out-of-core, auto "
+                   "(default dense)")
+    p.add_argument("--sparse-threshold", type=float, default=None,
+                   help="sparse storage: keep elements above this fraction of each sky "
+                   "pixel's maximum (default 1e-4)")
+    p.add_argument("--memory-budget", default=None,
+                   help="out-of-core buffer size / auto's memory limit, e.g. '1 GiB'")
+    p.add_argument("--cache-dir", default=None,
+                   help="where converted response caches go (default: beside the file)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="do not write or use a converted response cache")
+    p.add_argument("--device", choices=("cpu", "gpu", "auto"), default=None,
+                   help="where the response products run (gpu needs CuPy or PyTorch)")
     p.add_argument("--all-iterations", action="store_true",
                    help="write maps of every iteration, not only the last")
     p.add_argument("--no-plots", action="store_true", help="skip PNG images")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def _response_options(args: argparse.Namespace) -> dict:
+    options = {"sparse_threshold": args.sparse_threshold, "memory_budget": args.memory_budget,
+               "cache_dir": args.cache_dir, "device": args.device,
+               "cache": False if args.no_cache else None}
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     summary = deconvolve_files(
         args.parfile, args.event, dict(args.background), args.response, args.output,
         overrides=args.override, name=args.name, dtype=args.dtype, storage=args.storage,
+        response_options=_response_options(args),
         only_final_result=not args.all_iterations, progress=not args.no_progress,
         plots=not args.no_plots)
     print(f"{summary['algorithm']}: {summary['iterations']} iterations, "
