@@ -29,7 +29,7 @@ from comptonsky.errors import (
 )
 from comptonsky.io.events import write_events
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+from .conftest import reference_file as reference
 
 TEST_YAML = """\
 unbinned_output: 'hdf5'
@@ -45,11 +45,6 @@ scheme: 'ring'
 T0 = 1000.0
 
 
-def reference(name: str) -> Path:
-    path = REFERENCE / name
-    if not path.exists():
-        pytest.skip(f"{path} is absent: ../shared/reference is not beside this checkout")
-    return path
 
 
 @pytest.fixture

@@ -38,12 +38,8 @@ def _dataset(ref):
     return DataIF_COSI_DC2.load("toy", event, {"albedo": background}, response)
 
 
-CASES = ["rl_plain", "rl_full", "rl_tutorial", "rl_simple", "rl_user_mask", "rl_threshold",
-         "rl_class_as_is", "map_rl", "map_rl_tsv_loglike"]
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_case_matches_cosipy(reference, case, tmp_path):
+def _prepared(reference, case, tmp_path):
+    """Fixture entries of ``case`` and an ImageDeconvolution set up as cosipy's run was."""
     ref = {k.split("/", 1)[1]: v for k, v in reference.items() if k.startswith(case + "/")}
     parfile = tmp_path / "parfile.yml"
     parfile.write_text(str(ref["tutorial_yaml"]))
@@ -54,6 +50,16 @@ def test_case_matches_cosipy(reference, case, tmp_path):
         deconv.override_parameter(str(text))
     if not ref["user_mask"].all():
         deconv.set_mask(ref["user_mask"])
+    return ref, deconv
+
+
+CASES = ["rl_plain", "rl_full", "rl_tutorial", "rl_simple", "rl_user_mask", "rl_threshold",
+         "rl_class_as_is", "map_rl", "map_rl_tsv_loglike"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_case_matches_cosipy(reference, case, tmp_path):
+    ref, deconv = _prepared(reference, case, tmp_path)
     deconv.initialize()
     np.testing.assert_allclose(deconv.initial_model.contents.value, ref["initial_model"],
                                rtol=1e-15)
@@ -94,19 +100,10 @@ def test_legacy_cosipy_034_with_unchecked_acceleration(reference, case, tmp_path
     Compared up to ``fragile_after`` iterations: beyond it a pixel driven to ≈ ±1e-19 decides
     α, and the run is no longer reproducible bit for bit (docs/reference-algorithms.md).
     """
-    ref = {k.split("/", 1)[1]: v for k, v in reference.items() if k.startswith(case + "/")}
-    parfile = tmp_path / "parfile.yml"
-    parfile.write_text(str(ref["tutorial_yaml"]))
-    deconv = ImageDeconvolution()
-    deconv.set_dataset([_dataset(reference)])
-    deconv.read_parameterfile(parfile)
-    for text in ref["overrides"][: int(ref["n_overrides"])]:
-        deconv.override_parameter(str(text))
+    ref, deconv = _prepared(reference, case, tmp_path)
     if deconv.parameter.get("deconvolution:parameter:acceleration:activate"):
         deconv.override_parameter("deconvolution:parameter:acceleration:method = "
                                   "max_step_unchecked")
-    if not ref["user_mask"].all():
-        deconv.set_mask(ref["user_mask"])
     deconv.initialize()
     results = deconv.run_deconvolution(progress=False)
     n_compare = int(ref["fragile_after"]) or int(ref["n_iter"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import tracemalloc
-from pathlib import Path
 
 import astropy.units as u
 import h5py
@@ -25,14 +24,7 @@ from comptonsky.io.events import (
     write_events,
 )
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
-
-
-def reference(name: str) -> Path:
-    path = REFERENCE / name
-    if not path.exists():
-        pytest.skip(f"{path} is absent: ../shared/reference is not beside this checkout")
-    return path
+from .conftest import reference_file as reference
 
 
 def make_events(n: int, seed: int = 0) -> dict[str, np.ndarray]:

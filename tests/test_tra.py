@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -14,15 +13,11 @@ from comptonsky.errors import FileFormatError
 from comptonsky.io.events import DC2_COLUMNS, iter_event_chunks, read_events
 from comptonsky.io.tra import iter_tra_chunks, read_tra
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+from .conftest import reference_file as reference
+
 TRA = "GalacticScan.inc1.id1.crab10sec.extracted.testsample.tra.gz"
 
 
-def reference(name: str) -> Path:
-    path = REFERENCE / name
-    if not path.exists():
-        pytest.skip(f"{path} is absent: ../shared/reference is not beside this checkout")
-    return path
 
 
 @pytest.fixture(scope="module")
