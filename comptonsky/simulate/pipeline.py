@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -136,39 +135,8 @@ def _parfile_yaml(nside: int, window, background_name: str = "albedo") -> str:
 
 
 def _write_event_file(path: Path, events: dict, fmt: str) -> None:
-    """Write an event list atomically; gzip headers carry no name or time (reproducible files)."""
-    with atomic_path(path) as tmp:
-        inner = tmp.parent / f"{tmp.name}.{path.name}"  # keeps the suffix that selects gzip
-        try:
-            write_events(inner, events, format=fmt)
-            if path.name.endswith(".gz"):
-                _strip_gzip_header(inner, tmp)
-            else:
-                os.replace(inner, tmp)
-        finally:
-            if inner.exists():
-                inner.unlink()
-
-
-def _strip_gzip_header(src: Path, dst: Path) -> None:
-    """Copy a gzip file, dropping the optional name and comment and zeroing the time stamp."""
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        head = fin.read(10)
-        flags = head[3] if len(head) == 10 else 0
-        if head[:3] != b"\x1f\x8b\x08" or flags & 0x02:  # not gzip, or header CRC present
-            fout.write(head)
-            shutil.copyfileobj(fin, fout, 1 << 22)
-            return
-        extra = b""
-        if flags & 0x04:
-            xlen = fin.read(2)
-            extra = xlen + fin.read(int.from_bytes(xlen, "little"))
-        for bit in (0x08, 0x10):  # FNAME, FCOMMENT: zero-terminated strings
-            if flags & bit:
-                while fin.read(1) not in (b"\x00", b""):
-                    pass
-        fout.write(head[:3] + bytes([flags & ~0x18]) + b"\x00\x00\x00\x00" + head[8:10] + extra)
-        shutil.copyfileobj(fin, fout, 1 << 22)
+    """Write an event list atomically (``write_events`` writes reproducible gzip headers)."""
+    write_events(path, events, format=fmt)
 
 
 def _write_text(path: Path, text: str) -> None:
