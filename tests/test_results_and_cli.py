@@ -80,14 +80,19 @@ def test_plots(finished, tmp_path):
         plot_image(model, energy_index=3)
 
 
-def test_deconvolve_command(small_problem, tmp_path, capsys):
-    event = write_histogram(small_problem.event, tmp_path / "event.h5")
-    bkg = write_histogram(small_problem.background, tmp_path / "bkg.h5")
-    rsp = write_histogram(small_problem.response, tmp_path / "rsp.h5")
+def _deconvolve_args(problem, tmp_path) -> list[str]:
+    """``comptonsky deconvolve`` arguments for ``problem`` written into ``tmp_path``."""
+    event = write_histogram(problem.event, tmp_path / "event.h5")
+    bkg = write_histogram(problem.background, tmp_path / "bkg.h5")
+    rsp = write_histogram(problem.response, tmp_path / "rsp.h5")
     parfile = write_parfile(tmp_path, iterations=3)
+    return ["deconvolve", str(parfile), "--event", str(event), "--background",
+            f"albedo={bkg}", "--response", str(rsp), "--output", str(tmp_path / "out")]
+
+
+def test_deconvolve_command(small_problem, tmp_path, capsys):
     out = tmp_path / "out"
-    status = main(["deconvolve", str(parfile), "--event", str(event), "--background",
-                   f"albedo={bkg}", "--response", str(rsp), "--output", str(out),
+    status = main([*_deconvolve_args(small_problem, tmp_path),
                    "--override", "deconvolution:parameter:iteration_max = 4", "--no-progress"])
     assert status == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -133,13 +138,8 @@ def test_plot_command_for_maps_and_tables(finished, tmp_path):
 
 
 def test_deconvolve_command_with_sparse_float32_response(small_problem, tmp_path):
-    event = write_histogram(small_problem.event, tmp_path / "event.h5")
-    bkg = write_histogram(small_problem.background, tmp_path / "bkg.h5")
-    rsp = write_histogram(small_problem.response, tmp_path / "rsp.h5")
-    parfile = write_parfile(tmp_path, iterations=3)
     out = tmp_path / "out"
-    status = main(["deconvolve", str(parfile), "--event", str(event), "--background",
-                   f"albedo={bkg}", "--response", str(rsp), "--output", str(out),
+    status = main([*_deconvolve_args(small_problem, tmp_path),
                    "--dtype", "float32", "--storage", "sparse", "--sparse-threshold", "1e-3",
                    "--cache-dir", str(tmp_path / "cache"), "--no-plots", "--no-progress"])
     assert status == 0
