@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from comptonsky import DataIF_COSI_DC2, ImageDeconvolution
 from comptonsky.testing import toy_problem
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,3 +92,18 @@ def write_parfile(tmp_path: Path, nside: int = 4, algorithm: str = "RL", iterati
                                         smoothing=smoothing, threshold=threshold, bkg=bkg,
                                         method=method))
     return path
+
+
+def prepared_deconvolution(problem, parfile: Path, overrides=(), mask=None) -> ImageDeconvolution:
+    """An ImageDeconvolution on ``problem`` (background 'albedo') with ``parfile`` read,
+    ``overrides`` applied and ``mask`` set; not yet initialised."""
+    dataset = DataIF_COSI_DC2.load("toy", problem.event, {"albedo": problem.background},
+                                   problem.response)
+    deconv = ImageDeconvolution()
+    deconv.set_dataset([dataset])
+    deconv.read_parameterfile(parfile)
+    for text in overrides:
+        deconv.override_parameter(text)
+    if mask is not None:
+        deconv.set_mask(mask)
+    return deconv

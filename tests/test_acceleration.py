@@ -5,26 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from comptonsky import DataIF_COSI_DC2, ImageDeconvolution
 from comptonsky.deconvolution.algorithms.acceleration import line_maximum
 from comptonsky.deconvolution.passes import count_passes
 from comptonsky.errors import UnknownChoiceError
 
-from .conftest import write_parfile
+from .conftest import prepared_deconvolution, write_parfile
 
 
 def run(problem, tmp_path, algorithm="RL", overrides=(), **settings):
-    ds = DataIF_COSI_DC2.load("toy", problem.event, {"albedo": problem.background},
-                              problem.response)
-    deconv = ImageDeconvolution()
-    deconv.set_dataset([ds])
     nside = problem.response.axes[0].nside
-    deconv.read_parameterfile(write_parfile(tmp_path, nside=nside, algorithm=algorithm,
-                                            **settings))
-    for text in overrides:
-        deconv.override_parameter(text)
+    deconv = prepared_deconvolution(
+        problem, write_parfile(tmp_path, nside=nside, algorithm=algorithm, **settings), overrides)
     deconv.initialize()
-    with count_passes([ds]) as passes:
+    with count_passes(deconv.dataset) as passes:
         deconv.run_deconvolution(progress=False)
     return deconv, passes
 
@@ -78,11 +71,7 @@ def test_map_rl_with_squarem_is_monotone_in_log_posterior(small_problem, tmp_pat
         "    save_results:").replace('statistics: "log-likelihood"',
                                     'statistics: "log-posterior"')
     path.write_text(text)
-    ds = DataIF_COSI_DC2.load("toy", small_problem.event, {"albedo": small_problem.background},
-                              small_problem.response)
-    deconv = ImageDeconvolution()
-    deconv.set_dataset([ds])
-    deconv.read_parameterfile(path)
+    deconv = prepared_deconvolution(small_problem, path)
     deconv.initialize()
     deconv.run_deconvolution(progress=False)
     post = np.array([r["log-posterior"] for r in deconv.results])

@@ -6,23 +6,16 @@ import numpy as np
 import pytest
 from astropy import units as u
 
-from comptonsky import DataIF_COSI_DC2, ImageDeconvolution
 from comptonsky.deconvolution.model import AllSkyImageModel
 from comptonsky.errors import AxisMismatchError, InvalidParameterError, UnknownChoiceError
 from comptonsky.io.histogram import write_histogram
 
-from .conftest import write_parfile
+from .conftest import prepared_deconvolution, write_parfile
 
 
 def _deconv(problem, tmp_path, overrides=(), iterations=1):
-    ds = DataIF_COSI_DC2.load("toy", problem.event, {"albedo": problem.background},
-                              problem.response)
-    deconv = ImageDeconvolution()
-    deconv.set_dataset([ds])
-    deconv.read_parameterfile(write_parfile(tmp_path, iterations=iterations))
-    for text in overrides:
-        deconv.override_parameter(text)
-    return deconv
+    return prepared_deconvolution(problem, write_parfile(tmp_path, iterations=iterations),
+                                  overrides)
 
 
 def test_start_from_map_file(small_problem, tmp_path):

@@ -66,9 +66,8 @@ def test_reference_map_from_file(tmp_path):
 
 
 def test_map_rl_with_entropy_reference_file_and_energy_tsv(small_problem, tmp_path):
-    from comptonsky import DataIF_COSI_DC2, ImageDeconvolution
 
-    from .conftest import write_parfile
+    from .conftest import prepared_deconvolution, write_parfile
 
     truth = AllSkyImageModel(4, [509, 513] * u.keV, contents=small_problem.truth + 1e-6,
                              unit="cm-2 s-1 sr-1")
@@ -79,11 +78,7 @@ def test_map_rl_with_entropy_reference_file_and_energy_tsv(small_problem, tmp_pa
         f"    prior:\n        entropy:\n            coefficient: 1.0e+3\n"
         f"            reference_map: {{file: '{ref}'}}\n"
         f"        energy_TSV:\n            coefficient: 1.0\n    save_results:"))
-    ds = DataIF_COSI_DC2.load("toy", small_problem.event, {"albedo": small_problem.background},
-                              small_problem.response)
-    deconv = ImageDeconvolution()
-    deconv.set_dataset([ds])
-    deconv.read_parameterfile(path)
+    deconv = prepared_deconvolution(small_problem, path)
     deconv.initialize()
     deconv.run_deconvolution(progress=False)
     final = deconv.results[-1]

@@ -13,16 +13,13 @@ from comptonsky.cli import main
 from comptonsky.errors import InvalidParameterError, UnknownChoiceError
 from comptonsky.io.histogram import open_histogram, write_histogram
 
-from .conftest import write_parfile
+from .conftest import prepared_deconvolution, write_parfile
 
 
 @pytest.fixture
 def finished(small_problem, tmp_path):
-    ds = DataIF_COSI_DC2.load("toy", small_problem.event, {"albedo": small_problem.background},
-                              small_problem.response)
-    deconv = ImageDeconvolution()
-    deconv.set_dataset([ds])
-    deconv.read_parameterfile(write_parfile(tmp_path, iterations=5, accel=True))
+    deconv = prepared_deconvolution(small_problem,
+                                    write_parfile(tmp_path, iterations=5, accel=True))
     deconv.initialize()
     deconv.run_deconvolution(progress=False)
     return deconv

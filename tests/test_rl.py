@@ -11,7 +11,7 @@ import pytest
 from comptonsky import DataIF_COSI_DC2, ImageDeconvolution
 from comptonsky.deconvolution.steps import acceleration_factor, em_delta
 
-from .conftest import write_parfile
+from .conftest import prepared_deconvolution, write_parfile
 
 
 def slow_rl(response, counts, background, lam0, iterations, accel=False, alpha_max=1.0,
@@ -67,17 +67,12 @@ def slow_rl(response, counts, background, lam0, iterations, accel=False, alpha_m
 
 
 def _run(problem, tmp_path, mask=None, **settings):
-    ds = DataIF_COSI_DC2.load("toy", problem.event, {"albedo": problem.background},
-                              problem.response)
-    deconv = ImageDeconvolution()
-    deconv.set_dataset([ds])
     nside = problem.response.axes[0].nside
-    deconv.read_parameterfile(write_parfile(tmp_path, nside=nside, **settings))
-    if mask is not None:
-        deconv.set_mask(mask)
+    deconv = prepared_deconvolution(problem, write_parfile(tmp_path, nside=nside, **settings),
+                                    mask=mask)
     deconv.initialize()
     deconv.run_deconvolution(progress=False)
-    return ds, deconv
+    return deconv.dataset[0], deconv
 
 
 # alpha_max stays moderate here: once a pixel is driven to ~0, α = 1/(1 − back_j/E_j) for that
