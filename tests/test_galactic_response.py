@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from histpy import Axis, HealpixAxis, Histogram
 
-from comptonsky.errors import AxisMismatchError
+from comptonsky.errors import AxisMismatchError, InvalidParameterError
 from comptonsky.response.galactic import (
     AttitudeBins,
     DetectorResponse,
@@ -166,3 +166,30 @@ def test_from_drm_file_layout(tmp_path):
     expected = (counts * eff[None, :, None, None, None, None]).sum(axis=5)
     assert det.shape_k == (2, 2, 2)
     np.testing.assert_allclose(det.to_dense(), expected, rtol=1e-6)
+
+
+def test_row_sums_and_weighted_rows_match_dense():
+    a = _random_det(seed=4)
+    a[3] = 0.0  # an empty row
+    det = DetectorResponse.from_dense(a)
+    np.testing.assert_allclose(det.total(), a.sum(axis=(1, 2, 3, 4)), rtol=1e-6)
+    assert det.total()[3] == 0.0
+    w = np.random.default_rng(5).random(NPIX)
+    np.testing.assert_allclose(det.weighted_row_sum(w),
+                               np.tensordot(w, a, axes=(0, 0)).reshape(-1, NPIX), rtol=1e-6)
+    with pytest.raises(InvalidParameterError, match="one per ν"):
+        det.weighted_row_sum(w[:-1])
+
+
+def test_row_blocks_assemble_the_same_response():
+    a = _random_det(seed=6)
+    whole = DetectorResponse.from_dense(a)
+    blocks = [(np.diff(whole.indptr[:21]), whole.col_p[:whole.indptr[20]],
+               whole.col_k[:whole.indptr[20]], whole.val[:whole.indptr[20]]),
+              (np.diff(whole.indptr[20:]), whole.col_p[whole.indptr[20]:],
+               whole.col_k[whole.indptr[20]:], whole.val[whole.indptr[20]:])]
+    joined = DetectorResponse.from_row_blocks(blocks, NSIDE, NSIDE, (1, 1, 3))
+    assert blocks == []  # consumed while joining
+    np.testing.assert_array_equal(joined.to_dense(), whole.to_dense())
+    with pytest.raises(InvalidParameterError, match="ν rows"):
+        DetectorResponse.from_row_blocks([], NSIDE, NSIDE, (1, 1, 3))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from comptonsky.errors import InvalidParameterError
 from comptonsky.simulate.instrument import InstrumentModel, klein_nishina, scattered_energy
 
 
@@ -97,3 +98,32 @@ def test_detector_response_matches_effective_area():
     k = np.argmax(row[0, 0], axis=0)  # best Phi bin per PsiChi pixel
     strong = row[0, 0].max(axis=0) > 0.05 * row.max()
     assert np.all(np.abs(phic[k[strong]] - psi[strong]) < 15.0)
+
+
+def test_area_bound_for_photons_from_below():
+    inst = InstrumentModel()
+    # the bound is the largest c(θ) over cos θ ≤ c: the back leak when only the back is seen
+    assert inst.max_area_factor(np.cos(np.radians(113.0))) == pytest.approx(inst.back_fraction)
+    assert inst.max_area_factor(1.0) == pytest.approx(1.0)
+    assert inst.max_area_factor(0.5) == pytest.approx(0.5**inst.area_index)
+    cos = np.linspace(-1.0, -0.2, 101)
+    assert inst.area_factor(cos).max() <= inst.max_area_factor(-0.2)
+
+
+def test_sampling_with_an_area_bound_keeps_the_detected_rate():
+    # drawing 1/bound times fewer candidates and keeping them 1/bound times more often gives the
+    # same detected rate: compare the two kept fractions, scaled, on directions from below
+    inst = InstrumentModel()
+    rng = np.random.default_rng(11)
+    n = 400_000
+    th = np.arccos(-rng.uniform(0.4, 1.0, n))
+    ph = rng.uniform(0, 2 * np.pi, n)
+    nu = np.stack([np.sin(th) * np.cos(ph), np.sin(th) * np.sin(ph), np.cos(th)], axis=1)
+    plain = inst.sample_events(nu, rng)["keep"].mean()
+    bound = inst.max_area_factor(-0.4)
+    bounded = inst.sample_events(nu, rng, area_scale=bound)["keep"].mean() * bound
+    assert bounded == pytest.approx(plain, rel=0.03)
+    with pytest.raises(InvalidParameterError, match="area_scale"):
+        inst.sample_events(np.array([[0.0, 0.0, 1.0]]), rng, area_scale=0.05)
+    with pytest.raises(InvalidParameterError, match="area_scale"):
+        inst.sample_events(nu[:2], rng, area_scale=0.0)

@@ -67,6 +67,13 @@ def test_files_and_formats(sim):
     summary = json.loads(paths["manifest"].read_text())["summary"]
     assert summary["expected_source_counts"] == pytest.approx(mu, rel=1e-3)
     assert summary["source_events_in_window"] == n
+    # the albedo is scaled to the DC2 background level: 0.185 counts/s in the window
+    b = model.contents.sum()
+    assert b == pytest.approx(0.185 * 4 * 3600.0, rel=1e-9)
+    assert summary["expected_albedo_counts"] == pytest.approx(b, rel=1e-9)
+    assert summary["albedo_scale_over_line_flux"] * summary["albedo_line_counts"] == \
+        pytest.approx(b, rel=1e-9)
+    assert abs(summary["albedo_events_in_window"] - b) < 5 * np.sqrt(b)
 
 
 def test_reproducible_and_cached(sim, tmp_path):
@@ -108,3 +115,23 @@ def test_dc3_rocking_preset(tmp_path):
     assert ori.altitude[0] == 530.0
     model = Histogram.open(paths["albedo_model"])
     assert model.contents.sum() > 0
+
+
+def test_background_rate_options(tmp_path):
+    kw = dict(KW, nside=4, phi_bin_deg=20.0, duration_s=3600.0, seed=2)
+    paths = simulate_dataset(tmp_path / "line", background_rate_hz="line", **kw)
+    summary = json.loads(paths["manifest"].read_text())["summary"]
+    b = Histogram.open(paths["albedo_model"]).contents.sum()
+    # the physical albedo line flux alone: ~6e-4 counts/s through the bottom shield
+    assert summary["albedo_flux_ph_cm2_s"] == pytest.approx(4.4e-4, rel=1e-9)
+    assert b == pytest.approx(summary["albedo_line_counts"], rel=1e-9)
+    assert 1e-4 < b / 3600.0 < 3e-3
+    assert "albedo_scale_over_line_flux" not in summary
+    paths = simulate_dataset(tmp_path / "rate", background_rate_hz=0.05, **kw)
+    b = Histogram.open(paths["albedo_model"]).contents.sum()
+    assert b == pytest.approx(0.05 * 3600.0, rel=1e-9)
+    for bad in ("loud", -1.0, float("nan")):
+        with pytest.raises(InvalidParameterError, match="background rate"):
+            simulate_dataset(tmp_path / "bad", background_rate_hz=bad, **kw)
+    with pytest.raises(InvalidParameterError, match="psichi_oversample"):
+        simulate_dataset(tmp_path / "bad", psichi_oversample=5, **kw)

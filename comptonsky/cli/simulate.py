@@ -44,6 +44,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--sky-sampling", choices=("pixel", "continuous"), default="pixel",
                    help="draw source photons from the truth map (pixel, default: events agree "
                    "with response x truth) or from the analytic sky components (continuous)")
+    p.add_argument("--background-rate", default="preset", metavar="RATE|preset|line",
+                   help="albedo count rate in the energy window, counts/s: 'preset' (default; "
+                   "0.185, the DC2 level of all background components), 'line' (the physical "
+                   "albedo line flux alone, ~6e-4 counts/s) or a number")
+    p.add_argument("--psichi-oversample", type=int, default=1,
+                   help="tabulate the detector-frame response at nside*2**N in PsiChi before "
+                   "rotating it to the Galactic grid (default 1; 0 is faster but blurs the "
+                   "Compton cone by up to a pixel)")
     p.add_argument("--force", action="store_true",
                    help="recompute even if the output directory holds this simulation")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -60,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
                              phi_bin_deg=args.phi_bin, duration_s=args.duration, seed=args.seed,
                              format=args.format, attitude_step_s=args.attitude_step,
                              sky_sampling=args.sky_sampling,
+                             psichi_oversample=args.psichi_oversample,
+                             background_rate_hz=args.background_rate,
                              force=args.force, progress=not args.no_progress)
     summary = json.loads(paths["manifest"].read_text()).get("summary", {})
     for key, path in paths.items():

@@ -105,16 +105,36 @@ class DetectorResponse:
     def from_parts(cls, parts: list, nside_nu: int, nside_psichi: int,
                    shape_k: tuple[int, int, int]) -> DetectorResponse:
         """Assemble from a list (chunks) of lists (rows) of ``(col_p, col_k, val)`` arrays."""
-        rows = [r for chunk in parts for r in chunk]
-        if len(rows) != hp.nside2npix(nside_nu):
-            raise InvalidParameterError(f"expected {hp.nside2npix(nside_nu)} ν rows, got {len(rows)}")
-        counts = np.array([len(r[2]) for r in rows], dtype=np.int64)
-        indptr = np.concatenate([[0], np.cumsum(counts)])
-        col_p = np.concatenate([r[0] for r in rows]).astype(np.int32, copy=False)
-        col_k = np.concatenate([r[1] for r in rows]).astype(np.int32, copy=False)
-        val = np.concatenate([r[2] for r in rows]).astype(np.float32, copy=False)
+        blocks = []
+        for chunk in parts:
+            counts = np.array([len(r[2]) for r in chunk], dtype=np.int64)
+            if len(chunk):
+                blocks.append((counts, *(np.concatenate([r[j] for r in chunk])
+                                         for j in range(3))))
+        return cls.from_row_blocks(blocks, nside_nu, nside_psichi, shape_k)
+
+    @classmethod
+    def from_row_blocks(cls, blocks: list, nside_nu: int, nside_psichi: int,
+                        shape_k: tuple[int, int, int]) -> DetectorResponse:
+        """Assemble from consecutive blocks of rows, each ``(counts, col_p, col_k, val)``.
+
+        ``counts`` (R,) gives the entries of each of the block's R ν rows, and the three arrays
+        hold those entries row after row. The list is emptied while the arrays are joined, so
+        the peak memory is the response plus one of its arrays.
+        """
+        counts = np.concatenate([b[0] for b in blocks]) if blocks else np.zeros(0, np.int64)
+        if len(counts) != hp.nside2npix(nside_nu):
+            raise InvalidParameterError(
+                f"expected {hp.nside2npix(nside_nu)} ν rows, got {len(counts)}")
+        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        joined = []
+        for j, dtype in ((1, np.int32), (2, np.int32), (3, np.float32)):
+            joined.append(np.concatenate([np.asarray(b[j], dtype=dtype) for b in blocks]))
+            blocks[:] = [tuple(None if i == j else x for i, x in enumerate(b)) for b in blocks]
+            release_free_memory()
+        blocks.clear()
         return cls(int(nside_nu), int(nside_psichi), tuple(int(s) for s in shape_k), indptr,
-                   col_p, col_k, val)
+                   *joined)
 
     @classmethod
     def from_dense(cls, array: np.ndarray, nside_nu: int | None = None,
@@ -255,10 +275,66 @@ class DetectorResponse:
         """Dense array (N_ν, n_Ei, n_Em, n_Phi, N_PsiChi); only for small responses."""
         return np.stack([self.row(i) for i in range(self.n_nu)])
 
+    def weighted_row_sum(self, weights: np.ndarray) -> np.ndarray:
+        """Σ_ν w_ν R_det[ν]: the response to a source distribution over ν.
+
+        Parameters
+        ----------
+        weights : array_like, shape (N_ν,)
+            Weight of each ν row (for example intensity × solid angle, cm⁻² s⁻¹).
+
+        Returns
+        -------
+        ndarray, shape (n_Ei × n_Em × n_Phi, N_PsiChi)
+            float64; cm² × the unit of ``weights``.
+        """
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != (self.n_nu,):
+            raise InvalidParameterError(f"weights must have shape ({self.n_nu},) (one per ν "
+                                        f"pixel), got {w.shape}")
+        out = np.zeros((self.n_k, self.n_psichi))
+        _weighted_rows(out, w, self.indptr, self.col_p, self.col_k, self.val)
+        return out
+
     def total(self) -> np.ndarray:
         """Sum over (Ei, Em, Phi, PsiChi) per ν: the effective area (cm²), shape (N_ν,)."""
-        return np.add.reduceat(np.append(self.val.astype(np.float64), 0.0),
-                               self.indptr[:-1])[: self.n_nu] * (np.diff(self.indptr) > 0)
+        out = np.zeros(self.n_nu)
+        _row_sums(out, self.indptr, self.val)
+        return out
+
+
+@numba.njit(cache=True)
+def _row_sums(out, indptr, val):
+    for i in range(out.shape[0]):
+        acc = 0.0
+        for q in range(indptr[i], indptr[i + 1]):
+            acc += val[q]
+        out[i] = acc
+
+
+@numba.njit(cache=True)
+def _weighted_rows(out, w, indptr, col_p, col_k, val):
+    for i in range(w.shape[0]):
+        wi = w[i]
+        if wi == 0.0:
+            continue
+        for q in range(indptr[i], indptr[i + 1]):
+            out[col_k[q], col_p[q]] += wi * val[q]
+
+
+def release_free_memory() -> None:
+    """Return freed heap memory to the operating system where the C library allows it.
+
+    Building a large sparse response in blocks leaves hundreds of MB of freed blocks in the
+    C heap (glibc keeps allocations below its mmap threshold); ``malloc_trim`` hands them back.
+    A no-op on other platforms.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        pass
 
 
 # ------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from ..errors import InvalidParameterError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..response.galactic import DetectorResponse
+    from .orbit import OrbitProfile
 
 __all__ = ["EarthFixedBackground", "AlbedoBackground", "IsotropicBackground"]
 
@@ -61,6 +62,17 @@ class EarthFixedBackground:
     def flux(self, horizon_deg: float) -> float:
         """Photon flux (ph cm⁻² s⁻¹) from the whole region."""
         return self.intensity * self.solid_angle(horizon_deg)
+
+    def max_cos_theta(self, orbit: OrbitProfile) -> float:
+        """Largest cos θ (θ from the boresight) of the region's directions in the detector frame.
+
+        The boresight is tilted from the zenith by at most ``orbit.rocking_deg``, so the Earth
+        disk (beyond ``orbit.horizon_deg`` from the zenith) reaches up to
+        ``horizon − rocking`` from the boresight.
+        """
+        if self.region == "earth":
+            return float(np.cos(np.radians(orbit.horizon_deg - abs(orbit.rocking_deg))))
+        return 1.0
 
     def inside(self, vec: np.ndarray, zenith: np.ndarray, horizon_deg: float) -> np.ndarray:
         """Whether unit vectors ``vec`` (N, 3) lie in the region, given the ``zenith`` (N, 3)."""
@@ -113,15 +125,7 @@ class EarthFixedBackground:
         zl = np.asarray(zenith_local, dtype=np.float64)
         zl = zl / np.linalg.norm(zl)
         frac = self.inside(ch, zl, horizon_deg).mean(axis=1)
-        w = frac * hp.nside2pixarea(nside) * self.intensity
-        out = np.zeros((det.n_k, det.n_psichi))
-        rows = np.nonzero(w > 0)[0]
-        counts = np.diff(det.indptr)[rows]
-        idx = np.concatenate([np.arange(det.indptr[r], det.indptr[r + 1]) for r in rows]) \
-            if len(rows) else np.zeros(0, np.int64)
-        wq = np.repeat(w[rows], counts)
-        np.add.at(out, (det.col_k[idx], det.col_p[idx]), det.val[idx] * wq)
-        return out
+        return det.weighted_row_sum(frac * hp.nside2pixarea(nside) * self.intensity)
 
 
 def AlbedoBackground(flux: float = 4.4e-4, horizon_deg: float = 113.0,

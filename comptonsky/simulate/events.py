@@ -1,6 +1,7 @@
 """Vectorised sampling of unbinned COSI events (DC2 columns) from sky and Earth-fixed photon fields.
 
-Photons are drawn as a Poisson process of *candidates* at the rate ``flux × candidate_area``,
+Photons are drawn as a Poisson process of *candidates* at the rate ``flux × candidate_area``
+(times an upper bound of the area factor over the field's directions for Earth-fixed fields),
 uniform in time over the live time, with directions from the photon field; each candidate is
 kept by the instrument model (:meth:`InstrumentModel.sample_events`) with the probability that
 makes the detected rate ``flux × A(ν)``, after removing those behind the Earth. The attitude at
@@ -76,7 +77,7 @@ EMPTY_COLUMNS = _empty
 
 def _run(n_candidates: int, draw, instrument: InstrumentModel, orbit: OrbitProfile,
          tmin: float, tmax: float, rng: np.random.Generator, desc: str,
-         progress: bool, occult: bool) -> dict[str, np.ndarray]:
+         progress: bool, occult: bool, area_scale: float = 1.0) -> dict[str, np.ndarray]:
     parts = []
     horizon = orbit.horizon_deg
     cos_h = np.cos(np.radians(horizon))
@@ -91,7 +92,7 @@ def _run(n_candidates: int, draw, instrument: InstrumentModel, orbit: OrbitProfi
             else:
                 visible = np.ones(n, dtype=bool)
             nu = np.einsum("nji,nj->ni", att["rotation"], d)
-            ev = instrument.sample_events(nu, rng)
+            ev = instrument.sample_events(nu, rng, area_scale=area_scale)
             keep = ev["keep"]
             # an occulted photon never reaches the detector (decided after the draws, so the
             # random stream does not depend on the geometry)
@@ -151,8 +152,11 @@ def simulate_background_events(background: EarthFixedBackground, instrument: Ins
     tmin = orbit.tmin if tmin is None else tmin
     tmax = orbit.tmax if tmax is None else tmax
     horizon = orbit.horizon_deg
-    mean = background.flux(horizon) * instrument.candidate_area_cm2 * (tmax - tmin)
+    area_scale = instrument.max_area_factor(background.max_cos_theta(orbit))
+    mean = background.flux(horizon) * instrument.candidate_area_cm2 * area_scale * (tmax - tmin)
     n = int(rng.poisson(mean))
-    logger.info("%s: %d candidate photons (mean %.4g)", background.name, n, mean)
+    logger.info("%s: %d candidate photons (mean %.4g, area bound %.3g)", background.name, n,
+                mean, area_scale)
     return _run(n, lambda k, zen: background.sample(zen, horizon, rng), instrument, orbit,
-                tmin, tmax, rng, f"events {background.name}", progress, occult=False)
+                tmin, tmax, rng, f"events {background.name}", progress, occult=False,
+                area_scale=area_scale)

@@ -266,17 +266,22 @@ class InstrumentModel:
     # ---------------------------------------------------------------------------------------
     # event sampling
 
-    def sample_events(self, nu: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def sample_events(self, nu: np.ndarray, rng: np.random.Generator,
+                      area_scale: float = 1.0) -> dict[str, np.ndarray]:
         """Turn candidate photons into detected photopeak events (thinning).
 
-        Candidates must arrive at the rate ``flux × candidate_area_cm2``; each is kept with the
-        probability that makes the kept rate ``flux × A(ν)``.
+        Candidates must arrive at the rate ``flux × candidate_area_cm2 × area_scale``; each is
+        kept with the probability that makes the kept rate ``flux × A(ν)``.
 
         Parameters
         ----------
         nu : ndarray, shape (N, 3)
             Detector-frame unit vectors towards the source of each candidate.
         rng : numpy.random.Generator
+        area_scale : float
+            An upper bound of c(θ) over the directions the candidates can come from (see
+            :meth:`max_area_factor`); 1 in general, the back-leak fraction for photons that
+            only come from below. Smaller bounds waste fewer candidates.
 
         Returns
         -------
@@ -286,7 +291,14 @@ class InstrumentModel:
             ``distance`` (cm).
         """
         n = len(nu)
-        keep = rng.random(n) < self.area_factor(nu[:, 2])
+        if not 0.0 < area_scale <= 1.0:
+            raise InvalidParameterError(f"area_scale must lie in (0, 1], got {area_scale}")
+        factor = self.area_factor(nu[:, 2])
+        if area_scale < 1.0 and np.any(factor > area_scale * (1.0 + 1e-9)):
+            raise InvalidParameterError(
+                f"area_scale {area_scale:g} is below the area factor {factor.max():g} of a "
+                "candidate direction; use max_area_factor() of the directions' region")
+        keep = rng.random(n) * area_scale < factor
         phi_t = self.sample_phi(n, rng)
         az = rng.random(n) * 2.0 * np.pi
         kin = -nu
@@ -304,6 +316,17 @@ class InstrumentModel:
         dist = -np.log1p(-rng.random(n) * -np.expm1(-mu2 * lpath)) / mu2
         return {"keep": keep, "phi": phi_m[keep], "psichi": -ks[keep], "energy": energy[keep],
                 "distance": dist[keep]}
+
+    def max_area_factor(self, cos_theta_max: float) -> float:
+        """Largest c(θ) over the detector-frame directions with cos θ ≤ ``cos_theta_max``.
+
+        For photons that can only arrive from below (the Earth disk of a zenith-pointed
+        instrument) this is the back-leak fraction, so candidates for them can be drawn
+        ``1 / back_fraction`` times more sparsely (``area_scale`` of :meth:`sample_events`).
+        """
+        c = float(np.clip(cos_theta_max, -1.0, 1.0))
+        back = float(self.area_factor(np.array(-1.0)))
+        return max(back, float(self.area_factor(np.array(c)))) if c >= 0 else back
 
     @property
     def candidate_area_cm2(self) -> float:
@@ -338,7 +361,7 @@ class InstrumentModel:
         -------
         comptonsky.response.galactic.DetectorResponse
         """
-        from ..response.galactic import DetectorResponse
+        from ..response.galactic import DetectorResponse, release_free_memory
 
         phi_edges = np.radians(np.asarray(phi_edges_deg, dtype=np.float64))
         em_frac = self.energy_fractions(em_edges_kev)
@@ -361,8 +384,8 @@ class InstrumentModel:
         width = int(np.ceil((2 * 4.5 * sigma + spread) / dphi)) + 2
         logger.info("detector response: %d nu x %d Phi x %d PsiChi, %d sub-pixels, band %d",
                     len(nu), len(phi_edges) - 1, npix_p, nsub, width)
-        parts = []
-        chunk = max(1, int(2e7 // (npix_p * width)))
+        blocks = []
+        chunk = max(1, int(1e7 // (npix_p * width)))
         for c0 in range(0, len(nu), chunk):
             sl = slice(c0, min(len(nu), c0 + chunk))
             start = np.zeros((sl.stop - sl.start, npix_p), dtype=np.int32)
@@ -370,9 +393,13 @@ class InstrumentModel:
             _band_kernel(nu[sl], sub, lpath, 4 * np.pi / npix_p / nsub, tab["phi"],
                          tab["q_per_sr"], tab["mu"], phi_edges, sigma, 4.5, start, vals, _CDF_TAB)
             vals *= scale[sl, None, None]
-            parts.append(_band_to_csr(start, vals, em_frac, len(phi_edges) - 1, threshold))
-        return DetectorResponse.from_parts(parts, nside_nu=nside_nu, nside_psichi=nside_psichi,
-                                           shape_k=(1, len(em_frac), len(phi_edges) - 1))
+            blocks.append(_band_to_csr(start, vals, em_frac, len(phi_edges) - 1, threshold))
+            del start, vals
+        det = DetectorResponse.from_row_blocks(blocks, nside_nu=nside_nu,
+                                               nside_psichi=nside_psichi,
+                                               shape_k=(1, len(em_frac), len(phi_edges) - 1))
+        release_free_memory()
+        return det
 
 
 def _perp_basis(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -455,23 +482,29 @@ def _band_kernel(nu, sub, lpath, sub_area, tphi, tq, tmu, edges, sigma, nsig, st
 
 
 def _band_to_csr(start, vals, em_frac, nphi, threshold):
-    """Convert a banded block (ν, p, band) to CSR pieces over k = (Ei, Em, Phi) and p."""
+    """Convert a banded block (ν, p, band) to one CSR row block over k = (Ei, Em, Phi) and p.
+
+    Returns ``(counts, col_p, col_k, val)``: entries per ν row, then the entries of all rows,
+    each row sorted by (p, k). Built with whole-block array operations, so the block's entries
+    live in a few large arrays rather than thousands of small ones (which the C heap keeps
+    after they are freed).
+    """
     nnu, npix, width = vals.shape
-    out = []
-    for i in range(nnu):
-        v = vals[i]
-        bins = start[i][:, None] + np.arange(width)[None, :]
-        vmax = v.max()
-        mask = (bins < nphi) & (v > threshold * vmax) if vmax > 0 else np.zeros_like(v, bool)
-        p_idx, w_idx = np.nonzero(mask)
-        phi_idx = bins[p_idx, w_idx]
-        val = v[p_idx, w_idx]
-        nem = len(em_frac)
-        # k = em * nphi + phi (single Ei bin)
-        k = (np.arange(nem)[:, None] * nphi + phi_idx[None, :]).ravel()
-        pp = np.broadcast_to(p_idx, (nem, len(p_idx))).ravel()
-        vv = (em_frac[:, None] * val[None, :]).ravel()
-        order = np.lexsort((k, pp))
-        out.append((pp[order].astype(np.int32), k[order].astype(np.int32),
-                    vv[order].astype(np.float32)))
-    return out
+    nem = len(em_frac)
+    vmax = vals.reshape(nnu, -1).max(axis=1)
+    bins = start[:, :, None] + np.arange(width, dtype=np.int32)[None, None, :]
+    mask = (bins < nphi) & (vals > (threshold * vmax)[:, None, None]) & \
+        (vmax > 0)[:, None, None]
+    i_idx, p_idx, w_idx = np.nonzero(mask)
+    phi_idx = bins[i_idx, p_idx, w_idx]
+    val = vals[i_idx, p_idx, w_idx]
+    del mask, bins
+    # k = em * nphi + phi (single Ei bin); within a row sort by (p, k)
+    k = (np.arange(nem, dtype=np.int64)[:, None] * nphi + phi_idx[None, :]).ravel()
+    pp = np.broadcast_to(p_idx, (nem, len(p_idx))).ravel()
+    ii = np.broadcast_to(i_idx, (nem, len(i_idx))).ravel()
+    vv = (em_frac[:, None] * val[None, :]).ravel()
+    order = np.lexsort((k, pp, ii)) if nem > 1 else np.arange(len(k))
+    counts = np.bincount(i_idx, minlength=nnu).astype(np.int64) * nem
+    return (counts, pp[order].astype(np.int32), k[order].astype(np.int32),
+            vv[order].astype(np.float32))

@@ -11,7 +11,11 @@ from .instrument import InstrumentModel
 from .orbit import DC2_ORBIT, DC3_ORBIT, OrbitProfile
 from .sky import SkyModel, dc2_511_thick_disk, dc2_511_thin_disk
 
-__all__ = ["Preset", "PRESETS", "get_preset"]
+__all__ = ["Preset", "PRESETS", "get_preset", "DC2_BACKGROUND_RATE_HZ"]
+
+#: DC2 background count rate near 511 keV, all components (counts s⁻¹; DESIGN §6: 0.185 s⁻¹ in
+#: 508–512 keV, ≈ 1.5e6 counts in 3 months).
+DC2_BACKGROUND_RATE_HZ = 0.185
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,12 @@ class Preset:
         Earth-albedo line flux from the whole Earth disk (ph cm⁻² s⁻¹).
     isotropic_intensity : float or None
         Isotropic cosmic intensity (ph cm⁻² s⁻¹ sr⁻¹), or None for none.
+    background_rate_hz : float or None
+        Expected albedo count rate in the analysis window (counts s⁻¹) to which the albedo is
+        scaled, or None to keep the albedo line flux ``albedo_flux`` as it is. The DC presets
+        use :data:`DC2_BACKGROUND_RATE_HZ` (0.185 s⁻¹, the DC2 level of all background
+        components, DESIGN §6): the albedo then stands in, with its Earth-fixed angular shape,
+        for the whole background, as the albedo template does in the tutorial's fit.
     energy_window_kev : tuple of float
         Analysis window (Ei and Em edges).
     """
@@ -41,6 +51,7 @@ class Preset:
     instrument: Callable[[], InstrumentModel] = InstrumentModel
     albedo_flux: float = 4.4e-4
     isotropic_intensity: float | None = None
+    background_rate_hz: float | None = None
     energy_window_kev: tuple[float, float] = (509.0, 513.0)
     extra: dict = field(default_factory=dict)
 
@@ -57,18 +68,25 @@ PRESETS: dict[str, Preset] = {
     for p in (
         Preset("dc2-511-thin-disk",
                "DC2 orbit (550 km, 0 deg, zenith pointing, 3 months); 511 keV thin-disk sky "
-               "(point + narrow/broad bulge + thin disk, 2.83e-3 ph/cm2/s); Earth albedo",
-               DC2_ORBIT, dc2_511_thin_disk),
+               "(point + narrow/broad bulge + thin disk, 2.83e-3 ph/cm2/s); Earth albedo at the "
+               "DC2 background level (0.185 counts/s)",
+               DC2_ORBIT, dc2_511_thin_disk, background_rate_hz=DC2_BACKGROUND_RATE_HZ),
         Preset("dc2-511-thick-disk",
                "DC2 orbit; 511 keV sky with the thick disk (sigma_l 60, sigma_b 10.5 deg); "
-               "Earth albedo",
-               DC2_ORBIT, dc2_511_thick_disk),
+               "Earth albedo at the DC2 background level",
+               DC2_ORBIT, dc2_511_thick_disk, background_rate_hz=DC2_BACKGROUND_RATE_HZ),
         Preset("dc3-511-thin-disk",
-               "DC3 orbit (530 km, +-22 deg rocking every 12 h); 511 keV thin-disk sky; albedo",
-               DC3_ORBIT, dc2_511_thin_disk),
+               "DC3 orbit (530 km, +-22 deg rocking every 12 h); 511 keV thin-disk sky; albedo "
+               "at the DC2 background level",
+               DC3_ORBIT, dc2_511_thin_disk, background_rate_hz=DC2_BACKGROUND_RATE_HZ),
         Preset("dc2-511-thin-disk-cosmic",
                "as dc2-511-thin-disk plus an isotropic cosmic component (1.5e-4 ph/cm2/s/sr)",
-               DC2_ORBIT, dc2_511_thin_disk, isotropic_intensity=1.5e-4),
+               DC2_ORBIT, dc2_511_thin_disk, isotropic_intensity=1.5e-4,
+               background_rate_hz=DC2_BACKGROUND_RATE_HZ),
+        Preset("dc2-511-thin-disk-line-albedo",
+               "as dc2-511-thin-disk with the albedo at its physical line flux only "
+               "(4.4e-4 ph/cm2/s from the Earth disk: ~5e3 counts in 3 months)",
+               DC2_ORBIT, dc2_511_thin_disk),
     )
 }
 
