@@ -21,7 +21,7 @@ import numpy as np
 
 from comptonsky.response.galactic import bin_attitudes, write_galactic_response
 from comptonsky.simulate import InstrumentModel, attitude_history, get_preset
-from comptonsky.simulate.events import simulate_sky_events
+from comptonsky.simulate.events import simulate_background_events, simulate_sky_events
 
 
 def _peak_gb() -> float:
@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--phi-bin", type=float, default=3.0)
     ap.add_argument("--duration", type=float, default=None, help="s (default: 3 months)")
     ap.add_argument("--attitude-resolution", type=float, default=None, help="deg")
+    ap.add_argument("--psichi-oversample", type=int, default=1,
+                    help="detector-frame PsiChi at nside * 2**N (default 1, as simulate_dataset)")
     args = ap.parse_args(argv)
 
     pre = get_preset(args.preset)
@@ -48,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
 
     t0 = time.perf_counter()
-    det = inst.detector_response(args.nside, args.nside, phi_edges, window)
+    det = inst.detector_response(args.nside, args.nside * 2**args.psichi_oversample, phi_edges,
+                                 window)
     rows.append(("detector-frame response", time.perf_counter() - t0,
                  f"nnz {det.nnz:.3g} ({det.nnz * 12 / 1e6:.0f} MB)"))
     t0 = time.perf_counter()
@@ -68,6 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     ev = simulate_sky_events(pre.sky(), inst, orbit, np.random.default_rng(1), progress=False)
     rows.append(("source events", time.perf_counter() - t0, f"{len(ev['Energies'])} events"))
+    t0 = time.perf_counter()
+    bkg = pre.backgrounds()[0]
+    if pre.background_rate_hz:  # as simulate_dataset: the albedo at the preset's count rate
+        rate = bkg.local_rate(det, np.array([0.0, 0.0, 1.0]), orbit.horizon_deg)
+        scale = pre.background_rate_hz / rate.sum()
+        bkg = type(bkg)(bkg.intensity * scale, bkg.region, bkg.name)
+    ev = simulate_background_events(bkg, inst, orbit, np.random.default_rng(2), progress=False)
+    rows.append(("albedo events", time.perf_counter() - t0, f"{len(ev['Energies'])} events"))
 
     print(f"bench_simulate: preset {pre.name}, nside {args.nside}, Phi {args.phi_bin} deg, "
           f"duration {orbit.duration_s:.0f} s")
