@@ -33,4 +33,6 @@ def run(args: argparse.Namespace) -> int:
     for name, row in summary.get("regions", {}).items():
         print(f"  {name:>12}: recovered {row['recovered']:.3e}  injected {row['injected']:.3e} "
               f"ph cm-2 s-1")
+    for name, norm in summary.get("background_normalization", {}).items():
+        print(f"  {'bkg ' + name:>12}: normalisation {norm:.3f}  (simulated at 1)")
     return 0
