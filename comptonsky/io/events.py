@@ -52,6 +52,7 @@ from astropy.io import fits
 
 from ..errors import FileFormatError, InvalidParameterError
 from .atomic import atomic_path
+from .hdf5 import open_hdf5
 
 try:  # ISA-L inflates about twice as fast as zlib; fall back to the standard library.
     from isal import igzip as _igzip
@@ -704,11 +705,7 @@ def _iter_fits(path: Path, columns: list[str] | None, chunk_size: int, start: in
 def _iter_hdf5(path: Path, columns: list[str] | None, chunk_size: int, start: int,
                stop: int | None, callback) -> Iterator[dict[str, np.ndarray]]:
     where = str(path)
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise FileFormatError(f"{where}: cannot be read as HDF5 ({exc})") from exc
-    with f:
+    with open_hdf5(path) as f:
         grp = f
         if "Energies" not in f and len(f.keys()) == 1 and isinstance(next(iter(f.values())),
                                                                     h5py.Group):

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from ..errors import AxisMismatchError, InvalidParameterError
 from ..io.atomic import atomic_path
+from ..io.hdf5 import open_hdf5
 from ..io.orientation import Orientation
 
 __all__ = [
@@ -224,11 +225,7 @@ class DetectorResponse:
         from ..errors import FileFormatError
 
         path = Path(path)
-        try:
-            f = h5py.File(path, "r")
-        except OSError as exc:
-            raise FileFormatError(f"{path}: cannot be read as HDF5 ({exc})") from exc
-        with f:
+        with open_hdf5(path) as f:
             if name not in f:
                 raise FileFormatError(f"{path}: no {name!r} group (found {sorted(f.keys())})")
             g = f[name]

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from ..errors import FileFormatError, InvalidDataError, InvalidParameterError, UnknownChoiceError
 from ..frames import register_spacecraft_frame
+from ..io.hdf5 import open_hdf5
 from ..io.histogram import open_histogram
 from .cache import (
     CACHE_ENV,
@@ -175,10 +176,7 @@ class _HDF5Source(_Source):
         self.name = str(path)
         self.path = path
         register_spacecraft_frame()
-        try:
-            self.file = h5py.File(path, "r", rdcc_nbytes=256 * 2 ** 20, rdcc_nslots=100003)
-        except OSError as exc:
-            raise FileFormatError(f"{path}: cannot be read as HDF5 ({exc})") from exc
+        self.file = open_hdf5(path, rdcc_nbytes=256 * 2 ** 20, rdcc_nslots=100003)
         try:
             if group not in self.file:
                 raise FileFormatError(f"{path}: no histogram group {group!r} (found "
