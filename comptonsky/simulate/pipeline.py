@@ -135,8 +135,10 @@ def _parfile_yaml(nside: int, window, background_name: str = "albedo") -> str:
     )
 
 
-def _background_rate(value: float | str, preset: Preset) -> float | None:
+def _background_rate(value: float | str | None, preset: Preset) -> float | None:
     """The albedo count rate (s⁻¹) to scale to, or None for the physical line flux."""
+    if value is None:
+        return None
     if isinstance(value, str):
         key = value.strip().lower()
         if key == "preset":
@@ -170,7 +172,7 @@ def simulate_dataset(output_dir: str | os.PathLike, preset: str | Preset = "dc2-
                      seed: int = 1, format: str = "fits", attitude_step_s: float = 20.0,
                      attitude_resolution_deg: float | None = None,
                      sky_sampling: str = "pixel", psichi_oversample: int = 1,
-                     background_rate_hz: float | str = "preset", force: bool = False,
+                     background_rate_hz: float | str | None = "preset", force: bool = False,
                      progress: bool = True) -> dict[str, Path]:
     """Simulate a complete DC2-like data set into ``output_dir``.
 
@@ -213,7 +215,7 @@ def simulate_dataset(output_dir: str | os.PathLike, preset: str | Preset = "dc2-
         scaled to give it. ``"preset"`` (default): the preset's (0.185 s⁻¹, the DC2 level of
         all components, for the DC presets); ``"line"``: the physical albedo line flux alone
         (4.4e-4 ph cm⁻² s⁻¹ from the Earth disk; about 6e-4 counts s⁻¹ through the bottom
-        shield).
+        shield); None is the same as ``"line"``.
     force : bool
         Recompute even if a matching manifest is present.
     progress : bool
@@ -335,7 +337,7 @@ def simulate_dataset(output_dir: str | os.PathLike, preset: str | Preset = "dc2-
         if not line_counts > 0:
             raise InvalidParameterError("the albedo gives no counts in the analysis window; "
                                         "cannot scale it to a background rate")
-        scale = background_rate * orbit.duration_s / line_counts
+        scale = background_rate * bins.total_livetime / line_counts
         model = model * scale
         bkgs[0] = albedo = replace(albedo, intensity=albedo.intensity * scale)
         summary["albedo_scale_over_line_flux"] = scale
