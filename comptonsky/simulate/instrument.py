@@ -361,7 +361,7 @@ class InstrumentModel:
         -------
         comptonsky.response.galactic.DetectorResponse
         """
-        from ..response.galactic import DetectorResponse, release_free_memory
+        from ..response.galactic import DetectorResponse
 
         phi_edges = np.radians(np.asarray(phi_edges_deg, dtype=np.float64))
         em_frac = self.energy_fractions(em_edges_kev)
@@ -395,11 +395,10 @@ class InstrumentModel:
             vals *= scale[sl, None, None]
             blocks.append(_band_to_csr(start, vals, em_frac, len(phi_edges) - 1, threshold))
             del start, vals
-        det = DetectorResponse.from_row_blocks(blocks, nside_nu=nside_nu,
-                                               nside_psichi=nside_psichi,
-                                               shape_k=(1, len(em_frac), len(phi_edges) - 1))
-        release_free_memory()
-        return det
+        # from_row_blocks hands the freed block memory back to the OS as it joins
+        return DetectorResponse.from_row_blocks(blocks, nside_nu=nside_nu,
+                                                nside_psichi=nside_psichi,
+                                                shape_k=(1, len(em_frac), len(phi_edges) - 1))
 
 
 def _perp_basis(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
