@@ -67,5 +67,9 @@ class InvalidDataError(ComptonskyError, ValueError):
     """Data contents are invalid (negative or NaN counts, zero exposure, ...)."""
 
 
-class FileFormatError(ComptonskyError, OSError):
-    """A file is missing, unreadable, or not in the expected format."""
+class FileFormatError(ComptonskyError, ValueError):
+    """A file is missing, unreadable, or not in the expected format.
+
+    Not an :class:`OSError`: an ``except OSError`` around file access catches real I/O failures
+    (a full disk, a lost mount) and not a file whose contents are wrong.
+    """

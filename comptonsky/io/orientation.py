@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FileFormatError, InvalidParameterError
+from ..geometry import attitude_matrices, lonlat_to_vec, vec_to_lonlat
 from .atomic import atomic_path
 
 __all__ = [
@@ -39,68 +40,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def lonlat_to_vec(lon_deg: np.ndarray, lat_deg: np.ndarray) -> np.ndarray:
-    """Unit vectors from longitude and latitude.
-
-    Parameters
-    ----------
-    lon_deg, lat_deg : array_like, shape (...)
-        Longitude and latitude in degrees.
-
-    Returns
-    -------
-    ndarray, shape (..., 3)
-        Cartesian unit vectors.
-    """
-    lon = np.radians(np.asarray(lon_deg, dtype=np.float64))
-    lat = np.radians(np.asarray(lat_deg, dtype=np.float64))
-    c = np.cos(lat)
-    return np.stack([c * np.cos(lon), c * np.sin(lon), np.sin(lat)], axis=-1)
-
-
-def vec_to_lonlat(vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Longitude in [0, 360) and latitude in [-90, 90] (deg) of vectors.
-
-    Parameters
-    ----------
-    vec : array_like, shape (..., 3)
-        Vectors (need not be normalised).
-
-    Returns
-    -------
-    lon, lat : ndarray, shape (...)
-        Degrees.
-    """
-    v = np.asarray(vec, dtype=np.float64)
-    r = np.linalg.norm(v, axis=-1)
-    lat = np.degrees(np.arcsin(np.clip(v[..., 2] / r, -1.0, 1.0)))
-    lon = np.mod(np.degrees(np.arctan2(v[..., 1], v[..., 0])), 360.0)
-    return lon, lat
-
-
-def attitude_matrices(x_axis: np.ndarray, z_axis: np.ndarray) -> np.ndarray:
-    """Rotation matrices (detector → Galactic) from the spacecraft x and z axes.
-
-    Parameters
-    ----------
-    x_axis, z_axis : array_like, shape (N, 3) or (3,)
-        Galactic unit vectors of the spacecraft x and z axes. x is made exactly orthogonal
-        to z (Gram–Schmidt) before use.
-
-    Returns
-    -------
-    ndarray, shape (N, 3, 3) or (3, 3)
-        ``M[..., :, 0]`` = x, ``M[..., :, 1]`` = y = z × x, ``M[..., :, 2]`` = z.
-    """
-    z = np.asarray(z_axis, dtype=np.float64)
-    x = np.asarray(x_axis, dtype=np.float64)
-    z = z / np.linalg.norm(z, axis=-1, keepdims=True)
-    x = x - np.sum(x * z, axis=-1, keepdims=True) * z
-    x = x / np.linalg.norm(x, axis=-1, keepdims=True)
-    y = np.cross(z, x)
-    return np.stack([x, y, z], axis=-1)
 
 
 @dataclass

@@ -15,7 +15,7 @@ import logging
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..io.orientation import vec_to_lonlat
+from ..geometry import vec_to_lonlat
 from .background import EarthFixedBackground
 from .instrument import InstrumentModel
 from .orbit import OrbitProfile, attitude_at

@@ -37,6 +37,7 @@ import numpy as np
 from scipy.special import erf
 
 from ..errors import InvalidParameterError
+from ..physics import ELECTRON_MASS_KEV, klein_nishina, scattered_energy
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..response.galactic import DetectorResponse
@@ -45,24 +46,7 @@ __all__ = ["ELECTRON_MASS_KEV", "InstrumentModel", "klein_nishina", "scattered_e
 
 logger = logging.getLogger(__name__)
 
-#: Electron rest energy (keV).
-ELECTRON_MASS_KEV = 510.99895
-
 _NTAB = 4097  # points of the tabulated functions of φ on [0, π]
-
-
-def scattered_energy(phi: np.ndarray, energy_kev: float) -> np.ndarray:
-    """Energy (keV) of a photon of ``energy_kev`` after Compton scattering by ``phi`` (rad)."""
-    return energy_kev / (1.0 + energy_kev / ELECTRON_MASS_KEV * (1.0 - np.cos(phi)))
-
-
-def klein_nishina(phi: np.ndarray, energy_kev: float) -> np.ndarray:
-    """Klein–Nishina dσ/dΩ (units of r_e²/2) at scatter angle ``phi`` (rad).
-
-    ``dσ/dΩ = (r_e²/2) P² (P + 1/P − sin² φ)`` with ``P = E′/E``.
-    """
-    p = scattered_energy(phi, energy_kev) / energy_kev
-    return p * p * (p + 1.0 / p - np.sin(phi) ** 2)
 
 
 @dataclass

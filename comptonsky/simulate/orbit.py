@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from functools import lru_cache
 
 import numpy as np
 
 from ..errors import InvalidParameterError
+from ..geometry import (
+    EARTH_RADIUS_KM,
+    equatorial_to_galactic_matrix,
+    horizon_angle_deg,
+    rotation_about_z,
+)
 from ..io.orientation import Orientation
 
 __all__ = [
@@ -36,14 +41,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Mean equatorial Earth radius (km, WGS-84).
-EARTH_RADIUS_KM = 6378.137
 #: Earth's gravitational parameter (km³ s⁻², WGS-84).
 EARTH_GM_KM3_S2 = 398600.4418
 #: Earth's second zonal harmonic (dimensionless).
 EARTH_J2 = 1.08263e-3
-#: Height of the absorbing atmosphere added to the Earth radius for occultation (km).
-ATMOSPHERE_KM = 0.0
 
 
 @dataclass(frozen=True)
@@ -127,33 +128,6 @@ def orbital_period(altitude_km: float) -> float:
     return float(2.0 * np.pi * np.sqrt(a**3 / EARTH_GM_KM3_S2))
 
 
-def horizon_angle_deg(altitude_km: float) -> float:
-    """Angle (deg) from the zenith to the Earth's limb seen from ``altitude_km``.
-
-    550 km gives 113.0° (DESIGN §6: nothing arrives from > 113° from zenith).
-    """
-    r = EARTH_RADIUS_KM + ATMOSPHERE_KM
-    return float(90.0 + np.degrees(np.arccos(r / (EARTH_RADIUS_KM + float(altitude_km)))))
-
-
-@lru_cache(maxsize=1)
-def equatorial_to_galactic_matrix() -> np.ndarray:
-    """The 3 × 3 rotation taking ICRS Cartesian vectors to Galactic ones (from astropy)."""
-    from astropy.coordinates import ICRS, SkyCoord
-
-    eye = SkyCoord(x=[1.0, 0.0, 0.0], y=[0.0, 1.0, 0.0], z=[0.0, 0.0, 1.0],
-                   representation_type="cartesian", frame=ICRS())
-    g = eye.galactic.cartesian.xyz.value  # (3, 3): column k = image of ICRS axis k
-    return np.ascontiguousarray(g)
-
-
-def _rot_z(angle: np.ndarray) -> np.ndarray:
-    c, s = np.cos(angle), np.sin(angle)
-    z, o = np.zeros_like(c), np.ones_like(c)
-    return np.stack([np.stack([c, -s, z], -1), np.stack([s, c, z], -1),
-                     np.stack([z, z, o], -1)], -2)
-
-
 def attitude_at(profile: OrbitProfile, times: np.ndarray) -> dict[str, np.ndarray]:
     """Spacecraft axes and zenith at the given times, in Galactic Cartesian coordinates.
 
@@ -183,7 +157,7 @@ def attitude_at(profile: OrbitProfile, times: np.ndarray) -> dict[str, np.ndarra
     zen = np.stack([cu, su * ci, su * si], -1)
     vel = np.stack([-su, cu * ci, cu * si], -1)
     nrm = np.broadcast_to(np.array([0.0, -si, ci]), zen.shape)
-    rz = _rot_z(node)
+    rz = rotation_about_z(node)
     zen = np.einsum("nij,nj->ni", rz, zen)
     vel = np.einsum("nij,nj->ni", rz, vel)
     nrm = np.einsum("nij,nj->ni", rz, nrm)

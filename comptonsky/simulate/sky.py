@@ -20,7 +20,7 @@ import healpy as hp
 import numpy as np
 
 from ..errors import InvalidParameterError
-from ..io.orientation import lonlat_to_vec, vec_to_lonlat
+from ..geometry import lonlat_to_vec, vec_to_lonlat
 
 __all__ = [
     "SkyComponent",
