@@ -874,7 +874,7 @@ class BinnedData:
                  data_file: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
         """Read the Compton events of a MEGAlib ``.tra`` file (default ``data_file``) into
         ``cosi_dataset``; optionally write them as FITS or HDF5 (``unbinned_output``)."""
-        from .io.tra import read_tra
+        from .io.events import read_tra
 
         src = data_file or self._data_file_path()
         if not src:

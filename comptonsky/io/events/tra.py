@@ -9,7 +9,7 @@ A ``.tra`` file is a text file of event blocks, each opened by a ``SE`` line. Fo
     CE  Eg dEg Ee dEe              energy of the scattered gamma ray and of the recoil electron (keV)
     CD  x1 y1 z1 dx1 dy1 dz1 x2 y2 z2 dx2 dy2 dz2 ...   first two interaction positions (cm)
 
-From them each event gets the DC2 columns (:data:`comptonsky.io.events.DC2_COLUMNS`):
+From them each event gets the DC2 columns (:data:`~comptonsky.io.events.DC2_COLUMNS`):
 
 - ``Energies`` = Eg + Ee;
 - ``Phi`` = arccos(1 − mₑc² (1/Eg − 1/(Eg + Ee))) with mₑc² = 510.999 keV (the value MEGAlib
@@ -27,7 +27,6 @@ Other event types (photo-absorption, pair, unknown) are skipped.
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -35,23 +34,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import FileFormatError, InvalidParameterError
-from .events import _GZIP_ERRORS, _igzip
+from ...errors import FileFormatError, InvalidParameterError
+from .columns import DC2_COLUMNS
+from .compression import GZIP_ERRORS, open_input
 
-__all__ = ["ELECTRON_MASS_KEV", "iter_tra_chunks", "read_tra", "compton_columns"]
+__all__ = ["ELECTRON_MASS_KEV", "iter_tra_chunks", "compton_columns"]
+
+SUFFIXES = (".tra", ".tra.gz")
 
 logger = logging.getLogger(__name__)
 
 #: Electron rest energy used by MEGAlib for the Compton angle (keV).
 ELECTRON_MASS_KEV = 510.999
-
-
-def _open_text(path: Path):
-    if path.name.lower().endswith(".gz"):
-        raw = _igzip.open(path, "rb") if _igzip is not None else gzip.open(path, "rb")
-    else:
-        raw = open(path, "rb")  # noqa: SIM115
-    return raw
 
 
 def _unit_vectors(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
@@ -155,7 +149,7 @@ def _iter_compton_records(path: Path) -> Iterator[tuple[float, float, float, lis
         return None
 
     try:
-        with _open_text(path) as raw:
+        with open_input(path) as raw:
             for bline in raw:
                 lineno += 1
                 key = bline[:2]
@@ -202,7 +196,7 @@ def _iter_compton_records(path: Path) -> Iterator[tuple[float, float, float, lis
                     yield rec
     except FileFormatError:
         raise
-    except _GZIP_ERRORS as exc:
+    except GZIP_ERRORS as exc:
         raise FileFormatError(
             f"{where}: cannot decompress near line {lineno}: {exc} (corrupt or truncated gzip)"
         ) from exc
@@ -248,15 +242,13 @@ def iter_tra_chunks(path: str | os.PathLike, columns: Iterable[str] | None = Non
     ------
     dict of str to ndarray
         Columns of shape (n,) or (n, 2) in the canonical units of
-        :data:`comptonsky.io.events.DC2_COLUMNS`.
+        :data:`~comptonsky.io.events.DC2_COLUMNS`.
 
     Raises
     ------
     FileFormatError
         On a missing, unparsable, corrupt or truncated file (the message names the file and line).
     """
-    from .events import DC2_COLUMNS
-
     path = Path(path)
     if not path.exists():
         raise FileFormatError(f"{path}: no such file")
@@ -287,24 +279,3 @@ def iter_tra_chunks(path: str | os.PathLike, columns: Iterable[str] | None = Non
         if callback is not None:
             callback(len(recs))
         yield _records_to_columns(recs, wanted)
-
-
-def read_tra(path: str | os.PathLike, columns: Iterable[str] | None = None
-             ) -> dict[str, np.ndarray]:
-    """Read all Compton events of a ``.tra``/``.tra.gz`` file into DC2 columns.
-
-    Returns
-    -------
-    dict of str to ndarray
-        Columns of shape (N,) or (N, 2) in canonical units (empty arrays if no Compton event).
-    """
-    from .events import DC2_COLUMNS
-
-    parts: dict[str, list[np.ndarray]] = {}
-    for chunk in iter_tra_chunks(path, columns=columns):
-        for k, v in chunk.items():
-            parts.setdefault(k, []).append(v)
-    if not parts:
-        names = list(columns) if columns is not None else list(DC2_COLUMNS)
-        return {n: np.empty((0,) + DC2_COLUMNS[n].shape) for n in names}
-    return {k: np.concatenate(v) for k, v in parts.items()}
