@@ -17,24 +17,10 @@ PSICHI_COLUMNS = {"galactic": ("Chi galactic", "Psi galactic"), "local": ("Chi l
 
 def psichi_pixels(frame: str, nside: int, nest: bool, lon_or_chi: np.ndarray,
                   lat_or_psi: np.ndarray) -> np.ndarray:
-    """HEALPix pixel per event as healpy computes it; -1 where healpy would reject the angle.
-
-    Parameters
-    ----------
-    frame : {"galactic", "local"}
-        ``"galactic"``: (l, b) in deg, as ``healpy.ang2pix(nside, l, b, lonlat=True)``;
-        ``"local"``: (Chi local, Psi local) in rad, as ``healpy.ang2pix(nside, psi, chi)``.
-    nside : int
-        HEALPix nside.
-    nest : bool
-        NESTED rather than RING numbering.
-    lon_or_chi, lat_or_psi : ndarray, shape (N,)
-        The frame's two :data:`PSICHI_COLUMNS`.
-
-    Returns
-    -------
-    ndarray of int64, shape (N,)
-    """
+    """HEALPix pixel (int64, shape (N,)) per event as healpy computes it; -1 where healpy would
+    reject the angle. ``lon_or_chi``, ``lat_or_psi``: the frame's :data:`PSICHI_COLUMNS`,
+    (l, b) in deg for ``"galactic"`` (``ang2pix(..., lonlat=True)``), (Chi, Psi) in rad for
+    ``"local"`` (``ang2pix(nside, psi, chi)``)."""
     if frame == "galactic":
         # what healpy.ang2pix(..., lonlat=True) does internally
         theta = np.pi / 2.0 - np.radians(lat_or_psi)

@@ -8,7 +8,6 @@ which the file can be decompressed and memory stays bounded whatever the file si
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -21,6 +20,7 @@ from ..io.events import (
     EventSource,
     count_events,
     event_file_columns,
+    event_inputs,
     iter_event_chunks,
     iter_memory_chunks,
     validate_events,
@@ -33,18 +33,6 @@ __all__ = ["bin_events"]
 logger = logging.getLogger(__name__)
 
 _BASE_COLUMNS = ("TimeTags", "Energies", "Phi")
-
-
-def _as_inputs(unbinned_data: EventSource) -> list:
-    if unbinned_data is None:
-        raise InvalidParameterError("no unbinned data given (a file, a list of files, or a "
-                                    "mapping of event columns)")
-    if isinstance(unbinned_data, (Mapping, str, os.PathLike)):
-        return [unbinned_data]
-    items = list(unbinned_data)
-    if not items:
-        raise InvalidParameterError("an empty list of unbinned data files was given")
-    return items
 
 
 def bin_events(unbinned_data: EventSource, binnings: CDSBinning | Sequence[CDSBinning], *,
@@ -85,7 +73,7 @@ def bin_events(unbinned_data: EventSource, binnings: CDSBinning | Sequence[CDSBi
     blist = [binnings] if isinstance(binnings, CDSBinning) else list(binnings)
     if not blist:
         raise InvalidParameterError("no binning given")
-    inputs = _as_inputs(unbinned_data)
+    inputs = event_inputs(unbinned_data)
     columns = list(_BASE_COLUMNS)
     for b in blist:
         for c in b.direction_columns:

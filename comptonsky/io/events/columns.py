@@ -1,25 +1,9 @@
 """The DC2 event-column contract: names, canonical units, shapes, and unit conversion.
 
 Every reader yields chunks as a ``dict`` mapping column name to a numpy array of shape ``(n,)``
-or ``(n, 2)``, float64 in the canonical units below (columns outside the contract keep their
-stored dtype, in native byte order). Writers take the same mapping.
-
-=================  ==========  ========  =====================================================
-column             unit        shape     meaning
-=================  ==========  ========  =====================================================
-``Energies``       keV         (N,)      measured energy Em
-``TimeTags``       s           (N,)      event time
-``Xpointings``     rad         (N, 2)    Galactic (l, b) of the spacecraft x axis
-``Ypointings``     rad         (N, 2)    Galactic (l, b) of the spacecraft y axis
-``Zpointings``     rad         (N, 2)    Galactic (l, b) of the spacecraft z axis (boresight)
-``Phi``            rad         (N,)      Compton scatter angle, 0..pi
-``Chi local``      rad         (N,)      azimuth of the scattered photon, spacecraft frame
-``Psi local``      rad         (N,)      polar angle (colatitude, 0 at +z) of the scattered
-                                         photon, spacecraft frame
-``Distance``       cm          (N,)      distance between the first two interactions
-``Chi galactic``   deg         (N,)      Galactic longitude l of the scattered photon
-``Psi galactic``   deg         (N,)      Galactic latitude b of the scattered photon
-=================  ==========  ========  =====================================================
+or ``(n, 2)``, float64 in the canonical units of :data:`DC2_COLUMNS` (keV, s, rad for the
+pointings, Phi and the local angles, cm, deg for the Galactic angles; columns outside the contract
+keep their stored dtype, in native byte order). Writers take the same mapping.
 
 Note the asymmetry inherited from the COSI DC2 files: ``Psi local`` is a *colatitude* (HEALPix
 ``theta``) while ``Psi galactic`` is a *latitude*. Binning therefore uses
@@ -28,7 +12,7 @@ Note the asymmetry inherited from the COSI DC2 files: ``Psi local`` is a *colati
 tool's histograms bin for bin.
 
 Readers honour the unit stored with each column (FITS ``TUNITn``, HDF5 attribute ``unit``) and
-convert to the canonical units above; a column without a stored unit is taken to be in the
+convert to the canonical units; a column without a stored unit is taken to be in the
 canonical unit.
 """
 
@@ -103,12 +87,6 @@ def dc2_order(names: Iterable[str]) -> list[str]:
     """DC2 columns first, in the DC2 order, then the others in their given order."""
     names = list(names)
     return [n for n in DC2_COLUMNS if n in names] + [n for n in names if n not in DC2_COLUMNS]
-
-
-def empty_columns(names: Iterable[str]) -> dict[str, np.ndarray]:
-    """Zero-event arrays, shape ``(0,)`` or ``(0, 2)``, for the given column names."""
-    return {n: np.empty((0,) + DC2_COLUMNS[n].shape if n in DC2_COLUMNS else (0,))
-            for n in names}
 
 
 def validate_events(events: Mapping[str, np.ndarray], where: str = "events",
@@ -210,9 +188,10 @@ def _canonical_array(name: str, values, where: str) -> np.ndarray:
 
 
 def output_columns(events: Mapping[str, np.ndarray], units: Mapping[str, str], where: str
-                   ) -> tuple[dict[str, np.ndarray], int]:
-    """Columns ready to write: canonical arrays (Quantities converted), checked, then converted
-    to the requested output ``units`` (DC2 columns only). Returns them and the event count."""
+                   ) -> tuple[dict[str, np.ndarray], dict[str, str], int]:
+    """Columns ready to write, in :func:`dc2_order`: canonical arrays (Quantities converted),
+    checked, then converted to the requested output ``units`` (DC2 columns only). Returns them,
+    the unit string to store with each (``""`` for none) and the event count."""
     cols = {name: _canonical_array(name, values, where) for name, values in events.items()}
     n = validate_events(cols, where=where)
     for name, unit in units.items():
@@ -221,9 +200,7 @@ def output_columns(events: Mapping[str, np.ndarray], units: Mapping[str, str], w
         factor = u.Unit(DC2_COLUMNS[name].unit).to(u.Unit(unit))
         if name in cols and factor != 1.0:
             cols[name] = cols[name] * factor
-    return cols, n
-
-
-def output_unit(name: str, units: Mapping[str, str]) -> str:
-    """Unit string stored with column ``name``: the requested one, the canonical one, or ``""``."""
-    return units.get(name, DC2_COLUMNS[name].unit) if name in DC2_COLUMNS else ""
+    cols = {name: cols[name] for name in dc2_order(cols)}
+    col_units = {name: units.get(name, DC2_COLUMNS[name].unit) if name in DC2_COLUMNS else ""
+                 for name in cols}
+    return cols, col_units, n

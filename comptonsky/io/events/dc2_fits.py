@@ -55,27 +55,17 @@ def _fits_tform(arr: np.ndarray) -> tuple[str, str]:
 
 
 def _headers(cols: Mapping[str, np.ndarray], col_units: Mapping[str, str], nrows: int,
-             meta: Mapping[str, str] | None) -> tuple[bytes, np.dtype]:
+             meta: Mapping[str, str] | None) -> tuple[list[bytes], np.dtype]:
     """Primary and binary-table headers for ``nrows`` rows of ``cols``, and the row dtype."""
-    primary = fits.Header()
-    primary["SIMPLE"] = True
-    primary["BITPIX"] = 8
-    primary["NAXIS"] = 0
-    primary["EXTEND"] = True
+    primary = fits.Header([("SIMPLE", True), ("BITPIX", 8), ("NAXIS", 0), ("EXTEND", True)])
     fields = []
     for name, arr in cols.items():
         tform, dt = _fits_tform(arr)
         fields.append((name, dt, arr.shape[1:], tform))
     row_dtype = np.dtype([(name, dt, shape) for name, dt, shape, _ in fields])
-    header = fits.Header()
-    header["XTENSION"] = "BINTABLE"
-    header["BITPIX"] = 8
-    header["NAXIS"] = 2
-    header["NAXIS1"] = row_dtype.itemsize
-    header["NAXIS2"] = nrows
-    header["PCOUNT"] = 0
-    header["GCOUNT"] = 1
-    header["TFIELDS"] = len(fields)
+    header = fits.Header([("XTENSION", "BINTABLE"), ("BITPIX", 8), ("NAXIS", 2),
+                          ("NAXIS1", row_dtype.itemsize), ("NAXIS2", nrows), ("PCOUNT", 0),
+                          ("GCOUNT", 1), ("TFIELDS", len(fields))])
     for i, (name, _, shape, tform) in enumerate(fields, start=1):
         header[f"TTYPE{i}"] = name
         header[f"TFORM{i}"] = tform
@@ -86,7 +76,7 @@ def _headers(cols: Mapping[str, np.ndarray], col_units: Mapping[str, str], nrows
     header["EXTNAME"] = "EVENTS"
     for key, value in (meta or {}).items():
         header[str(key)[:8].upper()] = value
-    return (primary.tostring() + header.tostring()).encode("ascii"), row_dtype
+    return [h.tostring().encode("ascii") for h in (primary, header)], row_dtype
 
 
 def _pack(cols: Mapping[str, np.ndarray], row_dtype: np.dtype, start: int, stop: int) -> bytes:
@@ -110,7 +100,8 @@ def write_fits(tmp: Path, cols: Mapping[str, np.ndarray], col_units: Mapping[str
     """Write ``n`` events of ``cols`` (in column order) to ``tmp``, ``chunk_size`` rows at a time."""
     head, row_dtype = _headers(cols, col_units, n, meta)
     with output_stream(tmp, gz, compresslevel) as out:
-        out.write(head)
+        for block in head:
+            out.write(block)
         step = max(1, int(chunk_size))
         for start in range(0, n, step):
             out.write(_pack(cols, row_dtype, start, min(n, start + step)))
@@ -143,7 +134,8 @@ class FitsSink:
             head = _headers(self._empty, self._units, self.n, self._meta)[0]
             with output_stream(self._tmp, self._gz, self._level) as out, \
                     open(self._rows_path, "rb") as src:
-                out.write(head)
+                for block in head:
+                    out.write(block)
                 while block := src.read(1 << 24):
                     out.write(block)
                 _pad(out, self.n * self._row_dtype.itemsize)
@@ -168,16 +160,17 @@ class _FitsTable(NamedTuple):
     units: dict[str, str | None]
 
 
-def _read_header(stream, where: str) -> fits.Header:
-    """Read one FITS header (2880-byte blocks up to END) from a stream."""
+def _read_header(stream, where: str, block: bytes | None = None) -> fits.Header:
+    """Read one FITS header (2880-byte blocks up to END, the first one ``block`` if given)."""
     blocks = []
     while True:
-        block = stream.read(_FITS_BLOCK)
+        block = stream.read(_FITS_BLOCK) if block is None else block
         if len(block) < _FITS_BLOCK:
             raise FileFormatError(f"{where}: file ends inside a FITS header; truncated or not FITS")
         blocks.append(block)
         if any(block[i:i + 8] == b"END     " for i in range(0, _FITS_BLOCK, 80)):
             break
+        block = None
         if len(blocks) > 1000:
             raise FileFormatError(f"{where}: no END card in the FITS header; not a FITS file")
     try:
@@ -199,11 +192,10 @@ def _parse_fits_table(path: Path, stream) -> _FitsTable:
 
 def _parse_headers(path: Path, stream) -> _FitsTable:
     where = str(path)
-    head = stream.read(6)
-    if head != b"SIMPLE":
+    first = stream.read(_FITS_BLOCK)
+    if not first.startswith(b"SIMPLE"):
         raise FileFormatError(f"{where}: not a FITS file (does not start with SIMPLE)")
-    rest = stream.read(_FITS_BLOCK - 6)
-    primary = _read_header(_Prefixed(head + rest, stream), where)
+    primary = _read_header(stream, where, first)
     naxis = int(primary.get("NAXIS", 0))
     if naxis:
         nbytes = abs(int(primary.get("BITPIX", 8))) // 8
@@ -244,22 +236,6 @@ def _parse_headers(path: Path, stream) -> _FitsTable:
             f"{where}: row size {header['NAXIS1']} bytes does not match its columns "
             f"({row_dtype.itemsize} bytes)")
     return _FitsTable(int(header["NAXIS2"]), row_dtype, units)
-
-
-class _Prefixed:
-    """A stream with some already-read bytes put back in front."""
-
-    def __init__(self, prefix: bytes, stream):
-        self._prefix = prefix
-        self._stream = stream
-
-    def read(self, n: int) -> bytes:
-        if self._prefix:
-            out, self._prefix = self._prefix[:n], self._prefix[n:]
-            if len(out) < n:
-                out += self._stream.read(n - len(out))
-            return out
-        return self._stream.read(n)
 
 
 def _skip(stream, nbytes: int, where: str) -> None:

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import FileFormatError, InvalidParameterError
-from .columns import DEFAULT_CHUNK_SIZE, empty_columns
+from .columns import DC2_COLUMNS, DEFAULT_CHUNK_SIZE
 from .registry import EventFormat, event_file_format, event_format
 
-__all__ = ["count_events", "event_file_columns", "iter_event_chunks", "read_events", "read_tra"]
+__all__ = ["count_events", "event_file_columns", "iter_event_chunks", "iter_tra_chunks", "read_events",
+           "read_tra"]
 
 
 def _existing(path: str | os.PathLike, format: str | None) -> tuple[Path, EventFormat]:
@@ -90,8 +91,9 @@ def read_events(path: str | os.PathLike, columns: Iterable[str] | None = None,
         for k, v in chunk.items():
             parts.setdefault(k, []).append(v)
     if not parts:
-        return empty_columns(list(columns) if columns is not None
-                             else event_file_columns(path, format))
+        names = list(columns) if columns is not None else event_file_columns(path, format)
+        return {n: np.empty((0,) + DC2_COLUMNS[n].shape if n in DC2_COLUMNS else (0,))
+                for n in names}
     return {k: np.concatenate(v) if len(v) > 1 else v[0] for k, v in parts.items()}
 
 
@@ -106,6 +108,21 @@ def read_tra(path: str | os.PathLike, columns: Iterable[str] | None = None
         Columns of shape (N,) or (N, 2) in canonical units (empty arrays if no Compton event).
     """
     return read_events(path, columns, format="tra")
+
+
+def iter_tra_chunks(path: str | os.PathLike, columns: Iterable[str] | None = None,
+                    chunk_size: int = 1 << 16,
+                    event_range: tuple[int, int | None] | None = None,
+                    callback: Callable[[int], None] | None = None
+                    ) -> Iterator[dict[str, np.ndarray]]:
+    """Stream the Compton events of a MEGAlib ``.tra``/``.tra.gz`` file (whatever its name) as
+    DC2 column chunks: :func:`iter_event_chunks` with ``format="tra"``, without read-ahead.
+
+    ``event_range`` counts Compton events in file order. Raises :class:`FileFormatError` on a
+    missing, unparsable, corrupt or truncated file (the message names the file and line).
+    """
+    return iter_event_chunks(path, columns, chunk_size, "tra", event_range, callback,
+                             prefetch=False)
 
 
 def event_file_columns(path: str | os.PathLike, format: str | None = None) -> list[str]:

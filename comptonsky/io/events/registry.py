@@ -21,32 +21,15 @@ __all__ = ["EventFormat", "event_file_format", "event_format", "register_format"
 
 @dataclass(frozen=True)
 class EventFormat:
-    """How to read (and possibly write) one event-file format.
+    """How to read (and possibly write) one event-file format, selected by ``name`` or
+    ``aliases`` (``format=``) or by a lower-case file-name ending in ``suffixes``.
 
-    Attributes
-    ----------
-    name : str
-        Format name, as passed in ``format=``.
-    suffixes : tuple of str
-        Lower-case file-name endings that select this format (e.g. ``".fits.gz"``).
-    read : callable
-        ``read(path, columns, chunk_size, start, stop, callback, prefetch)`` -> iterator of
-        column dicts in canonical units (``columns`` None: all; ``stop`` None: to the end;
-        ``callback(n)`` per chunk; ``prefetch``: read ahead in a thread).
-    columns : callable
-        ``columns(path)`` -> list of the stored column names (header only).
-    count : callable
-        ``count(path)`` -> number of events from the metadata, or None if unknown.
-    write : callable, optional
-        ``write(tmp, cols, col_units, n, *, gz, chunk_size, compresslevel, meta)`` writes a
-        whole list; None for a read-only format.
-    sink : callable, optional
-        ``sink(tmp, first_chunk, col_units, gz, compresslevel, meta)`` -> streaming writer with
-        ``write(cols, n)``, ``close()`` and ``abort()``.
-    aliases : tuple of str
-        Other accepted ``format=`` spellings.
-    gzip_suffix : bool
-        Whether a ``.gz`` name means gzip-compressed output.
+    ``read(path, columns, chunk_size, start, stop, callback, prefetch)`` yields column dicts in
+    canonical units; ``columns(path)`` and ``count(path)`` (None if unknown) read only the
+    header. Writable formats have ``write(tmp, cols, col_units, n, *, gz, chunk_size,
+    compresslevel, meta)`` and ``sink(tmp, first_chunk, col_units, gz, compresslevel, meta)``,
+    a streaming writer with ``write(cols, n)``, ``close()`` and ``abort()``. ``gzip_suffix``:
+    whether a ``.gz`` output name means gzip.
     """
 
     name: str
@@ -121,11 +104,6 @@ def _threaded(iter_chunks: Callable[..., Iterator]) -> Callable[..., Iterator]:
     return read
 
 
-def _iter_tra(path, columns, chunk_size, start, stop, callback):
-    return tra.iter_tra_chunks(path, columns=columns, chunk_size=chunk_size,
-                               event_range=(start, stop), callback=callback)
-
-
 for _fmt in (
     EventFormat("fits", dc2_fits.SUFFIXES, dc2_fits.read_fits_chunks, dc2_fits.fits_columns,
                 dc2_fits.count_fits, dc2_fits.write_fits, dc2_fits.FitsSink,
@@ -133,7 +111,7 @@ for _fmt in (
     EventFormat("hdf5", dc2_hdf5.SUFFIXES, _threaded(dc2_hdf5.iter_hdf5_chunks),
                 dc2_hdf5.hdf5_columns, dc2_hdf5.count_hdf5, dc2_hdf5.write_hdf5,
                 dc2_hdf5.Hdf5Sink, aliases=("h5", "hdf"), gzip_suffix=False),
-    EventFormat("tra", tra.SUFFIXES, _threaded(_iter_tra), lambda path: list(DC2_COLUMNS),
+    EventFormat("tra", tra.SUFFIXES, _threaded(tra.iter_tra), lambda path: list(DC2_COLUMNS),
                 lambda path: None, aliases=("tra.gz",)),
 ):
     register_format(_fmt)

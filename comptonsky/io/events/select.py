@@ -14,7 +14,20 @@ from .columns import DEFAULT_CHUNK_SIZE, EventSource, validate_events
 from .reader import iter_event_chunks
 from .writer import EventWriter
 
-__all__ = ["iter_memory_chunks", "select_events"]
+__all__ = ["event_inputs", "iter_memory_chunks", "select_events"]
+
+
+def event_inputs(source: EventSource) -> list:
+    """The inputs of an event source as a list: the file or mapping, or each of a sequence."""
+    if source is None:
+        raise InvalidParameterError("no unbinned data given (a file, a list of files, or a "
+                                    "mapping of event columns)")
+    if isinstance(source, (Mapping, str, os.PathLike)):
+        return [source]
+    items = list(source)
+    if not items:
+        raise InvalidParameterError("an empty list of unbinned data files was given")
+    return items
 
 
 def iter_memory_chunks(events: Mapping[str, np.ndarray], columns: Iterable[str] | None = None,
@@ -22,26 +35,8 @@ def iter_memory_chunks(events: Mapping[str, np.ndarray], columns: Iterable[str] 
                        event_range: tuple[int, int | None] | None = None,
                        callback: Callable[[int], None] | None = None
                        ) -> Iterator[dict[str, np.ndarray]]:
-    """Chunks of in-memory event columns, as :func:`iter_event_chunks` yields a file's.
-
-    Parameters
-    ----------
-    events : mapping of str to array or Quantity
-        Columns of N events (Quantities give their values).
-    columns : iterable of str, optional
-        Columns to yield (default all); they must be present.
-    chunk_size : int
-        Events per chunk.
-    event_range : (int, int or None), optional
-        Only events ``start <= index < stop``.
-    callback : callable, optional
-        Called with the number of events of each chunk.
-
-    Yields
-    ------
-    dict of str to ndarray
-        Views of shape ``(n,)`` or ``(n, 2)`` into the given arrays.
-    """
+    """Chunks (views into the arrays; Quantities give their values) of in-memory event columns,
+    with the parameters of :func:`~comptonsky.io.events.iter_event_chunks`."""
     use = list(events) if columns is None else list(columns)
     n = validate_events(events, where="in-memory events", required=use)
     start, stop = (0, n) if event_range is None else event_range
@@ -84,12 +79,7 @@ def select_events(unbinned_data: EventSource, output: str | os.PathLike | None =
     dict of str to ndarray, or pathlib.Path
         The selected columns (canonical units), or the path written.
     """
-    if isinstance(unbinned_data, (str, os.PathLike, Mapping)):
-        inputs = [unbinned_data]
-    else:
-        inputs = list(unbinned_data)
-    if not inputs:
-        raise InvalidParameterError("select_events: no input given")
+    inputs = event_inputs(unbinned_data)
     cols = None if columns is None else list(columns)
     writer = EventWriter(output, overwrite=overwrite) if output is not None else None
     parts: dict[str, list[np.ndarray]] = {}

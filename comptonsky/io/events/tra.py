@@ -27,18 +27,18 @@ Other event types (photo-absorption, pair, unknown) are skipped.
 
 from __future__ import annotations
 
+import itertools
 import logging
-import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from ...errors import FileFormatError, InvalidParameterError
+from ...errors import FileFormatError
 from .columns import DC2_COLUMNS
 from .compression import GZIP_ERRORS, open_input
 
-__all__ = ["ELECTRON_MASS_KEV", "iter_tra_chunks", "compton_columns"]
+__all__ = ["ELECTRON_MASS_KEV", "compton_columns", "iter_tra"]
 
 SUFFIXES = (".tra", ".tra.gz")
 
@@ -217,65 +217,16 @@ def _records_to_columns(recs: list, wanted: list[str] | None) -> dict[str, np.nd
     return cols
 
 
-def iter_tra_chunks(path: str | os.PathLike, columns: Iterable[str] | None = None,
-                    chunk_size: int = 1 << 16,
-                    event_range: tuple[int, int | None] | None = None,
-                    callback: Callable[[int], None] | None = None
-                    ) -> Iterator[dict[str, np.ndarray]]:
-    """Stream the Compton events of a MEGAlib ``.tra``/``.tra.gz`` file as DC2 column chunks.
-
-    Parameters
-    ----------
-    path : path-like
-        The ``.tra`` or ``.tra.gz`` file.
-    columns : iterable of str, optional
-        DC2 columns to return (default all).
-    chunk_size : int
-        Events per chunk.
-    event_range : (int, int or None), optional
-        Only Compton events with ``start <= index < stop`` (index over Compton events in file
-        order).
-    callback : callable, optional
-        Called with the number of events in each chunk.
-
-    Yields
-    ------
-    dict of str to ndarray
-        Columns of shape (n,) or (n, 2) in the canonical units of
-        :data:`~comptonsky.io.events.DC2_COLUMNS`.
-
-    Raises
-    ------
-    FileFormatError
-        On a missing, unparsable, corrupt or truncated file (the message names the file and line).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileFormatError(f"{path}: no such file")
-    wanted = None if columns is None else list(columns)
-    if wanted is not None:
-        unknown = [c for c in wanted if c not in DC2_COLUMNS]
-        if unknown:
-            raise FileFormatError(
-                f"{path}: missing column(s) {unknown}; a .tra file provides {list(DC2_COLUMNS)}")
-    if chunk_size < 1:
-        raise InvalidParameterError(f"chunk_size must be >= 1, got {chunk_size}")
-    start, stop = (0, None) if event_range is None else event_range
-    recs: list = []
-    index = -1
-    for rec in _iter_compton_records(path):
-        index += 1
-        if index < start:
-            continue
-        if stop is not None and index >= stop:
-            break
-        recs.append(rec)
-        if len(recs) >= chunk_size:
-            if callback is not None:
-                callback(len(recs))
-            yield _records_to_columns(recs, wanted)
-            recs = []
-    if recs:
+def iter_tra(path: Path, columns: list[str] | None, chunk_size: int, start: int,
+             stop: int | None, callback) -> Iterator[dict[str, np.ndarray]]:
+    """Column chunks of the Compton events ``start <= index < stop`` of a ``.tra`` file (the
+    reader behind :func:`~comptonsky.io.events.iter_tra_chunks`)."""
+    unknown = [c for c in columns or () if c not in DC2_COLUMNS]
+    if unknown:
+        raise FileFormatError(
+            f"{path}: missing column(s) {unknown}; a .tra file provides {list(DC2_COLUMNS)}")
+    records = itertools.islice(_iter_compton_records(path), max(0, start), stop)
+    while recs := list(itertools.islice(records, chunk_size)):
         if callback is not None:
             callback(len(recs))
-        yield _records_to_columns(recs, wanted)
+        yield _records_to_columns(recs, columns)

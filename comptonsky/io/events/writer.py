@@ -13,7 +13,7 @@ import numpy as np
 
 from ...errors import InvalidParameterError
 from ..atomic import atomic_path
-from .columns import DEFAULT_CHUNK_SIZE, dc2_order, output_columns, output_unit
+from .columns import DEFAULT_CHUNK_SIZE, output_columns
 from .compression import is_gzip
 from .registry import EventFormat, event_file_format, event_format
 
@@ -79,10 +79,7 @@ def write_events(path: str | os.PathLike, events: Mapping[str, np.ndarray],
     """
     path = Path(path)
     fmt = _writable(path, format, streaming=False)
-    units = dict(units or {})
-    cols, n = output_columns(events, units, str(path))
-    cols = {name: cols[name] for name in dc2_order(cols)}
-    col_units = {name: output_unit(name, units) for name in cols}
+    cols, col_units, n = output_columns(events, dict(units or {}), str(path))
     with atomic_path(path, overwrite=overwrite) as tmp:
         fmt.write(tmp, cols, col_units, n, gz=is_gzip(path), chunk_size=chunk_size,
                   compresslevel=compresslevel, meta=meta)
@@ -141,18 +138,15 @@ class EventWriter:
         if self._closed:
             raise InvalidParameterError(f"{self.path}: writer already closed")
         where = str(self.path)
-        cols, n = output_columns(chunk, self.units, where)
-        if self._names is None:
-            self._names = dc2_order(cols)
+        cols, col_units, n = output_columns(chunk, self.units, where)
+        if self._sink is None:
+            self._names = list(cols)
+            self._sink = self._format.sink(self._tmp, cols, col_units, is_gzip(self.path),
+                                           self.compresslevel, self.meta)
         elif set(cols) != set(self._names):
             raise InvalidParameterError(
                 f"{where}: chunk columns {sorted(cols)} differ from the first chunk's "
                 f"{sorted(self._names)}")
-        cols = {name: cols[name] for name in self._names}
-        if self._sink is None:
-            self._sink = self._format.sink(
-                self._tmp, cols, {name: output_unit(name, self.units) for name in cols},
-                is_gzip(self.path), self.compresslevel, self.meta)
         self._sink.write(cols, n)
         self.n += n
 
