@@ -129,40 +129,28 @@ def compton_columns(time: np.ndarray, e_gamma: np.ndarray, e_electron: np.ndarra
     }
 
 
-def _iter_compton_records(path: Path) -> Iterator[tuple[float, float, float, list[float],
-                                                        list[float], list[float]]]:
-    """Yield (t, Eg, Ee, CD numbers, GX, GZ) per Compton event, in file order."""
+def _iter_compton_records(path: Path) -> Iterator[tuple[float, ...]]:
+    """Yield (t, Eg, Ee, 9 CD numbers, GX lon, lat, GZ lon, lat) per Compton event, in file
+    order."""
     where = str(path)
-    nan2 = [np.nan, np.nan]
     lineno = 0
-    in_event = False
-    compton = False
-    t = eg = ee = None
-    cd: list[float] | None = None
-    gx = gz = nan2
-
-    def emit():
-        if compton and t is not None and eg is not None and cd is not None:
-            return (t, eg, ee, cd, gx, gz)
-        if compton:
-            logger.debug("%s: incomplete Compton event before line %d skipped", where, lineno)
-        return None
-
+    in_event = compton = False
+    t = eg = ee = cd = gx = gz = None
     try:
         with open_input(path) as raw:
-            for bline in raw:
+            # a final "EN" closes the last event
+            for bline in itertools.chain(raw, [b"EN"]):
                 lineno += 1
                 key = bline[:2]
                 if key == b"SE" or key == b"EN":
-                    if in_event:
-                        rec = emit()
-                        if rec is not None:
-                            yield rec
-                    in_event = key == b"SE"
-                    compton = False
-                    t = eg = ee = None
-                    cd = None
-                    gx = gz = nan2
+                    if compton and t is not None and eg is not None and cd is not None:
+                        yield (t, eg, ee, *cd, *gx, *gz)
+                    elif compton:
+                        logger.debug("%s: incomplete Compton event before line %d skipped",
+                                     where, lineno)
+                    in_event, compton = key == b"SE", False
+                    t = eg = ee = cd = None
+                    gx = gz = (np.nan, np.nan)
                     continue
                 if not in_event:
                     continue
@@ -178,43 +166,31 @@ def _iter_compton_records(path: Path) -> Iterator[tuple[float, float, float, lis
                         cd = [float(x) for x in bline.split()[1:10]]
                         if len(cd) < 9:
                             raise ValueError("CD needs two interaction positions")
-                    elif key == b"GX":
+                    elif key == b"GX" or key == b"GZ":
                         parts = bline.split()
-                        gx = [float(parts[1]), float(parts[2])]
-                    elif key == b"GZ":
-                        parts = bline.split()
-                        gz = [float(parts[1]), float(parts[2])]
+                        lonlat = (float(parts[1]), float(parts[2]))
+                        gx, gz = (lonlat, gz) if key == b"GX" else (gx, lonlat)
                 except (ValueError, IndexError) as exc:
                     text = bline.decode("ascii", "replace").strip()
                     hint = "; the gzip file may be corrupt" if path.name.endswith(".gz") else ""
                     raise FileFormatError(
                         f"{where}, line {lineno}: cannot parse {text[:60]!r} ({exc}){hint}"
                     ) from exc
-            if in_event:
-                rec = emit()
-                if rec is not None:
-                    yield rec
     except FileFormatError:
         raise
     except GZIP_ERRORS as exc:
         raise FileFormatError(
             f"{where}: cannot decompress near line {lineno}: {exc} (corrupt or truncated gzip)"
         ) from exc
-    if lineno == 0:
+    if lineno == 1:
         raise FileFormatError(f"{where}: empty file, not a MEGAlib .tra file")
 
 
 def _records_to_columns(recs: list, wanted: list[str] | None) -> dict[str, np.ndarray]:
-    t = np.array([r[0] for r in recs], dtype=np.float64)
-    eg = np.array([r[1] for r in recs], dtype=np.float64)
-    ee = np.array([r[2] for r in recs], dtype=np.float64)
-    cd = np.array([r[3] for r in recs], dtype=np.float64).reshape(len(recs), 9)
-    gx = np.array([r[4] for r in recs], dtype=np.float64).reshape(len(recs), 2)
-    gz = np.array([r[5] for r in recs], dtype=np.float64).reshape(len(recs), 2)
-    cols = compton_columns(t, eg, ee, cd[:, 0:3], cd[:, 6:9], gx, gz)
-    if wanted is not None:
-        cols = {k: cols[k] for k in wanted}
-    return cols
+    a = np.array(recs, dtype=np.float64).reshape(len(recs), 16)
+    cols = compton_columns(a[:, 0], a[:, 1], a[:, 2], a[:, 3:6], a[:, 9:12], a[:, 12:14],
+                           a[:, 14:16])
+    return cols if wanted is None else {k: cols[k] for k in wanted}
 
 
 def iter_tra(path: Path, columns: list[str] | None, chunk_size: int, start: int,
