@@ -179,8 +179,7 @@ class BinnedData:
                 entry["edges"] = np.asarray(getattr(edges, "value", edges))
             info[str(ax.label)] = entry
             logger.info("axis %s: %s", ax.label, entry)
-        contents = hist.contents
-        info["total_counts"] = float(contents.sum())
+        info["total_counts"] = float(hist.contents.sum())
         return info
 
     def plot_binned_data(self, binned_data: Histogram | str | os.PathLike | None = None,
@@ -265,20 +264,18 @@ class BinnedData:
         """
         src = unbinned_data if unbinned_data is not None else (self.cosi_dataset
                                                               or self._data_file_path())
-        tmin = self.tmin if tmin is None else tmin
-        tmax = self.tmax if tmax is None else tmax
-        out = None if output_name is None else self._output_path(output_name)
-        result = select_events(src, out, tmin=tmin, tmax=tmax, emin=emin, emax=emax)
-        if out is None:
-            self.cosi_dataset = result
-        return result
+        return self._select(src, output_name, tmin=self.tmin if tmin is None else tmin,
+                            tmax=self.tmax if tmax is None else tmax, emin=emin, emax=emax)
 
     def combine_unbinned_data(self, input_files: Iterable[str | os.PathLike],
                               output_name: str | os.PathLike | None = None
                               ) -> dict[str, np.ndarray] | Path:
         """Concatenate several event files (streamed when written to ``output_name``)."""
+        return self._select(list(input_files), output_name)
+
+    def _select(self, src: EventSource, output_name, **cuts) -> dict[str, np.ndarray] | Path:
         out = None if output_name is None else self._output_path(output_name)
-        result = select_events(list(input_files), out)
+        result = select_events(src, out, **cuts)
         if out is None:
             self.cosi_dataset = result
         return result

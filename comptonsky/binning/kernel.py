@@ -111,7 +111,6 @@ def _accumulate(partial, pix, npix, counts):  # pragma: no cover - compiled
     return skipped
 
 
-
 class Accumulator:
     """Counts of one binning, dense (int64) or sparse (sorted flat indices and counts)."""
 

@@ -20,8 +20,8 @@ from .writer import EventWriter, write_events
 
 __all__ = [
     "DC2_COLUMNS", "DEFAULT_CHUNK_SIZE", "ELECTRON_MASS_KEV", "ColumnSpec", "EventFormat",
-    "EventSource", "EventWriter", "compton_columns", "count_events", "event_file_columns", "event_inputs",
-    "event_file_format", "iter_event_chunks", "iter_memory_chunks", "iter_tra_chunks",
-    "read_events", "read_tra", "register_format", "select_events", "validate_events",
-    "write_events",
+    "EventSource", "EventWriter", "compton_columns", "count_events", "event_file_columns",
+    "event_file_format", "event_inputs", "iter_event_chunks", "iter_memory_chunks",
+    "iter_tra_chunks", "read_events", "read_tra", "register_format", "select_events",
+    "validate_events", "write_events",
 ]
