@@ -11,7 +11,6 @@ import pytest
 import sparse
 from histpy import Histogram
 
-from comptonsky import binning as binning_mod
 from comptonsky.binning import (
     BinnedData,
     CDSBinning,
@@ -20,6 +19,7 @@ from comptonsky.binning import (
     read_binning_parameters,
     time_bin_edges,
 )
+from comptonsky.binning import kernel as binning_mod
 from comptonsky.cli import main as cli_main
 from comptonsky.errors import (
     FileFormatError,

@@ -10,8 +10,13 @@ import pytest
 
 from comptonsky.binning import BinnedData
 from comptonsky.errors import FileFormatError
-from comptonsky.io.events import DC2_COLUMNS, iter_event_chunks, read_events
-from comptonsky.io.tra import iter_tra_chunks, read_tra
+from comptonsky.io.events import (
+    DC2_COLUMNS,
+    iter_event_chunks,
+    iter_tra_chunks,
+    read_events,
+    read_tra,
+)
 
 from .conftest import reference_file as reference
 

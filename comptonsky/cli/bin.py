@@ -47,7 +47,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``comptonsky bin``."""
-    from ..binning import BinnedData, _hdf5_name, bin_events
+    from ..binning import BinnedData, bin_events, hdf5_output_path
     from ..errors import InvalidParameterError
     from ..io.events import DEFAULT_CHUNK_SIZE
     from ..io.histogram import write_histogram
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidParameterError(
             f"give one --output per --psichi frame: {len(frames)} frame(s) {frames}, "
             f"{len(args.output)} output(s)")
-    outputs = [_hdf5_name(o) for o in args.output]
+    outputs = [hdf5_output_path(o) for o in args.output]
     if not args.overwrite:
         for out in outputs:
             if out.exists():

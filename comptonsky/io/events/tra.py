@@ -9,7 +9,7 @@ A ``.tra`` file is a text file of event blocks, each opened by a ``SE`` line. Fo
     CE  Eg dEg Ee dEe              energy of the scattered gamma ray and of the recoil electron (keV)
     CD  x1 y1 z1 dx1 dy1 dz1 x2 y2 z2 dx2 dy2 dz2 ...   first two interaction positions (cm)
 
-From them each event gets the DC2 columns (:data:`comptonsky.io.events.DC2_COLUMNS`):
+From them each event gets the DC2 columns (:data:`~comptonsky.io.events.DC2_COLUMNS`):
 
 - ``Energies`` = Eg + Ee;
 - ``Phi`` = arccos(1 − mₑc² (1/Eg − 1/(Eg + Ee))) with mₑc² = 510.999 keV (the value MEGAlib
@@ -27,31 +27,25 @@ Other event types (photo-absorption, pair, unknown) are skipped.
 
 from __future__ import annotations
 
-import gzip
+import itertools
 import logging
-import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import FileFormatError, InvalidParameterError
-from .events import _GZIP_ERRORS, _igzip
+from ...errors import FileFormatError
+from .columns import DC2_COLUMNS
+from .compression import GZIP_ERRORS, open_input
 
-__all__ = ["ELECTRON_MASS_KEV", "iter_tra_chunks", "read_tra", "compton_columns"]
+__all__ = ["ELECTRON_MASS_KEV", "compton_columns", "iter_tra"]
+
+SUFFIXES = (".tra", ".tra.gz")
 
 logger = logging.getLogger(__name__)
 
 #: Electron rest energy used by MEGAlib for the Compton angle (keV).
 ELECTRON_MASS_KEV = 510.999
-
-
-def _open_text(path: Path):
-    if path.name.lower().endswith(".gz"):
-        raw = _igzip.open(path, "rb") if _igzip is not None else gzip.open(path, "rb")
-    else:
-        raw = open(path, "rb")  # noqa: SIM115
-    return raw
 
 
 def _unit_vectors(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
@@ -135,40 +129,28 @@ def compton_columns(time: np.ndarray, e_gamma: np.ndarray, e_electron: np.ndarra
     }
 
 
-def _iter_compton_records(path: Path) -> Iterator[tuple[float, float, float, list[float],
-                                                        list[float], list[float]]]:
-    """Yield (t, Eg, Ee, CD numbers, GX, GZ) per Compton event, in file order."""
+def _iter_compton_records(path: Path) -> Iterator[tuple[float, ...]]:
+    """Yield (t, Eg, Ee, 9 CD numbers, GX lon, lat, GZ lon, lat) per Compton event, in file
+    order."""
     where = str(path)
-    nan2 = [np.nan, np.nan]
     lineno = 0
-    in_event = False
-    compton = False
-    t = eg = ee = None
-    cd: list[float] | None = None
-    gx = gz = nan2
-
-    def emit():
-        if compton and t is not None and eg is not None and cd is not None:
-            return (t, eg, ee, cd, gx, gz)
-        if compton:
-            logger.debug("%s: incomplete Compton event before line %d skipped", where, lineno)
-        return None
-
+    in_event = compton = False
+    t = eg = ee = cd = gx = gz = None
     try:
-        with _open_text(path) as raw:
-            for bline in raw:
+        with open_input(path) as raw:
+            # a final "EN" closes the last event
+            for bline in itertools.chain(raw, [b"EN"]):
                 lineno += 1
                 key = bline[:2]
                 if key == b"SE" or key == b"EN":
-                    if in_event:
-                        rec = emit()
-                        if rec is not None:
-                            yield rec
-                    in_event = key == b"SE"
-                    compton = False
-                    t = eg = ee = None
-                    cd = None
-                    gx = gz = nan2
+                    if compton and t is not None and eg is not None and cd is not None:
+                        yield (t, eg, ee, *cd, *gx, *gz)
+                    elif compton:
+                        logger.debug("%s: incomplete Compton event before line %d skipped",
+                                     where, lineno)
+                    in_event, compton = key == b"SE", False
+                    t = eg = ee = cd = None
+                    gx = gz = (np.nan, np.nan)
                     continue
                 if not in_event:
                     continue
@@ -184,127 +166,43 @@ def _iter_compton_records(path: Path) -> Iterator[tuple[float, float, float, lis
                         cd = [float(x) for x in bline.split()[1:10]]
                         if len(cd) < 9:
                             raise ValueError("CD needs two interaction positions")
-                    elif key == b"GX":
+                    elif key == b"GX" or key == b"GZ":
                         parts = bline.split()
-                        gx = [float(parts[1]), float(parts[2])]
-                    elif key == b"GZ":
-                        parts = bline.split()
-                        gz = [float(parts[1]), float(parts[2])]
+                        lonlat = (float(parts[1]), float(parts[2]))
+                        gx, gz = (lonlat, gz) if key == b"GX" else (gx, lonlat)
                 except (ValueError, IndexError) as exc:
                     text = bline.decode("ascii", "replace").strip()
                     hint = "; the gzip file may be corrupt" if path.name.endswith(".gz") else ""
                     raise FileFormatError(
                         f"{where}, line {lineno}: cannot parse {text[:60]!r} ({exc}){hint}"
                     ) from exc
-            if in_event:
-                rec = emit()
-                if rec is not None:
-                    yield rec
     except FileFormatError:
         raise
-    except _GZIP_ERRORS as exc:
+    except GZIP_ERRORS as exc:
         raise FileFormatError(
             f"{where}: cannot decompress near line {lineno}: {exc} (corrupt or truncated gzip)"
         ) from exc
-    if lineno == 0:
+    if lineno == 1:
         raise FileFormatError(f"{where}: empty file, not a MEGAlib .tra file")
 
 
 def _records_to_columns(recs: list, wanted: list[str] | None) -> dict[str, np.ndarray]:
-    t = np.array([r[0] for r in recs], dtype=np.float64)
-    eg = np.array([r[1] for r in recs], dtype=np.float64)
-    ee = np.array([r[2] for r in recs], dtype=np.float64)
-    cd = np.array([r[3] for r in recs], dtype=np.float64).reshape(len(recs), 9)
-    gx = np.array([r[4] for r in recs], dtype=np.float64).reshape(len(recs), 2)
-    gz = np.array([r[5] for r in recs], dtype=np.float64).reshape(len(recs), 2)
-    cols = compton_columns(t, eg, ee, cd[:, 0:3], cd[:, 6:9], gx, gz)
-    if wanted is not None:
-        cols = {k: cols[k] for k in wanted}
-    return cols
+    a = np.array(recs, dtype=np.float64).reshape(len(recs), 16)
+    cols = compton_columns(a[:, 0], a[:, 1], a[:, 2], a[:, 3:6], a[:, 9:12], a[:, 12:14],
+                           a[:, 14:16])
+    return cols if wanted is None else {k: cols[k] for k in wanted}
 
 
-def iter_tra_chunks(path: str | os.PathLike, columns: Iterable[str] | None = None,
-                    chunk_size: int = 1 << 16,
-                    event_range: tuple[int, int | None] | None = None,
-                    callback: Callable[[int], None] | None = None
-                    ) -> Iterator[dict[str, np.ndarray]]:
-    """Stream the Compton events of a MEGAlib ``.tra``/``.tra.gz`` file as DC2 column chunks.
-
-    Parameters
-    ----------
-    path : path-like
-        The ``.tra`` or ``.tra.gz`` file.
-    columns : iterable of str, optional
-        DC2 columns to return (default all).
-    chunk_size : int
-        Events per chunk.
-    event_range : (int, int or None), optional
-        Only Compton events with ``start <= index < stop`` (index over Compton events in file
-        order).
-    callback : callable, optional
-        Called with the number of events in each chunk.
-
-    Yields
-    ------
-    dict of str to ndarray
-        Columns of shape (n,) or (n, 2) in the canonical units of
-        :data:`comptonsky.io.events.DC2_COLUMNS`.
-
-    Raises
-    ------
-    FileFormatError
-        On a missing, unparsable, corrupt or truncated file (the message names the file and line).
-    """
-    from .events import DC2_COLUMNS
-
-    path = Path(path)
-    if not path.exists():
-        raise FileFormatError(f"{path}: no such file")
-    wanted = None if columns is None else list(columns)
-    if wanted is not None:
-        unknown = [c for c in wanted if c not in DC2_COLUMNS]
-        if unknown:
-            raise FileFormatError(
-                f"{path}: missing column(s) {unknown}; a .tra file provides {list(DC2_COLUMNS)}")
-    if chunk_size < 1:
-        raise InvalidParameterError(f"chunk_size must be >= 1, got {chunk_size}")
-    start, stop = (0, None) if event_range is None else event_range
-    recs: list = []
-    index = -1
-    for rec in _iter_compton_records(path):
-        index += 1
-        if index < start:
-            continue
-        if stop is not None and index >= stop:
-            break
-        recs.append(rec)
-        if len(recs) >= chunk_size:
-            if callback is not None:
-                callback(len(recs))
-            yield _records_to_columns(recs, wanted)
-            recs = []
-    if recs:
+def iter_tra(path: Path, columns: list[str] | None, chunk_size: int, start: int,
+             stop: int | None, callback) -> Iterator[dict[str, np.ndarray]]:
+    """Column chunks of the Compton events ``start <= index < stop`` of a ``.tra`` file (the
+    reader behind :func:`~comptonsky.io.events.iter_tra_chunks`)."""
+    unknown = [c for c in columns or () if c not in DC2_COLUMNS]
+    if unknown:
+        raise FileFormatError(
+            f"{path}: missing column(s) {unknown}; a .tra file provides {list(DC2_COLUMNS)}")
+    records = itertools.islice(_iter_compton_records(path), max(0, start), stop)
+    while recs := list(itertools.islice(records, chunk_size)):
         if callback is not None:
             callback(len(recs))
-        yield _records_to_columns(recs, wanted)
-
-
-def read_tra(path: str | os.PathLike, columns: Iterable[str] | None = None
-             ) -> dict[str, np.ndarray]:
-    """Read all Compton events of a ``.tra``/``.tra.gz`` file into DC2 columns.
-
-    Returns
-    -------
-    dict of str to ndarray
-        Columns of shape (N,) or (N, 2) in canonical units (empty arrays if no Compton event).
-    """
-    from .events import DC2_COLUMNS
-
-    parts: dict[str, list[np.ndarray]] = {}
-    for chunk in iter_tra_chunks(path, columns=columns):
-        for k, v in chunk.items():
-            parts.setdefault(k, []).append(v)
-    if not parts:
-        names = list(columns) if columns is not None else list(DC2_COLUMNS)
-        return {n: np.empty((0,) + DC2_COLUMNS[n].shape) for n in names}
-    return {k: np.concatenate(v) for k, v in parts.items()}
+        yield _records_to_columns(recs, columns)

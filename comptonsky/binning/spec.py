@@ -1,0 +1,227 @@
+"""Binning of the Compton data space: the tutorial's parameter files and :class:`CDSBinning`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+from histpy import Axis, HealpixAxis
+
+from ..errors import FileFormatError, InvalidParameterError, UnknownChoiceError
+from ..frames import register_spacecraft_frame
+from .psichi import PSICHI_COLUMNS, PSICHI_FRAMES
+
+__all__ = ["BINNING_KEYS", "CDSBinning", "phi_bin_edges", "read_binning_parameters",
+           "time_bin_edges"]
+
+logger = logging.getLogger(__name__)
+
+#: Keys accepted in a binning parameter file (the tutorial's ``inputs_*.yaml``).
+BINNING_KEYS = (
+    "data_file", "ori_file", "unbinned_output", "time_bins", "tmin", "tmax", "energy_bins",
+    "phi_pix_size", "nside", "scheme",
+)
+
+
+def time_bin_edges(time_bins: float | Sequence[float], tmin: float | None = None,
+                   tmax: float | None = None, where: str = "binning parameters") -> np.ndarray:
+    """Time-bin edges (s) from a bin size or an explicit list of edges.
+
+    Parameters
+    ----------
+    time_bins : float or sequence of float
+        A bin size in seconds, or the bin edges in seconds.
+    tmin, tmax : float, optional
+        Start and end of the binned interval (s); required with a bin size. A size that does
+        not divide ``tmax - tmin`` is rounded to the nearest size that does (logged).
+    where : str
+        Source of the parameters, for error messages.
+
+    Returns
+    -------
+    ndarray, shape (n + 1,)
+        Strictly increasing edges in seconds.
+    """
+    if isinstance(time_bins, (list, tuple, np.ndarray)):
+        edges = np.asarray(time_bins, dtype=np.float64)
+        _check_edges(edges, "time_bins", where)
+        return edges
+    if isinstance(time_bins, bool) or not isinstance(time_bins, (int, float, np.number)):
+        raise InvalidParameterError(
+            f"{where}: time_bins must be a bin size in seconds or a list of edges, "
+            f"got {time_bins!r}")
+    size = float(time_bins)
+    if not np.isfinite(size) or size <= 0:
+        raise InvalidParameterError(f"{where}: time_bins must be > 0 s, got {time_bins!r}")
+    if tmin is None or tmax is None:
+        raise InvalidParameterError(f"{where}: a time bin size needs tmin and tmax")
+    tmin, tmax = float(tmin), float(tmax)
+    if not tmax > tmin:
+        raise InvalidParameterError(f"{where}: tmax ({tmax}) must be greater than tmin ({tmin})")
+    nbins = max(1, int(round((tmax - tmin) / size)))
+    if not np.isclose(nbins * size, tmax - tmin, rtol=1e-12, atol=0):
+        logger.info("%s: time bin size %g s does not divide [%r, %r]; using %d bins of %g s",
+                    where, size, tmin, tmax, nbins, (tmax - tmin) / nbins)
+    return np.linspace(tmin, tmax, nbins + 1)
+
+
+def phi_bin_edges(phi_pix_size: float, where: str = "binning parameters") -> np.ndarray:
+    """Compton-angle edges (deg) from 0 to 180 in steps of ``phi_pix_size`` (which must divide 180).
+
+    Returns
+    -------
+    ndarray, shape (180 / phi_pix_size + 1,)
+        Edges in degrees.
+    """
+    try:
+        size = float(phi_pix_size)
+    except (TypeError, ValueError):
+        raise InvalidParameterError(
+            f"{where}: phi_pix_size must be a number of degrees, got {phi_pix_size!r}") from None
+    if not np.isfinite(size) or size <= 0 or size > 180:
+        raise InvalidParameterError(f"{where}: phi_pix_size must be in (0, 180] deg, got {size}")
+    nbins = int(round(180.0 / size))
+    if not np.isclose(nbins * size, 180.0, rtol=1e-9):
+        raise InvalidParameterError(
+            f"{where}: phi_pix_size {size} deg does not divide 180 deg; "
+            f"try {180.0 / nbins:g} or {180.0 / (nbins + 1):g}")
+    edges = np.arange(nbins + 1, dtype=np.float64) * size
+    edges[-1] = 180.0
+    return edges
+
+
+def _check_edges(edges: np.ndarray, name: str, where: str) -> None:
+    if edges.ndim != 1 or edges.size < 2:
+        raise InvalidParameterError(f"{where}: {name} needs at least two edges, got {edges}")
+    if not np.all(np.isfinite(edges)):
+        raise InvalidParameterError(f"{where}: {name} has non-finite edges: {edges}")
+    if not np.all(np.diff(edges) > 0):
+        raise InvalidParameterError(f"{where}: {name} edges must increase strictly: {edges}")
+
+
+def read_binning_parameters(input_yaml: str | os.PathLike) -> dict:
+    """Read and check a binning parameter file (the tutorial's ``inputs_*.yaml``).
+
+    Raises
+    ------
+    FileFormatError
+        If the file is missing or not YAML.
+    UnknownChoiceError
+        On a key that is not a binning parameter (naming the nearest valid key).
+    """
+    path = Path(input_yaml)
+    if not path.exists():
+        raise FileFormatError(f"{path}: no such binning parameter file")
+    try:
+        with open(path) as fh:
+            pars = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        raise FileFormatError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(pars, dict):
+        raise FileFormatError(f"{path}: expected a mapping of binning parameters")
+    for key in pars:
+        if key not in BINNING_KEYS:
+            raise UnknownChoiceError("binning parameter", key, BINNING_KEYS, where=str(path))
+    return pars
+
+
+@dataclass(frozen=True)
+class CDSBinning:
+    """One binning of the Compton data space.
+
+    Attributes
+    ----------
+    time_edges : ndarray, shape (nt + 1,)
+        Time edges (s).
+    energy_edges : ndarray, shape (ne + 1,)
+        Measured-energy edges (keV).
+    phi_edges : ndarray, shape (nphi + 1,)
+        Compton-angle edges (deg).
+    nside : int
+        HEALPix nside of the PsiChi axis.
+    scheme : {"ring", "nested"}
+        HEALPix scheme.
+    psichi_binning : {"galactic", "local"}
+        Frame of the scattered-photon direction.
+    """
+
+    time_edges: np.ndarray
+    energy_edges: np.ndarray
+    phi_edges: np.ndarray
+    nside: int
+    scheme: str = "ring"
+    psichi_binning: str = "galactic"
+    where: str = field(default="binning parameters", compare=False)
+
+    def __post_init__(self):
+        w = self.where
+        for name in ("time_edges", "energy_edges", "phi_edges"):
+            arr = np.asarray(getattr(self, name), dtype=np.float64)
+            _check_edges(arr, name, w)
+            object.__setattr__(self, name, arr)
+        if self.psichi_binning not in PSICHI_FRAMES:
+            raise UnknownChoiceError("psichi_binning", self.psichi_binning, PSICHI_FRAMES,
+                                     where=w)
+        scheme = str(self.scheme).lower()
+        scheme = {"nest": "nested"}.get(scheme, scheme)
+        if scheme not in ("ring", "nested"):
+            raise UnknownChoiceError("HEALPix scheme", self.scheme, ("ring", "nested"), where=w)
+        object.__setattr__(self, "scheme", scheme)
+        nside = self.nside
+        if isinstance(nside, bool) or not isinstance(nside, (int, np.integer)) or nside < 1:
+            raise InvalidParameterError(f"{w}: nside must be a positive integer, got {nside!r}")
+        if nside & (nside - 1):
+            raise InvalidParameterError(f"{w}: nside must be a power of 2, got {nside}")
+        object.__setattr__(self, "nside", int(nside))
+
+    @classmethod
+    def from_parameters(cls, pars: Mapping, psichi_binning: str = "galactic",
+                        where: str = "binning parameters") -> CDSBinning:
+        """Build from the tutorial's parameters (``time_bins``, ``tmin``, ``tmax``,
+        ``energy_bins``, ``phi_pix_size``, ``nside``, ``scheme``)."""
+        missing = [k for k in ("time_bins", "energy_bins", "phi_pix_size", "nside")
+                   if pars.get(k) is None]
+        if missing:
+            raise InvalidParameterError(f"{where}: missing binning parameter(s) {missing}")
+        return cls(
+            time_edges=time_bin_edges(pars["time_bins"], pars.get("tmin"), pars.get("tmax"),
+                                      where),
+            energy_edges=np.asarray(pars["energy_bins"], dtype=np.float64),
+            phi_edges=phi_bin_edges(pars["phi_pix_size"], where),
+            nside=pars["nside"],
+            scheme=pars.get("scheme") or "ring",
+            psichi_binning=psichi_binning,
+            where=where,
+        )
+
+    @property
+    def npix(self) -> int:
+        """Number of HEALPix pixels of the PsiChi axis."""
+        return 12 * self.nside**2
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(nt, ne, nphi, npix)."""
+        return (self.time_edges.size - 1, self.energy_edges.size - 1, self.phi_edges.size - 1,
+                self.npix)
+
+    @property
+    def direction_columns(self) -> tuple[str, str]:
+        """The two event columns giving the PsiChi direction."""
+        return PSICHI_COLUMNS[self.psichi_binning]
+
+    def axes(self) -> list:
+        """histpy axes Time (s), Em (keV), Phi (deg), PsiChi (HEALPix)."""
+        register_spacecraft_frame()
+        return [
+            Axis(self.time_edges, label="Time", unit="s"),
+            Axis(self.energy_edges, label="Em", unit="keV"),
+            Axis(self.phi_edges, label="Phi", unit="deg"),
+            HealpixAxis(nside=self.nside, scheme=self.scheme,
+                        coordsys=PSICHI_FRAMES[self.psichi_binning], label="PsiChi"),
+        ]
