@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import FileFormatError
+from ...physics import MEGALIB_ELECTRON_MASS_KEV
 from .columns import DC2_COLUMNS
 from .compression import GZIP_ERRORS, open_input
 
@@ -45,7 +46,7 @@ SUFFIXES = (".tra", ".tra.gz")
 logger = logging.getLogger(__name__)
 
 #: Electron rest energy used by MEGAlib for the Compton angle (keV).
-ELECTRON_MASS_KEV = 510.999
+ELECTRON_MASS_KEV = MEGALIB_ELECTRON_MASS_KEV
 
 
 def _unit_vectors(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
