@@ -8,6 +8,7 @@ import pytest
 from comptonsky.response.load import load_response
 from comptonsky.response.operator import DenseResponse
 from comptonsky.response.outofcore import OutOfCoreResponse
+from comptonsky.response.reuse import ReusedProducts
 from comptonsky.response.sparse import SparseResponse, index_dtype
 from comptonsky.response.synthetic import cone_response
 
@@ -159,7 +160,8 @@ def test_float32_rl_map_matches_float64(tmp_path):
                          ids=[f"{s}-{d}" for s, d, _ in BACKENDS])
 def test_forward_reuses_products_on_a_line(cone, reference, tmp_path, storage, dtype, opts):
     """An accelerated step x0 + α(x1 − x0), clipped on a few pixels, costs no full product."""
-    op = load_response(cone, dtype=dtype, storage=storage, cache_dir=tmp_path, **opts)
+    op = ReusedProducts(load_response(cone, dtype=dtype, storage=storage, cache_dir=tmp_path,
+                                      **opts))
     rng = np.random.default_rng(7)
     x0 = rng.random(op.n_model)
     x1 = x0 + 0.3 * rng.standard_normal(op.n_model)

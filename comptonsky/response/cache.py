@@ -33,7 +33,7 @@ from ..errors import FileFormatError
 from ..io.atomic import atomic_path
 
 __all__ = ["CACHE_ENV", "cache_key", "cache_file", "CacheWriter", "CacheFile", "find_cache",
-           "map_array"]
+           "map_array", "ResponseCache"]
 
 logger = logging.getLogger(__name__)
 
@@ -308,3 +308,51 @@ def find_cache(path: Path, key: str, populate: bool = False) -> CacheFile | None
                        cf.meta.get("key"), key)
         return None
     return cf
+
+
+#: Cache files this process is still writing (path → Future), so that a second load waits.
+_PENDING: dict[str, Future] = {}
+
+
+class ResponseCache:
+    """The cache file of one (source file, dtype, storage kind, threshold).
+
+    Parameters
+    ----------
+    source : path-like
+        The response file.
+    dtype : str
+    kind : {'dense', 'sparse'}
+        The cache's layout (out-of-core uses the dense one).
+    threshold : float or None
+        Sparse threshold (None for dense).
+    cache_dir : path-like, optional
+        See :func:`cache_dir_for`.
+    """
+
+    def __init__(self, source, dtype: str, kind: str, threshold: float | None = None,
+                 cache_dir=None):
+        self.source = Path(source)
+        self.key = cache_key(source, dtype, kind, threshold)
+        self.path = cache_file(source, self.key, kind, dtype, cache_dir)
+        self.meta = {"key": self.key, "source": str(source), "storage": kind, "dtype": dtype,
+                     "threshold": threshold}
+
+    def find(self, populate: bool = False) -> CacheFile | None:
+        """The valid cache file, once any write of it by this process has finished; or None."""
+        pending = _PENDING.pop(str(self.path), None)
+        if pending is not None:
+            try:
+                pending.result()
+            except Exception:  # noqa: BLE001 - logged by the writer; convert again
+                pass
+        return find_cache(self.path, self.key, populate=populate)
+
+    def writer(self, meta: dict[str, Any], background: bool = True) -> CacheWriter:
+        """A writer of this cache file (``meta`` is added to the identity)."""
+        return CacheWriter(self.path, {**self.meta, **meta}, background=background)
+
+    def finish_in_background(self, writer: CacheWriter) -> Future:
+        """Close ``writer`` from its thread; a later :meth:`find` waits for it."""
+        fut = _PENDING[str(self.path)] = writer.close_in_background()
+        return fut
