@@ -168,6 +168,11 @@ class LinearOperator(ABC):
         return self.nbytes
 
     @property
+    def backend(self) -> str:
+        """Name of the class holding the values (wrappers report the wrapped one's)."""
+        return type(self).__name__
+
+    @property
     def load_info(self) -> dict[str, Any]:
         """The same dict as :attr:`info` (read-only name kept for existing callers)."""
         return self.info
@@ -220,6 +225,10 @@ class OperatorWrapper(LinearOperator):
     @property
     def storage(self) -> str:  # type: ignore[override]
         return self.inner.storage
+
+    @property
+    def backend(self) -> str:
+        return self.inner.backend
 
     @property
     def nbytes(self) -> int:

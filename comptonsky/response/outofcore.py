@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import InvalidParameterError
 from .operator import ResponseOperator
-from .subset import RestrictedResponse, ResponseSubset
+from .subset import ResponseSubset, RestrictedResponse
 
 __all__ = ["OutOfCoreResponse", "OutOfCoreSubset"]
 
