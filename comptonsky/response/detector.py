@@ -22,6 +22,14 @@ from .memory import release_free_memory
 __all__ = ["DetectorResponse"]
 
 
+def _sparse_row(row: np.ndarray, threshold: float) -> tuple[np.ndarray, ...]:
+    """(col_p, col_k, val) of the entries > threshold × max of a row (Ei, Em, Phi, PsiChi)."""
+    r = row.reshape(-1, row.shape[-1]).T  # (P, K): p-major
+    vmax = r.max() if r.size else 0.0
+    p, k = np.nonzero(r > threshold * vmax) if vmax > 0 else (np.array([], int),) * 2
+    return p, k, r[p, k]
+
+
 @dataclass
 class DetectorResponse:
     """A detector-frame response R_det[ν, Ei, Em, Phi, PsiChi] (cm²) stored sparsely per ν.
@@ -122,12 +130,7 @@ class DetectorResponse:
                                     f"PsiChi), got shape {a.shape}")
         nside_nu = nside_nu or hp.npix2nside(a.shape[0])
         nside_psichi = nside_psichi or hp.npix2nside(a.shape[4])
-        rows = []
-        for i in range(a.shape[0]):
-            r = a[i].reshape(-1, a.shape[4]).T  # (P, K): p-major
-            vmax = r.max() if r.size else 0.0
-            p, k = np.nonzero(r > threshold * vmax) if vmax > 0 else (np.array([], int),) * 2
-            rows.append((p, k, r[p, k]))
+        rows = [_sparse_row(a[i], threshold) for i in range(a.shape[0])]
         return cls.from_parts([rows], nside_nu, nside_psichi, a.shape[1:4])
 
     @classmethod
@@ -147,13 +150,8 @@ class DetectorResponse:
             factor = float(hist.unit.to(u.cm**2))
         contents = hist.contents
         if hasattr(contents, "todense") and not isinstance(contents, np.ndarray):
-            rows = []
-            for i in range(contents.shape[0]):
-                r = np.asarray(contents[i].todense()) * factor
-                r = r.reshape(-1, r.shape[-1]).T
-                vmax = r.max() if r.size else 0.0
-                p, k = np.nonzero(r > threshold * vmax) if vmax > 0 else (np.array([], int),) * 2
-                rows.append((p, k, r[p, k]))
+            rows = [_sparse_row(np.asarray(contents[i].todense()) * factor, threshold)
+                    for i in range(contents.shape[0])]
             return cls.from_parts([rows], hist.axes["NuLambda"].nside,
                                   hist.axes["PsiChi"].nside, contents.shape[1:4])
         arr = np.asarray(getattr(contents, "value", contents)) * factor
@@ -218,12 +216,7 @@ class DetectorResponse:
                 if drop:
                     r = r.sum(axis=drop)
                 order = [sorted(keep).index(k) for k in keep]
-                r = np.transpose(r, order)  # (Ei, Em, Phi, PsiChi)
-                r2 = r.reshape(-1, r.shape[-1]).T
-                vmax = r2.max() if r2.size else 0.0
-                p, k = (np.nonzero(r2 > threshold * vmax) if vmax > 0
-                        else (np.array([], int),) * 2)
-                rows.append((p, k, r2[p, k]))
+                rows.append(_sparse_row(np.transpose(r, order), threshold))
             shape_k = tuple(axes[a].nbins for a in want[1:4])
             return cls.from_parts([rows], axes["NuLambda"].nside, axes["PsiChi"].nside, shape_k)
 
