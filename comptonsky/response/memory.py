@@ -37,19 +37,9 @@ def parse_memory(value: str | int | float | None, what: str = "memory_budget") -
 
 
 def available_memory() -> int:
-    """Bytes of memory available to a new allocation (psutil, else /proc/meminfo)."""
-    try:
-        import psutil
-        return int(psutil.virtual_memory().available)
-    except ImportError:  # pragma: no cover - psutil is a dependency
-        try:
-            with open("/proc/meminfo") as fh:
-                for line in fh:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-    return 2 ** 62
+    """Bytes of memory available to a new allocation."""
+    import psutil
+    return int(psutil.virtual_memory().available)
 
 
 def release_free_memory() -> None:

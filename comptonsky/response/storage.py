@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidParameterError
-from .cache import CACHE_ENV, CacheFile, CacheWriter, ResponseCache, map_array
+from .cache import CACHE_ENV, CacheWriter, ResponseCache, map_array
 from .memory import available_memory
 from .operator import DenseResponse, ResponseOperator
 from .options import ResponseOptions
@@ -97,11 +97,8 @@ class Storage:
         """The operator on the source's own memory or file (no conversion), if possible."""
         return None
 
-    def open_cache(self, cf: CacheFile, src, dt, opts) -> ResponseOperator:
-        raise NotImplementedError
-
-    def build(self, src, dt, opts, cache: ResponseCache | None, info: dict) -> ResponseOperator:
-        raise NotImplementedError
+    # open_cache(cf, src, dt, opts) and build(src, dt, opts, cache, info) -> ResponseOperator:
+    # in each strategy
 
 
 def _mapped(op: ResponseOperator) -> ResponseOperator:
