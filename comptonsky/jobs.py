@@ -150,7 +150,7 @@ def deconvolve_files(parfile: str | os.PathLike, event: str | os.PathLike | Hist
         "events": float(dataset.counts.sum()),
         "response": {"shape": list(dataset.response.shape),
                      "dtype": str(getattr(dataset.response, "dtype", "")),
-                     "storage": type(dataset.response).__name__,
+                     "storage": dataset.response.backend,
                      "load_info": _plain(getattr(dataset.response, "load_info", None))},
         "timing_s": {"load": load_s, "iterations": run_s,
                      "per_iteration": run_s / max(len(results), 1),

@@ -146,3 +146,42 @@ def test_subsets_shared_between_runs_on_one_response(dense, small_problem, tmp_p
         "deconvolution:parameter:stopping_criteria:statistics = cross-validation"])
     assert 1 <= osem.algorithm.cross_validation["best_iteration"] <= 30
     assert len(osem.results) == osem.algorithm.cross_validation["best_iteration"]
+
+
+def _fit(problem, tmp_path, algorithm, overrides=(), **response_options):
+    from comptonsky import DataIF_COSI_DC2, ImageDeconvolution
+
+    from .conftest import write_parfile
+
+    ds = DataIF_COSI_DC2.load("toy", problem.event, {"albedo": problem.background},
+                              problem.response, **response_options)
+    deconv = ImageDeconvolution()
+    deconv.set_dataset([ds])
+    deconv.read_parameterfile(write_parfile(tmp_path, algorithm=algorithm, iterations=6,
+                                            accel=True, alpha_max=3.0))
+    deconv.override_parameter(*overrides)
+    deconv.initialize()
+    deconv.run_deconvolution(progress=False)
+    return ds, np.array([r["model"].contents.value for r in deconv.results])
+
+
+@pytest.mark.parametrize("axis", ["Phi", "PsiChi"])
+def test_osem_maps_agree_on_every_storage(small_problem, tmp_path, axis):
+    over = ["deconvolution:parameter:n_subsets = 4",
+            f"deconvolution:parameter:subset_axis = {axis}",
+            "deconvolution:parameter:subset_schedule = constant"]
+    _, dense = _fit(small_problem, tmp_path, "OSEM", over)
+    for storage, opts in (("sparse", {"sparse_threshold": 0.0}),
+                          ("out-of-core", {"memory_budget": "64 kB",
+                                           "cache_dir": str(tmp_path)})):
+        ds, maps = _fit(small_problem, tmp_path, "OSEM", over, storage=storage, **opts)
+        assert ds.response.storage == storage
+        assert np.abs(maps - dense).max() <= 1e-10 * np.abs(dense).max()
+
+
+def test_reused_products_give_the_same_maps(small_problem, tmp_path):
+    ds, reused = _fit(small_problem, tmp_path, "RL")
+    assert ds.response.products_reused > 0
+    plain_ds, plain = _fit(small_problem, tmp_path, "RL", reuse_products=False)
+    assert not hasattr(plain_ds.response, "products_reused")
+    assert np.abs(reused - plain).max() <= 1e-13 * np.abs(plain).max()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from comptonsky.errors import AxisMismatchError
 from comptonsky.response.load import load_response
 from comptonsky.response.operator import DenseResponse
 from comptonsky.response.outofcore import OutOfCoreResponse
+from comptonsky.response.reuse import ReusedProducts
 from comptonsky.response.sparse import SparseResponse, index_dtype
 from comptonsky.response.synthetic import cone_response
 
@@ -159,7 +161,8 @@ def test_float32_rl_map_matches_float64(tmp_path):
                          ids=[f"{s}-{d}" for s, d, _ in BACKENDS])
 def test_forward_reuses_products_on_a_line(cone, reference, tmp_path, storage, dtype, opts):
     """An accelerated step x0 + α(x1 − x0), clipped on a few pixels, costs no full product."""
-    op = load_response(cone, dtype=dtype, storage=storage, cache_dir=tmp_path, **opts)
+    op = ReusedProducts(load_response(cone, dtype=dtype, storage=storage, cache_dir=tmp_path,
+                                      **opts))
     rng = np.random.default_rng(7)
     x0 = rng.random(op.n_model)
     x1 = x0 + 0.3 * rng.standard_normal(op.n_model)
@@ -183,3 +186,118 @@ def test_forward_reuses_products_on_a_line(cone, reference, tmp_path, storage, d
     op.reuse_products = False
     op.forward(x3)
     assert op.products_computed == before + 2
+
+
+# --- operator contract: composition, subsets, options --------------------------------------
+
+def _dense_of(op):
+    """The operator's matrix (n_model, n_data) from products with the unit vectors."""
+    return np.array([op.forward(e) for e in np.eye(op.n_model)])
+
+
+def test_compositions_are_adjoint_and_match_dense_products(reference):
+    from comptonsky.response.compose import (
+        BlockStack,
+        DiagonalOperator,
+        MatrixOperator,
+        ProductOperator,
+    )
+    from comptonsky.response.operator import adjointness_test
+
+    rng = np.random.default_rng(11)
+    n, m = reference.n_model, reference.n_data
+    conv = MatrixOperator(rng.random((n, n)))            # e.g. a sky → detector conversion
+    scale = DiagonalOperator(rng.random(m) + 0.5)
+    product = scale @ reference @ conv
+    assert isinstance(product, ProductOperator) and product.shape == (n, m)
+    stack = BlockStack([reference, reference @ conv, scale @ reference])
+    assert stack.shape == (n, 3 * m)
+    r = reference.matrix * reference.pixel_solid_angle[:, None]
+    c = conv.matrix
+    expected = {"product": (c @ r) * scale.diagonal,
+                "stack": np.hstack([r, c @ r, r * scale.diagonal])}
+    x, y = rng.random(n), rng.random(3 * m)
+    for name, op in (("product", product), ("stack", stack)):
+        assert adjointness_test(op, seed=2) < 1e-12
+        want = expected[name]
+        assert _rel(op.forward(x), x @ want) < 1e-12
+        assert _rel(op.adjoint(y[:op.n_data]), want @ y[:op.n_data]) < 1e-12
+        assert _rel(op.exposure, want.sum(axis=1)) < 1e-12
+        rows = np.array([1, 7, 30])
+        assert _rel(op.forward_partial(rows, x[rows]), x[rows] @ want[rows]) < 1e-12
+    with pytest.raises(AxisMismatchError, match="model elements"):
+        conv @ reference
+
+
+@pytest.mark.parametrize("storage,dtype,opts", BACKENDS,
+                         ids=[f"{s}-{d}" for s, d, _ in BACKENDS])
+@pytest.mark.parametrize("axis", ["Phi", "PsiChi"])
+def test_subsets_are_the_restricted_products(cone, reference, vectors, tmp_path, storage, dtype,
+                                             opts, axis):
+    op = load_response(cone, dtype=dtype, storage=storage, cache_dir=tmp_path, **opts)
+    x, y = vectors
+    tol = TOL[dtype]
+    n_subsets = min(3, op.data_shape[1 if axis == "Phi" else 2])
+    full_fwd, total = reference.forward(x), np.zeros(op.n_model)
+    covered = []
+    for k in range(n_subsets):
+        sub = op.subset(k, n_subsets, axis)
+        idx = sub.data_indices
+        covered.append(idx)
+        assert sub.shape == (op.n_model, len(idx)) and sub.dtype == op.dtype
+        assert sub.check_adjointness() < tol
+        assert _rel(sub.forward(x), full_fwd[idx]) < tol
+        masked = np.zeros(op.n_data)
+        masked[idx] = y[idx]
+        assert _rel(sub.adjoint(y[idx]), reference.adjoint(masked)) < tol
+        rows = np.array([0, 5, 40])
+        assert _rel(sub.forward_partial(rows, x[rows]),
+                    reference.forward_partial(rows, x[rows])[idx]) < tol
+        total += sub.exposure
+    np.testing.assert_array_equal(np.sort(np.concatenate(covered)), np.arange(op.n_data))
+    assert _rel(total, reference.exposure) < tol
+
+
+def test_reused_products_wrapper_keeps_the_operator():
+    from comptonsky.response.reuse import ReusedProducts
+
+    op = load_response(cone_response(nside=2, n_phi=4, ring_width_deg=20.0))
+    wrapped = ReusedProducts(op)
+    assert wrapped.matrix is op.matrix and wrapped.storage == "dense"
+    assert wrapped.backend == "DenseResponse" and wrapped.info is op.info
+    assert wrapped.check_adjointness() < 1e-12
+    np.testing.assert_array_equal(wrapped.exposure, op.exposure)
+
+
+@pytest.mark.parametrize("mapping,exc,words", [
+    ({"storrage": "dense"}, "UnknownChoiceError", ["storrage", "storage", "test.yml"]),
+    ({"storage": "fast"}, "UnknownChoiceError", ["fast", "sparse"]),
+    ({"device": 1}, "UnknownChoiceError", ["'gpu'"]),
+    ({"cache": "yes"}, "InvalidParameterError", ["cache", "yes", "true or false"]),
+    ({"sparse_threshold": -0.5}, "InvalidParameterError", ["sparse_threshold", "-0.5"]),
+    ({"memory_budget": "2 parsecs"}, "InvalidParameterError", ["memory_budget", "2 parsecs"]),
+    ({"cache_dir": 3}, "InvalidParameterError", ["cache_dir", "3"]),
+])
+def test_response_options_errors_name_the_key(mapping, exc, words):
+    from comptonsky import errors
+    from comptonsky.response.options import ResponseOptions
+
+    with pytest.raises(getattr(errors, exc)) as info:
+        ResponseOptions.from_mapping(mapping, "test.yml")
+    assert "\n" not in str(info.value)
+    for w in words:
+        assert w in str(info.value)
+
+
+def test_response_options_values_and_fields():
+    from comptonsky.response.options import ResponseOptions
+
+    opts = ResponseOptions.from_mapping({"memory_budget": "1 GiB", "storage": "ooc",
+                                         "dtype": np.float32, "cache": None})
+    assert (opts.memory_budget, opts.storage, opts.dtype, opts.cache) == \
+        (2 ** 30, "out-of-core", "float32", True)
+    again = ResponseOptions.from_mapping({"cache": False}, base=opts)
+    assert again.memory_budget == 2 ** 30 and again.cache is False
+    fields = ResponseOptions.fields()
+    assert set(fields) == set(opts.to_dict())
+    assert fields["storage"]["choices"] == ("dense", "sparse", "out-of-core", "auto")

@@ -17,10 +17,11 @@ from comptonsky.errors import (
     InvalidParameterError,
     UnknownChoiceError,
 )
-from comptonsky.response import load as load_mod
 from comptonsky.response.cache import CACHE_ENV
-from comptonsky.response.load import choose_storage, load_response
-from comptonsky.response.outofcore import parse_memory
+from comptonsky.response.load import load_response
+from comptonsky.response.memory import parse_memory
+from comptonsky.response.source import open_source
+from comptonsky.response.storage import choose_storage
 from comptonsky.response.synthetic import cone_response
 
 
@@ -76,10 +77,10 @@ def test_file_with_overflow_bins_and_chunked_gzip(cone, reference, tmp_path):
     _same(load_response(p1, cache=False), reference)
     p2 = tmp_path / "chunked.h5"
     cone.write(p2, h5_dataset_kw={"chunks": (7, 1, 1, 12, 192), "compression": "gzip"})
-    src = load_mod._open_source(p2)
+    src = open_source(p2)
     try:
         assert src.row_align == 7
-        assert load_mod._block_rows(src, 4, 10 * 2304 * 4) == 7
+        assert src.block_rows(4, 10 * 2304 * 4) == 7
     finally:
         src.close()
     for storage in ("dense", "sparse", "out-of-core"):

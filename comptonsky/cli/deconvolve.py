@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InvalidParameterError
+from ..response.options import ResponseOptions
 
 HELP = "deconvolve binned data into sky maps (RL, RLsimple, MAP_RL, ...)"
 
@@ -60,7 +61,9 @@ def _response_options(args: argparse.Namespace) -> dict:
     options = {"sparse_threshold": args.sparse_threshold, "memory_budget": args.memory_budget,
                "cache_dir": args.cache_dir, "device": args.device,
                "cache": False if args.no_cache else None}
-    return {k: v for k, v in options.items() if v is not None}
+    options = {k: v for k, v in options.items() if v is not None}
+    ResponseOptions.from_mapping(options, "command line")     # one-line errors, before loading
+    return options
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,8 +18,10 @@ from astropy import units as u
 from histpy import Axes, HealpixAxis, Histogram
 
 from ..errors import AxisMismatchError, InvalidDataError, InvalidParameterError
-from ..response.load import load_response
-from ..response.operator import ResponseOperator
+from ..response.load import LazyResponse
+from ..response.operator import LinearOperator, OperatorWrapper
+from ..response.options import ResponseOptions
+from ..response.reuse import ReusedProducts
 from .model import AllSkyImageModel
 
 __all__ = ["DataIF_COSI_DC2", "Dataset", "ALMOST_ZERO"]
@@ -106,7 +108,9 @@ def _check_counts(values: np.ndarray, what: str) -> None:
 class DataIF_COSI_DC2:  # noqa: N801  (the tutorial's name)
     """One data partition: events, named background templates, response.
 
-    Build it with :meth:`load`. All checks run at construction, before any iteration.
+    Build it with :meth:`load`. All checks run at construction, before any iteration; a
+    response given as a Histogram or file is loaded when first needed (:attr:`response`), with
+    the options known by then (:meth:`set_response_options`).
 
     Attributes
     ----------
@@ -115,14 +119,21 @@ class DataIF_COSI_DC2:  # noqa: N801  (the tutorial's name)
         Observed counts, axes ``(Em, Phi, PsiChi)``.
     counts : ndarray, shape (n_data,)
         ``event`` flattened, float64.
-    response : ResponseOperator
     """
 
     def __init__(self, name: str, event: Histogram, backgrounds: Mapping[str, Histogram],
-                 response: ResponseOperator):
+                 response: LinearOperator | Histogram | str | os.PathLike,
+                 options: ResponseOptions | None = None):
         self.name = str(name)
-        self.response = response
-        self._data_axes: Axes = response.data_axes
+        self._response: LinearOperator | None = None
+        self._pending: LazyResponse | None = None
+        options = options or ResponseOptions()
+        if isinstance(response, LinearOperator):
+            self._reuse = options.reuse_products
+            self.response = response
+        else:
+            self._pending = LazyResponse(response, options)
+        self._data_axes: Axes = (self._pending or self._response).data_axes
         self._event = _data_histogram(event, f"dataset {name!r}: event")
         for label in DATA_LABELS:
             check_same_axis(self._event.axes[label], self._data_axes[label], label,
@@ -151,7 +162,7 @@ class DataIF_COSI_DC2:  # noqa: N801  (the tutorial's name)
     @classmethod
     def load(cls, name: str, event_binned_data: Histogram,
              dict_bkg_binned_data: Mapping[str, Histogram] | None = None,
-             rsp: Histogram | str | os.PathLike | ResponseOperator | None = None,
+             rsp: Histogram | str | os.PathLike | LinearOperator | None = None,
              coordsys_conv_matrix=None, dtype: str | None = None, storage: str | None = None,
              **response_options) -> DataIF_COSI_DC2:
         """Build a dataset (the tutorial's entry point).
@@ -169,7 +180,8 @@ class DataIF_COSI_DC2:  # noqa: N801  (the tutorial's name)
         coordsys_conv_matrix : None
             Only Galactic-CDS responses are supported; must be None.
         dtype, storage, **response_options
-            How the response is held (see :func:`comptonsky.response.load.load_response`).
+            How the response is held
+            (:class:`~comptonsky.response.options.ResponseOptions`).
         """
         if coordsys_conv_matrix is not None:
             raise InvalidParameterError(
@@ -177,41 +189,49 @@ class DataIF_COSI_DC2:  # noqa: N801  (the tutorial's name)
                 "are supported; bin the events with psichi_binning='galactic'")
         if rsp is None:
             raise InvalidParameterError("rsp: a response histogram or file is required")
-        if isinstance(rsp, ResponseOperator):
-            response = rsp
-        else:
-            kwargs = dict(response_options)
-            if storage is not None:
-                kwargs["storage"] = storage
-            response = load_response(rsp, dtype=dtype, **kwargs)
-        dataset = cls(name, event_binned_data, dict(dict_bkg_binned_data or {}), response)
-        dataset._response_source = None if isinstance(rsp, ResponseOperator) else rsp
-        dataset._response_options = {"dtype": dtype, "storage": storage, **response_options}
-        return dataset
+        options = ResponseOptions.from_mapping(
+            {"dtype": dtype, "storage": storage, **response_options}, "DataIF_COSI_DC2.load")
+        return cls(name, event_binned_data, dict(dict_bkg_binned_data or {}), rsp, options)
 
-    def reload_response(self, **options) -> None:
-        """Hold the response differently (``dtype``, ``storage``, ... of ``load_response``).
+    @property
+    def response(self) -> LinearOperator:
+        """The response operator (loaded on first use; forward products reused along lines,
+        :class:`~comptonsky.response.reuse.ReusedProducts`, unless ``reuse_products`` is off)."""
+        if self._response is None or (self._pending is not None and not self._pending.loaded):
+            self._reuse = self._pending.options.reuse_products
+            self.response = self._pending.operator()
+        return self._response
 
-        Used when a parameter file's ``response:`` section asks for other settings than the
-        ones the dataset was loaded with. A no-op when the settings are unchanged.
+    @response.setter
+    def response(self, op: LinearOperator) -> None:
+        """Hold ``op`` as the response from now on (a bare operator is wrapped for reuse)."""
+        if self._reuse and not isinstance(op, OperatorWrapper):
+            op = ReusedProducts(op)
+        self._response = op
+
+    @property
+    def response_options(self) -> ResponseOptions | None:
+        """The options the response is (or will be) loaded with; None for a given operator."""
+        return None if self._pending is None else self._pending.options
+
+    def set_response_options(self, options: Mapping, where: str = "response options") -> None:
+        """Set options of the response (a parameter file's ``response:`` section) before use.
+
+        A response already loaded with other options is loaded again on next use.
+
+        Raises
+        ------
+        InvalidParameterError
+            If the response was given as an operator (its storage cannot change), or for an
+            invalid option.
         """
-        source = getattr(self, "_response_source", None)
-        current = getattr(self, "_response_options", {})
-        wanted = {**current, **{k: v for k, v in options.items() if v is not None}}
-        if wanted == current:
+        if not {k: v for k, v in dict(options).items() if v is not None}:
             return
-        if source is None:
+        if self._pending is None:
             raise InvalidParameterError(
                 f"dataset {self.name!r}: its response was given as an operator, so the "
-                "parameter file's response settings cannot be applied; load it from a "
-                "Histogram or file instead")
-        logger.info("dataset %r: reloading the response with %s", self.name, wanted)
-        response = load_response(source, **wanted)
-        if response.shape != self.response.shape:
-            raise InvalidDataError(f"dataset {self.name!r}: reloaded response has shape "
-                                   f"{response.shape}, expected {self.response.shape}")
-        self.response = response
-        self._response_options = wanted
+                f"{where} cannot be applied; load it from a Histogram or file instead")
+        self._pending.configure(options, where)
 
     # --- tutorial-style accessors ---------------------------------------------------------
     @property
@@ -224,7 +244,7 @@ class DataIF_COSI_DC2:  # noqa: N801  (the tutorial's name)
 
     @property
     def model_axes(self) -> Axes:
-        return self.response.model_axes
+        return (self._pending or self.response).model_axes
 
     def keys_bkg_models(self) -> list[str]:
         return list(self._bkg_values)

@@ -111,7 +111,7 @@ class ImageDeconvolution:
         response_options = self._parameter.get("response") or {}
         if response_options:
             for ds in self._dataset:
-                ds.reload_response(**response_options)
+                ds.set_response_options(response_options, "parameter file response section")
         self._data = JointData(self._dataset)
         model = model_from_parameters(self._parameter)
         model.check_axes(self._data.model_axes, "response")

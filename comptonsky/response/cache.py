@@ -32,8 +32,8 @@ import numpy as np
 from ..errors import FileFormatError
 from ..io.atomic import atomic_path
 
-__all__ = ["CACHE_ENV", "cache_key", "cache_file", "CacheWriter", "CacheFile", "find_cache",
-           "map_array"]
+__all__ = ["CACHE_ENV", "CacheWriter", "CacheFile", "map_array", "ResponseCache",
+           "cache_dir_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,15 +42,6 @@ FORMAT_VERSION = 1
 MAGIC = b"CSKYRSP1"
 ALIGN = 4096
 _TRAILER = struct.Struct("<Q8s")
-
-
-def cache_key(source: str | os.PathLike, dtype: str, storage: str, threshold: float | None) -> str:
-    """Hex key from the source file's identity and the conversion settings."""
-    path = Path(source).resolve()
-    st = path.stat()
-    ident = json.dumps([FORMAT_VERSION, str(path), st.st_size, st.st_mtime_ns, str(dtype),
-                        storage, None if threshold is None else float(threshold)])
-    return hashlib.sha256(ident.encode()).hexdigest()[:20]
 
 
 def cache_dir_for(source: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -65,13 +56,6 @@ def cache_dir_for(source: str | os.PathLike, cache_dir: str | os.PathLike | None
         return parent
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "comptonsky"
-
-
-def cache_file(source: str | os.PathLike, key: str, storage: str, dtype: str,
-               cache_dir: str | os.PathLike | None = None) -> Path:
-    """Path of the cache file for ``source`` with the given key and settings."""
-    name = Path(source).name
-    return cache_dir_for(source, cache_dir) / f"{name}.comptonsky-{storage}-{dtype}-{key}.cache"
 
 
 def _stale_caches(target: Path) -> list[Path]:
@@ -294,17 +278,66 @@ def map_array(path: str | os.PathLike, offset: int, shape: tuple[int, ...], dtyp
     return np.frombuffer(mm, dtype=dtype, count=count, offset=offset).reshape(shape)
 
 
-def find_cache(path: Path, key: str, populate: bool = False) -> CacheFile | None:
-    """Open ``path`` if it is a valid cache with this key, else None (logged)."""
-    if not path.exists():
-        return None
-    try:
-        cf = CacheFile(path, populate=populate)
-    except (FileFormatError, ValueError, OSError) as exc:
-        logger.warning("ignoring unreadable response cache %s: %s", path, exc)
-        return None
-    if cf.meta.get("key") != key:
-        logger.warning("ignoring response cache %s: key %s, expected %s", path,
-                       cf.meta.get("key"), key)
-        return None
-    return cf
+#: Cache files this process is still writing (path → Future), so that a second load waits.
+_PENDING: dict[str, Future] = {}
+
+
+class ResponseCache:
+    """The cache file of one (source file, dtype, storage kind, threshold).
+
+    Parameters
+    ----------
+    source : path-like
+        The response file.
+    dtype : str
+    kind : {'dense', 'sparse'}
+        The cache's layout (out-of-core uses the dense one).
+    threshold : float or None
+        Sparse threshold (None for dense).
+    cache_dir : path-like, optional
+        See :func:`cache_dir_for`.
+    """
+
+    def __init__(self, source, dtype: str, kind: str, threshold: float | None = None,
+                 cache_dir=None):
+        self.source = Path(source)
+        st = self.source.resolve().stat()
+        ident = json.dumps([FORMAT_VERSION, str(self.source.resolve()), st.st_size,
+                            st.st_mtime_ns, str(dtype), kind,
+                            None if threshold is None else float(threshold)])
+        self.key = hashlib.sha256(ident.encode()).hexdigest()[:20]
+        self.path = (cache_dir_for(source, cache_dir)
+                     / f"{self.source.name}.comptonsky-{kind}-{dtype}-{self.key}.cache")
+        self.meta = {"key": self.key, "source": str(source), "storage": kind, "dtype": dtype,
+                     "threshold": threshold}
+
+    def find(self, populate: bool = False) -> CacheFile | None:
+        """The valid cache file (mapped), once any write of it by this process has finished;
+        None if there is none (an unreadable or stale one is logged and ignored)."""
+        pending = _PENDING.pop(str(self.path), None)
+        if pending is not None:
+            try:
+                pending.result()
+            except Exception:  # noqa: BLE001 - logged by the writer; convert again
+                pass
+        if not self.path.exists():
+            return None
+        try:
+            cf = CacheFile(self.path, populate=populate)
+        except (FileFormatError, ValueError, OSError) as exc:
+            logger.warning("ignoring unreadable response cache %s: %s", self.path, exc)
+            return None
+        if cf.meta.get("key") != self.key:
+            logger.warning("ignoring response cache %s: key %s, expected %s", self.path,
+                           cf.meta.get("key"), self.key)
+            return None
+        return cf
+
+    def writer(self, meta: dict[str, Any], background: bool = True) -> CacheWriter:
+        """A writer of this cache file (``meta`` is added to the identity)."""
+        return CacheWriter(self.path, {**self.meta, **meta}, background=background)
+
+    def finish_in_background(self, writer: CacheWriter) -> Future:
+        """Close ``writer`` from its thread; a later :meth:`find` waits for it."""
+        _PENDING[str(self.path)] = fut = writer.close_in_background()
+        return fut

@@ -7,7 +7,8 @@ model and data vectors (kB to a few MB) cross the bus per product.
 
 .. warning::
    This backend has not been run on a GPU: the project machine has none. The test suite covers it
-   only for the "no GPU available" error path.
+   only for the "no GPU available" error path. Its restricted products (OSEM subsets) share the
+   code of the dense backend (:func:`~comptonsky.response.subset.dense_subset`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 
 from ..errors import InvalidParameterError
 from .operator import ResponseOperator
+from .subset import dense_subset
 
 __all__ = ["gpu_backend", "GPUDenseResponse"]
 
@@ -44,6 +46,37 @@ def gpu_backend() -> str | None:
     return None
 
 
+class _DeviceArrays:
+    """Vector transfers and the column permutation for matrices in GPU memory."""
+
+    def __init__(self, backend: str):
+        self.backend = backend
+
+    def put(self, v: np.ndarray, dtype):
+        v = np.ascontiguousarray(v, dtype=dtype)
+        if self.backend == "cupy":
+            import cupy
+            return cupy.asarray(v)
+        import torch
+        return torch.from_numpy(v).to("cuda")
+
+    def get(self, v) -> np.ndarray:
+        if self.backend == "cupy":
+            import cupy
+            return cupy.asnumpy(v).astype(np.float64)
+        return v.cpu().numpy().astype(np.float64)
+
+    def index(self, rows: np.ndarray):
+        if self.backend == "cupy":
+            import cupy
+            return cupy.asarray(rows)
+        import torch
+        return torch.as_tensor(rows, device="cuda")
+
+    def permute_columns(self, matrix, order: np.ndarray):
+        return matrix[:, self.index(order)]
+
+
 class GPUDenseResponse(ResponseOperator):
     """Dense response in GPU memory.
 
@@ -51,10 +84,8 @@ class GPUDenseResponse(ResponseOperator):
     ----------
     matrix : ndarray, shape (n_model, n_data)
         Host matrix (float32 or float64; a memory-mapped cache is fine); uploaded in row blocks.
-    model_axes, data_axes, pixel_solid_angle, unit
+    model_axes, data_axes, pixel_solid_angle, unit, row_sums
         See :class:`~comptonsky.response.operator.ResponseOperator`.
-    row_sums : ndarray, shape (n_model,), optional
-        Σ_i R_ij if known.
     backend : {'cupy', 'torch'}, optional
         Default: :func:`gpu_backend`.
 
@@ -69,14 +100,15 @@ class GPUDenseResponse(ResponseOperator):
 
     def __init__(self, matrix: np.ndarray, model_axes, data_axes, pixel_solid_angle, unit,
                  row_sums: np.ndarray | None = None, backend: str | None = None):
-        super().__init__(model_axes, data_axes, pixel_solid_angle, unit)
         backend = backend or gpu_backend()
         if backend not in ("cupy", "torch"):
             raise InvalidParameterError(
                 "response device: 'gpu' needs CuPy or PyTorch with a CUDA device; found "
                 f"{backend or 'neither'} (use device='cpu')")
+        super().__init__(model_axes, data_axes, pixel_solid_angle, unit, row_sums=row_sums,
+                         dtype=matrix.dtype)
         self.backend = backend
-        self.dtype = np.dtype(matrix.dtype)
+        self._arrays = _DeviceArrays(backend)
         n_model, n_data = matrix.shape
         step = max(1, UPLOAD_BLOCK_BYTES // max(1, n_data * self.dtype.itemsize))
         if backend == "cupy":
@@ -90,42 +122,21 @@ class GPUDenseResponse(ResponseOperator):
             self._m = torch.empty((n_model, n_data), dtype=tdtype, device="cuda")
             for j0 in range(0, n_model, step):
                 self._m[j0:j0 + step].copy_(torch.from_numpy(np.array(matrix[j0:j0 + step])))
-        self._known_row_sums = None if row_sums is None else np.asarray(row_sums, np.float64)
         logger.info("response on the GPU (%s): %.1f MB", backend, self.nbytes / 1e6)
 
     @property
     def nbytes(self) -> int:
         return self.n_model * self.n_data * self.dtype.itemsize
 
-    @property
-    def bytes_per_product(self) -> int:
-        return self.nbytes
+    def _matvec(self, x):
+        return self._arrays.get(self._arrays.put(x, self.dtype) @ self._m)
 
-    def _to_device(self, v: np.ndarray):
-        v = np.ascontiguousarray(v, dtype=self.dtype)
-        if self.backend == "cupy":
-            import cupy
-            return cupy.asarray(v)
-        import torch
-        return torch.from_numpy(v).to("cuda")
+    def _rmatvec(self, y):
+        return self._arrays.get(self._m @ self._arrays.put(y, self.dtype))
 
-    def _to_host(self, v) -> np.ndarray:
-        if self.backend == "cupy":
-            import cupy
-            return cupy.asnumpy(v).astype(np.float64)
-        return v.cpu().numpy().astype(np.float64)
+    def _matvec_rows(self, rows, coef):
+        return self._arrays.get(self._arrays.put(coef, self.dtype)
+                                @ self._m[self._arrays.index(rows)])
 
-    def _matvec(self, x: np.ndarray) -> np.ndarray:
-        return self._to_host(self._to_device(x) @ self._m)
-
-    def _rmatvec(self, y: np.ndarray) -> np.ndarray:
-        return self._to_host(self._m @ self._to_device(y))
-
-    def _row_sums(self) -> np.ndarray:
-        if self._known_row_sums is None:
-            if self.backend == "cupy":
-                self._known_row_sums = self._to_host(self._m.sum(axis=1, dtype="float64"))
-            else:
-                import torch
-                self._known_row_sums = self._to_host(self._m.sum(dim=1, dtype=torch.float64))
-        return self._known_row_sums
+    def _subset(self, k, n_subsets, axis, indices):
+        return dense_subset(self, self._m, k, n_subsets, axis, indices, self._arrays)

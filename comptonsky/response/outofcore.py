@@ -7,14 +7,15 @@ while BLAS works on block b. The process holds ``2 × block`` bytes of response,
 matrix, and never maps the file (mapped pages would count against the process's memory).
 
 Per product this streams the file at the page-cache or disk read speed, so it is several times
-slower than an in-memory dense product; it is the mode for a response that does not fit.
+slower than an in-memory dense product; it is the mode for a response that does not fit. A Phi
+subset (:meth:`~ResponseOperator.subset`) reads only its (Em, φ) runs of each row; a PsiChi
+subset reads whole rows (its bins are single scattered elements).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,38 +23,14 @@ import numpy as np
 
 from ..errors import InvalidParameterError
 from .operator import ResponseOperator
+from .subset import ResponseSubset, RestrictedResponse
 
-__all__ = ["OutOfCoreResponse", "parse_memory"]
+__all__ = ["OutOfCoreResponse", "OutOfCoreSubset"]
 
 logger = logging.getLogger(__name__)
 
-_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
-          "t": 1e12, "tb": 1e12, "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
-
 #: Largest single read buffer (larger blocks do not stream faster).
 MAX_BLOCK_BYTES = 128 * 2 ** 20
-
-
-def parse_memory(value: str | int | float | None, what: str = "memory_budget") -> int | None:
-    """Bytes from ``1073741824``, ``"1 GiB"``, ``"512MB"``, ``"2.5G"`` (None passes through).
-
-    Raises
-    ------
-    InvalidParameterError
-        Naming ``what``, the value found and the accepted forms.
-    """
-    if value is None:
-        return None
-    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
-        if value <= 0:
-            raise InvalidParameterError(f"{what}: expected a positive size, found {value!r}")
-        return int(value)
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(value))
-    if not m or m.group(2).lower() not in _UNITS or float(m.group(1)) <= 0:
-        raise InvalidParameterError(
-            f"{what}: expected a positive size such as 1073741824, '1 GiB', '512 MB' or '2G', "
-            f"found {value!r}")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
 class OutOfCoreResponse(ResponseOperator):
@@ -66,12 +43,10 @@ class OutOfCoreResponse(ResponseOperator):
     offset : int
         Byte offset of element (0, 0).
     dtype : {'float32', 'float64'}
-    model_axes, data_axes, pixel_solid_angle, unit
+    model_axes, data_axes, pixel_solid_angle, unit, row_sums
         See :class:`~comptonsky.response.operator.ResponseOperator`.
     memory_budget : int
         Bytes the two row-block buffers may use together (at least two rows).
-    row_sums : ndarray, shape (n_model,), optional
-        Σ_i R_ij if already known (else one pass computes it).
     unlink : bool
         Remove the file's directory entry once opened (a private temporary file).
     """
@@ -81,10 +56,10 @@ class OutOfCoreResponse(ResponseOperator):
     def __init__(self, path, offset: int, dtype, model_axes, data_axes, pixel_solid_angle, unit,
                  memory_budget: int = 2 ** 30, row_sums: np.ndarray | None = None,
                  unlink: bool = False):
-        super().__init__(model_axes, data_axes, pixel_solid_angle, unit)
+        super().__init__(model_axes, data_axes, pixel_solid_angle, unit, row_sums=row_sums,
+                         dtype=dtype)
         self.path = os.fspath(path)
         self.offset = int(offset)
-        self.dtype = np.dtype(dtype)
         self.memory_budget = int(memory_budget)
         row_bytes = self.n_data * self.dtype.itemsize
         block = min(self.memory_budget // 2, MAX_BLOCK_BYTES)
@@ -99,10 +74,9 @@ class OutOfCoreResponse(ResponseOperator):
         if os.fstat(self._fd).st_size < need:
             raise InvalidParameterError(f"{self.path}: {os.fstat(self._fd).st_size} bytes, "
                                         f"expected at least {need} for the response matrix")
-        self._bufs = [np.empty((self.block_rows, self.n_data), dtype=self.dtype)
+        self._bufs = [np.empty(self.block_rows * self.n_data, dtype=self.dtype)
                       for _ in range(2)]
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="comptonsky-ooc")
-        self._row_sums_cache = None if row_sums is None else np.asarray(row_sums, np.float64)
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         logger.info("out-of-core response %s: %d-row blocks (%.1f MB each, 2 buffers)",
@@ -117,58 +91,73 @@ class OutOfCoreResponse(ResponseOperator):
     def bytes_per_product(self) -> int:
         return self.n_model * self.n_data * self.dtype.itemsize
 
-    def _read(self, j0: int, j1: int, buf: np.ndarray) -> np.ndarray:
-        view = buf[: j1 - j0]
-        mv = memoryview(view).cast("B")
-        pos = self.offset + j0 * self.n_data * self.dtype.itemsize
-        done = 0
-        while done < mv.nbytes:
-            n = os.preadv(self._fd, [mv[done:]], pos + done)
-            if n <= 0:
-                raise OSError(f"{self.path}: short read at byte {pos + done}")
-            done += n
+    def _read(self, j0: int, j1: int, view: np.ndarray, runs) -> np.ndarray:
+        """Rows j0:j1, columns ``runs`` ((start, length) pairs, or None: all) into ``view``."""
+        item = self.dtype.itemsize
+        if runs is None:
+            pieces = [(self.offset + j0 * self.n_data * item, memoryview(view).cast("B"))]
+        else:
+            pieces = []
+            for j in range(j0, j1):
+                col = 0
+                for start, length in runs:
+                    dest = memoryview(view[j - j0, col:col + length]).cast("B")
+                    pieces.append((self.offset + (j * self.n_data + start) * item, dest))
+                    col += length
+        for pos, mv in pieces:
+            done = 0
+            while done < mv.nbytes:
+                n = os.preadv(self._fd, [mv[done:]], pos + done)
+                if n <= 0:
+                    raise OSError(f"{self.path}: short read at byte {pos + done}")
+                done += n
         return view
 
-    def _blocks(self) -> Iterator[tuple[int, int, np.ndarray]]:
-        starts = list(range(0, self.n_model, self.block_rows))
-        fut = self._pool.submit(self._read, 0, min(self.block_rows, self.n_model), self._bufs[0])
+    def _blocks(self, runs=None, width: int | None = None
+                ) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Row blocks (j0, j1, values (j1 − j0, width)), the next read while this one is used."""
+        width = self.n_data if width is None else width
+        step = self.block_rows
+        views = [b[:step * width].reshape(step, width) for b in self._bufs]
+        starts = list(range(0, self.n_model, step))
+
+        def read(b):
+            j0 = starts[b]
+            j1 = min(j0 + step, self.n_model)
+            return self._read(j0, j1, views[b % 2][:j1 - j0], runs)
+        fut = self._pool.submit(read, 0)
         for b, j0 in enumerate(starts):
-            j1 = min(j0 + self.block_rows, self.n_model)
             view = fut.result()
             if b + 1 < len(starts):
-                n0 = starts[b + 1]
-                fut = self._pool.submit(self._read, n0, min(n0 + self.block_rows, self.n_model),
-                                        self._bufs[(b + 1) % 2])
-            yield j0, j1, view
+                fut = self._pool.submit(read, b + 1)
+            yield j0, j0 + view.shape[0], view
 
-    def _matvec(self, x: np.ndarray) -> np.ndarray:
-        out = np.zeros(self.n_data, dtype=np.float64)
+    def _matvec(self, x, runs=None, width=None):
+        out = np.zeros(self.n_data if width is None else width, dtype=np.float64)
         xd = x.astype(self.dtype)
-        for j0, j1, blk in self._blocks():
+        for j0, j1, blk in self._blocks(runs, width):
             out += xd[j0:j1] @ blk
         return out
 
-    def _rmatvec(self, y: np.ndarray) -> np.ndarray:
+    def _rmatvec(self, y, runs=None, width=None):
         out = np.empty(self.n_model, dtype=np.float64)
         yd = y.astype(self.dtype)
-        for j0, j1, blk in self._blocks():
+        for j0, j1, blk in self._blocks(runs, width):
             out[j0:j1] = blk @ yd
         return out
 
-    def _matvec_rows(self, rows: np.ndarray, coef: np.ndarray) -> np.ndarray:
-        row = np.empty((1, self.n_data), dtype=self.dtype)
-        out = np.zeros(self.n_data, dtype=np.float64)
+    def _matvec_rows(self, rows, coef, runs=None, width=None):
+        width = self.n_data if width is None else width
+        row = np.empty((1, width), dtype=self.dtype)
+        out = np.zeros(width, dtype=np.float64)
         for j, c in zip(rows.tolist(), np.asarray(coef).tolist()):
-            out += c * self._read(j, j + 1, row)[0]
+            out += c * self._read(j, j + 1, row, runs)[0]
         return out
 
-    def _row_sums(self) -> np.ndarray:
-        if self._row_sums_cache is None:
-            out = np.empty(self.n_model, dtype=np.float64)
-            for j0, j1, blk in self._blocks():
-                out[j0:j1] = blk.sum(axis=1, dtype=np.float64)
-            self._row_sums_cache = out
-        return self._row_sums_cache
+    def _subset(self, k, n_subsets, axis, indices):
+        if axis == "PsiChi":
+            return RestrictedResponse(self, indices)
+        return OutOfCoreSubset(self, k, n_subsets, indices)
 
     def close(self) -> None:
         """Release the file and the reader thread."""
@@ -182,3 +171,25 @@ class OutOfCoreResponse(ResponseOperator):
             self.close()
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
+
+
+class OutOfCoreSubset(ResponseSubset):
+    """A Phi subset of an out-of-core response: reads only its (Em, φ) runs (``mode='runs'``),
+    into the parent's buffers."""
+
+    mode = "runs"
+
+    def __init__(self, parent: OutOfCoreResponse, k: int, n_subsets: int, indices: np.ndarray):
+        super().__init__(parent, indices)
+        n_em, n_phi, n_psi = parent.data_shape
+        seg = np.arange(n_em * n_phi).reshape(n_em, n_phi)[:, k::n_subsets].reshape(-1)
+        self._runs = [(int(s) * n_psi, n_psi) for s in seg]
+
+    def _matvec(self, x):
+        return self.parent._matvec(x, self._runs, self.n_data)
+
+    def _rmatvec(self, y):
+        return self.parent._rmatvec(y, self._runs, self.n_data)
+
+    def _matvec_rows(self, rows, coef):
+        return self.parent._matvec_rows(rows, coef, self._runs, self.n_data)

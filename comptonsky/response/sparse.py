@@ -44,8 +44,9 @@ from numba import njit, prange
 
 from ..errors import InvalidDataError
 from .operator import ResponseOperator
+from .subset import ResponseSubset
 
-__all__ = ["SegmentedCSR", "SparseResponse", "SparseBuilder", "index_dtype"]
+__all__ = ["SegmentedCSR", "SparseResponse", "SparseSubset", "SparseBuilder", "index_dtype"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,14 +100,14 @@ class SegmentedCSR:
 # ------------------------------------------------------------------------------------------
 
 @njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _gather(ptr, idx, val, vec, stride, n_vec, n_chunks, out):  # pragma: no cover - compiled
-    """out[k, r] = Σ_n val[n] · v_k[idx[n]] over row r of segment k, v_k = vec[k·stride:][:n_vec].
+def _gather(start, end, idx, val, vec, stride, n_vec, n_chunks, out):  # pragma: no cover
+    """out[k, r] = Σ_n val[n] · v_k[idx[n]] over n in start[k, r]:end[k, r], v_k =
+    vec[k·stride:][:n_vec].
 
     ``out`` must be zero-filled on entry (its dtype sets the accumulator type). Work is split in
     (segment, row range) tiles; four accumulators hide the add latency.
     """
-    n_seg = ptr.shape[0]
-    n_rows = ptr.shape[1] - 1
+    n_seg, n_rows = start.shape
     chunk = (n_rows + n_chunks - 1) // n_chunks
     for task in prange(n_seg * n_chunks):
         k = task // n_chunks
@@ -118,8 +119,8 @@ def _gather(ptr, idx, val, vec, stride, n_vec, n_chunks, out):  # pragma: no cov
             a1 = a0
             a2 = a0
             a3 = a0
-            n = ptr[k, r]
-            e = ptr[k, r + 1]
+            n = start[k, r]
+            e = end[k, r]
             while n + 4 <= e:
                 a0 += val[n] * v[idx[n]]
                 a1 += val[n + 1] * v[idx[n + 1]]
@@ -145,16 +146,24 @@ def _scatter_rows(ptr, idx, val, rows, coef, out):  # pragma: no cover - compile
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _row_sums(ptr, val, out):  # pragma: no cover - compiled
-    """out[r] = Σ over segments k and elements of row r (float64)."""
+def _regroup(ptr, idx, n_groups, counts, fill, gptr, gidx, gval, val):  # pragma: no cover
+    """Split each segment's columns p into groups p mod n_groups (local column p // n_groups).
+
+    Pass 1 (``fill`` False) counts into ``counts[g·n_seg + k, r]``; pass 2 writes the elements
+    at ``gptr`` (k-major offsets from the counts) into ``gidx``/``gval``.
+    """
     n_seg = ptr.shape[0]
     n_rows = ptr.shape[1] - 1
-    for r in prange(n_rows):
-        s = 0.0
-        for k in range(n_seg):
+    for k in prange(n_seg):
+        for r in range(n_rows):
             for n in range(ptr[k, r], ptr[k, r + 1]):
-                s += val[n]
-        out[r] = s
+                g = idx[n] % n_groups
+                s = g * n_seg + k
+                if fill:
+                    o = gptr[s, r] + counts[s, r]
+                    gidx[o] = idx[n] // n_groups
+                    gval[o] = val[n]
+                counts[s, r] += 1
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -371,6 +380,26 @@ class SparseBuilder:
         return float(f.max()) if f.size else 0.0
 
 
+def _product(csr: SegmentedCSR, ptr: np.ndarray, vec: np.ndarray, stride: int, n_vec: int,
+             start: np.ndarray | None = None, end: np.ndarray | None = None) -> np.ndarray:
+    """Gather rows of the segments ``ptr`` of ``csr`` (or the row ranges start:end) from ``vec``;
+    returns (n_seg, n_rows) in the value dtype."""
+    start = ptr[:, :-1] if start is None else start
+    end = ptr[:, 1:] if end is None else end
+    out = np.zeros(start.shape, dtype=csr.val.dtype)
+    _gather(start, end, csr.idx, csr.val, vec.astype(csr.val.dtype), stride, n_vec,
+            _n_chunks(start.shape[0]), out)
+    return out
+
+
+def _scatter(csr: SegmentedCSR, ptr: np.ndarray, rows: np.ndarray, coef: np.ndarray,
+             n_cols: int) -> np.ndarray:
+    out = np.zeros((ptr.shape[0], n_cols), dtype=np.float64)
+    _scatter_rows(ptr, csr.idx, csr.val, rows.astype(np.int64),
+                  np.asarray(coef, dtype=np.float64), out)
+    return out.reshape(-1)
+
+
 class SparseResponse(ResponseOperator):
     """Response held as segmented CSR in both orientations; parallel numba gather kernels.
 
@@ -380,7 +409,7 @@ class SparseResponse(ResponseOperator):
         n_seg segments of shape (n_model, n_psi) (adjoint orientation).
     cols : SegmentedCSR or None
         Their transposes (forward orientation); computed from ``rows`` when None.
-    model_axes, data_axes, pixel_solid_angle, unit
+    model_axes, data_axes, pixel_solid_angle, unit, row_sums
         See :class:`~comptonsky.response.operator.ResponseOperator`.
     threshold : float
         The relative threshold the elements were selected with.
@@ -392,8 +421,10 @@ class SparseResponse(ResponseOperator):
 
     def __init__(self, rows: SegmentedCSR, cols: SegmentedCSR | None, model_axes, data_axes,
                  pixel_solid_angle, unit, threshold: float = 0.0,
-                 dropped_flux_fraction: float = 0.0, max_row_dropped_fraction: float = 0.0):
-        super().__init__(model_axes, data_axes, pixel_solid_angle, unit)
+                 dropped_flux_fraction: float = 0.0, max_row_dropped_fraction: float = 0.0,
+                 row_sums: np.ndarray | None = None):
+        super().__init__(model_axes, data_axes, pixel_solid_angle, unit, row_sums=row_sums,
+                         dtype=rows.val.dtype)
         n_seg = rows.n_seg
         if rows.n_rows != self.n_model or n_seg * rows.n_cols != self.n_data:
             raise InvalidDataError(
@@ -401,7 +432,6 @@ class SparseResponse(ResponseOperator):
                 f"columns, expected {self.n_model} rows and {self.n_data} data elements")
         self.rows = rows
         self.cols = cols if cols is not None else transpose(rows)
-        self.dtype = rows.val.dtype
         self.n_seg = n_seg
         self.n_psi = rows.n_cols
         self.threshold = float(threshold)
@@ -424,31 +454,83 @@ class SparseResponse(ResponseOperator):
 
     @property
     def bytes_per_product(self) -> int:
-        """Bytes streamed by one forward or adjoint product."""
         return self.rows.nbytes
 
-    def _matvec(self, x: np.ndarray) -> np.ndarray:
-        c = self.cols
-        out = np.zeros((self.n_seg, self.n_psi), dtype=self.dtype)
-        _gather(c.ptr, c.idx, c.val, x.astype(self.dtype), 0, self.n_model,
-                _n_chunks(self.n_seg), out)
-        return out.reshape(-1).astype(np.float64)
+    def _matvec(self, x):
+        return _product(self.cols, self.cols.ptr, x, 0, self.n_model).reshape(-1).astype(
+            np.float64)
 
-    def _rmatvec(self, y: np.ndarray) -> np.ndarray:
-        r = self.rows
-        out = np.zeros((self.n_seg, self.n_model), dtype=self.dtype)
-        _gather(r.ptr, r.idx, r.val, y.astype(self.dtype), self.n_psi, self.n_psi,
-                _n_chunks(self.n_seg), out)
+    def _rmatvec(self, y):
+        out = _product(self.rows, self.rows.ptr, y, self.n_psi, self.n_psi)
         return out.sum(axis=0, dtype=np.float64)
 
-    def _matvec_rows(self, rows: np.ndarray, coef: np.ndarray) -> np.ndarray:
-        out = np.zeros((self.n_seg, self.n_psi), dtype=np.float64)
-        _scatter_rows(self.rows.ptr, self.rows.idx, self.rows.val, rows.astype(np.int64),
-                      np.asarray(coef, dtype=np.float64), out)
-        return out.reshape(-1)
+    def _matvec_rows(self, rows, coef):
+        return _scatter(self.rows, self.rows.ptr, rows, coef, self.n_psi)
 
-    def _row_sums(self) -> np.ndarray:
-        out = np.empty(self.n_model, dtype=np.float64)
-        _row_sums(self.rows.ptr, self.rows.val, out)
-        return out
+    def _subset(self, k, n_subsets, axis, indices):
+        return SparseSubset(self, k, n_subsets, axis, indices)
 
+    def regrouped(self, n_groups: int) -> SegmentedCSR:
+        """The rows orientation split by PsiChi column p mod ``n_groups`` (made once, shared).
+
+        Segment g · n_seg + k holds the elements of segment k with p ≡ g (mod n_groups), at
+        local column p // n_groups: one more copy of :attr:`rows` in memory.
+        """
+        def make():
+            r = self.rows
+            counts = np.zeros((n_groups * r.n_seg, r.n_rows), dtype=np.int64)
+            _regroup(r.ptr, r.idx, n_groups, counts, False, counts, r.idx, r.val, r.val)
+            gptr = _ptr_from_counts(counts)
+            gidx = np.empty(r.nnz, dtype=r.idx.dtype)
+            gval = np.empty(r.nnz, dtype=r.val.dtype)
+            counts[:] = 0
+            _regroup(r.ptr, r.idx, n_groups, counts, True, gptr, gidx, gval, r.val)
+            logger.info("OSEM PsiChi subsets: holding the sparse response regrouped by subset "
+                        "(%.2f GB extra)", (gidx.nbytes + gval.nbytes + gptr.nbytes) / 1e9)
+            return SegmentedCSR(gptr, gidx, gval, -(-r.n_cols // n_groups))
+        return self._shared_copy(("regrouped", n_groups), make)
+
+
+class SparseSubset(ResponseSubset):
+    """A sparse response restricted to an interleaved data subset.
+
+    Phi subsets (``mode='segments'``) gather from the parent's (Em, φ) segments of the subset
+    directly. PsiChi subsets (``mode='regrouped'``) run the forward product on the selected
+    rows of the forward orientation and the adjoint on :meth:`SparseResponse.regrouped`.
+    """
+
+    def __init__(self, parent: SparseResponse, k: int, n_subsets: int, axis: str,
+                 indices: np.ndarray):
+        super().__init__(parent, indices)
+        n_em, n_phi, n_psi = parent.data_shape
+        if axis == "Phi":
+            self.mode = "segments"
+            seg = np.arange(n_em * n_phi).reshape(n_em, n_phi)[:, k::n_subsets].reshape(-1)
+            self._fwd_ptr = parent.cols.ptr[seg]
+            self._adj = parent.rows
+            self._adj_ptr = parent.rows.ptr[seg]
+            self._width = n_psi
+            self._start = self._end = None
+        else:
+            self.mode = "regrouped"
+            self._adj = parent.regrouped(n_subsets)
+            self.extra_bytes = self._adj.nbytes
+            n = parent.n_seg
+            self._adj_ptr = self._adj.ptr[k * n:(k + 1) * n]
+            self._width = len(range(k, n_psi, n_subsets))
+            p = np.arange(k, n_psi, n_subsets)
+            self._fwd_ptr = parent.cols.ptr
+            self._start = np.ascontiguousarray(parent.cols.ptr[:, p])
+            self._end = np.ascontiguousarray(parent.cols.ptr[:, p + 1])
+
+    def _matvec(self, x):
+        out = _product(self.parent.cols, self._fwd_ptr, x, 0, self.n_model, self._start,
+                       self._end)
+        return out.reshape(-1).astype(np.float64)
+
+    def _rmatvec(self, y):
+        out = _product(self._adj, self._adj_ptr, y, self._width, self._width)
+        return out.sum(axis=0, dtype=np.float64)
+
+    def _matvec_rows(self, rows, coef):
+        return _scatter(self._adj, self._adj_ptr, rows, coef, self._width)

@@ -1,0 +1,157 @@
+"""How a response is held: one typed, validated set of options.
+
+The same options come from keyword arguments (:func:`~comptonsky.response.load.load_response`,
+``DataIF_COSI_DC2.load``), from the command line and from a parameter file's ``response:``
+section; :meth:`ResponseOptions.from_mapping` checks them all the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidParameterError, UnknownChoiceError
+from .memory import parse_memory
+
+__all__ = ["ResponseOptions", "STORAGES", "DTYPES", "DEVICES", "DEFAULT_SPARSE_THRESHOLD"]
+
+STORAGES = ("dense", "sparse", "out-of-core", "auto")
+_STORAGE_ALIASES = {"outofcore": "out-of-core", "out_of_core": "out-of-core",
+                    "ooc": "out-of-core"}
+DTYPES = ("float64", "float32")
+DEVICES = ("cpu", "gpu", "auto")
+#: Default relative threshold of the sparse storage.
+DEFAULT_SPARSE_THRESHOLD = 1e-4
+
+#: Kind of each option (the names the parameter-file schema uses) and its choices.
+_KINDS: dict[str, tuple[str, tuple[str, ...] | None]] = {
+    "dtype": ("choice", DTYPES), "storage": ("choice", STORAGES),
+    "sparse_threshold": ("float", None), "memory_budget": ("size", None),
+    "cache": ("bool", None), "cache_dir": ("str_or_none", None), "populate": ("bool", None),
+    "progress": ("bool", None), "device": ("choice", DEVICES), "reuse_products": ("bool", None),
+}
+
+
+@dataclass(frozen=True)
+class ResponseOptions:
+    """Options of loading and holding a response.
+
+    Attributes
+    ----------
+    dtype : {'float64', 'float32'} or None
+        Precision of the held matrix; None keeps the file's (float64 is exact).
+    storage : {'dense', 'sparse', 'out-of-core', 'auto'}
+        ``dense``: one matrix, BLAS products. ``sparse``: segmented CSR with parallel kernels
+        (elements below ``sparse_threshold`` × the model element's maximum dropped).
+        ``out-of-core``: row blocks streamed from the converted cache under ``memory_budget``.
+        ``auto``: the fastest that fits (within ``memory_budget`` if given, else 70 % of the
+        available memory).
+    sparse_threshold : float
+        In [0, 1); 0 keeps every non-zero element.
+    memory_budget : int or None
+        Bytes (given as a number or text such as ``"1 GiB"``) for the out-of-core buffers and
+        the limit ``auto`` fits within.
+    cache : bool
+        Keep and reuse a converted cache of a response file (ignored for in-memory input).
+    cache_dir : str or None
+        Where the cache lives; default ``$COMPTONSKY_CACHE_DIR``, else beside the file (if
+        writable), else ``~/.cache/comptonsky``.
+    populate : bool
+        Pre-fault a memory-mapped cache at load, so that the first iteration is as fast as the
+        others.
+    progress : bool or None
+        Progress bar while reading (None: only for files over 256 MiB on a terminal).
+    device : {'cpu', 'gpu', 'auto'}
+        'gpu' holds a dense response in GPU memory (CuPy or PyTorch); 'auto' uses the GPU for
+        dense storage when one is available.
+    reuse_products : bool
+        A dataset rebuilds forward products from the last two when the model lies on their
+        line (:class:`~comptonsky.response.reuse.ReusedProducts`); False streams the response
+        for every product.
+    """
+
+    dtype: str | None = None
+    storage: str = "dense"
+    sparse_threshold: float = DEFAULT_SPARSE_THRESHOLD
+    memory_budget: int | None = None
+    cache: bool = True
+    cache_dir: str | None = None
+    populate: bool = True
+    progress: bool | None = None
+    device: str = "cpu"
+    reuse_products: bool = True
+
+    @classmethod
+    def fields(cls) -> dict[str, dict[str, Any]]:
+        """Each option's ``kind`` ('choice', 'float', 'size', 'bool', 'str_or_none'),
+        ``choices`` (or None) and ``default``."""
+        return {f.name: {"kind": _KINDS[f.name][0], "choices": _KINDS[f.name][1],
+                         "default": f.default} for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any] | None, where: str = "response options",
+                     base: ResponseOptions | None = None) -> ResponseOptions:
+        """Validated options from ``mapping`` (None values mean "not given").
+
+        Parameters
+        ----------
+        mapping : mapping of str to value
+        where : str
+            Named in error messages (a function, a file's section, a command-line option).
+        base : ResponseOptions, optional
+            Options the given ones change (default: the defaults).
+
+        Raises
+        ------
+        UnknownChoiceError
+            For an unknown option name, storage, dtype or device.
+        InvalidParameterError
+            For a value of the wrong type or out of range.
+        """
+        given = {str(k): v for k, v in dict(mapping or {}).items() if v is not None}
+        for key in given:
+            if key not in _KINDS:
+                raise UnknownChoiceError("response option", key, _KINDS, where)
+        values = {k: _check(k, v, where) for k, v in given.items()}
+        return dataclasses.replace(base or cls(), **values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as a plain dict."""
+        return dataclasses.asdict(self)
+
+
+def _check(key: str, value: Any, where: str) -> Any:
+    kind, choices = _KINDS[key]
+    if key == "dtype":
+        value = np.dtype(value).name if isinstance(value, (type, np.dtype)) else str(value)
+    elif key == "storage":
+        value = _STORAGE_ALIASES.get(str(value), str(value))
+    if kind == "choice":
+        if value not in choices:
+            raise UnknownChoiceError(f"response {key}", str(value), choices, where)
+        return value
+    if kind == "float":
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = -1.0
+        if isinstance(value, bool) or not 0.0 <= number < 1.0:
+            raise InvalidParameterError(f"{key}: expected a number in [0, 1), found {value!r} "
+                                        f"({where})")
+        return number
+    if kind == "size":
+        return parse_memory(value, key)
+    if kind == "bool":
+        if not isinstance(value, (bool, np.bool_)):
+            raise InvalidParameterError(f"{key}: expected true or false, found {value!r} "
+                                        f"({where})")
+        return bool(value)
+    if not isinstance(value, (str, os.PathLike)):
+        raise InvalidParameterError(f"{key}: expected a directory path, found {value!r} "
+                                    f"({where})")
+    return os.fspath(value)
