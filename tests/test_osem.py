@@ -7,7 +7,8 @@ import pytest
 
 from comptonsky.deconvolution.subsets import DataSubsets
 from comptonsky.errors import InvalidParameterError
-from comptonsky.response.operator import DenseResponse, ResponseOperator
+from comptonsky.response.dense import DenseResponse
+from comptonsky.response.operator import ResponseOperator
 
 from .test_acceleration import loglikes, run
 

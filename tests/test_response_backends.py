@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from comptonsky.errors import AxisMismatchError
+from comptonsky.response.dense import DenseResponse
 from comptonsky.response.load import load_response
-from comptonsky.response.operator import DenseResponse
 from comptonsky.response.outofcore import OutOfCoreResponse
 from comptonsky.response.reuse import ReusedProducts
 from comptonsky.response.sparse import SparseResponse, index_dtype
@@ -196,13 +196,13 @@ def _dense_of(op):
 
 
 def test_compositions_are_adjoint_and_match_dense_products(reference):
-    from comptonsky.response.compose import (
+    from comptonsky.response.linear import (
         BlockStack,
         DiagonalOperator,
         MatrixOperator,
         ProductOperator,
+        adjointness_test,
     )
-    from comptonsky.response.operator import adjointness_test
 
     rng = np.random.default_rng(11)
     n, m = reference.n_model, reference.n_data

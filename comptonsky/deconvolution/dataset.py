@@ -18,8 +18,8 @@ from astropy import units as u
 from histpy import Axes, HealpixAxis, Histogram
 
 from ..errors import AxisMismatchError, InvalidDataError, InvalidParameterError
+from ..response.linear import LinearOperator, OperatorWrapper
 from ..response.load import LazyResponse
-from ..response.operator import LinearOperator, OperatorWrapper
 from ..response.options import ResponseOptions
 from ..response.reuse import ReusedProducts
 from .model import AllSkyImageModel

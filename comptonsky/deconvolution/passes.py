@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 
-from ..response.operator import LinearOperator, OperatorWrapper
+from ..response.linear import LinearOperator, OperatorWrapper
 from .subsets import shared_subsets
 
 __all__ = ["PassCounter", "CountedProducts", "count_passes"]

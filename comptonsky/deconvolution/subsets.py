@@ -15,7 +15,8 @@ import weakref
 
 import numpy as np
 
-from ..response.operator import SUBSET_AXES, LinearOperator
+from ..response.linear import LinearOperator
+from ..response.operator import SUBSET_AXES
 
 __all__ = ["DataSubsets", "SUBSET_AXES", "subsets_for", "shared_subsets"]
 

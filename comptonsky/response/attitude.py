@@ -9,6 +9,7 @@ import healpy as hp
 import numpy as np
 
 from ..errors import InvalidParameterError
+from ..geometry import horizon_angle_deg
 from ..io.orientation import Orientation
 
 __all__ = ["AttitudeBins", "bin_attitudes"]
@@ -123,8 +124,6 @@ def bin_attitudes(orientation: Orientation, resolution_deg: float = 1.0,
     -------
     AttitudeBins
     """
-    from ..simulate.orbit import horizon_angle_deg
-
     if not resolution_deg > 0:
         raise InvalidParameterError(f"attitude resolution must be positive, got {resolution_deg}")
     o = orientation

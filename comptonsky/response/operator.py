@@ -1,242 +1,39 @@
-"""Linear operators between a model space and a data space, and the response built on them.
+"""The response: the linear operator from sky intensities to expected counts.
 
-A :class:`LinearOperator` maps a flat float64 model vector x (``n_model`` elements, ``model_shape``)
-to a flat float64 data vector (``n_data`` elements, ``data_shape``) with ``forward`` and back with
-``adjoint``; both are pure (no state changes). Operators compose (:mod:`.compose`) and can be
-wrapped (:class:`OperatorWrapper`, e.g. :class:`~comptonsky.response.reuse.ReusedProducts`).
-
-The response is the operator from sky intensities to expected counts. Model space: sky pixel ×
-energy band, flattened in C order from axes ``(lb, Ei)``, values in cm⁻² s⁻¹ sr⁻¹. Data space:
-``(Em, Phi, PsiChi)`` bins in C order, values in counts. It folds in the pixel solid angle ΔΩ_j::
+Model space: sky pixel × energy band, flattened in C order from axes ``(lb, Ei)``, values in
+cm⁻² s⁻¹ sr⁻¹. Data space: ``(Em, Phi, PsiChi)`` bins in C order, values in counts. It folds in the
+pixel solid angle ΔΩ_j::
 
     forward(λ)_i = Σ_j R_ij ΔΩ_j λ_j            (expected counts)
     adjoint(y)_j = ΔΩ_j Σ_i R_ij y_i
     exposure_j   = adjoint(1)_j = ΔΩ_j Σ_i R_ij  (cm² s sr)
 
 with R in cm² s. How R is held (dense, sparse, out of core, float32 or float64, CPU or GPU) is the
-business of the backend classes; the deconvolution sees only the operator.
+business of the backend classes (:mod:`.dense`, :mod:`.sparse`, :mod:`.outofcore`, :mod:`.gpu`);
+the deconvolution sees only the operator (:mod:`.linear`). A response restricted to a subset of
+its data bins (OSEM) is a :class:`ResponseSubset`.
 """
 
 from __future__ import annotations
 
 import logging
 import weakref
-from abc import ABC, abstractmethod
-from typing import Any
+from abc import abstractmethod
 
 import numpy as np
 from astropy import units as u
 from histpy import Axes
 
-from ..errors import InvalidDataError, InvalidParameterError, UnknownChoiceError
+from ..errors import InvalidParameterError, UnknownChoiceError
+from .linear import LinearOperator
 
-__all__ = ["LinearOperator", "OperatorWrapper", "ResponseOperator", "DenseResponse",
-           "adjointness_test", "subset_indices", "SUBSET_AXES"]
+__all__ = ["ResponseOperator", "ResponseSubset", "RestrictedResponse", "subset_indices",
+           "SUBSET_AXES"]
 
 logger = logging.getLogger(__name__)
 
 #: Data axes along which :meth:`ResponseOperator.subset` interleaves subsets.
 SUBSET_AXES = ("Phi", "PsiChi")
-
-
-def adjointness_test(op: LinearOperator, seed: int = 0) -> float:
-    """Relative mismatch |⟨A x, y⟩ − ⟨x, Aᵀ y⟩| / |⟨A x, y⟩| for random positive x, y.
-
-    Parameters
-    ----------
-    op : LinearOperator
-    seed : int
-        Seed of the random vectors.
-
-    Returns
-    -------
-    float
-        0 up to rounding for a consistent forward/adjoint pair.
-    """
-    rng = np.random.default_rng(seed)
-    x = rng.random(op.n_model)
-    y = rng.random(op.n_data)
-    lhs = float(np.dot(op.forward(x), y))
-    rhs = float(np.dot(x, op.adjoint(y)))
-    return abs(lhs - rhs) / max(abs(lhs), np.finfo(float).tiny)
-
-
-class LinearOperator(ABC):
-    """A linear map from model space (``model_shape``) to data space (``data_shape``).
-
-    Parameters
-    ----------
-    model_shape, data_shape : tuple of int
-        Shapes of the two spaces; vectors are passed flat (or in these shapes).
-    dtype : numpy dtype
-        Precision the operator is held in (products are always returned in float64).
-
-    Attributes
-    ----------
-    info : dict
-        How the operator was made (storage, dtype, source, cache hit, load time, ...).
-    """
-
-    #: How the operator is held ('dense', 'sparse', 'out-of-core', 'composite', ...).
-    storage = "abstract"
-
-    def __init__(self, model_shape, data_shape, dtype=np.float64):
-        self.model_shape = tuple(int(n) for n in model_shape)
-        self.data_shape = tuple(int(n) for n in data_shape)
-        self.n_model = int(np.prod(self.model_shape))
-        self.n_data = int(np.prod(self.data_shape))
-        self.dtype = np.dtype(dtype)
-        self.info: dict[str, Any] = {}
-        self._exposure: np.ndarray | None = None
-
-    @abstractmethod
-    def _forward(self, x: np.ndarray) -> np.ndarray:
-        """A x for flat float64 x of length n_model; returns float64 (n_data,)."""
-
-    @abstractmethod
-    def _adjoint(self, y: np.ndarray) -> np.ndarray:
-        """Aᵀ y for flat float64 y of length n_data; returns float64 (n_model,)."""
-
-    def forward(self, model: np.ndarray) -> np.ndarray:
-        """A x.
-
-        Parameters
-        ----------
-        model : ndarray, shape (n_model,) or model_shape
-
-        Returns
-        -------
-        ndarray, shape (n_data,), float64
-        """
-        return self._forward(np.asarray(model, dtype=np.float64).reshape(self.n_model))
-
-    def adjoint(self, data: np.ndarray) -> np.ndarray:
-        """Aᵀ y.
-
-        Parameters
-        ----------
-        data : ndarray, shape (n_data,) or data_shape
-
-        Returns
-        -------
-        ndarray, shape (n_model,), float64
-        """
-        return self._adjoint(np.asarray(data, dtype=np.float64).reshape(self.n_data))
-
-    def forward_partial(self, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """A x for x equal to ``values`` at ``indices`` and zero elsewhere.
-
-        Backends override this so that the cost is proportional to ``len(indices)``.
-
-        Parameters
-        ----------
-        indices : array of int, shape (m,)
-            Model elements (distinct).
-        values : array_like, shape (m,)
-
-        Returns
-        -------
-        ndarray, shape (n_data,), float64
-        """
-        x = np.zeros(self.n_model)
-        x[np.asarray(indices, dtype=np.int64)] = values
-        return self._forward(x)
-
-    @property
-    def exposure(self) -> np.ndarray:
-        """Aᵀ 1, shape (n_model,) (computed once; for a response: ΔΩ_j Σ_i R_ij in cm² s sr)."""
-        if self._exposure is None:
-            self._exposure = self._compute_exposure()
-        return self._exposure
-
-    def _compute_exposure(self) -> np.ndarray:
-        return self._adjoint(np.ones(self.n_data))
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """(n_model, n_data)."""
-        return (self.n_model, self.n_data)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of operator held in memory."""
-        return 0
-
-    @property
-    def bytes_per_product(self) -> int:
-        """Bytes streamed by one forward or adjoint product."""
-        return self.nbytes
-
-    @property
-    def backend(self) -> str:
-        """Name of the class holding the values (wrappers report the wrapped one's)."""
-        return type(self).__name__
-
-    @property
-    def load_info(self) -> dict[str, Any]:
-        """The same dict as :attr:`info` (read-only name kept for existing callers)."""
-        return self.info
-
-    def check_adjointness(self, seed: int = 0) -> float:
-        """See :func:`adjointness_test`."""
-        return adjointness_test(self, seed)
-
-    def __matmul__(self, other: LinearOperator) -> LinearOperator:
-        from .compose import ProductOperator
-        if not isinstance(other, LinearOperator):
-            return NotImplemented
-        return ProductOperator(self, other)
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}(model_shape={self.model_shape}, "
-                f"data_shape={self.data_shape}, dtype={self.dtype}, storage={self.storage!r})")
-
-
-class OperatorWrapper(LinearOperator):
-    """An operator that forwards everything to ``inner`` (subclasses change some products).
-
-    Attributes not defined here (``matrix``, ``nnz``, ``model_axes``, ...) are looked up on the
-    wrapped operator, so a wrapper can stand wherever the operator itself stood.
-    """
-
-    def __init__(self, inner: LinearOperator):
-        super().__init__(inner.model_shape, inner.data_shape, inner.dtype)
-        self.inner = inner
-        self.info = inner.info
-
-    def __getattr__(self, name: str):
-        if name == "inner":           # not set yet (copy, unpickling): avoid recursion
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
-    def _forward(self, x):
-        return self.inner.forward(x)
-
-    def _adjoint(self, y):
-        return self.inner.adjoint(y)
-
-    def forward_partial(self, indices, values):
-        return self.inner.forward_partial(indices, values)
-
-    @property
-    def exposure(self) -> np.ndarray:
-        return self.inner.exposure
-
-    @property
-    def storage(self) -> str:  # type: ignore[override]
-        return self.inner.storage
-
-    @property
-    def backend(self) -> str:
-        return self.inner.backend
-
-    @property
-    def nbytes(self) -> int:
-        return self.inner.nbytes
-
-    @property
-    def bytes_per_product(self) -> int:
-        return self.inner.bytes_per_product
 
 
 def subset_indices(data_shape: tuple[int, int, int], k: int, n_subsets: int,
@@ -363,7 +160,6 @@ class ResponseOperator(LinearOperator):
 
     def _subset(self, k: int, n_subsets: int, axis: str, indices: np.ndarray
                 ) -> ResponseOperator:
-        from .subset import RestrictedResponse
         return RestrictedResponse(self, indices)
 
     def _shared_copy(self, key, make):
@@ -375,46 +171,50 @@ class ResponseOperator(LinearOperator):
         return found
 
 
-class DenseResponse(ResponseOperator):
-    """Response held as one C-contiguous (n_model, n_data) matrix; BLAS matrix-vector products.
+class ResponseSubset(ResponseOperator):
+    """Base of the restricted responses: the parent's model space, the subset's data bins.
 
     Parameters
     ----------
-    matrix : ndarray, shape (n_model, n_data)
-        float32 or float64, C-contiguous. It is used as given (a view of a histogram's contents
-        or a memory-mapped file is fine): no copy is made, so the response is held once.
-    model_axes, data_axes, pixel_solid_angle, unit, row_sums
-        See :class:`ResponseOperator`.
+    parent : ResponseOperator
+    data_indices : ndarray of int, shape (m,)
+        The parent's data bins this operator covers, in its data order.
     """
 
-    storage = "dense"
+    mode = "abstract"
 
-    def __init__(self, matrix: np.ndarray, model_axes: Axes, data_axes: Axes,
-                 pixel_solid_angle, unit, row_sums: np.ndarray | None = None):
-        if matrix.dtype not in (np.float32, np.float64):
-            matrix = matrix.astype(np.float64)
-        super().__init__(model_axes, data_axes, pixel_solid_angle, unit, row_sums=row_sums,
-                         dtype=matrix.dtype)
-        if matrix.shape != (self.n_model, self.n_data):
-            raise InvalidDataError(
-                f"response matrix has shape {matrix.shape}, expected (n_model, n_data) = "
-                f"{(self.n_model, self.n_data)} from the model axes {list(model_axes.labels)} "
-                f"and data axes {list(data_axes.labels)}")
-        self.matrix = np.ascontiguousarray(matrix)
-
-    def _matvec(self, x):
-        return np.asarray(x.astype(self.dtype, copy=False) @ self.matrix, dtype=np.float64)
-
-    def _rmatvec(self, y):
-        return np.asarray(self.matrix @ y.astype(self.dtype, copy=False), dtype=np.float64)
-
-    def _matvec_rows(self, rows, coef):
-        return coef @ self.matrix[rows].astype(np.float64)
-
-    def _subset(self, k, n_subsets, axis, indices):
-        from .subset import dense_subset
-        return dense_subset(self, self.matrix, k, n_subsets, axis, indices)
+    def __init__(self, parent: ResponseOperator, data_indices: np.ndarray):
+        super().__init__(parent.model_axes, None, parent.pixel_solid_angle, parent.unit,
+                         dtype=parent.dtype, data_shape=(len(data_indices),))
+        self.parent = parent
+        self.data_indices = np.asarray(data_indices, dtype=np.int64)
+        self.storage = parent.storage
+        #: bytes held for this subset besides the parent (a shared permuted copy, ...)
+        self.extra_bytes = 0
 
     @property
-    def nbytes(self) -> int:
-        return int(self.matrix.nbytes)
+    def pass_fraction(self) -> float:
+        """Passes over the parent's response that one product costs (its share of the bins)."""
+        return self.n_data / self.parent.n_data
+
+    @property
+    def bytes_per_product(self) -> int:
+        return int(round(self.pass_fraction * self.parent.bytes_per_product))
+
+
+class RestrictedResponse(ResponseSubset):
+    """Any response restricted to some data bins through full products (``mode='fallback'``)."""
+
+    mode = "fallback"
+    pass_fraction = 1.0
+
+    def _matvec(self, x):
+        return self.parent._matvec(x)[self.data_indices]
+
+    def _rmatvec(self, y):
+        full = np.zeros(self.parent.n_data)
+        full[self.data_indices] = y
+        return self.parent._rmatvec(full)
+
+    def _matvec_rows(self, rows, coef):
+        return self.parent._matvec_rows(rows, coef)[self.data_indices]

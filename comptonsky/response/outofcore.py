@@ -22,8 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..errors import InvalidParameterError
-from .operator import ResponseOperator
-from .subset import ResponseSubset, RestrictedResponse
+from .operator import ResponseOperator, ResponseSubset, RestrictedResponse
 
 __all__ = ["OutOfCoreResponse", "OutOfCoreSubset"]
 

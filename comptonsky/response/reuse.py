@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .operator import LinearOperator, OperatorWrapper
+from .linear import LinearOperator, OperatorWrapper
 
 __all__ = ["ReusedProducts"]
 

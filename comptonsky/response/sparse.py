@@ -43,8 +43,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..errors import InvalidDataError
-from .operator import ResponseOperator
-from .subset import ResponseSubset
+from .operator import ResponseOperator, ResponseSubset
 
 __all__ = ["SegmentedCSR", "SparseResponse", "SparseSubset", "SparseBuilder", "index_dtype"]
 

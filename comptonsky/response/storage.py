@@ -22,8 +22,9 @@ import numpy as np
 
 from ..errors import InvalidParameterError
 from .cache import CACHE_ENV, CacheWriter, ResponseCache, map_array
+from .dense import DenseResponse
 from .memory import available_memory
-from .operator import DenseResponse, ResponseOperator
+from .operator import ResponseOperator
 from .options import ResponseOptions
 from .outofcore import OutOfCoreResponse
 from .source import LOAD_BLOCK_BYTES, HDF5Source, ResponseSource

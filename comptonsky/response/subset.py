@@ -25,60 +25,11 @@ import logging
 
 import numpy as np
 
-from .operator import ResponseOperator, subset_indices
+from .operator import ResponseOperator, ResponseSubset, subset_indices
 
-__all__ = ["ResponseSubset", "RestrictedResponse", "DenseColumnBlocks", "dense_subset"]
+__all__ = ["DenseColumnBlocks", "dense_subset"]
 
 logger = logging.getLogger(__name__)
-
-
-class ResponseSubset(ResponseOperator):
-    """Base of the restricted responses: the parent's model space, the subset's data bins.
-
-    Parameters
-    ----------
-    parent : ResponseOperator
-    data_indices : ndarray of int, shape (m,)
-        The parent's data bins this operator covers, in its data order.
-    """
-
-    mode = "abstract"
-
-    def __init__(self, parent: ResponseOperator, data_indices: np.ndarray):
-        super().__init__(parent.model_axes, None, parent.pixel_solid_angle, parent.unit,
-                         dtype=parent.dtype, data_shape=(len(data_indices),))
-        self.parent = parent
-        self.data_indices = np.asarray(data_indices, dtype=np.int64)
-        self.storage = parent.storage
-        #: bytes held for this subset besides the parent (a shared permuted copy, ...)
-        self.extra_bytes = 0
-
-    @property
-    def pass_fraction(self) -> float:
-        """Passes over the parent's response that one product costs (its share of the bins)."""
-        return self.n_data / self.parent.n_data
-
-    @property
-    def bytes_per_product(self) -> int:
-        return int(round(self.pass_fraction * self.parent.bytes_per_product))
-
-
-class RestrictedResponse(ResponseSubset):
-    """Any response restricted to some data bins through full products (``mode='fallback'``)."""
-
-    mode = "fallback"
-    pass_fraction = 1.0
-
-    def _matvec(self, x):
-        return self.parent._matvec(x)[self.data_indices]
-
-    def _rmatvec(self, y):
-        full = np.zeros(self.parent.n_data)
-        full[self.data_indices] = y
-        return self.parent._rmatvec(full)
-
-    def _matvec_rows(self, rows, coef):
-        return self.parent._matvec_rows(rows, coef)[self.data_indices]
 
 
 class _Holder:

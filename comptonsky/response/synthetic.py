@@ -25,11 +25,11 @@ import numpy as np
 from astropy import units as u
 from histpy import Axes, Axis, HealpixAxis, Histogram
 
+from ..physics import klein_nishina
+
 __all__ = ["cone_response", "fill_cone_rows", "cone_axes"]
 
 logger = logging.getLogger(__name__)
-
-ELECTRON_MASS_KEV = 510.99895
 
 
 def cone_axes(nside: int = 16, n_phi: int = 60, energy_edges=(509.0, 513.0),
@@ -56,12 +56,6 @@ def cone_axes(nside: int = 16, n_phi: int = 60, energy_edges=(509.0, 513.0),
     ])
 
 
-def _klein_nishina(phi: np.ndarray, energy_kev: float = 511.0) -> np.ndarray:
-    """Klein–Nishina dσ/dφ (arbitrary normalisation) at scatter angle ``phi`` (rad)."""
-    ratio = 1.0 / (1.0 + energy_kev / ELECTRON_MASS_KEV * (1.0 - np.cos(phi)))
-    return ratio ** 2 * (ratio + 1.0 / ratio - np.sin(phi) ** 2) * np.sin(phi)
-
-
 def fill_cone_rows(out: np.ndarray, rows: slice, nside: int, n_phi: int,
                    ring_width_deg: float = 2.0, cutoff: float = 4.0,
                    exposure_cm2s: float = 9.7e7, nest: bool = False) -> None:
@@ -83,7 +77,7 @@ def fill_cone_rows(out: np.ndarray, rows: slice, nside: int, n_phi: int,
     dist = np.arccos(np.clip(vec_sky @ vec_psi, -1.0, 1.0))           # (m, npix) rad
     phi_edges = np.linspace(0.0, np.pi, n_phi + 1)
     phi_c = 0.5 * (phi_edges[1:] + phi_edges[:-1])
-    kn = _klein_nishina(phi_c)
+    kn = klein_nishina(phi_c, 511.0) * np.sin(phi_c)  # per unit Compton angle
     kn = kn / kn.sum()
     sigma = np.deg2rad(ring_width_deg)
     b = np.arcsin(np.clip(vec_sky[:, 2], -1, 1))
