@@ -1,0 +1,78 @@
+"""Every name a parameter file may choose, and the parameters each algorithm takes.
+
+Plain data (no imports from the rest of the package), read by :mod:`comptonsky.config` to
+validate parameter files and by the modules that map the names to code. Those maps
+(``ALGORITHMS`` in :mod:`.algorithms`, ``SMOOTHING_METHODS`` in :mod:`.smoothing`, the
+accelerators of :mod:`.algorithms.acceleration`) have exactly the keys listed here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ALGORITHM_NAMES", "ALGORITHM_SPECS", "AlgorithmSpec", "ACCELERATION_METHODS",
+           "SAFE_ACCELERATIONS", "STEP_RULES", "SMOOTHING_METHODS", "SUBSET_AXES", "SUBSET_SCHEDULES",
+           "STOPPING_STATISTICS", "PRIORS", "INITIALIZATIONS", "MODEL_CLASSES",
+           "algorithm_spec"]
+
+#: ``deconvolution:algorithm`` spellings → canonical name (cosipy ≥ 0.4 names included).
+ALGORITHM_NAMES = {"RL": "RL", "RLsimple": "RLsimple", "MAP_RL": "MAP_RL", "OSEM": "OSEM",
+                   "RLadvanced": "RL", "RLbasic": "RLsimple"}
+
+#: ``acceleration:method`` spellings → canonical name.
+ACCELERATION_METHODS = {"max_step": "max_step", "MaxStep": "max_step",
+                        "max_step_unchecked": "max_step_unchecked",
+                        "line_search": "line_search", "LineSearch": "line_search",
+                        "SQUAREM": "SQUAREM", "squarem": "SQUAREM"}
+#: Accelerators that replace the whole iteration and never lower the objective.
+SAFE_ACCELERATIONS = ("line_search", "SQUAREM")
+STEP_RULES = ("max_step", "max_step_unchecked")
+
+SMOOTHING_METHODS = ("healpy", "pixel")
+SUBSET_AXES = ("Phi", "PsiChi")
+SUBSET_SCHEDULES = ("adaptive", "constant")
+STOPPING_STATISTICS = ("log-likelihood", "log-posterior", "cross-validation")
+PRIORS = ("TSV", "entropy", "energy_TSV", "gamma")
+INITIALIZATIONS = ("flat", "map", "backprojection")
+MODEL_CLASSES = ("AllSkyImage",)
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """What one algorithm reads from ``deconvolution:parameter``.
+
+    Attributes
+    ----------
+    parameters : tuple of str
+        The keys it uses. A section of a feature it lacks is accepted only when it says
+        ``activate: false`` (the feature is off, as it is for this algorithm).
+    accelerations : tuple of str
+        Canonical ``acceleration:method`` values it can apply (when activated).
+    statistics : tuple of str
+        ``stopping_criteria:statistics`` values it accepts.
+    """
+
+    parameters: tuple[str, ...]
+    accelerations: tuple[str, ...] = ()
+    statistics: tuple[str, ...] = ("log-likelihood", "cross-validation")
+
+
+_COMMON = ("iteration_max", "minimum_flux", "stopping_criteria", "save_results")
+_RL = _COMMON + ("acceleration", "response_weighting", "smoothing",
+                 "background_normalization_optimization")
+
+#: Canonical algorithm name → its parameters.
+ALGORITHM_SPECS = {
+    "RL": AlgorithmSpec(_RL, STEP_RULES + SAFE_ACCELERATIONS),
+    "RLsimple": AlgorithmSpec(_COMMON),
+    "MAP_RL": AlgorithmSpec(_COMMON + ("acceleration", "response_weighting",
+                                       "background_normalization_optimization", "prior"),
+                            SAFE_ACCELERATIONS, STOPPING_STATISTICS),
+    "OSEM": AlgorithmSpec(_RL + ("n_subsets", "subset_axis", "subset_schedule"),
+                          SAFE_ACCELERATIONS),
+}
+
+
+def algorithm_spec(name: str) -> AlgorithmSpec:
+    """The spec of algorithm ``name`` (any spelling of :data:`ALGORITHM_NAMES`)."""
+    return ALGORITHM_SPECS[ALGORITHM_NAMES[name]]
