@@ -13,9 +13,8 @@ The layout is that of the COSI tutorials' ``imagedeconvolution_parfile_*.yml``::
 
 Each algorithm takes its own part of ``deconvolution:parameter`` (see
 :meth:`Parameters.check_algorithm`). Keys are addressed with colon paths,
-``"deconvolution:parameter:iteration_max"``. Where the
-tutorial's text and its file disagree, both names are accepted and mapped to one canonical name
-(see :data:`ALIASES`). Unknown keys, wrong types and unknown units raise errors that name the key,
+``"deconvolution:parameter:iteration_max"``. Where the tutorial's text and its file disagree,
+both names are accepted and mapped to one canonical name (see :data:`ALIASES`). Unknown keys, wrong types and unknown units raise errors that name the key,
 the value and the nearest valid choice; nothing is silently ignored.
 """
 
@@ -199,12 +198,8 @@ SCHEMA = Section({
 ALIASES: dict[str, str] = {
     "accel_factor_max": "alpha_max",
     "background_normalization": "background_normalization_optimization",
-    "parameter_RL": "parameter",
-    "parameter_RLsimple": "parameter",
-    "parameter_MAP_RL": "parameter",
+    **{f"parameter_{name}": "parameter" for name in ALGORITHM_NAMES},
     "parameter_flat": "parameter",
-    "parameter_RLadvanced": "parameter",
-    "parameter_RLbasic": "parameter",
     "algorithm": "method",  # acceleration:algorithm (cosipy 0.4) ≡ acceleration:method
 }
 
@@ -329,7 +324,7 @@ def _resolve_path(path: str) -> tuple[list[str], Any]:
         raise InvalidParameterError(f"empty parameter path {path!r}")
     node: Any = SCHEMA
     out = []
-    for i, key in enumerate(keys):
+    for key in keys:
         prefix = ":".join(out)
         if isinstance(node, Leaf):
             raise InvalidParameterError(f"{path}: {prefix} is a value, not a section")
@@ -343,7 +338,6 @@ def _resolve_path(path: str) -> tuple[list[str], Any]:
                                      _child_paths(node, prefix))
         out.append(canon)
         node = node.fields[canon]
-        del i
     return out, node
 
 
@@ -448,17 +442,12 @@ class Parameters:
     def check_algorithm(self, name: str | None = None) -> None:
         """Check ``deconvolution:parameter`` against what algorithm ``name`` takes.
 
-        ``name`` defaults to ``deconvolution:algorithm`` (``RL`` when unset). Run on every
-        complete tree (constructor, :meth:`from_file`) and by the algorithm when it is built
-        (after overrides, which may change the algorithm and its keys in any order).
-
-        Raises
-        ------
-        InvalidParameterError
-            For a key the algorithm does not use (a section of a feature it lacks is accepted
-            only with ``activate: false``), an activated acceleration method it cannot apply,
-            or a stopping statistic it does not offer; the message names the algorithm, the
-            key and the valid keys or values.
+        ``name`` defaults to ``deconvolution:algorithm`` (``RL``). Run on every complete tree and
+        by the algorithm when it is built (overrides may change the algorithm and its keys in any
+        order). A section of a feature the algorithm lacks is accepted only with
+        ``activate: false``. Raises :class:`InvalidParameterError` naming the algorithm, the key
+        and the valid keys or values, for an unused key, an activated acceleration method it
+        cannot apply or a stopping statistic it does not offer.
         """
         name = name or self.get("deconvolution:algorithm", "RL")
         spec = algorithm_spec(name)

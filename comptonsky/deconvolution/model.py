@@ -9,8 +9,7 @@ from astropy import units as u
 from histpy import Axes, Axis, HealpixAxis, Histogram
 
 from ..config import INTENSITY, Parameters
-from ..errors import AxisMismatchError, InvalidParameterError, UnknownChoiceError
-from .registry import INITIALIZATIONS
+from ..errors import AxisMismatchError, InvalidParameterError
 
 __all__ = ["AllSkyImageModel", "MODEL_CLASSES", "model_from_parameters", "backprojection_map"]
 
@@ -86,9 +85,6 @@ class AllSkyImageModel(Histogram):
         """
         init = "model_definition:initialization"
         algorithm = parameter.get(f"{init}:algorithm", "flat")
-        if algorithm not in INITIALIZATIONS:
-            raise UnknownChoiceError("initialization algorithm", algorithm, INITIALIZATIONS,
-                                     f"{parameter.source}: {init}:algorithm")
         if algorithm == "backprojection":
             if data is None:
                 raise InvalidParameterError(f"{parameter.source}: {init}:algorithm "
@@ -143,6 +139,7 @@ def _frame_name(axis: HealpixAxis) -> str:
     return getattr(frame, "name", None) or str(frame or "galactic")
 
 
+#: ``model_definition:class`` (the names of :data:`.registry.MODEL_CLASSES`) → class.
 MODEL_CLASSES = {"AllSkyImage": AllSkyImageModel}
 
 
@@ -154,11 +151,7 @@ def model_from_parameters(parameter: Parameters, data=None,
     are used as in :meth:`AllSkyImageModel.set_values_from_parameters`.
     """
     name = parameter.get("model_definition:class", "AllSkyImage")
-    try:
-        cls = MODEL_CLASSES[name]
-    except KeyError:
-        raise UnknownChoiceError("model class", name, MODEL_CLASSES) from None
-    model = cls.instantiate_from_parameters(parameter)
+    model = MODEL_CLASSES[name].instantiate_from_parameters(parameter)
     if data is not None:
         model.check_axes(data.model_axes, "response")
     model.set_values_from_parameters(parameter, data, mask)
@@ -184,12 +177,8 @@ def backprojection_map(data, mask: np.ndarray | None = None, floor: float = 1e-3
     -------
     ndarray, shape (n_model,), in the model unit.
     """
-    excess = []
-    for ds in data.datasets:
-        y = ds.counts.copy()
-        for key in ds.keys_bkg_models():
-            y -= ds.background(key)
-        excess.append(np.maximum(y, 0.0))
+    excess = [np.maximum(ds.counts - ds.add_background(np.zeros_like(ds.counts)), 0.0)
+              for ds in data.datasets]
     back = data.summed_adjoint(excess)
     exposure = data.exposure
     free = exposure > 0

@@ -39,18 +39,9 @@ MODEL_CLASSES = ("AllSkyImage",)
 
 @dataclass(frozen=True)
 class AlgorithmSpec:
-    """What one algorithm reads from ``deconvolution:parameter``.
-
-    Attributes
-    ----------
-    parameters : tuple of str
-        The keys it uses. A section of a feature it lacks is accepted only when it says
-        ``activate: false`` (the feature is off, as it is for this algorithm).
-    accelerations : tuple of str
-        Canonical ``acceleration:method`` values it can apply (when activated).
-    statistics : tuple of str
-        ``stopping_criteria:statistics`` values it accepts.
-    """
+    """What one algorithm reads from ``deconvolution:parameter``: the keys it uses
+    (``parameters``; a section of a feature it lacks is accepted only with ``activate: false``),
+    the canonical acceleration methods it can apply and the stopping statistics it offers."""
 
     parameters: tuple[str, ...]
     accelerations: tuple[str, ...] = ()

@@ -1,4 +1,7 @@
-"""The state of a fit: one object every algorithm reads and returns (docs/design.md §4)."""
+"""The state of a fit: the one object every algorithm reads and returns (docs/design.md §4).
+
+Steps never modify a state's arrays; they return a new state.
+"""
 
 from __future__ import annotations
 
@@ -12,20 +15,20 @@ __all__ = ["FitState", "Direction"]
 
 @dataclass(frozen=True)
 class Direction:
-    """The EM step at a state, as the filters left it.
+    """The EM step at a state.
 
     Attributes
     ----------
     delta : ndarray, shape (n_model,)
         δλ (masked pixels 0), model unit.
     processed : ndarray, shape (n_model,)
-        δλ after response weighting and smoothing (the step that is taken).
+        δλ after response weighting and smoothing: the step taken.
     norm_step : dict of str → float
         δn_b per background (0 where the norms are not fitted).
-    fallbacks : tuple of ndarray
-        Other map directions the safe accelerators may try, best first; the last one is the
-        plain EM step (for ML-EM with clipping it cannot lower the objective).
-    prior_filter : ndarray, optional
+    fallbacks : tuple of ndarray, shape (n_model,)
+        Other map directions for the safe accelerators, best first; the last one is the plain
+        EM step (for ML-EM with clipping it cannot lower the objective).
+    prior_filter : ndarray, shape (n_model,), optional
         MAP_RL's one-step-late prior factor F.
     """
 
@@ -45,32 +48,28 @@ class Direction:
 class FitState:
     """A point of the fit with everything derived from it.
 
-    Steps never modify a state's arrays; they return a new state.
-
     Attributes
     ----------
     model : ndarray, shape (n_model,)
-        Map λ, flat float64, model unit.
+        Map λ, float64, model unit.
     norms : dict of str → float
-        Background normalisations n_b by name.
-    sources : list of ndarray, shape (n_data_k,)
-        Sky expected counts per dataset, R·(λΔΩ) + 1e-12.
-    expectations : list of ndarray, shape (n_data_k,)
-        Total expected counts ε per dataset.
+        Background normalisations n_b.
+    sources, expectations : list of ndarray, shape (n_data_k,)
+        Sky expected counts R·(λΔΩ) + 1e-12 and total expected counts ε, per dataset.
     log_likelihoods : list of float
         Poisson log L per dataset.
     objective : float
-        Σ log L plus the log-priors (the log-posterior for MAP_RL).
+        Σ log L plus the log-priors (MAP_RL's log-posterior).
     log_priors : dict of str → float
         MAP_RL's log-prior terms (empty for ML algorithms).
     iteration : int
         Iterations done since the start of the fit.
     alpha : float
-        Step length (or OSEM subset count) of the iteration that led here.
-    direction : Direction, optional
+        Step length (OSEM: number of subsets) of the iteration that led here.
+    direction : Direction or None
         The EM step computed in that iteration (None at the start).
     memory : dict
-        Accelerator / schedule memory carried between iterations (OSEM: ``level``,
+        Accelerator and schedule memory carried between iterations (OSEM: ``level``,
         ``cycle_gains``).
     """
 

@@ -24,20 +24,10 @@ __all__ = ["em_delta", "background_steps", "map_em", "map_background_norms", "pr
 
 def em_delta(model: np.ndarray, back_projected_ratio: np.ndarray,
              exposure: np.ndarray) -> np.ndarray:
-    """Richardson–Lucy delta map δλ_j = λ_j (Σ_i r_i R_ij ΔΩ_j / E_j − 1).
+    """Richardson–Lucy delta map δλ_j = λ_j (T_j / E_j − 1), shape (n,).
 
-    Parameters
-    ----------
-    model : ndarray, shape (n,)
-        Current map λ.
-    back_projected_ratio : ndarray, shape (n,)
-        Σ_i r_i R_ij ΔΩ_j with r = X/ε.
-    exposure : ndarray, shape (n,)
-        E_j = Σ_i R_ij ΔΩ_j. Where it is zero the delta is 0.
-
-    Returns
-    -------
-    ndarray, shape (n,)
+    ``back_projected_ratio`` is T = Σ_i r_i R_ij ΔΩ_j with r = X/ε, ``exposure`` E_j =
+    Σ_i R_ij ΔΩ_j (all shape (n,)); where E_j = 0 the delta is 0.
     """
     factor = np.divide(back_projected_ratio, exposure, out=np.ones_like(model),
                        where=exposure > 0)

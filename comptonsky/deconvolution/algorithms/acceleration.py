@@ -33,10 +33,9 @@ or for MAP_RL's one-step-late prior filter), the plain, unfiltered EM step is us
 (for ML-EM with clipping that step is a generalised EM step and cannot lower the likelihood), and
 if even that does not improve the state is kept unchanged.
 
-Every function takes the algorithm ``fit`` (see :class:`~.base.DeconvolutionAlgorithm`) for
-``direction(state)``, ``constrain``, ``project``, ``evaluate``, ``log_prior_total``,
-``has_priors``, ``data``, ``mask``, ``alpha_max`` and ``norm_ranges``, and a
-:class:`~..state.FitState`; it returns the next state (with its ``direction`` and ``alpha``).
+Each takes the algorithm ``fit`` (:class:`~.base.DeconvolutionAlgorithm`: its ``direction``,
+``constrain``, ``project``, ``evaluate`` and options) and a :class:`~..state.FitState`, and returns
+the next state with its ``direction`` and ``alpha``.
 """
 
 from __future__ import annotations
@@ -98,6 +97,7 @@ def step_bound(model: np.ndarray, norms: dict[str, float], d: np.ndarray,
         elif step < 0:
             bound = min(bound, (n - lo) / -step)
     return max(bound, 0.0)
+
 
 def line_maximum(counts: list[np.ndarray], eps0: list[np.ndarray], slope: list[np.ndarray],
                  alpha_hi: float, extra=None, tol: float = 1e-10) -> float:

@@ -118,7 +118,7 @@ class DeconvolutionAlgorithm(ABC):
         return self.parameter.get(f"{PARAMETER_PREFIX}:{key}", default)
 
     def quantity(self, key: str, default: u.Quantity | None) -> u.Quantity | None:
-        """The ``{value, unit}`` setting ``key`` as a Quantity."""
+        """The ``{value, unit}`` setting ``key`` as a Quantity, or ``default``."""
         return self.parameter.quantity(f"{PARAMETER_PREFIX}:{key}", default)
 
     def uses(self, feature: str) -> bool:
@@ -237,10 +237,6 @@ class DeconvolutionAlgorithm(ABC):
         self.results = []
         return self.state
 
-    def initialize(self) -> None:
-        """cosipy's name for :meth:`start`."""
-        self.start()
-
     def iterate(self, n: int = 1) -> FitState:
         """``n`` iterations from the current state, each recorded in :attr:`results`."""
         if self.state is None:
@@ -337,9 +333,7 @@ class DeconvolutionAlgorithm(ABC):
             "log-likelihood": list(state.log_likelihoods),
         }
 
-    # --- the current state, by the names of earlier versions ----------------------------------
+    # shortcuts to the current state
     model = property(lambda self: self.state.model, doc="Current map λ, shape (n_model,).")
-    bkg_norm = property(lambda self: self.state.norms, doc="Current background norms.")
     expectations = property(lambda self: self.state.expectations, doc="ε per dataset.")
     log_likelihoods = property(lambda self: self.state.log_likelihoods, doc="log L per dataset.")
-    iteration_count = property(lambda self: self.state.iteration, doc="Iterations done.")

@@ -32,11 +32,11 @@ from dataclasses import replace
 import numpy as np
 
 from ..dataset import ALMOST_ZERO
-from ..state import Direction, FitState
-from ..steps import background_steps, em_delta, filter_delta, shift_norms
+from ..state import FitState
+from ..steps import shift_norms
 from ..subsets import subsets_for
 from .base import DeconvolutionAlgorithm
-from .rl import em_direction
+from .rl import em_direction, em_update
 
 __all__ = ["OrderedSubsetsEM"]
 
@@ -98,18 +98,15 @@ class OrderedSubsetsEM(DeconvolutionAlgorithm):
         back = np.zeros(self.data.n_model)
         for s, r in zip(self.subsets, ratios):
             back += s.adjoint_group(blocks, r)
-        delta = em_delta(model, back, self.group_exposures[K][k])
-        if self.mask is not None:
-            delta[~self.mask] = 0.0
-        norm_step = {key: 0.0 for key in norms}
-        if self.fit_backgrounds:
-            dots = {key: sum(float(np.dot(r, ds.background(key)[idx]))
-                             for ds, idx, r in zip(datasets, indices, ratios)
-                             if key in ds.keys_bkg_models()) for key in norms}
-            norm_step = background_steps(norms, dots, self.group_bkg_sums[K][k])
-        processed = filter_delta(delta, self.weight, self.smoother, self.data.model_shape)
-        model, norms = self.constrain(model + processed, shift_norms(norms, norm_step))
-        return model, norms, Direction(delta, processed, norm_step)
+        direction = em_update(
+            self, model, norms, back, self.group_exposures[K][k],
+            lambda: {key: sum(float(np.dot(r, ds.background(key)[idx]))
+                              for ds, idx, r in zip(datasets, indices, ratios)
+                              if key in ds.keys_bkg_models()) for key in norms},
+            self.group_bkg_sums[K][k])
+        model, norms = self.constrain(model + direction.processed,
+                                      shift_norms(norms, direction.norm_step))
+        return model, norms, direction
 
     def _subset_expectations(self, K: int, k: int, model: np.ndarray,
                              norms: dict[str, float]) -> list[np.ndarray]:
