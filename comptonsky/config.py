@@ -14,8 +14,9 @@ The layout is that of the COSI tutorials' ``imagedeconvolution_parfile_*.yml``::
 Each algorithm takes its own part of ``deconvolution:parameter`` (see
 :meth:`Parameters.check_algorithm`). Keys are addressed with colon paths,
 ``"deconvolution:parameter:iteration_max"``. Where the tutorial's text and its file disagree,
-both names are accepted and mapped to one canonical name (see :data:`ALIASES`). Unknown keys, wrong types and unknown units raise errors that name the key,
-the value and the nearest valid choice; nothing is silently ignored.
+both names are accepted and mapped to one canonical name (see :data:`ALIASES`). Unknown keys,
+wrong types and unknown units raise errors that name the key, the value and the nearest valid
+choice; nothing is silently ignored.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from astropy import units as u
 from .deconvolution.registry import (
     ACCELERATION_METHODS,
     ALGORITHM_NAMES,
+    ALGORITHM_SPECS,
     INITIALIZATIONS,
     MODEL_CLASSES,
     PRIORS,
@@ -44,7 +46,6 @@ from .deconvolution.registry import (
     STOPPING_STATISTICS,
     SUBSET_AXES,
     SUBSET_SCHEDULES,
-    algorithm_spec,
 )
 from .errors import FileFormatError, InvalidParameterError, UnknownChoiceError
 
@@ -450,7 +451,7 @@ class Parameters:
         cannot apply or a stopping statistic it does not offer.
         """
         name = name or self.get("deconvolution:algorithm", "RL")
-        spec = algorithm_spec(name)
+        spec = ALGORITHM_SPECS[ALGORITHM_NAMES[name]]
         section = self.get("deconvolution:parameter") or {}
         where = f"{self.source}: deconvolution:parameter"
         for key, value in section.items():

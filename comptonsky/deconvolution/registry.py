@@ -10,11 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ALGORITHM_NAMES", "ALGORITHM_SPECS", "AlgorithmSpec", "ACCELERATION_METHODS",
-           "SAFE_ACCELERATIONS", "STEP_RULES", "SMOOTHING_METHODS", "SUBSET_AXES", "SUBSET_SCHEDULES",
-           "STOPPING_STATISTICS", "PRIORS", "INITIALIZATIONS", "MODEL_CLASSES",
-           "algorithm_spec"]
-
 #: ``deconvolution:algorithm`` spellings → canonical name (cosipy ≥ 0.4 names included).
 ALGORITHM_NAMES = {"RL": "RL", "RLsimple": "RLsimple", "MAP_RL": "MAP_RL", "OSEM": "OSEM",
                    "RLadvanced": "RL", "RLbasic": "RLsimple"}
@@ -26,7 +21,6 @@ ACCELERATION_METHODS = {"max_step": "max_step", "MaxStep": "max_step",
                         "SQUAREM": "SQUAREM", "squarem": "SQUAREM"}
 #: Accelerators that replace the whole iteration and never lower the objective.
 SAFE_ACCELERATIONS = ("line_search", "SQUAREM")
-STEP_RULES = ("max_step", "max_step_unchecked")
 
 SMOOTHING_METHODS = ("healpy", "pixel")
 SUBSET_AXES = ("Phi", "PsiChi")
@@ -54,7 +48,7 @@ _RL = _COMMON + ("acceleration", "response_weighting", "smoothing",
 
 #: Canonical algorithm name → its parameters.
 ALGORITHM_SPECS = {
-    "RL": AlgorithmSpec(_RL, STEP_RULES + SAFE_ACCELERATIONS),
+    "RL": AlgorithmSpec(_RL, ("max_step", "max_step_unchecked") + SAFE_ACCELERATIONS),
     "RLsimple": AlgorithmSpec(_COMMON),
     "MAP_RL": AlgorithmSpec(_COMMON + ("acceleration", "response_weighting",
                                        "background_normalization_optimization", "prior"),
@@ -63,7 +57,3 @@ ALGORITHM_SPECS = {
                           SAFE_ACCELERATIONS),
 }
 
-
-def algorithm_spec(name: str) -> AlgorithmSpec:
-    """The spec of algorithm ``name`` (any spelling of :data:`ALGORITHM_NAMES`)."""
-    return ALGORITHM_SPECS[ALGORITHM_NAMES[name]]

@@ -40,8 +40,7 @@ from .dataset import DataIF_COSI_DC2
 from .joint import JointData
 from .model import backprojection_map
 
-__all__ = ["thin_counts", "dataset_with_counts", "validation_log_likelihood",
-           "choose_iterations"]
+__all__ = ["thin_counts", "dataset_with_counts", "validation_log_likelihood", "choose_iterations"]
 
 logger = logging.getLogger(__name__)
 

@@ -166,8 +166,7 @@ def bootstrap_uncertainty(deconvolution, n_samples: int = 50, iterations: int | 
     shape = tuple(solution.contents.shape)
     samples = np.empty((n_samples,) + shape)
     norms = {key: np.empty(n_samples) for key in context["norms"]}
-    bar = tqdm(total=n_samples, desc="bootstrap", unit="sample", disable=not progress,
-               leave=False)
+    bar = tqdm(total=n_samples, desc="bootstrap", unit="sample", disable=not progress, leave=False)
     start = time.perf_counter()
 
     def store(out):
@@ -178,13 +177,9 @@ def bootstrap_uncertainty(deconvolution, n_samples: int = 50, iterations: int | 
         bar.update(1)
 
     try:
-        if workers <= 1:
-            for k in range(n_samples):
-                store(_replicate(k, seeds[k], context))
-        elif executor == "thread":
-            with cf.ThreadPoolExecutor(workers) as pool:
-                for out in pool.map(lambda k: _replicate(k, seeds[k], context),
-                                    range(n_samples)):
+        if workers <= 1 or executor == "thread":
+            with cf.ThreadPoolExecutor(max(workers, 1)) as pool:
+                for out in pool.map(lambda k: _replicate(k, seeds[k], context), range(n_samples)):
                     store(out)
         else:
             _CONTEXT.clear()

@@ -1,40 +1,29 @@
-"""Step lengths of the RL family: the max-step rules and the safe line search and SQUAREM.
+"""Step lengths of the RL family: the max-step rules, and the safe line search and SQUAREM.
 
-* ``em_step`` with ``rule`` ``none`` (λ + δλ), ``max_step_unchecked`` (λ + α δλ with the largest
-  α keeping λ ≥ 0, capped at ``alpha_max``: cosipy 0.3.4) or ``max_step`` (the same α, kept only
-  when log L at α is not below log L at α = 1: cosipy 0.4.3);
-* :class:`LineSearch` and :class:`SQUAREM`, which replace the whole iteration and can never
-  lower the objective.
+* :func:`em_step` with ``rule`` ``none`` (λ + δλ), ``max_step_unchecked`` (λ + α δλ with the
+  largest α ≤ alpha_max keeping λ ≥ 0: cosipy 0.3.4) or ``max_step`` (the same α, kept only if
+  log L at α is not below log L at α = 1: cosipy 0.4.3);
+* :class:`LineSearch` and :class:`SQUAREM` replace the whole iteration and never lower the
+  objective. The expected counts are affine in the map: along a direction (d, δn),
+  ε(α) = ε⁰ + α (R·(d ΔΩ) + Σ_b δn_b B_b), so once u = R·(d ΔΩ) is known (one forward pass) the
+  objective along the line is a cheap, concave data-space function of α.
 
-The safe methods exploit that the expected counts are affine in the map: for a direction d in
-model space and δn in background-norm space,
+``line_search``: one adjoint pass (the EM direction) and one forward pass (u) per iteration, as
+plain RL; α maximises the objective exactly on [0, α_hi], where α_hi keeps the map ≥ 0 and the
+norms in their ranges (capped at ``alpha_max``); α ≥ 1 whenever the EM step improves.
 
-    ε(α) = ε⁰ + α (R·(d ΔΩ) + Σ_b δn_b B_b)
+``SQUAREM`` (Varadhan & Roland 2008, scheme S3): two EM steps x¹ = F(x⁰), x² = F(x¹), then
+x' = x⁰ − 2α r + α² v (r = x¹ − x⁰, v = x² − 2x¹ + x⁰, α = −‖r‖/‖v‖ in [−alpha_max, −1]). x' is
+an affine combination of x⁰, x¹, x², so are its expected counts: no extra pass unless the
+constraints (minimum flux, masks, norm ranges) change x'. x' is kept if its objective is not below
+that of x², else α is halved towards −1 (α = −1 gives x²). Passes per cycle (two EM steps): 4,
+plus 1 when the constraints act, plus 1 per backtrack.
 
-so once ``u = R·(d ΔΩ)`` is known (one forward pass), the log-likelihood along the whole line is
-a cheap data-space function of α, concave in α (a sum of logarithms of affine functions minus an
-affine function). Consequences:
-
-* ``line_search``: one adjoint pass (the EM direction) + one forward pass (``u``) per iteration,
-  the same two passes as plain RL; α maximises the objective exactly on [0, α_hi] where α_hi keeps
-  the map ≥ 0 and the norms inside their ranges (capped at ``alpha_max``). The objective can
-  therefore never fall; α ≥ 1 is found whenever the EM step itself is an improvement.
-* ``SQUAREM`` (Varadhan & Roland 2008, scheme S3): two EM steps x¹ = F(x⁰), x² = F(x¹), then the
-  extrapolation x' = x⁰ − 2α r + α² v (r = x¹ − x⁰, v = x² − 2x¹ + x⁰, α = −‖r‖/‖v‖ capped to
-  [−alpha_max, −1]). x' is an affine combination of x⁰, x¹, x² (coefficients summing to 1), so its
-  expected counts are the same combination of theirs: no extra pass unless the projection onto
-  the constraints (λ ≥ minimum flux, masks, norm ranges) changes x'. x' is kept only if its
-  objective is not below that of x²; otherwise α is halved towards −1 (α = −1 gives x²). Passes
-  per cycle (= two EM steps): 4, plus 1 when the projection acts, plus 1 per backtrack.
-
-Safety net, both methods: if the accepted state's objective is still below the starting one
-(possible only when the processed direction is not an ascent direction, e.g. with smoothing,
-or for MAP_RL's one-step-late prior filter), the plain, unfiltered EM step is used instead
-(for ML-EM with clipping that step is a generalised EM step and cannot lower the likelihood), and
-if even that does not improve the state is kept unchanged.
-
-Each takes the algorithm ``fit`` (:class:`~.base.DeconvolutionAlgorithm`: its ``direction``,
-``constrain``, ``project``, ``evaluate`` and options) and a :class:`~..state.FitState`, and returns
+Safety net, both: if the objective still fell (the processed direction need not ascend, e.g. with
+smoothing or MAP_RL's one-step-late prior filter), the plain EM step is used instead (for ML-EM
+with clipping a generalised EM step, which cannot lower the likelihood), or else the state is
+kept. Each takes the algorithm ``fit`` (:class:`~.base.DeconvolutionAlgorithm`: ``direction``,
+``constrain``, ``project``, ``evaluate``, options) and a :class:`~..state.FitState`, and returns
 the next state with its ``direction`` and ``alpha``.
 """
 

@@ -32,6 +32,7 @@ from ..registry import ACCELERATION_METHODS, ALGORITHM_SPECS
 from ..smoothing import make_smoother
 from ..state import Direction, FitState
 from ..steps import clip_norms, constrain, response_weighting_filter
+from ..stopping import choose_iterations
 from .acceleration import ACCELERATORS, em_step
 
 __all__ = ["DeconvolutionAlgorithm", "PARAMETER_PREFIX", "DEFAULT_BKG_RANGE"]
@@ -123,8 +124,7 @@ class DeconvolutionAlgorithm(ABC):
 
     def uses(self, feature: str) -> bool:
         """Whether this algorithm has ``feature`` (a section with ``activate``) and it is on."""
-        return feature in self.spec.parameters and bool(self.setting(f"{feature}:activate",
-                                                                     False))
+        return feature in self.spec.parameters and bool(self.setting(f"{feature}:activate", False))
 
     def _read_backgrounds(self, names: list[str]) -> None:
         key = "background_normalization_optimization"
@@ -199,8 +199,7 @@ class DeconvolutionAlgorithm(ABC):
     def constrain(self, model: np.ndarray,
                   norms: dict[str, float]) -> tuple[np.ndarray, dict[str, float]]:
         """M-step constraints: minimum flux and masks on the map, ranges on fitted norms."""
-        return constrain(model, self.minimum_flux, self.mask), clip_norms(norms,
-                                                                          self.norm_ranges)
+        return constrain(model, self.minimum_flux, self.mask), clip_norms(norms, self.norm_ranges)
 
     def project(self, model: np.ndarray, norms: dict[str, float]
                 ) -> tuple[np.ndarray, dict[str, float], bool]:
@@ -249,17 +248,9 @@ class DeconvolutionAlgorithm(ABC):
             self.results.append(self.make_result())
         return self.state
 
-    def statistic(self, key: str | None = None) -> float:
-        """The stopping statistic ``key`` (default: the configured one) at the current state."""
-        key = key or self.stopping_statistic
-        return self.state.objective if key == "log-posterior" else self.state.log_likelihood
-
-    def check_stopping_criteria(self, limit: int | None = None, threshold: float | None = None,
-                                key: str | None = None) -> bool:
-        """True when the loop should stop after the current iteration."""
-        limit = self.iteration_max if limit is None else limit
-        threshold = self.stopping_threshold if threshold is None else threshold
-        key = key or self.stopping_statistic
+    def _should_stop(self, limit: int, threshold: float, key: str) -> bool:
+        """Stop after ``limit`` iterations, or once ``key`` gains less than ``threshold`` (a
+        fall only warns; the first iteration never stops)."""
         if self.state.iteration >= limit:
             return True
         if len(self.results) < 2:
@@ -282,10 +273,8 @@ class DeconvolutionAlgorithm(ABC):
         """
         if self.state is None:
             self.start()
-        limit, threshold, key = self.iteration_max, self.stopping_threshold, None
-        if self.stopping_statistic == "cross-validation":
-            from ..stopping import choose_iterations
-
+        limit, threshold, key = self.iteration_max, self.stopping_threshold, self.stopping_statistic
+        if key == "cross-validation":
             self.cross_validation = choose_iterations(self, progress)
             limit, threshold = self.cross_validation["best_iteration"], -math.inf
             key = self.default_statistic
@@ -295,10 +284,9 @@ class DeconvolutionAlgorithm(ABC):
             while True:
                 self.iterate()
                 bar.update(1)
-                bar.set_postfix(logL=f"{self.statistic(key):.6g}", alpha=f"{self.state.alpha:.3g}")
-                logger.debug("iteration %d: %.8g, alpha %.4g, norms %s", self.state.iteration,
-                             self.statistic(key), self.state.alpha, self.state.norms)
-                if self.check_stopping_criteria(limit, threshold, key):
+                bar.set_postfix(logL=f"{self.state.log_likelihood:.6g}",
+                                alpha=f"{self.state.alpha:.3g}")
+                if self._should_stop(limit, threshold, key):
                     break
         finally:
             bar.close()

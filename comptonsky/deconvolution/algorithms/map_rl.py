@@ -81,8 +81,7 @@ class MAPRichardsonLucy(DeconvolutionAlgorithm):
 
     def for_data(self, data, intensity_scale: float = 1.0) -> MAPRichardsonLucy:
         clone = super().for_data(data, intensity_scale)
-        clone.gamma_model = GammaPrior(self.gamma_model.k,
-                                       self.gamma_model.theta * intensity_scale)
+        clone.gamma_model = GammaPrior(self.gamma_model.k, self.gamma_model.theta * intensity_scale)
         return clone
 
     def log_priors(self, model: np.ndarray, norms: dict[str, float]) -> dict[str, float]:

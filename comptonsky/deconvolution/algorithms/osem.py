@@ -2,9 +2,9 @@
 
 The data bins of every dataset are split into K interleaved subsets (``n_subsets``, default 16,
 along ``subset_axis``: ``PsiChi`` (default) or ``Phi``; see
-:mod:`comptonsky.deconvolution.subsets`). The results' ``accel_factor`` is the number of subsets
-used by the cycle. One OSEM
-iteration is a cycle over the subsets; for subset k, with S_k its bins:
+:mod:`~comptonsky.deconvolution.subsets`). The results' ``accel_factor`` is the number of
+subsets used by the cycle. One OSEM iteration is a cycle over the subsets; for subset k, with
+S_k its bins:
 
 1. ε_i = Σ_j R_ij ΔΩ_j λ_j + 1e-12 + Σ_b n_b B_bi for i ∈ S_k (restricted forward product);
 2. δλ_j = λ_j (Σ_{i∈S_k} R_ij ΔΩ_j X_i/ε_i / E_kj − 1), E_kj = ΔΩ_j Σ_{i∈S_k} R_ij (zero-exposure
