@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from comptonsky import DataIF_COSI_DC2, ImageDeconvolution  # noqa: E402
 from comptonsky.deconvolution.passes import count_passes  # noqa: E402
+from comptonsky.deconvolution.stopping import choose_iterations  # noqa: E402
 from comptonsky.regions import region_fluxes  # noqa: E402
 from comptonsky.response.synthetic import cone_axes, fill_cone_rows  # noqa: E402
 from comptonsky.simulate.sky import dc2_511_thin_disk  # noqa: E402
@@ -127,7 +128,10 @@ def make_dataset(response, truth, background, data_axes, seed):
 
 
 def run(ds, workdir: Path, nside: int, overrides, target=None):
-    """Run with per-iteration pass counts and times; stop at ``target`` if given."""
+    """Run with per-iteration pass counts and times; stop at ``target`` if given.
+
+    The iteration count comes from ``iteration_max`` or, with cross-validation stopping, from
+    the cross-validated choice (whose passes are counted too)."""
     path = workdir / "parfile.yml"
     path.write_text(PARFILE.format(nside=nside))
     deconv = ImageDeconvolution()
@@ -140,23 +144,14 @@ def run(ds, workdir: Path, nside: int, overrides, target=None):
     trace = []
     with count_passes([ds]) as passes:
         start = time.perf_counter()
-        inner = algo.iterate
-
-        def iterate():
-            inner()
-            trace.append((passes.total, time.perf_counter() - start,
-                          float(np.sum(algo.log_likelihoods))))
-
-        algo.iterate = iterate
-        if target is not None:
-            algo.stopping_statistic = "log-likelihood"
-            base_check = algo.check_stopping_criteria
-
-            def check():
-                return trace[-1][2] >= target or base_check()
-
-            algo.check_stopping_criteria = check
-        deconv.run_deconvolution(progress=False)
+        limit = algo.iteration_max
+        if algo.stopping_statistic == "cross-validation":
+            algo.cross_validation = choose_iterations(algo, progress=False)
+            limit = algo.cross_validation["best_iteration"]
+        while algo.state.iteration < limit and not (target is not None and trace
+                                                    and trace[-1][2] >= target):
+            state = algo.iterate()
+            trace.append((passes.total, time.perf_counter() - start, state.log_likelihood))
     return deconv, trace
 
 

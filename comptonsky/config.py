@@ -11,10 +11,12 @@ The layout is that of the COSI tutorials' ``imagedeconvolution_parfile_*.yml``::
       parameter: {iteration_max, acceleration: {...}, ...}
     response: {dtype, storage, ...}          # comptonsky extension
 
-Keys are addressed with colon paths, ``"deconvolution:parameter:iteration_max"``. Where the
-tutorial's text and its file disagree, both names are accepted and mapped to one canonical name
-(see :data:`ALIASES`). Unknown keys, wrong types and unknown units raise errors that name the key,
-the value and the nearest valid choice; nothing is silently ignored.
+Each algorithm takes its own part of ``deconvolution:parameter`` (see
+:meth:`Parameters.check_algorithm`). Keys are addressed with colon paths,
+``"deconvolution:parameter:iteration_max"``. Where the tutorial's text and its file disagree,
+both names are accepted and mapped to one canonical name (see :data:`ALIASES`). Unknown keys,
+wrong types and unknown units raise errors that name the key, the value and the nearest valid
+choice; nothing is silently ignored.
 """
 
 from __future__ import annotations
@@ -33,6 +35,18 @@ from typing import Any
 import yaml
 from astropy import units as u
 
+from .deconvolution.registry import (
+    ACCELERATION_METHODS,
+    ALGORITHM_NAMES,
+    ALGORITHM_SPECS,
+    INITIALIZATIONS,
+    MODEL_CLASSES,
+    PRIORS,
+    SMOOTHING_METHODS,
+    STOPPING_STATISTICS,
+    SUBSET_AXES,
+    SUBSET_SCHEDULES,
+)
 from .errors import FileFormatError, InvalidParameterError, UnknownChoiceError
 
 __all__ = ["Parameters", "load_yaml", "parse_override", "SCHEMA"]
@@ -98,20 +112,32 @@ def _activate(**fields) -> Section:
     return Section({"activate": Leaf("bool"), **fields})
 
 
-ALGORITHMS = ("RL", "RLsimple", "MAP_RL", "RLadvanced", "RLbasic", "OSEM")
-ACCELERATION_METHODS = ("max_step", "MaxStep", "max_step_unchecked", "line_search", "LineSearch",
-                        "SQUAREM", "squarem")
-STOPPING_STATISTICS = ("log-likelihood", "log-posterior", "cross-validation")
-INITIALIZATION_ALGORITHMS = ("flat", "map", "backprojection")
+_PRIOR_SECTIONS = {
+    "TSV": Section({"coefficient": Leaf("float", minimum=0.0)}),
+    "entropy": Section({"coefficient": Leaf("float", minimum=0.0),
+                        "reference_map": Section({
+                            "value": Leaf("float", minimum=0.0),
+                            "unit": Leaf("unit", physical_type=INTENSITY),
+                            "file": Leaf("str")})}),
+    "energy_TSV": Section({"coefficient": Leaf("float", minimum=0.0)}),
+    "gamma": Section({
+        "model": Section({"theta": _quantity(INTENSITY), "k": Section({"value": Leaf("float")})}),
+        "background": Section({"theta": Section({"value": Leaf("float")}),
+                               "k": Section({"value": Leaf("float")})}),
+    }),
+}
 
-RL_PARAMETERS = Section({
+#: Every key of ``deconvolution:parameter``; each algorithm takes the part named in its
+#: :data:`~comptonsky.deconvolution.registry.ALGORITHM_SPECS` entry (see
+#: :meth:`Parameters.check_algorithm`).
+ALGORITHM_PARAMETERS = Section({
     "iteration_max": Leaf("int", minimum=1),
     "minimum_flux": _quantity(INTENSITY),
     "acceleration": _activate(alpha_max=Leaf("float", minimum=1.0),
-                              method=Leaf("choice", choices=ACCELERATION_METHODS)),
+                              method=Leaf("choice", choices=tuple(ACCELERATION_METHODS))),
     "response_weighting": _activate(index=Leaf("float")),
     "smoothing": _activate(FWHM=_quantity(u.deg, minimum=0.0),
-                           method=Leaf("choice", choices=("healpy", "pixel"))),
+                           method=Leaf("choice", choices=SMOOTHING_METHODS)),
     "stopping_criteria": Section({
         "statistics": Leaf("choice", choices=STOPPING_STATISTICS),
         "threshold": Leaf("float"),
@@ -122,25 +148,12 @@ RL_PARAMETERS = Section({
     }),
     # OSEM: ordered subsets of the data space
     "n_subsets": Leaf("int", minimum=1),
-    "subset_axis": Leaf("choice", choices=("Phi", "PsiChi")),
-    "subset_schedule": Leaf("choice", choices=("adaptive", "constant")),
+    "subset_axis": Leaf("choice", choices=SUBSET_AXES),
+    "subset_schedule": Leaf("choice", choices=SUBSET_SCHEDULES),
     "background_normalization_optimization": _activate(
         range=Section(free=Leaf("float_list"))),
     "save_results": _activate(directory=Leaf("str"), only_final_result=Leaf("bool")),
-    "prior": Section({
-        "TSV": Section({"coefficient": Leaf("float", minimum=0.0)}),
-        "entropy": Section({"coefficient": Leaf("float", minimum=0.0),
-                            "reference_map": Section({
-                                "value": Leaf("float", minimum=0.0),
-                                "unit": Leaf("unit", physical_type=INTENSITY),
-                                "file": Leaf("str")})}),
-        "energy_TSV": Section({"coefficient": Leaf("float", minimum=0.0)}),
-        "gamma": Section({
-            "model": Section({"theta": _quantity(INTENSITY), "k": Section({"value": Leaf("float")})}),
-            "background": Section({"theta": Section({"value": Leaf("float")}),
-                                   "k": Section({"value": Leaf("float")})}),
-        }),
-    }),
+    "prior": Section({name: _PRIOR_SECTIONS[name] for name in PRIORS}),
 })
 
 RESPONSE_SECTION = Section({
@@ -160,7 +173,7 @@ SCHEMA = Section({
     "author": Leaf("any"),
     "date": Leaf("any"),
     "model_definition": Section({
-        "class": Leaf("choice", choices=("AllSkyImage",)),
+        "class": Leaf("choice", choices=MODEL_CLASSES),
         "property": Section({
             "coordinate": Leaf("choice", choices=("galactic",)),
             "nside": Leaf("int", minimum=1),
@@ -169,15 +182,15 @@ SCHEMA = Section({
             "unit": Leaf("unit", physical_type=INTENSITY),
         }),
         "initialization": Section({
-            "algorithm": Leaf("choice", choices=INITIALIZATION_ALGORITHMS),
+            "algorithm": Leaf("choice", choices=INITIALIZATIONS),
             "parameter": Section({"value": Leaf("float_list"),
                                   "unit": Leaf("unit", physical_type=INTENSITY)}),
             "file": Leaf("str"),
         }),
     }),
     "deconvolution": Section({
-        "algorithm": Leaf("choice", choices=ALGORITHMS),
-        "parameter": RL_PARAMETERS,
+        "algorithm": Leaf("choice", choices=tuple(ALGORITHM_NAMES)),
+        "parameter": ALGORITHM_PARAMETERS,
     }),
     "response": RESPONSE_SECTION,
 })
@@ -186,12 +199,8 @@ SCHEMA = Section({
 ALIASES: dict[str, str] = {
     "accel_factor_max": "alpha_max",
     "background_normalization": "background_normalization_optimization",
-    "parameter_RL": "parameter",
-    "parameter_RLsimple": "parameter",
-    "parameter_MAP_RL": "parameter",
+    **{f"parameter_{name}": "parameter" for name in ALGORITHM_NAMES},
     "parameter_flat": "parameter",
-    "parameter_RLadvanced": "parameter",
-    "parameter_RLbasic": "parameter",
     "algorithm": "method",  # acceleration:algorithm (cosipy 0.4) ≡ acceleration:method
 }
 
@@ -316,7 +325,7 @@ def _resolve_path(path: str) -> tuple[list[str], Any]:
         raise InvalidParameterError(f"empty parameter path {path!r}")
     node: Any = SCHEMA
     out = []
-    for i, key in enumerate(keys):
+    for key in keys:
         prefix = ":".join(out)
         if isinstance(node, Leaf):
             raise InvalidParameterError(f"{path}: {prefix} is a value, not a section")
@@ -330,7 +339,6 @@ def _resolve_path(path: str) -> tuple[list[str], Any]:
                                      _child_paths(node, prefix))
         out.append(canon)
         node = node.fields[canon]
-        del i
     return out, node
 
 
@@ -370,6 +378,7 @@ class Parameters:
         self.source = source
         self._data: dict[str, Any] = _validate(SCHEMA, copy.deepcopy(dict(data or {})), "",
                                                source)
+        self.check_algorithm()
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> Parameters:
@@ -430,6 +439,37 @@ class Parameters:
         if "value" not in section:
             raise InvalidParameterError(f"{self.source}: {path}:value is missing")
         return u.Quantity(section["value"], section.get("unit", ""))
+
+    def check_algorithm(self, name: str | None = None) -> None:
+        """Check ``deconvolution:parameter`` against what algorithm ``name`` takes.
+
+        ``name`` defaults to ``deconvolution:algorithm`` (``RL``). Run on every complete tree and
+        by the algorithm when it is built (overrides may change the algorithm and its keys in any
+        order). A section of a feature the algorithm lacks is accepted only with
+        ``activate: false``. Raises :class:`InvalidParameterError` naming the algorithm, the key
+        and the valid keys or values, for an unused key, an activated acceleration method it
+        cannot apply or a stopping statistic it does not offer.
+        """
+        name = name or self.get("deconvolution:algorithm", "RL")
+        spec = ALGORITHM_SPECS[ALGORITHM_NAMES[name]]
+        section = self.get("deconvolution:parameter") or {}
+        where = f"{self.source}: deconvolution:parameter"
+        for key, value in section.items():
+            off = isinstance(value, Mapping) and value.get("activate") is False
+            if key not in spec.parameters and not off:
+                raise InvalidParameterError(
+                    f"{where}:{key} is not a parameter of algorithm {name!r}; it takes "
+                    f"{', '.join(spec.parameters)}")
+        acceleration = section.get("acceleration") or {}
+        method = ACCELERATION_METHODS[acceleration.get("method", "max_step")]
+        if acceleration.get("activate") and method not in spec.accelerations:
+            raise InvalidParameterError(
+                f"{where}:acceleration:method {method!r} (the default is 'max_step') is not "
+                f"available in algorithm {name!r}; it takes {', '.join(spec.accelerations)}")
+        statistic = (section.get("stopping_criteria") or {}).get("statistics")
+        if statistic is not None and statistic not in spec.statistics:
+            raise UnknownChoiceError(f"stopping statistic for {name}", statistic,
+                                     spec.statistics, f"{where}:stopping_criteria:statistics")
 
     def to_dict(self) -> dict[str, Any]:
         """A deep copy of the validated tree (canonical key names)."""

@@ -116,3 +116,62 @@ def test_unchecked_rule_fails_where_safe_methods_do_not(small_problem, tmp_path)
     values = loglikes(unchecked)
     assert np.sum(np.diff(values) < 0) >= 5
     assert unchecked.results[-1]["background_normalization"]["albedo"] < 0.5
+
+
+MAP_PRIOR = ("    prior:\n        TSV:\n            coefficient: 1.0e+3\n"
+             "        gamma:\n            model:\n                theta: {value: .inf, unit: "
+             "\"cm-2 s-1 sr-1\"}\n                k: {value: 0.9}\n            background:\n"
+             "                theta: {value: .inf}\n                k: {value: 1.0}\n"
+             "    save_results:")
+
+
+@pytest.mark.parametrize("algorithm, settings, overrides", [
+    ("RL", dict(accel=True, alpha_max=10.0, weighting=True, method="max_step"), []),
+    ("RL", dict(accel=True, method="max_step_unchecked", alpha_max=1.5), []),
+    ("RL", dict(accel=True, smoothing=True, method="SQUAREM"), []),
+    ("RL", dict(accel=True, weighting=True, method="line_search"), []),
+    ("RLsimple", dict(bkg=False), []),
+    ("MAP_RL", dict(accel=True, method="SQUAREM"), []),
+    ("MAP_RL", dict(weighting=True), []),
+    ("OSEM", dict(accel=True, method="line_search"),
+     ["deconvolution:parameter:n_subsets = 8"]),
+])
+def test_warm_start_continues_the_fit_exactly(small_problem, tmp_path, algorithm, settings,
+                                              overrides):
+    """10 iterations == 5 iterations, then 5 more by another object started from the state."""
+    path = write_parfile(tmp_path, algorithm=algorithm, **settings)
+    if algorithm == "MAP_RL":
+        path.write_text(path.read_text().replace("    save_results:", MAP_PRIOR))
+
+    def algorithm_object():
+        deconv = prepared_deconvolution(small_problem, path, overrides)
+        deconv.initialize()
+        return deconv.algorithm
+
+    first = algorithm_object()
+    straight = first.iterate(10)
+    first.start()
+    half = first.iterate(5)
+    second = algorithm_object()
+    second.start(half)
+    continued = second.iterate(5)
+    assert continued.iteration == straight.iteration == 10
+    np.testing.assert_allclose(continued.model, straight.model, rtol=1e-12, atol=0)
+    for key, value in straight.norms.items():
+        assert continued.norms[key] == pytest.approx(value, rel=1e-12)
+    assert continued.objective == pytest.approx(straight.objective, rel=1e-12)
+    assert continued.alpha == pytest.approx(straight.alpha, rel=1e-12)
+    assert continued.memory == straight.memory  # OSEM's subset schedule
+    assert [r["iteration"] for r in second.results] == list(range(6, 11))
+    if algorithm == "OSEM":
+        assert straight.memory["level"] > half.memory["level"] > 0
+
+
+def test_algorithm_keys_are_checked_when_the_fit_is_built(small_problem, tmp_path):
+    from comptonsky.errors import InvalidParameterError
+
+    deconv = prepared_deconvolution(small_problem, write_parfile(tmp_path, accel=True),
+                                    ["deconvolution:algorithm = RLsimple"])
+    with pytest.raises(InvalidParameterError, match="acceleration is not a parameter of "
+                                                    "algorithm 'RLsimple'"):
+        deconv.initialize()

@@ -107,3 +107,80 @@ def test_get_default_and_dump_round_trip():
     assert p.get("deconvolution:parameter:iteration_max", 7) == 7
     again = Parameters(load_yaml(p.dump()))
     assert again.to_dict() == p.to_dict()
+
+
+def _tree(algorithm, **parameter):
+    return {"deconvolution": {"algorithm": algorithm, "parameter": parameter}}
+
+
+@pytest.mark.parametrize("algorithm, key, value", [
+    ("RL", "n_subsets", 4),
+    ("RL", "prior", {"TSV": {"coefficient": 1.0}}),
+    ("RLadvanced", "subset_axis", "Phi"),
+    ("RLsimple", "acceleration", {"activate": True}),
+    ("RLsimple", "background_normalization_optimization", {"activate": True}),
+    ("MAP_RL", "smoothing", {"activate": True, "FWHM": {"value": 2.0, "unit": "deg"}}),
+    ("OSEM", "prior", {"TSV": {"coefficient": 1.0}}),
+])
+def test_key_an_algorithm_does_not_use_is_an_error(algorithm, key, value):
+    with pytest.raises(InvalidParameterError) as err:
+        Parameters(_tree(algorithm, **{key: value}), source="p.yml")
+    msg = str(err.value)
+    assert algorithm in msg and key in msg and "iteration_max" in msg and "p.yml" in msg
+
+
+def test_switched_off_features_and_own_keys_are_accepted():
+    off = {"activate": False}
+    Parameters(_tree("RLsimple", acceleration=off, smoothing=off, response_weighting=off,
+                     background_normalization_optimization=off, iteration_max=3))
+    Parameters(_tree("MAP_RL", smoothing={"activate": False, "FWHM": {"value": 2.0,
+                                                                      "unit": "deg"}},
+                     prior={"TSV": {"coefficient": 1.0}}))
+    Parameters(_tree("OSEM", n_subsets=4, subset_axis="Phi", subset_schedule="constant"))
+
+
+@pytest.mark.parametrize("algorithm, method", [("MAP_RL", "max_step"), ("OSEM", "MaxStep"),
+                                               ("MAP_RL", None)])
+def test_acceleration_method_an_algorithm_cannot_apply(algorithm, method):
+    acceleration = {"activate": True} | ({"method": method} if method else {})
+    with pytest.raises(InvalidParameterError, match=f"{algorithm}.*SQUAREM"):
+        Parameters(_tree(algorithm, acceleration=acceleration))
+    acceleration["activate"] = False  # off: the method does not matter
+    Parameters(_tree(algorithm, acceleration=acceleration))
+
+
+def test_stopping_statistic_per_algorithm():
+    Parameters(_tree("MAP_RL", stopping_criteria={"statistics": "log-posterior"}))
+    with pytest.raises(UnknownChoiceError, match="stopping statistic for RL"):
+        Parameters(_tree("RL", stopping_criteria={"statistics": "log-posterior"}))
+
+
+def test_overrides_are_checked_against_the_algorithm_when_it_is_built():
+    p = Parameters(_tree("RL", acceleration={"activate": True, "method": "max_step"}))
+    p.override("deconvolution:algorithm = OSEM")  # an edit sequence may pass invalid states
+    with pytest.raises(InvalidParameterError, match="OSEM"):
+        p.check_algorithm()
+    p.override("deconvolution:parameter:acceleration:method = line_search")
+    p.override("deconvolution:parameter:n_subsets = 8")
+    p.check_algorithm()
+    with pytest.raises(InvalidParameterError, match="n_subsets.*'RL'"):
+        p.check_algorithm("RL")
+
+
+def test_choice_lists_come_from_the_registry():
+    from comptonsky.deconvolution import registry
+    from comptonsky.deconvolution.algorithms import ALGORITHMS
+    from comptonsky.deconvolution.algorithms.acceleration import ACCELERATORS
+    from comptonsky.deconvolution.model import MODEL_CLASSES
+    from comptonsky.deconvolution.smoothing import SMOOTHING_METHODS
+
+    assert set(ALGORITHMS) == set(registry.ALGORITHM_NAMES)
+    assert {cls.name for cls in ALGORITHMS.values()} == set(registry.ALGORITHM_SPECS)
+    assert set(ACCELERATORS) == set(registry.SAFE_ACCELERATIONS)
+    assert set(SMOOTHING_METHODS) == set(registry.SMOOTHING_METHODS)
+    assert set(MODEL_CLASSES) == set(registry.MODEL_CLASSES)
+    for spec in registry.ALGORITHM_SPECS.values():
+        assert set(spec.accelerations) <= set(registry.ACCELERATION_METHODS.values())
+        assert set(spec.statistics) <= set(registry.STOPPING_STATISTICS)
+    with pytest.raises(UnknownChoiceError, match="line_search"):
+        Parameters(_tree("RL", acceleration={"method": "linesearch"}))

@@ -159,7 +159,7 @@ def _fit(problem, tmp_path, algorithm, overrides=(), **response_options):
     deconv = ImageDeconvolution()
     deconv.set_dataset([ds])
     deconv.read_parameterfile(write_parfile(tmp_path, algorithm=algorithm, iterations=6,
-                                            accel=True, alpha_max=3.0))
+                                            accel=algorithm == "RL", alpha_max=3.0))
     deconv.override_parameter(*overrides)
     deconv.initialize()
     deconv.run_deconvolution(progress=False)

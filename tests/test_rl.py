@@ -9,7 +9,20 @@ import numpy as np
 import pytest
 
 from comptonsky import DataIF_COSI_DC2, ImageDeconvolution
-from comptonsky.deconvolution.steps import acceleration_factor, em_delta
+from comptonsky.deconvolution.algorithms.acceleration import step_bound
+from comptonsky.deconvolution.steps import (
+    acceleration_factor,
+    background_steps,
+    clip_norms,
+    constrain,
+    em_delta,
+    filter_delta,
+    map_background_norms,
+    map_em,
+    prior_filter,
+    response_weighting_filter,
+    shift_norms,
+)
 
 from .conftest import prepared_deconvolution, write_parfile
 
@@ -121,9 +134,57 @@ def test_step_functions_against_loops():
     assert acceleration_factor(lam, -10 * lam, 7.0) == 1.0  # floored at 1
 
 
+def test_more_step_functions_against_loops():
+    rng = np.random.default_rng(2)
+    n = 40
+    lam, back, exposure = rng.random(n), rng.random(n) * 2, rng.random(n)
+    exposure[[0, 7]] = 0.0
+    mask = rng.random(n) > 0.2
+    # M-step constraints
+    out = constrain(lam - 0.3, 0.05, mask)
+    for j in range(n):
+        assert out[j] == (0.0 if not mask[j] else max(lam[j] - 0.3, 0.05))
+    assert clip_norms({"a": 20.0, "b": 0.5, "c": -1.0}, {"a": (0, 10), "c": (0.1, 5)}) == {
+        "a": 10.0, "b": 0.5, "c": 0.1}
+    assert shift_norms({"a": 1.0, "b": 2.0}, {"a": 0.5, "b": -1.0}, 2.0) == {"a": 2.0, "b": 0.0}
+    # background EM steps: n (Σ r B / Σ B − 1), 0 without template counts
+    steps = background_steps({"a": 2.0, "b": 1.0}, {"a": 3.0, "b": 5.0}, {"a": 4.0, "b": 0.0})
+    assert steps == {"a": pytest.approx(2.0 * (3.0 / 4.0 - 1.0)), "b": 0.0}
+    # MAP: EM map under a gamma prior, background update and the prior filter
+    k, inv_theta = 0.9, 0.5
+    em_map, denominator = map_em(lam, back, exposure, k, inv_theta, 0.01)
+    for j in range(n):
+        expected = (lam[j] * back[j] + k - 1.0) / (exposure[j] + inv_theta)
+        assert denominator[j] == exposure[j] + inv_theta
+        assert em_map[j] == pytest.approx(max(expected, 0.01), rel=1e-14)
+    flat, _ = map_em(lam, back, exposure, 1.0, 0.0, 0.0)
+    assert flat[0] == 0.0 and flat[7] == 0.0  # no exposure, flat prior: no information
+    norms = map_background_norms({"a": 2.0}, {"a": 3.0}, {"a": 4.0}, 1.5, 0.25)
+    assert norms["a"] == pytest.approx((2.0 * 3.0 + 0.5) / 4.25)
+    gradient = rng.normal(size=n)
+    factor = prior_filter(gradient, np.where(mask, exposure, 0.0))
+    for j in range(n):
+        d = exposure[j] if mask[j] else 0.0
+        assert factor[j] == pytest.approx(math.exp(gradient[j] / d) if d > 0 else 1.0, rel=1e-14)
+    # filters: weighting then smoothing
+    weight = response_weighting_filter(exposure, 0.5)
+    for j in range(n):
+        assert weight[j] == pytest.approx((exposure[j] / exposure.max()) ** 0.5, rel=1e-14)
+    delta = rng.normal(size=n)
+    processed = filter_delta(delta, weight, lambda m: 2.0 * m[::-1], (n, 1))
+    np.testing.assert_allclose(processed, 2.0 * (delta * weight)[::-1], rtol=1e-15)
+    assert filter_delta(delta) is not delta and np.array_equal(filter_delta(delta), delta)
+    # safe-accelerator step bound: map ≥ 0 on free pixels, norms in range, ≤ alpha_max
+    d = rng.normal(size=n)
+    bound = step_bound(lam, {"a": 1.0}, d, {"a": 0.5}, 50.0, mask, {"a": (0.0, 2.0)})
+    limits = [lam[j] / -d[j] for j in range(n) if mask[j] and d[j] < 0] + [(2.0 - 1.0) / 0.5]
+    assert bound == pytest.approx(min(min(limits), 50.0), rel=1e-14)
+
+
 def test_plain_rl_likelihood_never_decreases(small_problem, tmp_path):
     for algorithm in ("RLsimple", "RL"):
-        _, deconv = _run(small_problem, tmp_path, algorithm=algorithm, iterations=40, bkg=True)
+        _, deconv = _run(small_problem, tmp_path, algorithm=algorithm, iterations=40,
+                         bkg=algorithm == "RL")  # RLsimple does not fit background norms
         logl = np.array([r["log-likelihood"][0] for r in deconv.results])
         assert np.all(np.diff(logl) >= -1e-9 * np.abs(logl[1:])), algorithm
 

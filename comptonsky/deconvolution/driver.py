@@ -12,7 +12,7 @@ import numpy as np
 from histpy import Histogram
 
 from ..config import Parameters
-from ..errors import InvalidParameterError, UnknownChoiceError
+from ..errors import InvalidParameterError
 from .algorithms import ALGORITHMS
 from .algorithms.base import DeconvolutionAlgorithm
 from .dataset import DataIF_COSI_DC2
@@ -108,19 +108,13 @@ class ImageDeconvolution:
             raise InvalidParameterError("no dataset: call set_dataset([...]) before initialize()")
         if self._parameter.get("model_definition") is None:
             raise InvalidParameterError("no parameters: call read_parameterfile(...) first")
+        self._parameter.check_algorithm()
         response_options = self._parameter.get("response") or {}
         if response_options:
             for ds in self._dataset:
                 ds.set_response_options(response_options, "parameter file response section")
         self._data = JointData(self._dataset)
-        model = model_from_parameters(self._parameter)
-        model.check_axes(self._data.model_axes, "response")
-        self._initial_model = model
         name = self._parameter.get("deconvolution:algorithm", "RL")
-        try:
-            cls = ALGORITHMS[name]
-        except KeyError:
-            raise UnknownChoiceError("algorithm", name, ALGORITHMS) from None
         mask = None
         shape = self._data.model_shape
         if self._mask is not None:
@@ -130,10 +124,12 @@ class ImageDeconvolution:
             except ValueError:
                 raise InvalidParameterError(f"set_mask: mask has shape {self._mask.shape}, "
                                             f"expected {shape} or ({shape[0]},)") from None
+        model = model_from_parameters(self._parameter, self._data, mask)
         if mask is not None:
             model[:] = np.where(mask.reshape(shape), model.contents.value, 0.0) * model.unit
-        self._algorithm = cls(model, self._data, mask, self._parameter)
-        self._algorithm.initialize()
+        self._initial_model = model
+        self._algorithm = ALGORITHMS[name](model, self._data, mask, self._parameter)
+        self._algorithm.start()
         logger.info("initialised %s on %d dataset(s)", name, len(self._dataset))
 
     def run_deconvolution(self, progress: bool = True) -> list[dict[str, Any]]:

@@ -9,13 +9,9 @@ from astropy import units as u
 from histpy import Axes, Axis, HealpixAxis, Histogram
 
 from ..config import INTENSITY, Parameters
-from ..errors import AxisMismatchError, InvalidParameterError, UnknownChoiceError
+from ..errors import AxisMismatchError, InvalidParameterError
 
-__all__ = ["AllSkyImageModel", "MODEL_CLASSES", "model_from_parameters", "backprojection_map",
-           "INITIALIZATIONS"]
-
-#: ``model_definition:initialization:algorithm`` values.
-INITIALIZATIONS = ("flat", "map", "backprojection")
+__all__ = ["AllSkyImageModel", "MODEL_CLASSES", "model_from_parameters", "backprojection_map"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +70,8 @@ class AllSkyImageModel(Histogram):
                    coordsys=parameter.get(f"{prop}:coordinate", "galactic"),
                    unit=parameter.get(f"{prop}:unit", str(INTENSITY)))
 
-    def set_values_from_parameters(self, parameter: Parameters) -> None:
+    def set_values_from_parameters(self, parameter: Parameters, data=None,
+                                   mask: np.ndarray | None = None) -> None:
         """Fill the map following ``model_definition:initialization``.
 
         ``algorithm``:
@@ -83,16 +80,17 @@ class AllSkyImageModel(Histogram):
         * ``map`` — the histpy HDF5 map in ``file`` (axes lb, Ei or lb only; same NSIDE and
           number of bands; converted to the model unit; RING/NESTED reordered as needed), e.g.
           the result of an earlier run;
-        * ``backprojection`` — filled later from the data by the algorithm (see
-          :func:`backprojection_map`); here the map is set to 1 as a placeholder.
+        * ``backprojection`` — from ``data`` (a :class:`~.joint.JointData`, required) and the
+          optional ``mask`` (n_model,), see :func:`backprojection_map`.
         """
         init = "model_definition:initialization"
         algorithm = parameter.get(f"{init}:algorithm", "flat")
-        if algorithm not in INITIALIZATIONS:
-            raise UnknownChoiceError("initialization algorithm", algorithm, INITIALIZATIONS,
-                                     f"{parameter.source}: {init}:algorithm")
         if algorithm == "backprojection":
-            self[:] = np.ones(self.contents.shape) * self.unit
+            if data is None:
+                raise InvalidParameterError(f"{parameter.source}: {init}:algorithm "
+                                            "'backprojection' needs the datasets")
+            self[:] = backprojection_map(data, mask).reshape(self.contents.shape) * self.unit
+            logger.info("initial map: back-projection of the counts above the backgrounds")
             return
         if algorithm == "map":
             from .priors import reference_map_from_file
@@ -141,18 +139,22 @@ def _frame_name(axis: HealpixAxis) -> str:
     return getattr(frame, "name", None) or str(frame or "galactic")
 
 
+#: ``model_definition:class`` (the names of :data:`.registry.MODEL_CLASSES`) → class.
 MODEL_CLASSES = {"AllSkyImage": AllSkyImageModel}
 
 
-def model_from_parameters(parameter: Parameters) -> AllSkyImageModel:
-    """Instantiate and initialise the model named by ``model_definition:class``."""
+def model_from_parameters(parameter: Parameters, data=None,
+                          mask: np.ndarray | None = None) -> AllSkyImageModel:
+    """Instantiate and initialise the model named by ``model_definition:class``.
+
+    With ``data`` (JointData) its axes are checked against the response's; ``data`` and ``mask``
+    are used as in :meth:`AllSkyImageModel.set_values_from_parameters`.
+    """
     name = parameter.get("model_definition:class", "AllSkyImage")
-    try:
-        cls = MODEL_CLASSES[name]
-    except KeyError:
-        raise UnknownChoiceError("model class", name, MODEL_CLASSES) from None
-    model = cls.instantiate_from_parameters(parameter)
-    model.set_values_from_parameters(parameter)
+    model = MODEL_CLASSES[name].instantiate_from_parameters(parameter)
+    if data is not None:
+        model.check_axes(data.model_axes, "response")
+    model.set_values_from_parameters(parameter, data, mask)
     return model
 
 
@@ -175,12 +177,8 @@ def backprojection_map(data, mask: np.ndarray | None = None, floor: float = 1e-3
     -------
     ndarray, shape (n_model,), in the model unit.
     """
-    excess = []
-    for ds in data.datasets:
-        y = ds.counts.copy()
-        for key in ds.keys_bkg_models():
-            y -= ds.background(key)
-        excess.append(np.maximum(y, 0.0))
+    excess = [np.maximum(ds.counts - ds.add_background(np.zeros_like(ds.counts)), 0.0)
+              for ds in data.datasets]
     back = data.summed_adjoint(excess)
     exposure = data.exposure
     free = exposure > 0

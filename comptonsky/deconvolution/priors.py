@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import healpy as hp
 import numpy as np
+from astropy import units as u
+
+from ..errors import AxisMismatchError
+from ..io.histogram import open_histogram
 
 __all__ = ["GammaPrior", "TSVPrior", "EntropyPrior", "EnergyTSVPrior", "healpix_neighbours",
            "reference_map_from_file"]
@@ -127,11 +131,6 @@ def reference_map_from_file(path, model_axes, unit) -> np.ndarray:
     unit : astropy.units.Unit
         The model unit the values are converted to.
     """
-    from astropy import units as u
-
-    from ..errors import AxisMismatchError
-    from ..io.histogram import open_histogram
-
     hist = open_histogram(path)
     values = hist.contents
     values = u.Quantity(values, hist.unit).to_value(unit) if hist.unit is not None else \

@@ -12,6 +12,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
+from ..errors import FileFormatError
 from ..io.atomic import atomic_path
 from ..io.histogram import write_histogram
 
@@ -87,8 +88,6 @@ def read_results_table(path: str | os.PathLike) -> list[dict[str, Any]]:
     Keys: ``iteration``, ``accel_factor``, ``background_normalization`` and ``log-likelihood``
     (one entry per dataset), plus ``log-posterior`` when stored.
     """
-    from ..errors import FileFormatError
-
     try:
         table = Table.read(path, hdu="ITERATIONS")
     except (OSError, KeyError, ValueError) as exc:

@@ -20,6 +20,8 @@ import numpy as np
 import scipy.sparse as sp
 from astropy import units as u
 
+from ..errors import UnknownChoiceError
+
 __all__ = ["HealpySmoothing", "PixelSmoothing", "make_smoother", "SMOOTHING_METHODS"]
 
 logger = logging.getLogger(__name__)
@@ -129,14 +131,12 @@ class PixelSmoothing:
         return np.asarray(self.kernel @ np.asarray(maps, dtype=np.float64))
 
 
-#: ``smoothing:method`` → class.
+#: ``smoothing:method`` (the names of :data:`.registry.SMOOTHING_METHODS`) → class.
 SMOOTHING_METHODS = {"healpy": HealpySmoothing, "pixel": PixelSmoothing}
 
 
 def make_smoother(method: str, fwhm: u.Quantity, nside: int, nested: bool = False):
     """The smoother for ``smoothing:method`` (``'healpy'`` or ``'pixel'``)."""
-    from ..errors import UnknownChoiceError
-
     if method not in SMOOTHING_METHODS:
         raise UnknownChoiceError("smoothing method", method, SMOOTHING_METHODS,
                                  "deconvolution:parameter:smoothing:method")

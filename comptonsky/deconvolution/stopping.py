@@ -28,7 +28,6 @@ that of a run of k* iterations.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,9 +38,9 @@ from tqdm.auto import tqdm
 from ..errors import InvalidParameterError
 from .dataset import DataIF_COSI_DC2
 from .joint import JointData
+from .model import backprojection_map
 
-__all__ = ["thin_counts", "dataset_with_counts", "validation_log_likelihood",
-           "run_cross_validated"]
+__all__ = ["thin_counts", "dataset_with_counts", "validation_log_likelihood", "choose_iterations"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,15 +92,17 @@ def validation_log_likelihood(validation: Sequence[np.ndarray], fit_expectations
 def choose_iterations(algorithm, progress: bool = True) -> dict[str, Any]:
     """Run the thinned fit and return {best_iteration, validation_log_likelihood: [...], ...}.
 
-    ``algorithm`` is an algorithm object built on the full data (not modified).
+    ``algorithm`` is an algorithm object built on the full data (not modified); the thinned fit
+    is :meth:`~.algorithms.base.DeconvolutionAlgorithm.for_data` of it, with the intensities
+    scaled by p.
     """
-    validation_fraction = float(algorithm._get("stopping_criteria:validation_fraction", 0.5))
+    validation_fraction = float(algorithm.setting("stopping_criteria:validation_fraction", 0.5))
     if not 0.0 < validation_fraction < 1.0:
         raise InvalidParameterError(
             f"{algorithm.parameter.source}: deconvolution:parameter:stopping_criteria:"
             f"validation_fraction must be in (0, 1), found {validation_fraction}")
-    patience = int(algorithm._get("stopping_criteria:patience", 3))
-    seed = int(algorithm._get("stopping_criteria:seed", 0))
+    patience = int(algorithm.setting("stopping_criteria:patience", 3))
+    seed = int(algorithm.setting("stopping_criteria:seed", 0))
     p = 1.0 - validation_fraction
     rng = np.random.default_rng(seed)
     fit_sets, validation = [], []
@@ -109,26 +110,20 @@ def choose_iterations(algorithm, progress: bool = True) -> dict[str, Any]:
         x_fit, x_val = thin_counts(ds.counts, p, rng)
         fit_sets.append(dataset_with_counts(ds, x_fit, background_scale=p))
         validation.append(x_val)
-    initial = algorithm.initial_model.copy()
-    initial[:] = initial.contents * p
-    clone = type(algorithm)(initial, JointData(fit_sets), algorithm.user_mask,
-                            algorithm.parameter)
-    clone.stopping_statistic = clone.default_statistic
-    if hasattr(clone, "minimum_flux"):
-        clone.minimum_flux = algorithm.minimum_flux * p
-    if hasattr(clone, "gamma_model") and math.isfinite(clone.gamma_model.theta):
-        clone.gamma_model.theta *= p
-    clone.initialize()
+    clone = algorithm.for_data(JointData(fit_sets), intensity_scale=p)
+    start = None
+    if algorithm.parameter.get("model_definition:initialization:algorithm") == "backprojection":
+        start = backprojection_map(clone.data, clone.mask)  # from the fitting part only
+    state = clone.start(clone.initial_state(start))
     q = (1.0 - p) / p
-    history = [validation_log_likelihood(validation, clone.expectations, q)]
+    history = [validation_log_likelihood(validation, state.expectations, q)]
     best = 0
     bar = tqdm(total=algorithm.iteration_max, desc="cross-validation", unit="it",
                disable=not progress, leave=False)
     try:
         for k in range(1, algorithm.iteration_max + 1):
-            clone.iteration_count = k
-            clone.iterate()
-            history.append(validation_log_likelihood(validation, clone.expectations, q))
+            state = clone.iterate()
+            history.append(validation_log_likelihood(validation, state.expectations, q))
             bar.update(1)
             if history[k] > history[best]:
                 best = k
@@ -140,29 +135,3 @@ def choose_iterations(algorithm, progress: bool = True) -> dict[str, Any]:
                 "fraction held out %.2f)", best, len(history) - 1, validation_fraction)
     return {"best_iteration": max(best, 1), "validation_log_likelihood": history,
             "validation_fraction": validation_fraction, "seed": seed}
-
-
-def run_cross_validated(algorithm, progress: bool = True) -> list[dict[str, Any]]:
-    """Choose the iteration count by cross-validation, then run ``algorithm`` that long.
-
-    Every result record gains ``validation-log-likelihood`` (the thinned fit's value at that
-    iteration); the algorithm gains ``cross_validation`` (the summary of
-    :func:`choose_iterations`).
-    """
-    summary = choose_iterations(algorithm, progress)
-    algorithm.cross_validation = summary
-    saved = (algorithm.iteration_max, algorithm.stopping_statistic,
-             algorithm.stopping_threshold)
-    algorithm.iteration_max = summary["best_iteration"]
-    algorithm.stopping_statistic = algorithm.default_statistic
-    algorithm.stopping_threshold = -math.inf
-    try:
-        results = algorithm._loop(progress)
-    finally:
-        (algorithm.iteration_max, algorithm.stopping_statistic,
-         algorithm.stopping_threshold) = saved
-    history = summary["validation_log_likelihood"]
-    for record in results:
-        k = record["iteration"]
-        record["validation-log-likelihood"] = history[k] if k < len(history) else math.nan
-    return results

@@ -37,12 +37,10 @@ import healpy as hp
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..config import Parameters
 from ..errors import InvalidParameterError, UnknownChoiceError
 from ..io.atomic import atomic_path
 from ..io.histogram import write_histogram
 from ..regions import region_mask
-from .algorithms import ALGORITHMS
 from .joint import JointData
 from .model import AllSkyImageModel
 from .stopping import dataset_with_counts
@@ -102,26 +100,11 @@ def _replicate(index: int, seed: np.random.SeedSequence, context: Mapping[str, A
             return _replicate(index, seed, ctx, single_thread=False)
     rng = np.random.default_rng(seed)
     datasets = [dataset_with_counts(ds, rng.poisson(ds.counts).astype(np.float64))
-                for ds in ctx["datasets"]]
-    algo = ctx["cls"](ctx["solution"], JointData(datasets), ctx["mask"], ctx["parameter"])
-    algo.initialize()
-    algo.bkg_norm = dict(ctx["norms"])
-    algo.e_step()
-    if hasattr(algo, "log_priors"):
-        algo.log_priors = algo._log_priors()
-    algo._loop(progress=False)
-    return index, algo.model.copy(), dict(algo.bkg_norm)
-
-
-def _replicate_parameters(parameter: Parameters, iterations: int) -> Parameters:
-    params = Parameters(parameter.to_dict(), source=parameter.source)
-    params["model_definition:initialization:algorithm"] = "flat"
-    params["deconvolution:parameter:iteration_max"] = int(iterations)
-    if params.get("deconvolution:parameter:save_results:activate", False):
-        params["deconvolution:parameter:save_results:activate"] = False
-    if params.get("deconvolution:parameter:stopping_criteria:statistics") == "cross-validation":
-        params["deconvolution:parameter:stopping_criteria:statistics"] = "log-likelihood"
-    return params
+                for ds in ctx["algorithm"].data.datasets]
+    algo = ctx["algorithm"].for_data(JointData(datasets))
+    algo.start(algo.evaluate(ctx["model"], ctx["norms"]))
+    state = algo.iterate(ctx["iterations"])
+    return index, state.model, dict(state.norms)
 
 
 def _flux_table(maps: np.ndarray, regions: Mapping[str, np.ndarray], pixarea: float
@@ -173,21 +156,17 @@ def bootstrap_uncertainty(deconvolution, n_samples: int = 50, iterations: int | 
     if iterations is None:
         iterations = int(final["iteration"])
     solution = final["model"]
-    name = deconvolution.parameter.get("deconvolution:algorithm", "RL")
     context = {
-        "datasets": list(algo.data.datasets),
-        "cls": ALGORITHMS[name],
-        "solution": solution,
-        "mask": algo.user_mask,
+        "algorithm": algo,
+        "model": np.asarray(solution.contents.value, dtype=np.float64).reshape(-1).copy(),
         "norms": dict(final["background_normalization"]),
-        "parameter": _replicate_parameters(deconvolution.parameter, iterations),
+        "iterations": int(iterations),
     }
     seeds = np.random.SeedSequence(seed).spawn(n_samples)
     shape = tuple(solution.contents.shape)
     samples = np.empty((n_samples,) + shape)
     norms = {key: np.empty(n_samples) for key in context["norms"]}
-    bar = tqdm(total=n_samples, desc="bootstrap", unit="sample", disable=not progress,
-               leave=False)
+    bar = tqdm(total=n_samples, desc="bootstrap", unit="sample", disable=not progress, leave=False)
     start = time.perf_counter()
 
     def store(out):
@@ -198,13 +177,9 @@ def bootstrap_uncertainty(deconvolution, n_samples: int = 50, iterations: int | 
         bar.update(1)
 
     try:
-        if workers <= 1:
-            for k in range(n_samples):
-                store(_replicate(k, seeds[k], context))
-        elif executor == "thread":
-            with cf.ThreadPoolExecutor(workers) as pool:
-                for out in pool.map(lambda k: _replicate(k, seeds[k], context),
-                                    range(n_samples)):
+        if workers <= 1 or executor == "thread":
+            with cf.ThreadPoolExecutor(max(workers, 1)) as pool:
+                for out in pool.map(lambda k: _replicate(k, seeds[k], context), range(n_samples)):
                     store(out)
         else:
             _CONTEXT.clear()
@@ -226,7 +201,8 @@ def bootstrap_uncertainty(deconvolution, n_samples: int = 50, iterations: int | 
     result = summarize(solution, samples, norms, regions)
     result.timing_s = elapsed
     result.info = {"n_samples": n_samples, "iterations": iterations, "workers": workers,
-                   "executor": executor, "seed": seed, "algorithm": name,
+                   "executor": executor, "seed": seed,
+                   "algorithm": deconvolution.parameter.get("deconvolution:algorithm", "RL"),
                    "background_normalization": dict(final["background_normalization"])}
     return result
 

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
+from ..registry import ALGORITHM_NAMES
 from .base import DeconvolutionAlgorithm
 from .map_rl import MAPRichardsonLucy
 from .osem import OrderedSubsetsEM
 from .rl import RichardsonLucy, RichardsonLucySimple
 
-__all__ = ["ALGORITHMS", "DeconvolutionAlgorithm", "register_algorithm"]
+__all__ = ["ALGORITHMS", "DeconvolutionAlgorithm"]
 
-#: Parameter-file name → algorithm class.
+_CLASSES = {cls.name: cls for cls in (RichardsonLucy, RichardsonLucySimple, MAPRichardsonLucy,
+                                      OrderedSubsetsEM)}
+#: Parameter-file name (including the cosipy ≥ 0.4 names ``RLadvanced``, ``RLbasic``) → class.
 ALGORITHMS: dict[str, type[DeconvolutionAlgorithm]] = {
-    "RL": RichardsonLucy,
-    "RLsimple": RichardsonLucySimple,
-    "MAP_RL": MAPRichardsonLucy,
-    "OSEM": OrderedSubsetsEM,
-    # cosipy ≥ 0.4 names of the same algorithms
-    "RLadvanced": RichardsonLucy,
-    "RLbasic": RichardsonLucySimple,
-}
-
-
-def register_algorithm(cls: type[DeconvolutionAlgorithm]) -> type[DeconvolutionAlgorithm]:
-    """Class decorator adding an algorithm under ``cls.name``."""
-    ALGORITHMS[cls.name] = cls
-    return cls
+    name: _CLASSES[canonical] for name, canonical in ALGORITHM_NAMES.items()}

@@ -1,134 +1,86 @@
-"""Safe acceleration of the RL family: exact line search and SQUAREM, monotone by construction.
+"""Step lengths of the RL family: the max-step rules, and the safe line search and SQUAREM.
 
-Both methods exploit that the expected counts are affine in the map: for a direction d in model
-space and δn in background-norm space,
+* :func:`em_step` with ``rule`` ``none`` (λ + δλ), ``max_step_unchecked`` (λ + α δλ with the
+  largest α ≤ alpha_max keeping λ ≥ 0: cosipy 0.3.4) or ``max_step`` (the same α, kept only if
+  log L at α is not below log L at α = 1: cosipy 0.4.3);
+* :class:`LineSearch` and :class:`SQUAREM` replace the whole iteration and never lower the
+  objective. The expected counts are affine in the map: along a direction (d, δn),
+  ε(α) = ε⁰ + α (R·(d ΔΩ) + Σ_b δn_b B_b), so once u = R·(d ΔΩ) is known (one forward pass) the
+  objective along the line is a cheap, concave data-space function of α.
 
-    ε(α) = ε⁰ + α (R·(d ΔΩ) + Σ_b δn_b B_b)
+``line_search``: one adjoint pass (the EM direction) and one forward pass (u) per iteration, as
+plain RL; α maximises the objective exactly on [0, α_hi], where α_hi keeps the map ≥ 0 and the
+norms in their ranges (capped at ``alpha_max``); α ≥ 1 whenever the EM step improves.
 
-so once ``u = R·(d ΔΩ)`` is known (one forward pass), the log-likelihood along the whole line is
-a cheap data-space function of α, concave in α (a sum of logarithms of affine functions minus an
-affine function). Consequences:
+``SQUAREM`` (Varadhan & Roland 2008, scheme S3): two EM steps x¹ = F(x⁰), x² = F(x¹), then
+x' = x⁰ − 2α r + α² v (r = x¹ − x⁰, v = x² − 2x¹ + x⁰, α = −‖r‖/‖v‖ in [−alpha_max, −1]). x' is
+an affine combination of x⁰, x¹, x², so are its expected counts: no extra pass unless the
+constraints (minimum flux, masks, norm ranges) change x'. x' is kept if its objective is not below
+that of x², else α is halved towards −1 (α = −1 gives x²). Passes per cycle (two EM steps): 4,
+plus 1 when the constraints act, plus 1 per backtrack.
 
-* ``line_search``: one adjoint pass (the EM direction) + one forward pass (``u``) per iteration,
-  the same two passes as plain RL; α maximises the objective exactly on [0, α_hi] where α_hi keeps
-  the map ≥ 0 and the norms inside their ranges (capped at ``alpha_max``). The objective can
-  therefore never fall; α ≥ 1 is found whenever the EM step itself is an improvement.
-* ``SQUAREM`` (Varadhan & Roland 2008, scheme S3): two EM steps x¹ = F(x⁰), x² = F(x¹), then the
-  extrapolation x' = x⁰ − 2α r + α² v (r = x¹ − x⁰, v = x² − 2x¹ + x⁰, α = −‖r‖/‖v‖ capped to
-  [−alpha_max, −1]). x' is an affine combination of x⁰, x¹, x² (coefficients summing to 1), so its
-  expected counts are the same combination of theirs: no extra pass unless the projection onto
-  the constraints (λ ≥ minimum flux, masks, norm ranges) changes x'. x' is kept only if its
-  objective is not below that of x²; otherwise α is halved towards −1 (α = −1 gives x²). Passes
-  per cycle (= two EM steps): 4, plus 1 when the projection acts, plus 1 per backtrack.
-
-Safety net, both methods: if the accepted state's objective is still below the starting one
-(possible only when the processed direction is not an ascent direction, e.g. with smoothing,
-or for MAP_RL's one-step-late prior filter), the plain, unfiltered EM step is used instead
-(for ML-EM with clipping that step is a generalised EM step and cannot lower the likelihood), and
-if even that does not improve the state is kept unchanged.
-
-The algorithm object supplies (see :class:`~.rl.RichardsonLucy`): ``directions()``,
-``constrain(model, norms)``, ``extra_objective(model, norms)``, ``data``, ``alpha_max``,
-``bkg_norm_range`` and ``accept_state(state)``.
+Safety net, both: if the objective still fell (the processed direction need not ascend, e.g. with
+smoothing or MAP_RL's one-step-late prior filter), the plain EM step is used instead (for ML-EM
+with clipping a generalised EM step, which cannot lower the likelihood), or else the state is
+kept. Each takes the algorithm ``fit`` (:class:`~.base.DeconvolutionAlgorithm`: ``direction``,
+``constrain``, ``project``, ``evaluate``, options) and a :class:`~..state.FitState`, and returns
+the next state with its ``direction`` and ``alpha``.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import replace
 
 import numpy as np
 
-__all__ = ["State", "LineSearch", "SQUAREM", "ACCELERATORS", "line_maximum"]
+from ..state import FitState
+from ..steps import acceleration_factor, shift_norms
+
+__all__ = ["em_step", "LineSearch", "SQUAREM", "ACCELERATORS", "line_maximum", "step_bound"]
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class State:
-    """A point of the fit with its derived quantities.
-
-    Attributes
-    ----------
-    model : ndarray, shape (n_model,)
-        Map λ (model unit).
-    norms : ndarray, shape (n_backgrounds,)
-        Background normalisations, in ``data.background_names`` order.
-    sources : list of ndarray, shape (n_data_k,)
-        Sky expected counts per dataset (with the 1e-12 offset).
-    expectations : list of ndarray
-        Total expected counts per dataset.
-    log_likelihoods : list of float
-    objective : float
-        Σ log L + the algorithm's extra terms (log-priors for MAP_RL).
+def em_step(fit, state: FitState, rule: str = "none") -> FitState:
+    """One EM iteration with the step-length ``rule`` (``none``, ``max_step_unchecked``,
+    ``max_step``); costs one adjoint and one forward pass (plus one for ``max_step`` when α > 1).
     """
-
-    model: np.ndarray
-    norms: np.ndarray
-    sources: list
-    expectations: list
-    log_likelihoods: list
-    objective: float
-
-
-def forward_raw(data, x: np.ndarray) -> list[np.ndarray]:
-    """R·(x ΔΩ) per dataset, without the 1e-12 offset (one forward pass)."""
-    return [ds.response.forward(x) for ds in data.datasets]
-
-
-def norms_dict(data, norms: np.ndarray) -> dict[str, float]:
-    return {k: float(v) for k, v in zip(data.background_names, norms)}
-
-
-def background_part(data, norms: np.ndarray) -> list[np.ndarray]:
-    """Σ_b n_b B_b per dataset (zeros when there is no background)."""
-    out = []
-    for ds in data.datasets:
-        total = np.zeros_like(ds.counts)
-        for key, n in zip(data.background_names, norms):
-            if key in ds.keys_bkg_models():
-                total += n * ds.background(key)
-        out.append(total)
-    return out
+    direction = fit.direction(state)
+    processed = direction.processed
+    norms = shift_norms(state.norms, direction.norm_step)
+    alpha = 1.0 if rule == "none" else acceleration_factor(state.model, processed,
+                                                           fit.alpha_max, fit.mask)
+    model = state.model + alpha * processed
+    if rule == "max_step" and alpha > 1.0:
+        data = fit.data
+        trial = state.model + processed
+        trial_sources = data.source_expectations(trial)
+        eps_trial = data.add_backgrounds(trial_sources, norms)
+        eps_alpha = data.add_backgrounds(
+            [s0 + alpha * (s1 - s0) for s0, s1 in zip(state.sources, trial_sources)], norms)
+        if data.total_log_likelihood(eps_alpha) < data.total_log_likelihood(eps_trial):
+            logger.debug("iteration %d: accelerated step α=%.4g rejected", state.iteration + 1,
+                         alpha)
+            model, alpha = trial, 1.0
+    model, norms = fit.constrain(model, norms)
+    return replace(fit.evaluate(model, norms), direction=direction, alpha=alpha)
 
 
-def evaluate(algo, model: np.ndarray, norms: np.ndarray,
-             sources: list[np.ndarray] | None = None) -> State:
-    """State at (model, norms); computes the sources with one forward pass unless given."""
-    data = algo.data
-    if sources is None:
-        sources = data.source_expectations(model)
-    expectations = data.add_backgrounds(sources, norms_dict(data, norms))
-    logls = data.log_likelihoods(expectations)
-    objective = float(np.sum(logls)) + algo.extra_objective(model, norms_dict(data, norms))
-    return State(model, norms, sources, expectations, logls, objective)
-
-
-def project(algo, model: np.ndarray, norms: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Constraints on (model, norms); also says whether they changed anything material.
-
-    Changes below 1e-12 of the map's largest value (rounding residues at pixels driven exactly to
-    zero) do not count: their effect on the expected counts is far below the 1e-12 offset.
-    """
-    new_model, new_norm = algo.constrain(model, norms_dict(algo.data, norms))
-    new_norms = np.array([new_norm[k] for k in algo.data.background_names], dtype=np.float64)
-    scale = float(np.max(np.abs(new_model))) if new_model.size else 0.0
-    changed = bool(np.any(np.abs(new_model - model) > 1e-12 * scale)) or bool(
-        np.any(new_norms != norms))
-    return new_model, new_norms, changed
-
-
-def step_bound(algo, model: np.ndarray, norms: np.ndarray, d: np.ndarray,
-               dn: np.ndarray) -> float:
-    """Largest α ≤ alpha_max keeping λ + α d ≥ 0 on free pixels and n + α δn inside its range."""
-    bound = float(algo.alpha_max)
+def step_bound(model: np.ndarray, norms: dict[str, float], d: np.ndarray,
+               dn: dict[str, float], alpha_max: float, mask: np.ndarray | None,
+               ranges: dict[str, tuple[float, float]]) -> float:
+    """Largest α ≤ alpha_max keeping λ + α d ≥ 0 on free pixels and n + α δn inside its range
+    (``ranges`` of the fitted norms; others in [0, ∞))."""
+    bound = float(alpha_max)
     free = d < 0
-    if algo.mask is not None:
-        free &= algo.mask
+    if mask is not None:
+        free &= mask
     if free.any():
         bound = min(bound, float(np.min(model[free] / -d[free])))
-    for key, n, step in zip(algo.data.background_names, norms, dn):
-        lo, hi = algo.bkg_norm_range[key] if algo.do_bkg_norm_optimization else (0.0, np.inf)
+    for key, n in norms.items():
+        lo, hi = ranges.get(key, (0.0, np.inf))
+        step = dn[key]
         if step > 0 and np.isfinite(hi):
             bound = min(bound, (hi - n) / step)
         elif step < 0:
@@ -217,41 +169,35 @@ class LineSearch:
 
     name = "line_search"
 
-    def step(self, algo, start: State) -> tuple[State, float]:
-        """The best point along the EM directions from ``start`` (which must be current)."""
-        data = algo.data
-        for d, dn in algo.directions():
-            u = forward_raw(data, d)
-            bkg_slope = background_part(data, dn)
-            slope = [a + b for a, b in zip(u, bkg_slope)]
-            alpha_hi = step_bound(algo, start.model, start.norms, d, dn)
+    def step(self, fit, start: FitState) -> FitState:
+        """The best point along the EM directions from ``start``."""
+        data = fit.data
+        direction = fit.direction(start)
+        for d, dn in direction.directions:
+            u = [ds.response.forward(d) for ds in data.datasets]
+            slope = data.add_backgrounds(u, dn)
+            alpha_hi = step_bound(start.model, start.norms, d, dn, fit.alpha_max, fit.mask,
+                                  fit.norm_ranges)
             for e, g in zip(start.expectations, slope):  # keep ε > 0 along the line
                 neg = g < 0
                 if neg.any():
                     alpha_hi = min(alpha_hi, 0.999 * float(np.min(e[neg] / -g[neg])))
             extra = None
-            if algo.has_extra_objective:
+            if fit.has_priors:
                 def extra(a: float, d=d, dn=dn) -> float:
-                    return algo.extra_objective(start.model + a * d,
-                                                norms_dict(data, start.norms + a * dn))
+                    return fit.log_prior_total(start.model + a * d, shift_norms(start.norms, dn, a))
             alpha = line_maximum([ds.counts for ds in data.datasets], start.expectations,
                                  slope, alpha_hi, extra)
             if alpha <= 0:
                 continue
-            model, norms, changed = project(algo, start.model + alpha * d,
-                                            start.norms + alpha * dn)
+            model, norms, changed = fit.project(start.model + alpha * d,
+                                                shift_norms(start.norms, dn, alpha))
             sources = None if changed else [s + alpha * x for s, x in zip(start.sources, u)]
-            state = evaluate(algo, model, norms, sources)
+            state = fit.evaluate(model, norms, sources)
             if state.objective >= start.objective:
-                return state, alpha
-        logger.debug("iteration %d: no ascent direction; state kept", algo.iteration_count)
-        return start, 0.0
-
-    def iterate(self, algo) -> float:
-        """One iteration on ``algo``; returns the step α taken (0 when nothing improved)."""
-        state, alpha = self.step(algo, algo.current_state())
-        algo.accept_state(state)
-        return alpha
+                return replace(state, direction=direction, alpha=alpha)
+        logger.debug("iteration %d: no ascent direction; state kept", start.iteration + 1)
+        return replace(start, direction=direction, alpha=0.0)
 
 
 class SQUAREM:
@@ -260,57 +206,50 @@ class SQUAREM:
     name = "SQUAREM"
     max_backtracks = 3
 
-    def _em(self, algo, state: State) -> tuple[State, np.ndarray, np.ndarray]:
+    @staticmethod
+    def _em(fit, state: FitState) -> tuple[FitState, tuple[np.ndarray, dict[str, float]]]:
         """One (processed) EM step from ``state``; returns the new state and the plain step.
 
         (Using the line-searched step as the base map instead was tried: its step length
         varies from point to point, which spoils the extrapolation, and it was slower.)
         """
-        algo.set_state(state)
-        directions = algo.directions()
-        d, dn = directions[0]
-        model, norms, _ = project(algo, state.model + d, state.norms + dn)
-        return evaluate(algo, model, norms), *directions[-1]
+        direction = fit.direction(state)
+        model, norms, _ = fit.project(state.model + direction.processed,
+                                      shift_norms(state.norms, direction.norm_step))
+        return replace(fit.evaluate(model, norms), direction=direction), direction.directions[-1]
 
-    def iterate(self, algo) -> float:
-        """One cycle (two EM steps and an extrapolation); returns the extrapolation length."""
-        x0 = algo.current_state()
-        x1, plain_d, plain_dn = self._em(algo, x0)
-        x2, _, _ = self._em(algo, x1)
+    def step(self, fit, x0: FitState) -> FitState:
+        """One cycle (two EM steps and an extrapolation); ``alpha`` is the extrapolation length."""
+        x1, (plain_d, plain_dn) = self._em(fit, x0)
+        x2, _ = self._em(fit, x1)
         r = x1.model - x0.model
         v = x2.model - 2.0 * x1.model + x0.model
         rn, vn = float(np.dot(r, r)), float(np.dot(v, v))
-        best = x2
-        step = 1.0
+        best, step = x2, 1.0
         if vn > 0 and rn > 0:
-            alpha = -np.sqrt(rn / vn)
-            alpha = float(min(max(alpha, -algo.alpha_max), -1.0))
+            alpha = float(min(max(-np.sqrt(rn / vn), -fit.alpha_max), -1.0))
             for _ in range(self.max_backtracks + 1):
                 if alpha >= -1.0:
                     break
                 c0, c1, c2 = (1.0 + alpha) ** 2, -2.0 * alpha * (1.0 + alpha), alpha * alpha
                 model = c0 * x0.model + c1 * x1.model + c2 * x2.model
-                norms = c0 * x0.norms + c1 * x1.norms + c2 * x2.norms
-                model, norms, changed = project(algo, model, norms)
+                norms = {k: c0 * x0.norms[k] + c1 * x1.norms[k] + c2 * x2.norms[k]
+                         for k in x0.norms}
+                model, norms, changed = fit.project(model, norms)
                 sources = None if changed else [c0 * a + c1 * b + c2 * c for a, b, c in
                                                 zip(x0.sources, x1.sources, x2.sources)]
-                trial = evaluate(algo, model, norms, sources)
+                trial = fit.evaluate(model, norms, sources)
                 if trial.objective >= x2.objective:
                     best, step = trial, -alpha
                     break
                 alpha = 0.5 * (alpha - 1.0)
         if best.objective < x0.objective:
             # the processed EM map itself went down (smoothing, prior filter): plain step
-            model, norms, _ = project(algo, x0.model + plain_d, x0.norms + plain_dn)
-            plain = evaluate(algo, model, norms)
-            if plain.objective >= x0.objective:
-                best, step = plain, 1.0
-            else:
-                best, step = x0, 0.0
-        algo.accept_state(best)
-        return float(step)
+            model, norms, _ = fit.project(x0.model + plain_d, shift_norms(x0.norms, plain_dn))
+            plain = fit.evaluate(model, norms)
+            best, step = (plain, 1.0) if plain.objective >= x0.objective else (x0, 0.0)
+        return replace(best, direction=x2.direction, alpha=float(step))
 
 
-#: ``acceleration:method`` values handled here → accelerator class.
-ACCELERATORS = {"line_search": LineSearch, "LineSearch": LineSearch, "SQUAREM": SQUAREM,
-                "squarem": SQUAREM}
+#: Canonical ``acceleration:method`` of the safe accelerators → class.
+ACCELERATORS = {"line_search": LineSearch, "SQUAREM": SQUAREM}

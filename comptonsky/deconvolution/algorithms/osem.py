@@ -2,9 +2,9 @@
 
 The data bins of every dataset are split into K interleaved subsets (``n_subsets``, default 16,
 along ``subset_axis``: ``PsiChi`` (default) or ``Phi``; see
-:mod:`comptonsky.deconvolution.subsets`). The results' ``accel_factor`` is the number of subsets
-used by the cycle. One OSEM
-iteration is a cycle over the subsets; for subset k, with S_k its bins:
+:mod:`~comptonsky.deconvolution.subsets`). The results' ``accel_factor`` is the number of
+subsets used by the cycle. One OSEM iteration is a cycle over the subsets; for subset k, with
+S_k its bins:
 
 1. ε_i = Σ_j R_ij ΔΩ_j λ_j + 1e-12 + Σ_b n_b B_bi for i ∈ S_k (restricted forward product);
 2. δλ_j = λ_j (Σ_{i∈S_k} R_ij ΔΩ_j X_i/ε_i / E_kj − 1), E_kj = ΔΩ_j Σ_{i∈S_k} R_ij (zero-exposure
@@ -27,44 +27,42 @@ cycle at this K, or after 5 cycles at one K, down to 1; at K = 1 the configured 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 
 from ..dataset import ALMOST_ZERO
+from ..state import FitState
+from ..steps import shift_norms
 from ..subsets import subsets_for
-from .rl import RichardsonLucy
+from .base import DeconvolutionAlgorithm
+from .rl import em_direction, em_update
 
 __all__ = ["OrderedSubsetsEM"]
 
 logger = logging.getLogger(__name__)
 
 
-class OrderedSubsetsEM(RichardsonLucy):
-    """Ordered-subsets EM with all RL options except acceleration (``algorithm: "OSEM"``)."""
+class OrderedSubsetsEM(DeconvolutionAlgorithm):
+    """Ordered-subsets EM with RL's filters and norm fitting (``algorithm: "OSEM"``).
+
+    The schedule (``level``: index into :attr:`levels`, ``cycle_gains``) is kept in the fit
+    state's ``memory``.
+    """
 
     name = "OSEM"
-    statistics = ("log-likelihood", "cross-validation")
-
     #: adaptive schedule: most cycles with one number of subsets
     max_cycles_per_level = 5
+    #: the RL direction, used by the safe accelerator once one subset is left
+    direction = em_direction
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        #: used once the schedule is down to one subset (SQUAREM or line_search only)
-        self.safe_accelerator = self.accelerator
-        if self.do_acceleration and self.accelerator is None:
-            logger.info("OSEM ignores acceleration method %r (use line_search or SQUAREM, "
-                        "applied once one subset is left)", self.acceleration_method)
-        self.do_acceleration = False
-        self.accelerator = None
-        self.n_subsets = int(self._get("n_subsets", 16))
-        self.subset_axis = self._get("subset_axis", "PsiChi")
-        self.subset_schedule = self._get("subset_schedule", "adaptive")
-
-    def initialize(self) -> None:
-        super().initialize()
+    def bind(self, data) -> None:
+        super().bind(data)
+        self.n_subsets = int(self.setting("n_subsets", 16))
+        self.subset_axis = self.setting("subset_axis", "PsiChi")
+        self.subset_schedule = self.setting("subset_schedule", "adaptive")
         self.subsets = [subsets_for(ds.response, self.n_subsets, self.subset_axis)
-                        for ds in self.data.datasets]
+                        for ds in data.datasets]
         # levels K, K/2, K/4, ... (while even), then 1: subset k of level L is the union of the
         # base subsets k, k + L, k + 2L, ... (nested interleaving, no new copy of the response)
         levels = [self.n_subsets]
@@ -72,7 +70,6 @@ class OrderedSubsetsEM(RichardsonLucy):
             while levels[-1] > 1:
                 levels.append(levels[-1] // 2 if levels[-1] % 2 == 0 else 1)
         self.levels = levels
-        self.level = 0
         self.groups = {K: [list(range(k, self.n_subsets, K)) for k in range(K)] for K in levels}
         base_exposure = [np.sum([s.subset_exposure(k) for s in self.subsets], axis=0)
                          for k in range(self.n_subsets)]
@@ -82,18 +79,18 @@ class OrderedSubsetsEM(RichardsonLucy):
                               for K, groups in self.groups.items()}
         self.group_bkg_sums = {
             K: [{key: float(sum(ds.background(key)[idx[m]].sum()
-                                for m, ds in enumerate(self.data.datasets)
+                                for m, ds in enumerate(data.datasets)
                                 if key in ds.keys_bkg_models()))
-                 for key in self.data.background_names} for idx in self.group_indices[K]]
+                 for key in data.background_names} for idx in self.group_indices[K]]
             for K in levels}
-        self.cycle_gains: list[float] = []
 
     @property
     def current_subsets(self) -> int:
         """Number of subsets used by the next cycle."""
-        return self.levels[self.level]
+        return self.levels[self.state.memory.get("level", 0) if self.state else 0]
 
-    def _sub_iteration(self, K: int, k: int, expectations: list[np.ndarray]) -> None:
+    def _sub_iteration(self, K: int, k: int, model: np.ndarray, norms: dict[str, float],
+                       expectations: list[np.ndarray]):
         datasets = self.data.datasets
         indices = self.group_indices[K][k]
         blocks = self.groups[K][k]
@@ -101,59 +98,51 @@ class OrderedSubsetsEM(RichardsonLucy):
         back = np.zeros(self.data.n_model)
         for s, r in zip(self.subsets, ratios):
             back += s.adjoint_group(blocks, r)
-        exposure = self.group_exposures[K][k]
-        factor = np.divide(back, exposure, out=np.ones_like(back), where=exposure > 0)
-        delta = self.model * (factor - 1.0)
-        if self.mask is not None:
-            delta[~self.mask] = 0.0
-        if self.do_bkg_norm_optimization:
-            for key in self.data.background_names:
-                total = self.group_bkg_sums[K][k][key]
-                if total <= 0:
-                    continue
-                dot = sum(float(np.dot(r, ds.background(key)[idx]))
-                          for ds, idx, r in zip(datasets, indices, ratios)
-                          if key in ds.keys_bkg_models())
-                self.bkg_norm[key] = self.bkg_norm[key] * dot / total
-        self.delta_model = delta
-        self.processed_delta_model = self.process_delta(delta)
-        self.model = self.model + self.processed_delta_model
-        self.apply_constraints()
+        direction = em_update(
+            self, model, norms, back, self.group_exposures[K][k],
+            lambda: {key: sum(float(np.dot(r, ds.background(key)[idx]))
+                              for ds, idx, r in zip(datasets, indices, ratios)
+                              if key in ds.keys_bkg_models()) for key in norms},
+            self.group_bkg_sums[K][k])
+        model, norms = self.constrain(model + direction.processed,
+                                      shift_norms(norms, direction.norm_step))
+        return model, norms, direction
 
-    def _subset_expectations(self, K: int, k: int) -> list[np.ndarray]:
+    def _subset_expectations(self, K: int, k: int, model: np.ndarray,
+                             norms: dict[str, float]) -> list[np.ndarray]:
         out = []
         for ds, s, idx in zip(self.data.datasets, self.subsets, self.group_indices[K][k]):
-            eps = s.forward_group(self.groups[K][k], self.model)
+            eps = s.forward_group(self.groups[K][k], model)
             eps += ALMOST_ZERO
             for key in ds.keys_bkg_models():
-                eps += self.bkg_norm.get(key, 1.0) * ds.background(key)[idx]
+                eps += norms.get(key, 1.0) * ds.background(key)[idx]
             out.append(eps)
         return out
 
-    def iterate(self) -> None:
-        K = self.current_subsets
-        if K == 1 and self.safe_accelerator is not None:
-            self.alpha = self.safe_accelerator.iterate(self)
-            return
-        before = float(np.sum(self.log_likelihoods))
+    def step(self, state: FitState) -> FitState:
+        level = state.memory.get("level", 0)
+        gains = list(state.memory.get("cycle_gains", []))
+        K = self.levels[level]
+        if K == 1 and self.accelerator is not None:
+            return self.accelerator.step(self, state)
+        model, norms = state.model, state.norms
         for k in range(K):
             if k == 0:  # the full expectations of the previous cycle are still current
                 expectations = [eps[idx] for eps, idx in
-                                zip(self.expectations, self.group_indices[K][0])]
+                                zip(state.expectations, self.group_indices[K][0])]
             else:
-                expectations = self._subset_expectations(K, k)
-            self._sub_iteration(K, k, expectations)
-        self.alpha = float(K)
-        self.e_step()
-        gain = float(np.sum(self.log_likelihoods)) - before
-        self.cycle_gains.append(gain)
+                expectations = self._subset_expectations(K, k, model, norms)
+            model, norms, direction = self._sub_iteration(K, k, model, norms, expectations)
+        new = self.evaluate(model, norms)
+        gain = new.log_likelihood - state.log_likelihood
+        gains.append(gain)
         # adaptive schedule: fewer subsets once a cycle loses, gains less than a quarter of the
         # cycle before, or less than 2 % of the first cycle at this number of subsets (signs
         # that the ordered-subsets limit cycle is near), and after at most 5 cycles per level
-        if self.subset_schedule == "adaptive" and self.level + 1 < len(self.levels) and (
-                gain < 0 or len(self.cycle_gains) >= self.max_cycles_per_level
-                or (len(self.cycle_gains) >= 2 and gain < 0.25 * self.cycle_gains[-2])
-                or gain < 0.02 * self.cycle_gains[0]):
-            self.level += 1
-            self.cycle_gains.clear()
-            logger.debug("OSEM: %d subsets from the next cycle", self.current_subsets)
+        if self.subset_schedule == "adaptive" and level + 1 < len(self.levels) and (
+                gain < 0 or len(gains) >= self.max_cycles_per_level
+                or (len(gains) >= 2 and gain < 0.25 * gains[-2]) or gain < 0.02 * gains[0]):
+            level, gains = level + 1, []
+            logger.debug("OSEM: %d subsets from the next cycle", self.levels[level])
+        return replace(new, direction=direction, alpha=float(K),
+                       memory={"level": level, "cycle_gains": gains})
