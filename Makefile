@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test test-fast lint bench clean
 
 venv: $(STAMP)
 
@@ -20,6 +20,9 @@ demo: venv
 test: venv
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -n 2 tests
+
+test-fast: venv
+	$(PY) -m pytest -q -n 2 -m "not slow" tests
 
 lint: venv
 	$(PY) -m ruff check .
