@@ -45,7 +45,6 @@ from histpy import Axes, Histogram
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from comptonsky import DataIF_COSI_DC2, ImageDeconvolution  # noqa: E402
-from comptonsky.deconvolution.passes import count_passes  # noqa: E402
 from comptonsky.deconvolution.stopping import choose_iterations  # noqa: E402
 from comptonsky.regions import region_fluxes  # noqa: E402
 from comptonsky.response.synthetic import cone_axes, fill_cone_rows  # noqa: E402
@@ -142,16 +141,17 @@ def run(ds, workdir: Path, nside: int, overrides, target=None):
     deconv.initialize()
     algo = deconv.algorithm
     trace = []
-    with count_passes([ds]) as passes:
-        start = time.perf_counter()
-        limit = algo.iteration_max
-        if algo.stopping_statistic == "cross-validation":
-            algo.cross_validation = choose_iterations(algo, progress=False)
-            limit = algo.cross_validation["best_iteration"]
-        while algo.state.iteration < limit and not (target is not None and trace
-                                                    and trace[-1][2] >= target):
-            state = algo.iterate()
-            trace.append((passes.total, time.perf_counter() - start, state.log_likelihood))
+    passes = deconv.passes
+    passes.reset()  # the passes of the set-up are not part of the run
+    start = time.perf_counter()
+    limit = algo.iteration_max
+    if algo.stopping_statistic == "cross-validation":
+        algo.cross_validation = choose_iterations(algo, progress=False)
+        limit = algo.cross_validation["best_iteration"]
+    while algo.state.iteration < limit and not (target is not None and trace
+                                                and trace[-1][2] >= target):
+        state = algo.iterate()
+        trace.append((passes.total, time.perf_counter() - start, state.log_likelihood))
     return deconv, trace
 
 

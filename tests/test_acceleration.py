@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from comptonsky.deconvolution.algorithms.acceleration import line_maximum
-from comptonsky.deconvolution.passes import count_passes
 from comptonsky.errors import UnknownChoiceError
 
 from .conftest import prepared_deconvolution, write_parfile
@@ -17,9 +16,8 @@ def run(problem, tmp_path, algorithm="RL", overrides=(), **settings):
     deconv = prepared_deconvolution(
         problem, write_parfile(tmp_path, nside=nside, algorithm=algorithm, **settings), overrides)
     deconv.initialize()
-    with count_passes(deconv.dataset) as passes:
-        deconv.run_deconvolution(progress=False)
-    return deconv, passes
+    deconv.run_deconvolution(progress=False)
+    return deconv, deconv.passes
 
 
 def loglikes(deconv, key="log-likelihood"):

@@ -163,7 +163,7 @@ def _fit(problem, tmp_path, algorithm, overrides=(), **response_options):
     deconv.override_parameter(*overrides)
     deconv.initialize()
     deconv.run_deconvolution(progress=False)
-    return ds, np.array([r["model"].contents.value for r in deconv.results])
+    return deconv, np.array([r["model"].contents.value for r in deconv.results])
 
 
 @pytest.mark.parametrize("axis", ["Phi", "PsiChi"])
@@ -175,14 +175,14 @@ def test_osem_maps_agree_on_every_storage(small_problem, tmp_path, axis):
     for storage, opts in (("sparse", {"sparse_threshold": 0.0}),
                           ("out-of-core", {"memory_budget": "64 kB",
                                            "cache_dir": str(tmp_path)})):
-        ds, maps = _fit(small_problem, tmp_path, "OSEM", over, storage=storage, **opts)
-        assert ds.response.storage == storage
+        deconv, maps = _fit(small_problem, tmp_path, "OSEM", over, storage=storage, **opts)
+        assert deconv.dataset[0].response.storage == storage
         assert np.abs(maps - dense).max() <= 1e-10 * np.abs(dense).max()
 
 
 def test_reused_products_give_the_same_maps(small_problem, tmp_path):
-    ds, reused = _fit(small_problem, tmp_path, "RL")
-    assert ds.response.products_reused > 0
-    plain_ds, plain = _fit(small_problem, tmp_path, "RL", reuse_products=False)
-    assert not hasattr(plain_ds.response, "products_reused")
+    deconv, reused = _fit(small_problem, tmp_path, "RL")
+    assert deconv.algorithm.data.operators[0].products_reused > 0
+    plain_deconv, plain = _fit(small_problem, tmp_path, "RL", reuse_products=False)
+    assert not hasattr(plain_deconv.algorithm.data.operators[0], "products_reused")
     assert np.abs(reused - plain).max() <= 1e-13 * np.abs(plain).max()

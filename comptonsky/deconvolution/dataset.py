@@ -18,10 +18,9 @@ from astropy import units as u
 from histpy import Axes, HealpixAxis, Histogram
 
 from ..errors import AxisMismatchError, InvalidDataError, InvalidParameterError
-from ..response.linear import LinearOperator, OperatorWrapper
+from ..response.linear import LinearOperator
 from ..response.load import LazyResponse
 from ..response.options import ResponseOptions
-from ..response.reuse import ReusedProducts
 from .model import AllSkyImageModel
 
 __all__ = ["DataIF_COSI_DC2", "Dataset", "ALMOST_ZERO"]
@@ -128,9 +127,11 @@ class DataIF_COSI_DC2:  # noqa: N801  (the tutorial's name)
         self._response: LinearOperator | None = None
         self._pending: LazyResponse | None = None
         options = options or ResponseOptions()
+        #: the fit reuses forward products along lines
+        #: (:class:`~comptonsky.response.reuse.ReusedProducts`) unless this is False
+        self.reuse_products = bool(options.reuse_products)
         if isinstance(response, LinearOperator):
-            self._reuse = options.reuse_products
-            self.response = response
+            self._response = response
         else:
             self._pending = LazyResponse(response, options)
         self._data_axes: Axes = (self._pending or self._response).data_axes
@@ -195,19 +196,11 @@ class DataIF_COSI_DC2:  # noqa: N801  (the tutorial's name)
 
     @property
     def response(self) -> LinearOperator:
-        """The response operator (loaded on first use; forward products reused along lines,
-        :class:`~comptonsky.response.reuse.ReusedProducts`, unless ``reuse_products`` is off)."""
+        """The response operator (pure; loaded on first use with the options set by then)."""
         if self._response is None or (self._pending is not None and not self._pending.loaded):
-            self._reuse = self._pending.options.reuse_products
-            self.response = self._pending.operator()
+            self.reuse_products = bool(self._pending.options.reuse_products)
+            self._response = self._pending.operator()
         return self._response
-
-    @response.setter
-    def response(self, op: LinearOperator) -> None:
-        """Hold ``op`` as the response from now on (a bare operator is wrapped for reuse)."""
-        if self._reuse and not isinstance(op, OperatorWrapper):
-            op = ReusedProducts(op)
-        self._response = op
 
     @property
     def response_options(self) -> ResponseOptions | None:
@@ -232,6 +225,7 @@ class DataIF_COSI_DC2:  # noqa: N801  (the tutorial's name)
                 f"dataset {self.name!r}: its response was given as an operator, so the "
                 f"{where} cannot be applied; load it from a Histogram or file instead")
         self._pending.configure(options, where)
+        self.reuse_products = bool(self._pending.options.reuse_products)
 
     # --- tutorial-style accessors ---------------------------------------------------------
     @property

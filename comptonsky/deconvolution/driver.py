@@ -18,6 +18,7 @@ from .algorithms.base import DeconvolutionAlgorithm
 from .dataset import DataIF_COSI_DC2
 from .joint import JointData
 from .model import AllSkyImageModel, model_from_parameters
+from .passes import PassCounter
 from .results import save_results
 
 __all__ = ["ImageDeconvolution"]
@@ -136,6 +137,7 @@ class ImageDeconvolution:
         """Iterate until the stopping criteria; results are in :attr:`results`."""
         if self._algorithm is None:
             self.initialize()
+        self._data.counter.reset()
         results = self._algorithm.run(progress=progress)
         prefix = "deconvolution:parameter:save_results"
         if self._parameter.get(f"{prefix}:activate", False):
@@ -156,6 +158,14 @@ class ImageDeconvolution:
     @property
     def results(self) -> list[dict[str, Any]]:
         return [] if self._algorithm is None else self._algorithm.results
+
+    @property
+    def passes(self) -> PassCounter | None:
+        """Response passes of the last :meth:`run_deconvolution` (so far, while it runs; None
+        before :meth:`initialize`): each forward or adjoint product over all data bins counts 1,
+        a product over a subset of the bins its share of them; products rebuilt from earlier ones
+        count too."""
+        return None if self._data is None else self._data.counter
 
     @property
     def initial_model(self) -> AllSkyImageModel | None:

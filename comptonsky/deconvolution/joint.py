@@ -1,4 +1,10 @@
-"""Several datasets fitted together: exposures and back-projections add, norms are shared."""
+"""The data a fit sees: several datasets together, their products counted and reused.
+
+Exposures and back-projections add over datasets and background norms are shared by name. The
+fit owns the operators it multiplies with: each dataset's pure response wrapped for product
+reuse (:class:`~comptonsky.response.reuse.ReusedProducts`, unless the dataset turns it off) and
+for pass counting (:class:`~comptonsky.deconvolution.passes.CountedProducts`).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ..errors import InvalidParameterError
-from .dataset import DataIF_COSI_DC2
+from ..response.linear import LinearOperator
+from ..response.reuse import ReusedProducts
+from .dataset import ALMOST_ZERO, DataIF_COSI_DC2
+from .passes import CountedProducts, PassCounter
 
 __all__ = ["JointData"]
 
@@ -19,9 +28,18 @@ class JointData:
     ----------
     datasets : sequence of DataIF_COSI_DC2
         All must share the model axes (same sky pixels and energy bands).
+    counter : PassCounter, optional
+        Receives the response passes of every product made through :attr:`operators` (a new
+        one if not given).
+
+    Attributes
+    ----------
+    operators : list of LinearOperator
+        The operator of each dataset that the fit multiplies with.
+    counter : PassCounter
     """
 
-    def __init__(self, datasets: Sequence[DataIF_COSI_DC2]):
+    def __init__(self, datasets: Sequence[DataIF_COSI_DC2], counter: PassCounter | None = None):
         if not datasets:
             raise InvalidParameterError("no dataset given: call set_dataset([...]) first")
         self.datasets = list(datasets)
@@ -35,6 +53,11 @@ class JointData:
         self.model_axes = first.model_axes
         self.model_shape = first.model_shape
         self.n_model = first.n_model
+        self.counter = PassCounter() if counter is None else counter
+        self.operators: list[LinearOperator] = [
+            CountedProducts(ReusedProducts(ds.response) if ds.reuse_products else ds.response,
+                            self.counter)
+            for ds in self.datasets]
         self.exposure = np.sum([ds.response.exposure for ds in self.datasets], axis=0)
         names: list[str] = []
         for ds in self.datasets:
@@ -48,11 +71,15 @@ class JointData:
 
     def expectations(self, model: np.ndarray, bkg_norm: Mapping[str, float]) -> list[np.ndarray]:
         """Expected counts per dataset, each shape (n_data_k,)."""
-        return [ds.expectation(model, bkg_norm) for ds in self.datasets]
+        return self.add_backgrounds(self.source_expectations(model), bkg_norm)
 
     def source_expectations(self, model: np.ndarray) -> list[np.ndarray]:
         """Sky-only expected counts s = R·(λΔΩ) + 1e-12 per dataset."""
-        return [ds.source_expectation(model) for ds in self.datasets]
+        return [s + ALMOST_ZERO for s in self.forward(model)]
+
+    def forward(self, model: np.ndarray) -> list[np.ndarray]:
+        """R·(λΔΩ) per dataset, each shape (n_data_k,), without the offset."""
+        return [op.forward(model) for op in self.operators]
 
     def add_backgrounds(self, sources: Sequence[np.ndarray],
                         bkg_norm: Mapping[str, float]) -> list[np.ndarray]:
@@ -74,8 +101,8 @@ class JointData:
     def summed_adjoint(self, data: Sequence[np.ndarray]) -> np.ndarray:
         """Σ_k R_kᵀ y_k (with ΔΩ), shape (n_model,)."""
         total = np.zeros(self.n_model)
-        for ds, y in zip(self.datasets, data):
-            total += ds.response.adjoint(y)
+        for op, y in zip(self.operators, data):
+            total += op.adjoint(y)
         return total
 
     def background_dot(self, key: str, data: Sequence[np.ndarray]) -> float:

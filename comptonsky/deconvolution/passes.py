@@ -1,19 +1,16 @@
-"""Counting response passes (products streaming the whole matrix), for benchmarks and tests.
+"""Counting response passes (products streaming the whole matrix).
 
 A *pass* is one forward or one adjoint product over all data bins: the unit of cost of the RL
 family (docs/design.md §5: each streams the whole response). OSEM's restricted products count
-as the fraction of data bins they touch.
+as the fraction of data bins they touch. Every fit counts its passes
+(:attr:`~comptonsky.deconvolution.driver.ImageDeconvolution.passes`).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
-
 from ..response.linear import LinearOperator, OperatorWrapper
-from .subsets import shared_subsets
 
-__all__ = ["PassCounter", "CountedProducts", "count_passes"]
+__all__ = ["PassCounter", "CountedProducts"]
 
 
 class PassCounter:
@@ -26,6 +23,11 @@ class PassCounter:
     @property
     def total(self) -> float:
         return self.forward + self.adjoint
+
+    def reset(self) -> None:
+        """Start counting from zero."""
+        self.forward = 0.0
+        self.adjoint = 0.0
 
 
 class CountedProducts(OperatorWrapper):
@@ -51,30 +53,3 @@ class CountedProducts(OperatorWrapper):
     def subset(self, k: int, n_subsets: int, axis: str = "Phi") -> CountedProducts:
         """The counted restriction (see ``ResponseOperator.subset``)."""
         return CountedProducts(self.inner.subset(k, n_subsets, axis), self.counter)
-
-
-@contextlib.contextmanager
-def count_passes(datasets: Sequence) -> Iterator[PassCounter]:
-    """Count forward/adjoint products of the datasets' responses inside the ``with`` block.
-
-    For the duration of the block each dataset's ``response`` is replaced by a
-    :class:`CountedProducts` of it, and so are the operators of the OSEM subsets made for it
-    (:func:`~comptonsky.deconvolution.subsets.subsets_for`); all are put back on exit.
-    """
-    counter = PassCounter()
-    swapped = []
-    for ds in datasets:
-        op = ds.response
-        for s in shared_subsets(op):
-            swapped.append((s, s.response, s.operators))
-            s.response = CountedProducts(op, counter)
-            s.operators = [CountedProducts(o, counter) for o in s.operators]
-        swapped.append((ds, op, None))
-        ds.response = CountedProducts(op, counter)
-    try:
-        yield counter
-    finally:
-        for obj, op, operators in reversed(swapped):
-            obj.response = op
-            if operators is not None:
-                obj.operators = operators

@@ -36,6 +36,7 @@ from histpy import Histogram
 from tqdm.auto import tqdm
 
 from ..errors import InvalidParameterError
+from ..response.options import ResponseOptions
 from .dataset import DataIF_COSI_DC2
 from .joint import JointData
 from .model import backprojection_map
@@ -76,7 +77,8 @@ def dataset_with_counts(ds: DataIF_COSI_DC2, counts: np.ndarray,
     backgrounds = {key: Histogram(ds.data_axes,
                                   contents=(background_scale * ds.background(key)).reshape(shape))
                    for key in ds.keys_bkg_models()}
-    return DataIF_COSI_DC2(ds.name, event, backgrounds, ds.response)
+    return DataIF_COSI_DC2(ds.name, event, backgrounds, ds.response,
+                           ResponseOptions(reuse_products=ds.reuse_products))
 
 
 def validation_log_likelihood(validation: Sequence[np.ndarray], fit_expectations:
@@ -110,7 +112,7 @@ def choose_iterations(algorithm, progress: bool = True) -> dict[str, Any]:
         x_fit, x_val = thin_counts(ds.counts, p, rng)
         fit_sets.append(dataset_with_counts(ds, x_fit, background_scale=p))
         validation.append(x_val)
-    clone = algorithm.for_data(JointData(fit_sets), intensity_scale=p)
+    clone = algorithm.for_data(JointData(fit_sets, algorithm.data.counter), intensity_scale=p)
     start = None
     if algorithm.parameter.get("model_definition:initialization:algorithm") == "backprojection":
         start = backprojection_map(clone.data, clone.mask)  # from the fitting part only

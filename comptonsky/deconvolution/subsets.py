@@ -18,7 +18,7 @@ import numpy as np
 from ..response.linear import LinearOperator
 from ..response.operator import SUBSET_AXES
 
-__all__ = ["DataSubsets", "SUBSET_AXES", "subsets_for", "shared_subsets"]
+__all__ = ["DataSubsets", "SUBSET_AXES", "subsets_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +119,3 @@ def subsets_for(response: LinearOperator, n_subsets: int, axis: str) -> DataSubs
     made = DataSubsets(response, n_subsets, axis)
     _SHARED[key] = made
     return made
-
-
-def shared_subsets(response: LinearOperator) -> list[DataSubsets]:
-    """The live :class:`DataSubsets` made by :func:`subsets_for` for ``response``."""
-    return [s for s in list(_SHARED.values()) if s.response is response]

@@ -101,7 +101,7 @@ def _replicate(index: int, seed: np.random.SeedSequence, context: Mapping[str, A
     rng = np.random.default_rng(seed)
     datasets = [dataset_with_counts(ds, rng.poisson(ds.counts).astype(np.float64))
                 for ds in ctx["algorithm"].data.datasets]
-    algo = ctx["algorithm"].for_data(JointData(datasets))
+    algo = ctx["algorithm"].for_data(JointData(datasets, ctx["algorithm"].data.counter))
     algo.start(algo.evaluate(ctx["model"], ctx["norms"]))
     state = algo.iterate(ctx["iterations"])
     return index, state.model, dict(state.norms)

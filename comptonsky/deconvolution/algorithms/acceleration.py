@@ -174,7 +174,7 @@ class LineSearch:
         data = fit.data
         direction = fit.direction(start)
         for d, dn in direction.directions:
-            u = [ds.response.forward(d) for ds in data.datasets]
+            u = data.forward(d)
             slope = data.add_backgrounds(u, dn)
             alpha_hi = step_bound(start.model, start.norms, d, dn, fit.alpha_max, fit.mask,
                                   fit.norm_ranges)

@@ -61,8 +61,8 @@ class OrderedSubsetsEM(DeconvolutionAlgorithm):
         self.n_subsets = int(self.setting("n_subsets", 16))
         self.subset_axis = self.setting("subset_axis", "PsiChi")
         self.subset_schedule = self.setting("subset_schedule", "adaptive")
-        self.subsets = [subsets_for(ds.response, self.n_subsets, self.subset_axis)
-                        for ds in data.datasets]
+        self.subsets = [subsets_for(op, self.n_subsets, self.subset_axis)
+                        for op in data.operators]
         # levels K, K/2, K/4, ... (while even), then 1: subset k of level L is the union of the
         # base subsets k, k + L, k + 2L, ... (nested interleaving, no new copy of the response)
         levels = [self.n_subsets]
