@@ -48,6 +48,7 @@ from .deconvolution.registry import (
     SUBSET_SCHEDULES,
 )
 from .errors import FileFormatError, InvalidParameterError, UnknownChoiceError
+from .response.options import ResponseOptions
 
 __all__ = ["Parameters", "load_yaml", "parse_override", "SCHEMA"]
 
@@ -156,18 +157,11 @@ ALGORITHM_PARAMETERS = Section({
     "prior": Section({name: _PRIOR_SECTIONS[name] for name in PRIORS}),
 })
 
+#: The ``response:`` section: the options of :class:`~comptonsky.response.options.ResponseOptions`.
 RESPONSE_SECTION = Section({
-    "dtype": Leaf("choice", choices=("float64", "float32")),
-    "storage": Leaf("choice", choices=("dense", "sparse", "out-of-core", "auto")),
-    "sparse_threshold": Leaf("float", minimum=0.0),
-    "memory_budget": Leaf("size"),
-    "cache": Leaf("bool"),
-    "cache_dir": Leaf("str_or_none"),
-    "populate": Leaf("bool"),
-    "progress": Leaf("bool"),
-    "device": Leaf("choice", choices=("cpu", "gpu", "auto")),
-    "reuse_products": Leaf("bool"),
-})
+    name: Leaf(spec["kind"], choices=tuple(spec["choices"] or ()),
+               minimum=0.0 if spec["kind"] == "float" else None)
+    for name, spec in ResponseOptions.fields().items()})
 
 SCHEMA = Section({
     "author": Leaf("any"),
