@@ -9,7 +9,7 @@ Generates a DC2-layout ``.fits.gz`` file (default 2 M events, about 210 MB, the 
 
 and prints events/s, time (best of ``--repeat`` runs) and peak resident memory (VmHWM, which
 includes about 250 MB of imported libraries) for each. The reference tool's time for the
-same file on the project machine (12.9 s, DESIGN.md §5) is printed for comparison.
+same file on the project machine (12.9 s, docs/design.md §5) is printed for comparison.
 
 Usage::
 
@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-REFERENCE_TOOL_SECONDS = 12.9  # reference tool on the 2 M-event file (DESIGN.md §5)
+REFERENCE_TOOL_SECONDS = 12.9  # reference tool on the 2 M-event file (docs/design.md §5)
 TMIN, TMAX = 1835487300.0, 1843467255.0
 
 INPUTS_YAML = """\
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     base = results["galactic"]["rss_before_mb"]
     print(f"peak RSS of the binning runs includes {base:.0f} MB of imported libraries measured "
           "before binning; CPU s > seconds means the reader thread overlapped the binning")
-    print(f"reference tool (DESIGN §5, 2 M events): {REFERENCE_TOOL_SECONDS} s "
+    print(f"reference tool (docs/design.md §5, 2 M events): {REFERENCE_TOOL_SECONDS} s "
           f"-> {2_000_000 / REFERENCE_TOOL_SECONDS:,.0f} events/s")
     speedup = n / gal / (2_000_000 / REFERENCE_TOOL_SECONDS)
     print(f"speed-up over the reference tool: {speedup:.1f}x;"

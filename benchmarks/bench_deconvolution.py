@@ -5,7 +5,7 @@ cm² s (4.5 GB), from the synthetic Compton-cone model of :mod:`comptonsky.respo
 (Gaussian rings of σ = 2° at angular distance Phi around each sky pixel, cut at 4σ, times a smooth
 latitude-dependent exposure of 9.7e7 cm² s at the Galactic Centre; ≈ 8.9 % of the elements are
 non-zero) and writes it in the histpy format with ``Histogram.write``. Counts are a Poisson draw of
-the DC2 511 keV sky (point source, two bulges, thin disk; DESIGN §6) plus a 1.5e6-count background
+the DC2 511 keV sky (point source, two bulges, thin disk; docs/design.md §6) plus a 1.5e6-count background
 whose template is the response summed over the sky.
 
 Then, each in a fresh process (peak memory = VmHWM, the peak resident set), for each mode:
@@ -19,7 +19,7 @@ Also: the machine's memory bandwidth (best BLAS sgemv over a 1 GiB matrix), the 
 of each mode (2 products × bytes streamed ÷ bandwidth), a numba-vs-scipy.sparse kernel comparison,
 and the largest deviation of each mode's final map from the float64 dense map (relative to its
 maximum). The reference tool (cosipy) takes 4.5 s per iteration, 19 s to load and 8.9 GiB at this
-shape on the project machine (issue 5).
+shape on the 2-core machine.
 
 Usage::
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -17,12 +15,11 @@ from comptonsky.io.orientation import (
     write_ori,
 )
 
-REF = Path("/work/shared/reference/20280301_first_10sec.ori")
+from .conftest import reference_file
 
 
-@pytest.mark.skipif(not REF.exists(), reason="reference .ori not available")
 def test_read_reference_ori():
-    o = read_ori(REF)
+    o = read_ori(reference_file("20280301_first_10sec.ori"))
     assert len(o) == 11
     assert o.time[0] == 1835478000.0 and o.time[-1] == 1835478010.0
     np.testing.assert_allclose(o.livetime[:-1], 1.0)

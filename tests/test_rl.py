@@ -1,4 +1,4 @@
-"""The RL family against a slow, literal implementation of DESIGN §4, and its invariants."""
+"""The RL family against a slow, literal implementation of docs/design.md §4, and its invariants."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from .conftest import prepared_deconvolution, write_parfile
 def slow_rl(response, counts, background, lam0, iterations, accel=False, alpha_max=1.0,
             weighting=False, beta=0.5, smoothing_fwhm=None, bkg=False, bkg_range=(0.0, np.inf),
             minimum_flux=0.0, mask=None):
-    """DESIGN §4 written with explicit loops over i and j (tiny problems only)."""
+    """docs/design.md §4 written with explicit loops over i and j (tiny problems only)."""
     R = np.asarray(response, dtype=float)  # (J, I), ΔΩ folded in
     J, I = R.shape  # noqa: E741 (the design's index names)
     lam = [float(v) for v in lam0]
@@ -97,7 +97,7 @@ def _run(problem, tmp_path, mask=None, **settings):
     dict(accel=True, alpha_max=2.0, weighting=False, smoothing=True, bkg=True),
 ])
 def test_fast_rl_matches_slow_loop(tiny_problem, tmp_path, settings):
-    """The unchecked max-step rule (DESIGN §4 as written) against explicit loops."""
+    """The unchecked max-step rule (docs/design.md §4 as written) against explicit loops."""
     ds, deconv = _run(tiny_problem, tmp_path, iterations=6, method="max_step_unchecked",
                       **settings)
     R = ds.response.matrix * ds.response.pixel_solid_angle[:, None]

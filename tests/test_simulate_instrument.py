@@ -17,7 +17,7 @@ def test_kinematics_511():
 
 
 def test_klein_nishina_511_shape():
-    # DESIGN §6: mode 35°, median 61°, 69 % below 90° (distribution in φ, no detection weight)
+    # docs/design.md §6: mode 35°, median 61°, 69 % below 90° (distribution in φ, no detection weight)
     phi = np.linspace(0.0, np.pi, 200001)
     pdf = klein_nishina(phi, 511.0) * np.sin(phi)
     cdf = np.cumsum(pdf)
@@ -41,7 +41,7 @@ def test_effective_area_shape():
     th = np.radians([0.0, 50.0, 89.0, 180.0])
     nu = np.stack([np.sin(th), np.zeros_like(th), np.cos(th)], axis=1)
     a = inst.effective_area(nu, [509.0, 513.0])
-    assert 50.0 <= a[0] <= 80.0  # on-axis photopeak area in the window (DESIGN §6: 50–80 cm²)
+    assert 50.0 <= a[0] <= 80.0  # on-axis photopeak area in the window (docs/design.md §6: 50–80 cm²)
     assert 0.35 <= a[1] / a[0] <= 0.65  # about half by 40–50°
     assert a[2] / a[0] < 0.02  # ~0 at the edge of the field of view
     assert 0 < a[3] / a[0] <= inst.back_fraction * 1.2  # small leak from below

@@ -18,8 +18,8 @@ from comptonsky.simulate.orbit import (
 
 
 def test_orbit_numbers():
-    assert orbital_period(550.0) / 60.0 == pytest.approx(95.6, abs=0.2)  # DESIGN: ≈ 95.5 min
-    assert horizon_angle_deg(550.0) == pytest.approx(113.0, abs=0.2)  # DESIGN: 113°
+    assert orbital_period(550.0) / 60.0 == pytest.approx(95.6, abs=0.2)  # docs/design.md: ≈ 95.5 min
+    assert horizon_angle_deg(550.0) == pytest.approx(113.0, abs=0.2)  # docs/design.md: 113°
     assert DC2_ORBIT.tmin == 1835487300.0
     assert DC2_ORBIT.tmax == 1843467255.0
     earth = 2 * np.pi * (1 - np.cos(np.radians(180.0 - DC2_ORBIT.horizon_deg)))

@@ -1,4 +1,4 @@
-"""The seed tutorial's sections 2–4, as written, with only the import lines changed.
+"""The 511 keV Galactic tutorial's sections 2–4, as written, with only the import lines changed.
 
 Section 1 (binning the DC2 event files) is covered by the binning tests; here the binned
 histograms are produced by the toy generator and written the way the tutorial writes them.

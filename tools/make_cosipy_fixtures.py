@@ -335,7 +335,7 @@ save_results:
 
 
 def tutorial_equivalent(name, yaml_text):
-    """The same run written with the seed tutorial's algorithm names.
+    """The same run written with the tutorial's algorithm names.
 
     cosipy 0.4.3 calls the tutorial's accelerated 'RL' class 'RLadvanced' and the tutorial's
     'RLsimple' class 'RLbasic'.  Its own 'RL' class is ML-EM plus background normalisation only;

@@ -3,7 +3,7 @@
 Both are photon fields at the line energy defined relative to the Earth: albedo fills the Earth
 disk (zenith angle beyond the limb, ≈ 113° at 550 km) with a flat intensity; the cosmic
 component fills the visible sky. They go through the same instrument model and attitude history
-as the sky. DESIGN §6: albedo ≈ 4.4e-4 ph cm⁻² s⁻¹ in 509–513 keV from the Earth disk only,
+as the sky. docs/design.md §6: albedo ≈ 4.4e-4 ph cm⁻² s⁻¹ in 509–513 keV from the Earth disk only,
 flat over the disk (Earth disk ≈ 3.8 sr).
 """
 
@@ -135,7 +135,7 @@ def AlbedoBackground(flux: float = 4.4e-4, horizon_deg: float = 113.0,
     Parameters
     ----------
     flux : float
-        Photon flux from the whole disk (ph cm⁻² s⁻¹; DESIGN §6: 4.4e-4 in 509–513 keV).
+        Photon flux from the whole disk (ph cm⁻² s⁻¹; docs/design.md §6: 4.4e-4 in 509–513 keV).
     horizon_deg : float
         Limb angle used to turn the flux into an intensity (113° at 550 km).
     """
@@ -148,6 +148,6 @@ def IsotropicBackground(intensity: float = 1.5e-4, name: str = "cosmic") -> Eart
 
     The default, 1.5e-4, is this project's order-of-magnitude estimate of the cosmic diffuse
     continuum in a 4 keV window at 511 keV (E² dN/dE ≈ 0.01 MeV cm⁻² s⁻¹ sr⁻¹); it is not a
-    DESIGN §6 number.
+    docs/design.md §6 number.
     """
     return EarthFixedBackground(intensity=intensity, region="sky", name=name)

@@ -1,6 +1,6 @@
 """A detector-frame model of the COSI Compton telescope at a gamma-ray line.
 
-This is a *model* built from published numbers (DESIGN §6), not the COSI team's Monte-Carlo
+This is a *model* built from published numbers (docs/design.md §6), not the COSI team's Monte-Carlo
 response. For a photon of energy E₀ arriving from the detector-frame direction ν (unit vector
 towards the source, polar angle θ from the boresight +z):
 
@@ -60,18 +60,18 @@ class InstrumentModel:
     on_axis_area_cm2 : float
         A₀: on-axis full-energy-peak area for Compton events, all measured energies (cm²).
         Calibrated so that the DC2 3-month exposure at the Galactic Centre in 509–513 keV is
-        ≈ 9.7e7 cm² s (DESIGN §6).
+        ≈ 9.7e7 cm² s (docs/design.md §6).
     area_index : float
-        k in c(θ) = cos^k θ for the front hemisphere (half area near 50°; DESIGN §6: ~half by
+        k in c(θ) = cos^k θ for the front hemisphere (half area near 50°; docs/design.md §6: ~half by
         40–50°, ~0 beyond 90°).
     back_fraction : float
         Leak through the bottom shield: c(θ) = back_fraction · |cos θ|^k for θ > 90°.
     hit_sigma_kev : float
-        Energy resolution per hit (σ, keV; DESIGN §6: 1.63 keV at 511 keV).
+        Energy resolution per hit (σ, keV; docs/design.md §6: 1.63 keV at 511 keV).
     n_hits : int
         Hits per event (2: σ_E = 2.3 keV, FWHM 5.4 keV).
     arm_fwhm_deg : float
-        FWHM of the angular-resolution measure (deg; DESIGN §6: ≈ 4° at 511 keV).
+        FWHM of the angular-resolution measure (deg; docs/design.md §6: ≈ 4° at 511 keV).
     threshold_kev, threshold_width_kev : float
         Soft trigger threshold on the first energy deposit (keV).
     stack_half_width_cm, stack_height_cm, first_hit_depth_cm : float

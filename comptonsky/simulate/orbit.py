@@ -4,7 +4,7 @@ The spacecraft moves on a circular orbit (altitude h, inclination i, node preces
 Earth's J2). Its z axis (boresight) points to the zenith, tilted by the rocking angle towards the
 orbit normal; its x axis lies along the velocity, turned by ``x_tilt_deg`` towards the orbit
 normal. Attitudes are computed in the equatorial (ICRS) frame and rotated to Galactic
-coordinates with a fixed matrix. Facts (DESIGN §6): DC2 is 550 km, 0° inclination, pure zenith
+coordinates with a fixed matrix. Facts (docs/design.md §6): DC2 is 550 km, 0° inclination, pure zenith
 pointing, 3 months from t = 1835487300 s; DC3 is 530 km with ±22° north/south rocking switched
 every 12 h.
 """
@@ -111,9 +111,9 @@ class OrbitProfile:
         return self.tmin + self.duration_s
 
 
-#: DC2: 550 km, 0° inclination, zenith pointing, 3 months (DESIGN §6).
+#: DC2: 550 km, 0° inclination, zenith pointing, 3 months (docs/design.md §6).
 DC2_ORBIT = OrbitProfile(name="dc2", altitude_km=550.0)
-#: DC3: 530 km, 0° inclination, ±22° north/south rocking every 12 h (DESIGN §6).
+#: DC3: 530 km, 0° inclination, ±22° north/south rocking every 12 h (docs/design.md §6).
 DC3_ORBIT = OrbitProfile(name="dc3", altitude_km=530.0, rocking_deg=22.0)
 #: Profiles by name.
 ORBITS = {"dc2": DC2_ORBIT, "dc3": DC3_ORBIT}
@@ -122,7 +122,7 @@ ORBITS = {"dc2": DC2_ORBIT, "dc3": DC3_ORBIT}
 def orbital_period(altitude_km: float) -> float:
     """Period (s) of a circular orbit at ``altitude_km`` (Kepler's third law).
 
-    550 km gives 5736 s (95.6 min), as DESIGN §6 says (≈ 95.5 min).
+    550 km gives 5736 s (95.6 min), as docs/design.md §6 says (≈ 95.5 min).
     """
     a = EARTH_RADIUS_KM + float(altitude_km)
     return float(2.0 * np.pi * np.sqrt(a**3 / EARTH_GM_KM3_S2))

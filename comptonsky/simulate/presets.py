@@ -13,7 +13,7 @@ from .sky import SkyModel, dc2_511_thick_disk, dc2_511_thin_disk
 
 __all__ = ["Preset", "PRESETS", "get_preset", "DC2_BACKGROUND_RATE_HZ"]
 
-#: DC2 background count rate near 511 keV, all components (counts s⁻¹; DESIGN §6: 0.185 s⁻¹ in
+#: DC2 background count rate near 511 keV, all components (counts s⁻¹; docs/design.md §6: 0.185 s⁻¹ in
 #: 508–512 keV, ≈ 1.5e6 counts in 3 months).
 DC2_BACKGROUND_RATE_HZ = 0.185
 
@@ -38,7 +38,7 @@ class Preset:
         Expected albedo count rate in the analysis window (counts s⁻¹) to which the albedo is
         scaled, or None to keep the albedo line flux ``albedo_flux`` as it is. The DC presets
         use :data:`DC2_BACKGROUND_RATE_HZ` (0.185 s⁻¹, the DC2 level of all background
-        components, DESIGN §6): the albedo then stands in, with its Earth-fixed angular shape,
+        components, docs/design.md §6): the albedo then stands in, with its Earth-fixed angular shape,
         for the whole background, as the albedo template does in the tutorial's fit.
     energy_window_kev : tuple of float
         Analysis window (Ei and Em edges).

@@ -4,11 +4,11 @@ Every component knows its total line flux (ph cm⁻² s⁻¹), its intensity (ph
 Galactic directions, and how to draw photon arrival directions from itself exactly, so that
 simulated events and the truth map describe the same sky.
 
-DC2 511 keV "thin disk" (DESIGN §6; the bulge components follow Siegert et al. 2016, A&A 586,
+DC2 511 keV "thin disk" (docs/design.md §6; the bulge components follow Siegert et al. 2016, A&A 586,
 A84): point source at (0, 0) 1.2e-4; narrow bulge Gaussian σ 2.5° at (l, b) = (−0.25°, −1.25°)
 2.8e-4; broad bulge σ 8.7° at (0, 0) 7.3e-4; disk Gaussian σ_l 90°, σ_b 3° at (0, 0) 1.7e-3.
 The "thick disk" variant replaces the disk by σ_l 60°, σ_b 10.5° with the same flux (the thick
-disk fitted to SPI data by Siegert et al. 2016; not a DESIGN §6 number).
+disk fitted to SPI data by Siegert et al. 2016; not a docs/design.md §6 number).
 """
 
 from __future__ import annotations
