@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from comptonsky.cli import main
+
+pytestmark = pytest.mark.slow  # end-to-end
 
 
 def test_demo_end_to_end(tmp_path, capsys):

@@ -87,6 +87,7 @@ def _deconvolve_args(problem, tmp_path) -> list[str]:
             f"albedo={bkg}", "--response", str(rsp), "--output", str(tmp_path / "out")]
 
 
+@pytest.mark.slow  # end-to-end
 def test_deconvolve_command(small_problem, tmp_path, capsys):
     out = tmp_path / "out"
     status = main([*_deconvolve_args(small_problem, tmp_path),

@@ -16,6 +16,8 @@ from comptonsky.simulate.instrument import InstrumentModel
 from comptonsky.simulate.orbit import DC2_ORBIT, attitude_at, attitude_history
 from comptonsky.simulate.sky import HealpixMapSource, PointSource, SkyModel, dc2_511_thin_disk
 
+pytestmark = pytest.mark.slow  # end-to-end
+
 NSIDE = 8
 PHI_EDGES = np.arange(0.0, 181.0, 6.0)
 WINDOW = (509.0, 513.0)

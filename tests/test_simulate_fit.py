@@ -11,6 +11,8 @@ from comptonsky.jobs import deconvolve_files
 from comptonsky.regions import region_fluxes
 from comptonsky.simulate import simulate_dataset
 
+pytestmark = pytest.mark.slow  # end-to-end
+
 
 def _fit(tmp_path, **kw):
     sim = simulate_dataset(tmp_path / "sim", nside=8, phi_bin_deg=6.0, duration_s=14 * 86400.0,

@@ -16,6 +16,8 @@ from comptonsky.io.events import read_events
 from comptonsky.io.orientation import read_ori
 from comptonsky.simulate import simulate_dataset
 
+pytestmark = pytest.mark.slow  # end-to-end
+
 KW = dict(nside=4, phi_bin_deg=10.0, duration_s=4 * 3600.0, progress=False)
 FILES = ["psr_gal_511.h5", "511_thin_disk_events.fits.gz", "albedo_events.fits.gz",
          "albedo_model.hdf5", "truth_511_thin_disk.hdf5", "orientation.ori", "inputs.yaml",

@@ -16,6 +16,8 @@ from comptonsky.testing import toy_problem
 
 from .conftest import reference_file
 
+pytestmark = pytest.mark.slow  # end-to-end
+
 matplotlib.use("Agg")
 
 

@@ -70,6 +70,7 @@ def test_same_samples_whatever_the_executor(small_problem, tmp_path):
         bootstrap_uncertainty(deconv, n_samples=1)
 
 
+@pytest.mark.slow  # end-to-end
 def test_bootstrap_std_matches_scatter_over_simulations(small_problem, tmp_path):
     """Inner-Galaxy flux: bootstrap std vs the scatter of the estimates over 16 seeds.
 
