@@ -1,0 +1,196 @@
+"""Attitude samples: the intervals of an orientation history that exposure tables and
+conversion matrices sum over.
+
+A sample is one interval between consecutive time stamps with the attitude it is assigned, its
+live time, zenith and altitude. ScAtt tables use the midpoint of each interval (the mean of its
+end-point unit vectors, as cosipy's tables do); time bins use the attitude at the interval start
+and cut intervals at the bin edges, interpolating the attitude there.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from ..errors import InvalidParameterError
+from ..geometry import horizon_angle_deg
+from ..io.orientation import Orientation
+
+__all__ = ["Samples", "pair_midpoints", "split_by_intervals", "group_order", "lonlat_deg",
+           "cos_horizon"]
+
+
+@dataclass
+class Samples:
+    """Attitude samples (one per interval).
+
+    Attributes
+    ----------
+    time : ndarray, shape (n,)
+        Start of each interval (s).
+    livetime : ndarray, shape (n,)
+        Live time (s).
+    x, z : ndarray, shape (n, 3)
+        Galactic unit vectors of the spacecraft x and z axes.
+    zenith : ndarray, shape (n, 3)
+        Galactic unit vector of the local zenith.
+    altitude : ndarray, shape (n,)
+        Altitude (km).
+    bin : ndarray of int64, shape (n,) or None
+        Bin of each sample (time binning), -1 outside every bin.
+    """
+
+    time: np.ndarray
+    livetime: np.ndarray
+    x: np.ndarray
+    z: np.ndarray
+    zenith: np.ndarray
+    altitude: np.ndarray
+    bin: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.time)
+
+    def take(self, index) -> Samples:
+        """The samples at ``index`` (array of indices or boolean mask)."""
+        return Samples(self.time[index], self.livetime[index], self.x[index], self.z[index],
+                       self.zenith[index], self.altitude[index],
+                       None if self.bin is None else self.bin[index])
+
+
+def _normalise(v: np.ndarray) -> np.ndarray:
+    n = np.sqrt(np.einsum("ij,ij->i", v, v))
+    return v / np.where(n > 0, n, 1.0)[:, None]
+
+
+def pair_midpoints(o: Orientation) -> Samples:
+    """One sample per interval of ``o``, at the interval midpoint (normalised vector mean)."""
+    if len(o) < 2:
+        raise InvalidParameterError(f"an attitude history needs at least 2 time stamps, found "
+                                    f"{len(o)}")
+    zen = o.zenith
+    return Samples(time=o.time[:-1], livetime=o.livetime[:-1],
+                   x=_normalise(o.x_axis[:-1] + o.x_axis[1:]),
+                   z=_normalise(o.z_axis[:-1] + o.z_axis[1:]),
+                   zenith=_normalise(zen[:-1] + zen[1:]),
+                   altitude=0.5 * (o.altitude[:-1] + o.altitude[1:]))
+
+
+def split_by_intervals(o: Orientation, tstart: np.ndarray, tstop: np.ndarray) -> Samples:
+    """Interval-start samples of ``o`` cut at the bin boundaries ``tstart``/``tstop``.
+
+    Every boundary that falls between two time stamps gets an interpolated sample (unit vectors
+    linearly, renormalised; altitude linearly), so that each sample lies in one bin. A cut
+    interval keeps the live-time fraction of its length. Bins must be sorted and disjoint.
+
+    Parameters
+    ----------
+    o : Orientation
+    tstart, tstop : ndarray, shape (nbins,)
+        Bin boundaries (s).
+
+    Returns
+    -------
+    Samples
+        With :attr:`Samples.bin` set (-1 for samples outside every bin).
+    """
+    tstart = np.asarray(tstart, dtype=np.float64).reshape(-1)
+    tstop = np.asarray(tstop, dtype=np.float64).reshape(-1)
+    if len(tstart) != len(tstop) or not len(tstart):
+        raise InvalidParameterError(f"need as many bin starts as stops (≥ 1), found "
+                                    f"{len(tstart)} and {len(tstop)}")
+    if np.any(tstop <= tstart) or np.any(tstart[1:] < tstop[:-1]):
+        raise InvalidParameterError("time bins must have start < stop, sorted and disjoint")
+    t = o.time
+    cuts = np.unique(np.concatenate([tstart, tstop]))
+    cuts = cuts[(cuts > t[0]) & (cuts < t[-1])]
+    cuts = cuts[~np.isin(cuts, t)]
+    i = np.searchsorted(t, cuts, side="right") - 1
+    f = ((cuts - t[i]) / (t[i + 1] - t[i]))[:, None]
+    zen = o.zenith
+    times = np.concatenate([t, cuts])
+    order = np.argsort(times, kind="stable")
+    times = times[order]
+
+    def merged(a, interp):
+        return np.concatenate([a, interp])[order]
+
+    x = merged(o.x_axis, _normalise((1 - f) * o.x_axis[i] + f * o.x_axis[i + 1]))
+    z = merged(o.z_axis, _normalise((1 - f) * o.z_axis[i] + f * o.z_axis[i + 1]))
+    ze = merged(zen, _normalise((1 - f) * zen[i] + f * zen[i + 1]))
+    alt = merged(o.altitude, (1 - f[:, 0]) * o.altitude[i] + f[:, 0] * o.altitude[i + 1])
+    parent = np.searchsorted(t, times[:-1], side="right") - 1
+    dt = np.diff(t)
+    live = o.livetime[parent] * (np.diff(times) / dt[parent])
+    start = times[:-1]
+    b = np.searchsorted(tstart, start, side="right") - 1
+    inside = (b >= 0) & (start < tstop[np.maximum(b, 0)])
+    b = np.where(inside, b, -1)
+    return Samples(time=start, livetime=live, x=x[:-1], z=z[:-1], zenith=ze[:-1],
+                   altitude=alt[:-1], bin=b.astype(np.int64))
+
+
+@numba.njit(cache=True, nogil=True)
+def _counting_order(codes, nbins):
+    counts = np.zeros(nbins + 1, dtype=np.int64)
+    for c in codes:
+        counts[c + 1] += 1
+    offsets = np.cumsum(counts)
+    fill = offsets[:-1].copy()
+    order = np.empty(len(codes), dtype=np.int64)
+    for i in range(len(codes)):
+        c = codes[i]
+        order[fill[c]] = i
+        fill[c] += 1
+    return order, offsets
+
+
+def group_order(codes: np.ndarray, nbins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stable grouping of samples by bin (counting sort).
+
+    Parameters
+    ----------
+    codes : ndarray of int, shape (n,)
+        Bin of each sample, 0 ≤ code < nbins.
+    nbins : int
+
+    Returns
+    -------
+    order : ndarray of int64, shape (n,)
+        Sample indices, bin by bin, in their original order within a bin.
+    offsets : ndarray of int64, shape (nbins + 1,)
+        Bin k holds ``order[offsets[k]:offsets[k + 1]]``.
+    """
+    return _counting_order(np.asarray(codes, dtype=np.int64), int(nbins))
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _lonlat(v, lon, lat):
+    r2d = 180.0 / math.pi
+    for i in numba.prange(v.shape[0]):
+        r = math.sqrt(v[i, 0] ** 2 + v[i, 1] ** 2 + v[i, 2] ** 2)
+        lat[i] = math.asin(min(1.0, max(-1.0, v[i, 2] / r))) * r2d
+        a = math.atan2(v[i, 1], v[i, 0]) * r2d
+        lon[i] = a + 360.0 if a < 0.0 else a
+        if lon[i] >= 360.0:
+            lon[i] -= 360.0
+
+
+def lonlat_deg(v: np.ndarray) -> np.ndarray:
+    """Longitude in [0, 360) and latitude (deg) of vectors, shape (n, 2) (multi-threaded)."""
+    v = np.ascontiguousarray(v, dtype=np.float64)
+    lon, lat = np.empty(len(v)), np.empty(len(v))
+    _lonlat(v, lon, lat)
+    return np.column_stack([lon, lat])
+
+
+def cos_horizon(altitude: np.ndarray) -> np.ndarray:
+    """Cosine of the Earth-limb angle from the zenith at each altitude (km)."""
+    alt = np.asarray(altitude, dtype=np.float64)
+    if alt.size and alt.min() == alt.max():  # one altitude (the usual case): one evaluation
+        return np.full(alt.shape, math.cos(math.radians(horizon_angle_deg(alt.flat[0]))))
+    uniq, inv = np.unique(alt, return_inverse=True)
+    return np.cos(np.radians([horizon_angle_deg(a) for a in uniq]))[inv.reshape(alt.shape)]
