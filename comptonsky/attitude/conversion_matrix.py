@@ -28,7 +28,6 @@ import sparse
 from histpy import Axes, Axis, HealpixAxis, Histogram
 
 from ..errors import FileFormatError, InvalidParameterError
-from ..geometry import attitude_matrices
 from ..io.histogram import open_histogram
 from ..io.spacecraft import as_orientation
 from . import ccm_kernels as K
@@ -40,7 +39,7 @@ from .exposure_table import (
     _seconds,
 )
 from .healpix import interp_weights, ring_tables
-from .samples import Samples, cos_horizon, group_order, split_by_intervals
+from .samples import Samples, cos_horizon, group_order, nearest_rotations, split_by_intervals
 
 __all__ = ["CoordsysConversionMatrix"]
 
@@ -74,7 +73,7 @@ def _per_sample(s: Samples, codes: np.ndarray, nbins: int, sky: np.ndarray,
     s, codes = s.take(keep), codes[keep]
     order, offsets = group_order(codes, nbins)
     s = s.take(order)
-    rot = np.ascontiguousarray(attitude_matrices(s.x, s.z)) if len(s) else np.zeros((0, 3, 3))
+    rot = nearest_rotations(s.x, s.z)
     cosh = cos_horizon(s.altitude) if earth_occ else np.full(len(s), -2.0)
     zen = np.ascontiguousarray(s.zenith)
     live = np.ascontiguousarray(s.livetime, dtype=np.float64)
@@ -115,7 +114,7 @@ def _averaged(avg: Samples, exposure: np.ndarray, sky: np.ndarray,
               local: HealpixAxis) -> sparse.COO:
     """C[s, j, ν] = w_ν(Ā_sᵀ n_j) · exposure[s, j]."""
     nb, npm = exposure.shape
-    rot = attitude_matrices(avg.x, avg.z)  # (nb, 3, 3)
+    rot = nearest_rotations(avg.x, avg.z)  # (nb, 3, 3)
     d = np.einsum("sik,ji->sjk", rot, sky)  # detector-frame directions (nb, npm, 3)
     nest = str(local.scheme).lower().startswith("nest")
     pix, w = interp_weights(int(local.nside), d.reshape(-1, 3), nest)

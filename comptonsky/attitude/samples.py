@@ -20,7 +20,7 @@ from ..geometry import horizon_angle_deg
 from ..io.orientation import Orientation
 
 __all__ = ["Samples", "pair_midpoints", "split_by_intervals", "group_order", "lonlat_deg",
-           "cos_horizon"]
+           "cos_horizon", "nearest_rotations"]
 
 
 @dataclass
@@ -194,3 +194,63 @@ def cos_horizon(altitude: np.ndarray) -> np.ndarray:
         return np.full(alt.shape, math.cos(math.radians(horizon_angle_deg(alt.flat[0]))))
     uniq, inv = np.unique(alt, return_inverse=True)
     return np.cos(np.radians([horizon_angle_deg(a) for a in uniq]))[inv.reshape(alt.shape)]
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _polar(x, z, out):
+    for i in numba.prange(x.shape[0]):
+        m = np.empty((3, 3))
+        for r in range(3):
+            m[r, 0] = x[i, r]
+            m[r, 2] = z[i, r]
+        m[0, 1] = z[i, 1] * x[i, 2] - z[i, 2] * x[i, 1]
+        m[1, 1] = z[i, 2] * x[i, 0] - z[i, 0] * x[i, 2]
+        m[2, 1] = z[i, 0] * x[i, 1] - z[i, 1] * x[i, 0]
+        for _ in range(50):  # Newton iteration M <- (M + M^-T) / 2 towards the polar factor
+            c = np.empty((3, 3))  # cofactor matrix: M^-T = C / det M
+            c[0, 0] = m[1, 1] * m[2, 2] - m[1, 2] * m[2, 1]
+            c[0, 1] = m[1, 2] * m[2, 0] - m[1, 0] * m[2, 2]
+            c[0, 2] = m[1, 0] * m[2, 1] - m[1, 1] * m[2, 0]
+            c[1, 0] = m[0, 2] * m[2, 1] - m[0, 1] * m[2, 2]
+            c[1, 1] = m[0, 0] * m[2, 2] - m[0, 2] * m[2, 0]
+            c[1, 2] = m[0, 1] * m[2, 0] - m[0, 0] * m[2, 1]
+            c[2, 0] = m[0, 1] * m[1, 2] - m[0, 2] * m[1, 1]
+            c[2, 1] = m[0, 2] * m[1, 0] - m[0, 0] * m[1, 2]
+            c[2, 2] = m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0]
+            det = m[0, 0] * c[0, 0] + m[0, 1] * c[0, 1] + m[0, 2] * c[0, 2]
+            change = 0.0
+            for r in range(3):
+                for k in range(3):
+                    v = 0.5 * (m[r, k] + c[r, k] / det)
+                    change = max(change, abs(v - m[r, k]))
+                    m[r, k] = v
+            if change < 1e-15:
+                break
+        for r in range(3):
+            for k in range(3):
+                out[i, r, k] = m[r, k]
+
+
+def nearest_rotations(x: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Rotations nearest to the matrices with columns (x, z × x, z) (polar decomposition).
+
+    Averaged or interpolated x and z axes are not exactly orthogonal; the attitude used for
+    them is the orthogonal matrix closest (Frobenius norm) to (x, z × x, z), as cosipy obtains
+    through ``scoords.Attitude.from_axes`` with scipy ≥ 1.15. For orthonormal x, z it is
+    :func:`comptonsky.geometry.attitude_matrices`.
+
+    Parameters
+    ----------
+    x, z : ndarray, shape (n, 3)
+        Unit vectors of the spacecraft x and z axes (Galactic).
+
+    Returns
+    -------
+    ndarray, shape (n, 3, 3)
+        Detector → Galactic rotations (columns: x, y, z axes).
+    """
+    x = np.ascontiguousarray(x, dtype=np.float64).reshape(-1, 3)
+    z = np.ascontiguousarray(z, dtype=np.float64).reshape(-1, 3)
+    out = np.empty((len(x), 3, 3))
+    _polar(x, z, out)
+    return out
