@@ -334,8 +334,8 @@ def read_ori_table(path: str | os.PathLike, threads: int | None = None) -> np.nd
         line, text = _bad_line(buf, row)
         if rule == 0:
             raise FileFormatError(
-                f"{path}:{line}: time stamps must increase; {table[row, 0]!r} follows "
-                f"{table[row - 1, 0]!r}")
+                f"{path}:{line}: time stamps must increase; {float(table[row, 0])!r} follows "
+                f"{float(table[row - 1, 0])!r}")
         raise FileFormatError(
             f"{path}:{line}: {_BAD_ROW_MESSAGES[rule]} in {text!r}")
     del buf
