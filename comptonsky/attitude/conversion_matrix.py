@@ -69,10 +69,10 @@ def _local_axis(fdr) -> HealpixAxis:
 def _per_sample(s: Samples, codes: np.ndarray, nbins: int, sky: np.ndarray,
                 local: HealpixAxis, earth_occ: bool) -> sparse.COO:
     """Sum over samples, bin by bin (``codes``: bin of each sample, -1 = none)."""
-    keep = codes >= 0
-    s, codes = s.take(keep), codes[keep]
-    order, offsets = group_order(codes, nbins)
-    s = s.take(order)
+    if np.any(codes < 0):
+        keep = codes >= 0
+        s, codes = s.take(keep), codes[keep]
+    s, offsets = _grouped(s, codes, nbins)
     rot = nearest_rotations(s.x, s.z)
     cosh = cos_horizon(s.altitude) if earth_occ else np.full(len(s), -2.0)
     zen = np.ascontiguousarray(s.zenith)
@@ -99,6 +99,14 @@ def _per_sample(s: Samples, codes: np.ndarray, nbins: int, sky: np.ndarray,
         nz = vals != 0.0
         parts.append((np.full(nz.sum(), b, dtype=np.int64), rows[nz], cols[nz], vals[nz]))
     return _coo(parts, (nbins, npm, npl))
+
+
+def _grouped(s: Samples, codes: np.ndarray, nbins: int) -> tuple[Samples, np.ndarray]:
+    """Samples sorted by bin (stable) and the bin offsets."""
+    if len(codes) < 2 or np.all(codes[1:] >= codes[:-1]):
+        return s, np.searchsorted(codes, np.arange(nbins + 1)).astype(np.int64)
+    order, offsets = group_order(codes, nbins)
+    return s.take(order), offsets
 
 
 def _coo(parts, shape) -> sparse.COO:
@@ -195,11 +203,10 @@ class CoordsysConversionMatrix(Histogram):
             first = Axis(np.append(t0, t1[-1:]) * u.s, label="Time")
         else:
             first = Axis(np.arange(nb + 1), label=exposure_table.binning_method)
-        samples, rows = exposure_table._samples(need_earth=earth_occ)
         if use_averaged_pointing:
             if earth_occ:
-                order, offsets = group_order(rows, nb)
-                s = samples.take(order)
+                samples, rows = exposure_table._samples(need_earth=True, need_attitude=False)
+                s, offsets = _grouped(samples, rows, nb)
                 exposure = np.zeros((nb, len(sky)))
                 K.occulted_exposure(np.ascontiguousarray(s.livetime),
                                     np.ascontiguousarray(s.zenith), cos_horizon(s.altitude),
@@ -210,6 +217,7 @@ class CoordsysConversionMatrix(Histogram):
             contents = _averaged(exposure_table.averaged_samples(earth_occ), exposure, sky,
                                  local)
         else:
+            samples, rows = exposure_table._samples(need_earth=earth_occ)
             contents = _per_sample(samples, rows, nb, sky, local, earth_occ)
         return cls._build(first, axis_lb, local, contents)
 

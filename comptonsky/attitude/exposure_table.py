@@ -44,7 +44,14 @@ from ..geometry import lonlat_to_vec
 from ..io.atomic import atomic_path
 from ..io.spacecraft import as_orientation, interval, to_unix
 from .healpix import vec2pix
-from .samples import Samples, group_order, lonlat_deg, pair_midpoints, split_by_intervals
+from .samples import (
+    Samples,
+    group_order,
+    lonlat_deg,
+    pair_midpoints,
+    split_by_intervals,
+    unit_vectors,
+)
 
 __all__ = ["SpacecraftAttitudeExposureTable", "TimeBinnedExposureTable"]
 
@@ -65,7 +72,7 @@ def _bin_columns(s: Samples, order: np.ndarray, offsets: np.ndarray) -> dict:
     """Per-bin columns from samples grouped by ``order``/``offsets``."""
     nb = len(offsets) - 1
     live = s.livetime[order]
-    zl, xl, el = lonlat_deg(s.z[order]), lonlat_deg(s.x[order]), lonlat_deg(s.zenith[order])
+    zl, xl, el = lonlat_deg(s.z, order), lonlat_deg(s.x, order), lonlat_deg(s.zenith, order)
     alt = s.altitude[order]
     codes = np.repeat(np.arange(nb), np.diff(offsets))
     counts = np.diff(offsets)
@@ -74,7 +81,8 @@ def _bin_columns(s: Samples, order: np.ndarray, offsets: np.ndarray) -> dict:
     w = np.where(exposure[codes] > 0, live, 1.0)
 
     def mean_dir(v):
-        m = np.stack([np.bincount(codes, weights=w * v[order, k], minlength=nb)
+        vo = v[order]
+        m = np.stack([np.bincount(codes, weights=w * vo[:, k], minlength=nb)
                       for k in range(3)], axis=1) if len(codes) else np.zeros((nb, 3))
         out = np.full((nb, 2), np.nan)
         ok = np.linalg.norm(m, axis=1) > 0
@@ -150,8 +158,9 @@ class _AttitudeTable(pd.DataFrame):
     __hash__ = None
 
     # --- samples back out (for the conversion matrix) ----------------------------------------
-    def _samples(self, need_earth: bool) -> tuple[Samples, np.ndarray]:
-        """All intervals of the table and the table row of each."""
+    def _samples(self, need_earth: bool, need_attitude: bool = True
+                 ) -> tuple[Samples, np.ndarray]:
+        """All intervals of the table and the table row of each (only the parts needed)."""
         if need_earth and not {"earth_zenith", "altitude"} <= set(self.columns):
             raise InvalidParameterError(
                 "this exposure table has no 'earth_zenith'/'altitude' columns (written by cosipy "
@@ -163,16 +172,17 @@ class _AttitudeTable(pd.DataFrame):
             parts = [np.asarray(a, dtype=np.float64).reshape(-1, width) for a in self[name]]
             return np.concatenate(parts) if parts else np.zeros((0, width))
 
-        z, x = cat("zpointing", 2), cat("xpointing", 2)
         live = cat("delta_time", 1)[:, 0]
-        if need_earth:
-            zen, alt = cat("earth_zenith", 2), cat("altitude", 1)[:, 0]
+        n = len(live)
+        if need_attitude:
+            z, x = unit_vectors(cat("zpointing", 2)), unit_vectors(cat("xpointing", 2))
         else:
-            zen, alt = np.zeros((len(z), 2)), np.zeros(len(z))
-        s = Samples(time=np.zeros(len(z)), livetime=live, x=lonlat_to_vec(x[:, 0], x[:, 1]),
-                    z=lonlat_to_vec(z[:, 0], z[:, 1]), zenith=lonlat_to_vec(zen[:, 0], zen[:, 1]),
-                    altitude=alt)
-        return s, rows
+            z = x = np.zeros((n, 3))
+        if need_earth:
+            zen, alt = unit_vectors(cat("earth_zenith", 2)), cat("altitude", 1)[:, 0]
+        else:
+            zen, alt = np.zeros((n, 3)), np.zeros(n)
+        return Samples(time=np.zeros(n), livetime=live, x=x, z=z, zenith=zen, altitude=alt), rows
 
     def averaged_samples(self, need_earth: bool) -> Samples:
         """One sample per bin at the averaged pointings, weighted by the bin's exposure."""

@@ -20,7 +20,7 @@ from ..geometry import horizon_angle_deg
 from ..io.orientation import Orientation
 
 __all__ = ["Samples", "pair_midpoints", "split_by_intervals", "group_order", "lonlat_deg",
-           "cos_horizon", "nearest_rotations"]
+           "cos_horizon", "nearest_rotations", "unit_vectors"]
 
 
 @dataclass
@@ -66,17 +66,48 @@ def _normalise(v: np.ndarray) -> np.ndarray:
     return v / np.where(n > 0, n, 1.0)[:, None]
 
 
+@numba.njit(cache=True, inline="always")
+def _mid(a, b, i, out):
+    """out[i] = normalised a[i] + a[i + 1] (b: fallback rows where a is zero)."""
+    s0, s1, s2 = 0.0, 0.0, 0.0
+    for k in range(i, i + 2):
+        v0, v1, v2 = a[k, 0], a[k, 1], a[k, 2]
+        n = math.sqrt(v0 * v0 + v1 * v1 + v2 * v2)
+        if n == 0.0:
+            v0, v1, v2 = b[k, 0], b[k, 1], b[k, 2]
+            n = math.sqrt(v0 * v0 + v1 * v1 + v2 * v2)
+        s0 += v0 / n
+        s1 += v1 / n
+        s2 += v2 / n
+    n = math.sqrt(s0 * s0 + s1 * s1 + s2 * s2)
+    if n == 0.0:
+        n = 1.0
+    out[i, 0] = s0 / n
+    out[i, 1] = s1 / n
+    out[i, 2] = s2 / n
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _midpoints(x, z, ez, alt, xm, zm, em, am):
+    for i in numba.prange(x.shape[0] - 1):
+        _mid(x, x, i, xm)
+        _mid(z, z, i, zm)
+        _mid(ez, z, i, em)  # unknown zenith (zero row): the z axis stands in
+        am[i] = 0.5 * (alt[i] + alt[i + 1])
+
+
 def pair_midpoints(o: Orientation) -> Samples:
     """One sample per interval of ``o``, at the interval midpoint (normalised vector mean)."""
     if len(o) < 2:
         raise InvalidParameterError(f"an attitude history needs at least 2 time stamps, found "
                                     f"{len(o)}")
-    zen = o.zenith
-    return Samples(time=o.time[:-1], livetime=o.livetime[:-1],
-                   x=_normalise(o.x_axis[:-1] + o.x_axis[1:]),
-                   z=_normalise(o.z_axis[:-1] + o.z_axis[1:]),
-                   zenith=_normalise(zen[:-1] + zen[1:]),
-                   altitude=0.5 * (o.altitude[:-1] + o.altitude[1:]))
+    n = len(o) - 1
+    xm, zm, em = np.empty((n, 3)), np.empty((n, 3)), np.empty((n, 3))
+    am = np.empty(n)
+    c = np.ascontiguousarray
+    _midpoints(c(o.x_axis), c(o.z_axis), c(o.earth_zenith), c(o.altitude), xm, zm, em, am)
+    return Samples(time=o.time[:-1], livetime=o.livetime[:-1], x=xm, z=zm, zenith=em,
+                   altitude=am)
 
 
 def split_by_intervals(o: Orientation, tstart: np.ndarray, tstop: np.ndarray) -> Samples:
@@ -168,23 +199,44 @@ def group_order(codes: np.ndarray, nbins: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _lonlat(v, lon, lat):
+def _lonlat(v, order, out):
     r2d = 180.0 / math.pi
-    for i in numba.prange(v.shape[0]):
-        r = math.sqrt(v[i, 0] ** 2 + v[i, 1] ** 2 + v[i, 2] ** 2)
-        lat[i] = math.asin(min(1.0, max(-1.0, v[i, 2] / r))) * r2d
-        a = math.atan2(v[i, 1], v[i, 0]) * r2d
-        lon[i] = a + 360.0 if a < 0.0 else a
-        if lon[i] >= 360.0:
-            lon[i] -= 360.0
+    for i in numba.prange(order.shape[0]):
+        j = order[i]
+        r = math.sqrt(v[j, 0] ** 2 + v[j, 1] ** 2 + v[j, 2] ** 2)
+        out[i, 1] = math.asin(min(1.0, max(-1.0, v[j, 2] / r))) * r2d
+        a = math.atan2(v[j, 1], v[j, 0]) * r2d
+        a = a + 360.0 if a < 0.0 else a
+        out[i, 0] = a - 360.0 if a >= 360.0 else a
 
 
-def lonlat_deg(v: np.ndarray) -> np.ndarray:
-    """Longitude in [0, 360) and latitude (deg) of vectors, shape (n, 2) (multi-threaded)."""
-    v = np.ascontiguousarray(v, dtype=np.float64)
-    lon, lat = np.empty(len(v)), np.empty(len(v))
-    _lonlat(v, lon, lat)
-    return np.column_stack([lon, lat])
+def lonlat_deg(v: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
+    """Longitude in [0, 360) and latitude (deg) of ``v[order]``, shape (n, 2) (multi-threaded)."""
+    v = np.ascontiguousarray(v, dtype=np.float64).reshape(-1, 3)
+    order = np.arange(len(v)) if order is None else np.ascontiguousarray(order, dtype=np.int64)
+    out = np.empty((len(order), 2))
+    _lonlat(v, order, out)
+    return out
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _unit(lonlat, out):
+    d2r = math.pi / 180.0
+    for i in numba.prange(lonlat.shape[0]):
+        b = lonlat[i, 1] * d2r
+        lon = lonlat[i, 0] * d2r
+        cb = math.cos(b)
+        out[i, 0] = cb * math.cos(lon)
+        out[i, 1] = cb * math.sin(lon)
+        out[i, 2] = math.sin(b)
+
+
+def unit_vectors(lonlat: np.ndarray) -> np.ndarray:
+    """Unit vectors of (l, b) pairs in degrees, shape (n, 3) (multi-threaded)."""
+    lonlat = np.ascontiguousarray(lonlat, dtype=np.float64).reshape(-1, 2)
+    out = np.empty((len(lonlat), 3))
+    _unit(lonlat, out)
+    return out
 
 
 def cos_horizon(altitude: np.ndarray) -> np.ndarray:
