@@ -68,22 +68,41 @@ def _scheme(scheme) -> str:
     return s
 
 
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _bin_sums(live, z, x, order, offsets, exposure, zsum, xsum):
+    """Per bin: total live time and live-time weighted sums of z and x (equal weights where a
+    bin has no live time)."""
+    for b in numba.prange(len(offsets) - 1):
+        e = 0.0
+        for i in range(offsets[b], offsets[b + 1]):
+            e += live[order[i]]
+        exposure[b] = e
+        for k in range(3):
+            zsum[b, k] = 0.0
+            xsum[b, k] = 0.0
+        for i in range(offsets[b], offsets[b + 1]):
+            j = order[i]
+            w = live[j] if e > 0 else 1.0
+            for k in range(3):
+                zsum[b, k] += w * z[j, k]
+                xsum[b, k] += w * x[j, k]
+
+
 def _bin_columns(s: Samples, order: np.ndarray, offsets: np.ndarray) -> dict:
     """Per-bin columns from samples grouped by ``order``/``offsets``."""
     nb = len(offsets) - 1
     live = s.livetime[order]
-    zl, xl, el = lonlat_deg(s.z, order), lonlat_deg(s.x, order), lonlat_deg(s.zenith, order)
+    zl, xl = lonlat_deg(s.z, order), lonlat_deg(s.x, order)
+    # zenith pointing (the usual case): the zenith column is the z column
+    el = zl if np.array_equal(s.zenith, s.z) else lonlat_deg(s.zenith, order)
     alt = s.altitude[order]
-    codes = np.repeat(np.arange(nb), np.diff(offsets))
-    counts = np.diff(offsets)
-    exposure = np.bincount(codes, weights=live, minlength=nb) if len(codes) else np.zeros(nb)
-    # live-time weighted unit-vector means; bins without live time use equal weights
-    w = np.where(exposure[codes] > 0, live, 1.0)
+    exposure = np.zeros(nb)
+    zsum, xsum = np.zeros((nb, 3)), np.zeros((nb, 3))
+    c = np.ascontiguousarray
+    _bin_sums(c(s.livetime, dtype=np.float64), c(s.z), c(s.x), c(order, dtype=np.int64),
+              c(offsets, dtype=np.int64), exposure, zsum, xsum)
 
-    def mean_dir(v):
-        vo = v[order]
-        m = np.stack([np.bincount(codes, weights=w * vo[:, k], minlength=nb)
-                      for k in range(3)], axis=1) if len(codes) else np.zeros((nb, 3))
+    def mean_dir(m):
         out = np.full((nb, 2), np.nan)
         ok = np.linalg.norm(m, axis=1) > 0
         out[ok] = lonlat_deg(m[ok])
@@ -93,9 +112,9 @@ def _bin_columns(s: Samples, order: np.ndarray, offsets: np.ndarray) -> dict:
         return [a[offsets[k]: offsets[k + 1]] for k in range(nb)]
 
     return {"zpointing": split(zl), "xpointing": split(xl),
-            "zpointing_averaged": mean_dir(s.z), "xpointing_averaged": mean_dir(s.x),
+            "zpointing_averaged": mean_dir(zsum), "xpointing_averaged": mean_dir(xsum),
             "delta_time": split(live), "exposure": exposure,
-            "num_pointings": counts.astype(np.int64), "earth_zenith": split(el),
+            "num_pointings": np.diff(offsets).astype(np.int64), "earth_zenith": split(el),
             "altitude": split(alt)}
 
 

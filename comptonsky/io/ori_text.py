@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import FileFormatError
 
-__all__ = ["read_ori_table", "ORI_COLUMNS"]
+__all__ = ["read_ori_table", "read_ori_arrays", "ORI_COLUMNS"]
 
 logger = logging.getLogger(__name__)
 
@@ -177,21 +177,24 @@ def _parse_blocks(buf, starts, ends, caps, out, counts, ended, status, pow10):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _check_rows(t):
-    """Index of the first row breaking a rule, per rule code (-1: none). Shape (5,)."""
-    n = t.shape[0]
+def _check_rows(big, src):
+    """Index of the first row (big[src[i]]) breaking a rule, per rule code (-1: none)."""
+    t = big
+    n = src.shape[0]
     nchunk = 64
     first = np.full((nchunk, 5), -1, dtype=np.int64)
     step = (n + nchunk - 1) // nchunk
     for k in numba.prange(nchunk):
-        for i in range(k * step, min(n, (k + 1) * step)):
+        for ii in range(k * step, min(n, (k + 1) * step)):
+            i = src[ii]
             bad = 0
             for c in range(_NCOL):
                 if not math.isfinite(t[i, c]):
                     bad = 1
             if bad == 0 and (abs(t[i, 1]) > 90.0 or abs(t[i, 3]) > 90.0 or abs(t[i, 6]) > 90.0):
                 bad = 2
-            if bad == 0:
+            # x and z along one line: only rows with |x_b| ≈ |z_b| can be, test those exactly
+            if bad == 0 and abs(abs(t[i, 1]) - abs(t[i, 3])) < 1e-3:
                 d = math.pi / 180.0
                 cx, cz = math.cos(t[i, 1] * d), math.cos(t[i, 3] * d)
                 x0, x1, x2 = cx * math.cos(t[i, 2] * d), cx * math.sin(t[i, 2] * d), math.sin(t[i, 1] * d)
@@ -202,9 +205,9 @@ def _check_rows(t):
             if bad == 0 and t[i, 8] < 0.0:
                 bad = 4
             if bad and first[k, bad] < 0:
-                first[k, bad] = i
-            if i > 0 and not (t[i, 0] > t[i - 1, 0]) and first[k, 0] < 0:
-                first[k, 0] = i
+                first[k, bad] = ii
+            if ii > 0 and not (t[i, 0] > t[src[ii - 1], 0]) and first[k, 0] < 0:
+                first[k, 0] = ii
     out = np.full(5, -1, dtype=np.int64)
     for r in range(5):
         for k in range(nchunk):
@@ -258,6 +261,64 @@ def _bad_line(buf: np.ndarray, row: int) -> tuple[int, str]:
     return int(line), text
 
 
+def _parse_checked(path: Path, threads: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Parse and check; rows are big[src] (no packing copy)."""
+    if not path.exists():
+        raise FileFormatError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise FileFormatError(f"{path}: empty file, expected an OrientationsGalactic .ori")
+    buf = np.fromfile(path, dtype=np.uint8)  # one read: faster to scan than a memory map
+    _check_type_line(path, buf)
+    size = len(buf)
+    nblock = max(1, int(threads or numba.get_num_threads()) * 4)
+    starts = [0]
+    for k in range(1, nblock):
+        nl = _find_newline(buf, (size * k) // nblock)
+        if nl >= 0 and nl + 1 > starts[-1] and nl + 1 < size:
+            starts.append(nl + 1)
+    starts_a = np.array(starts, dtype=np.int64)
+    ends_a = np.append(starts_a[1:], size).astype(np.int64)
+    # an OG row takes at least 20 bytes: reserve that many rows per block (pages never written
+    # cost no memory) and parse all blocks in one parallel pass
+    caps = np.concatenate([[0], np.cumsum((ends_a - starts_a) // 20 + 1)]).astype(np.int64)
+    big = np.empty((int(caps[-1]), _NCOL), dtype=np.float64)
+    nb = len(starts_a)
+    counts = np.zeros(nb, dtype=np.int64)
+    ended = np.zeros(nb, dtype=np.int64)
+    status = np.zeros((nb, 3), dtype=np.int64)
+    _parse_blocks(buf, starts_a, ends_a, caps, big, counts, ended, status, _POW10)
+    last = int(np.argmax(ended)) if ended.any() else nb - 1  # blocks after an EN line are ignored
+    offsets = np.concatenate([[0], np.cumsum(counts[: last + 1])]).astype(np.int64)
+    bad = np.nonzero(status[: last + 1, 1])[0]
+    if len(bad):
+        k = int(bad[0])
+        row, code, col = status[k]
+        line, text = _bad_line(buf, int(offsets[k] + row))
+        if code == _MISSING:
+            raise FileFormatError(
+                f"{path}:{line}: an OG row needs 9 numbers (t x_b x_l z_b z_l altitude "
+                f"earthzenith_b earthzenith_l livetime), found {col}: {text!r}")
+        raise FileFormatError(
+            f"{path}:{line}: cannot read number {col + 1} ({ORI_COLUMNS[col]}) of {text!r}")
+    nrow = int(offsets[-1])
+    if nrow == 0:
+        raise FileFormatError(f"{path}: no 'OG' rows found")
+    src = np.concatenate([np.arange(caps[k], caps[k] + counts[k]) for k in range(last + 1)])
+    first = _check_rows(big, src)
+    rules = [(int(first[r]), r) for r in range(5) if first[r] >= 0]
+    if rules:
+        row, rule = min(rules)
+        line, text = _bad_line(buf, row)
+        if rule == 0:
+            raise FileFormatError(
+                f"{path}:{line}: time stamps must increase; {float(big[src[row], 0])!r} follows "
+                f"{float(big[src[row - 1], 0])!r}")
+        raise FileFormatError(
+            f"{path}:{line}: {_BAD_ROW_MESSAGES[rule]} in {text!r}")
+    logger.debug("parsed %d OG rows of %s", nrow, path)
+    return big, src
+
+
 def read_ori_table(path: str | os.PathLike, threads: int | None = None) -> np.ndarray:
     """The ``OG`` rows of an ``.ori`` file as a float64 table, checked row by row.
 
@@ -282,65 +343,8 @@ def read_ori_table(path: str | os.PathLike, threads: int | None = None) -> np.nd
         ±90°, parallel x and z axes, negative live time, time not increasing). The message gives
         the file and line.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileFormatError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise FileFormatError(f"{path}: empty file, expected an OrientationsGalactic .ori")
-    buf = np.fromfile(path, dtype=np.uint8)  # one read: faster to scan than a memory map
-    _check_type_line(path, buf)
-    size = len(buf)
-    nblock = max(1, int(threads or numba.get_num_threads()) * 4)
-    starts = [0]
-    for k in range(1, nblock):
-        nl = _find_newline(buf, (size * k) // nblock)
-        if nl >= 0 and nl + 1 > starts[-1] and nl + 1 < size:
-            starts.append(nl + 1)
-    starts_a = np.array(starts, dtype=np.int64)
-    ends_a = np.append(starts_a[1:], size).astype(np.int64)
-    # reserve one row per line of each block (a vectorised newline count), parse all blocks in
-    # one parallel pass, then pack the blocks together
-    lines = [int(np.count_nonzero(buf[a:b] == 10)) + 1 for a, b in zip(starts_a, ends_a)]
-    caps = np.concatenate([[0], np.cumsum(lines)]).astype(np.int64)
-    big = np.empty((int(caps[-1]), _NCOL), dtype=np.float64)
-    nb = len(starts_a)
-    counts = np.zeros(nb, dtype=np.int64)
-    ended = np.zeros(nb, dtype=np.int64)
-    status = np.zeros((nb, 3), dtype=np.int64)
-    _parse_blocks(buf, starts_a, ends_a, caps, big, counts, ended, status, _POW10)
-    last = int(np.argmax(ended)) if ended.any() else nb - 1  # blocks after an EN line are ignored
-    offsets = np.concatenate([[0], np.cumsum(counts[: last + 1])]).astype(np.int64)
-    bad = np.nonzero(status[: last + 1, 1])[0]
-    if len(bad):
-        k = int(bad[0])
-        row, code, col = status[k]
-        line, text = _bad_line(buf, int(offsets[k] + row))
-        if code == _MISSING:
-            raise FileFormatError(
-                f"{path}:{line}: an OG row needs 9 numbers (t x_b x_l z_b z_l altitude "
-                f"earthzenith_b earthzenith_l livetime), found {col}: {text!r}")
-        raise FileFormatError(
-            f"{path}:{line}: cannot read number {col + 1} ({ORI_COLUMNS[col]}) of {text!r}")
-    nrow = int(offsets[-1])
-    if nrow == 0:
-        raise FileFormatError(f"{path}: no 'OG' rows found")
-    table = np.empty((nrow, _NCOL), dtype=np.float64)
-    for k in range(last + 1):
-        table[offsets[k]: offsets[k + 1]] = big[caps[k]: caps[k] + counts[k]]
-    del big
-    first = _check_rows(table)
-    rules = [(int(first[r]), r) for r in range(5) if first[r] >= 0]
-    if rules:
-        row, rule = min(rules)
-        line, text = _bad_line(buf, row)
-        if rule == 0:
-            raise FileFormatError(
-                f"{path}:{line}: time stamps must increase; {float(table[row, 0])!r} follows "
-                f"{float(table[row - 1, 0])!r}")
-        raise FileFormatError(
-            f"{path}:{line}: {_BAD_ROW_MESSAGES[rule]} in {text!r}")
-    logger.debug("parsed %d OG rows of %s", nrow, path)
-    return table
+    big, src = _parse_checked(Path(path), threads)
+    return big[src]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -354,10 +358,10 @@ def _find_newline(buf, pos):
 
 
 @numba.njit(cache=True, inline="always")
-def _unit(t, i, col, out):
+def _unit(t, r, col, out, i):
     d = math.pi / 180.0
-    b = t[i, col] * d
-    lon = t[i, col + 1] * d
+    b = t[r, col] * d
+    lon = t[r, col + 1] * d
     cb = math.cos(b)
     out[i, 0] = cb * math.cos(lon)
     out[i, 1] = cb * math.sin(lon)
@@ -365,28 +369,35 @@ def _unit(t, i, col, out):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _vectors(t, x, z, ez):
-    for i in numba.prange(t.shape[0]):
-        _unit(t, i, 1, x)
-        _unit(t, i, 3, z)
-        _unit(t, i, 6, ez)
-        if t[i, 6] == 0.0 and t[i, 7] == 0.0 and t[i, 5] == 0.0:  # Earth position unknown
+def _columns(t, src, time, x, z, alt, ez, live):
+    for i in numba.prange(src.shape[0]):
+        r = src[i]
+        time[i] = t[r, 0]
+        alt[i] = t[r, 5]
+        live[i] = t[r, 8]
+        _unit(t, r, 1, x, i)
+        _unit(t, r, 3, z, i)
+        _unit(t, r, 6, ez, i)
+        if t[r, 6] == 0.0 and t[r, 7] == 0.0 and t[r, 5] == 0.0:  # Earth position unknown
             ez[i, 0] = 0.0
             ez[i, 1] = 0.0
             ez[i, 2] = 0.0
 
 
-def table_vectors(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Galactic unit vectors of the x axis, z axis and Earth zenith of :func:`read_ori_table` rows.
+def read_ori_arrays(path: str | os.PathLike, threads: int | None = None) -> dict:
+    """Parse and check an ``.ori`` file (as :func:`read_ori_table`) into attitude arrays.
 
     Returns
     -------
-    x, z, earth_zenith : ndarray, shape (N, 3)
-        ``earth_zenith`` rows are zero where the file gives no Earth position (zenith latitude,
-        longitude and altitude all 0).
+    dict
+        ``time``, ``altitude``, ``livetime`` (N,) and ``x_axis``, ``z_axis``, ``earth_zenith``
+        (N, 3) Galactic unit vectors; ``earth_zenith`` rows are zero where the file gives no
+        Earth position (zenith latitude, longitude and altitude all 0).
     """
-    t = np.ascontiguousarray(table, dtype=np.float64)
-    n = len(t)
-    x, z, ez = (np.empty((n, 3)) for _ in range(3))
-    _vectors(t, x, z, ez)
-    return x, z, ez
+    big, src = _parse_checked(Path(path), threads)
+    n = len(src)
+    out = {"time": np.empty(n), "x_axis": np.empty((n, 3)), "z_axis": np.empty((n, 3)),
+           "altitude": np.empty(n), "earth_zenith": np.empty((n, 3)), "livetime": np.empty(n)}
+    _columns(big, src, out["time"], out["x_axis"], out["z_axis"], out["altitude"],
+             out["earth_zenith"], out["livetime"])
+    return out

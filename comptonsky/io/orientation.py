@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import FileFormatError, InvalidParameterError
 from ..geometry import attitude_matrices, lonlat_to_vec, vec_to_lonlat
 from .atomic import atomic_path
-from .ori_text import read_ori_table, table_vectors
+from .ori_text import read_ori_arrays
 
 __all__ = [
     "Orientation",
@@ -148,11 +148,9 @@ def read_ori(path: str | os.PathLike) -> Orientation:
     path = Path(path)
     if not path.exists():
         raise FileFormatError(f"{path}: no such file")
-    a = read_ori_table(path)
-    x, z, ez = table_vectors(a)
-    logger.debug("read %d orientation rows from %s", len(a), path)
-    return Orientation(time=a[:, 0].copy(), x_axis=x, z_axis=z, altitude=a[:, 5].copy(),
-                       earth_zenith=ez, livetime=a[:, 8].copy())
+    a = read_ori_arrays(path)
+    logger.debug("read %d orientation rows from %s", len(a["time"]), path)
+    return Orientation(**a)
 
 
 def write_ori(path: str | os.PathLike, orientation: Orientation, overwrite: bool = True) -> Path:
