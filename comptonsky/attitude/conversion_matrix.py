@@ -74,7 +74,7 @@ def _per_sample(s: Samples, codes: np.ndarray, nbins: int, sky: np.ndarray,
         s, codes = s.take(keep), codes[keep]
     s, offsets = _grouped(s, codes, nbins)
     rot = nearest_rotations(s.x, s.z)
-    cosh = cos_horizon(s.altitude) if earth_occ else np.full(len(s), -2.0)
+    cosh = _cos_horizon(s) if earth_occ else np.full(len(s), -2.0)
     zen = np.ascontiguousarray(s.zenith)
     live = np.ascontiguousarray(s.livetime, dtype=np.float64)
     npm, npl = len(sky), int(local.nbins)
@@ -99,6 +99,16 @@ def _per_sample(s: Samples, codes: np.ndarray, nbins: int, sky: np.ndarray,
         nz = vals != 0.0
         parts.append((np.full(nz.sum(), b, dtype=np.int64), rows[nz], cols[nz], vals[nz]))
     return _coo(parts, (nbins, npm, npl))
+
+
+def _cos_horizon(s: Samples) -> np.ndarray:
+    """cos of the limb angle of each sample; warns about samples without orbit information."""
+    unknown = int(np.count_nonzero(s.altitude <= 0))
+    if unknown:
+        logger.warning("%d of %d intervals have altitude 0 (no orbit information): the Earth is "
+                       "taken to fill the hemisphere below their zenith (the z axis where the "
+                       "file gives none); pass earth_occ=False for such files", unknown, len(s))
+    return cos_horizon(s.altitude)
 
 
 def _grouped(s: Samples, codes: np.ndarray, nbins: int) -> tuple[Samples, np.ndarray]:
@@ -209,7 +219,7 @@ class CoordsysConversionMatrix(Histogram):
                 s, offsets = _grouped(samples, rows, nb)
                 exposure = np.zeros((nb, len(sky)))
                 K.occulted_exposure(np.ascontiguousarray(s.livetime),
-                                    np.ascontiguousarray(s.zenith), cos_horizon(s.altitude),
+                                    np.ascontiguousarray(s.zenith), _cos_horizon(s),
                                     offsets, sky, exposure)
             else:
                 exposure = np.repeat(np.asarray(exposure_table["exposure"], float)[:, None],
