@@ -224,7 +224,7 @@ class CoordsysConversionMatrix(Histogram):
             else:
                 exposure = np.repeat(np.asarray(exposure_table["exposure"], float)[:, None],
                                      len(sky), axis=1)
-            contents = _averaged(exposure_table.averaged_samples(earth_occ), exposure, sky,
+            contents = _averaged(exposure_table.averaged_samples(), exposure, sky,
                                  local)
         else:
             samples, rows = exposure_table._samples(need_earth=earth_occ)

@@ -40,7 +40,6 @@ from astropy.io import fits
 from histpy import Axes, HealpixAxis, Histogram
 
 from ..errors import FileFormatError, InvalidParameterError
-from ..geometry import lonlat_to_vec
 from ..io.atomic import atomic_path
 from ..io.spacecraft import as_orientation, interval, to_unix
 from .healpix import vec2pix
@@ -58,7 +57,6 @@ __all__ = ["SpacecraftAttitudeExposureTable", "TimeBinnedExposureTable"]
 logger = logging.getLogger(__name__)
 
 _SCHEMES = {"ring": "ring", "nested": "nested", "nest": "nested"}
-_PER_SAMPLE = ("zpointing", "xpointing", "delta_time", "earth_zenith", "altitude")
 
 
 def _scheme(scheme) -> str:
@@ -203,12 +201,12 @@ class _AttitudeTable(pd.DataFrame):
             zen, alt = np.zeros((n, 3)), np.zeros(n)
         return Samples(time=np.zeros(n), livetime=live, x=x, z=z, zenith=zen, altitude=alt), rows
 
-    def averaged_samples(self, need_earth: bool) -> Samples:
+    def averaged_samples(self) -> Samples:
         """One sample per bin at the averaged pointings, weighted by the bin's exposure."""
         z = np.stack(self["zpointing_averaged"].to_numpy()) if len(self) else np.zeros((0, 2))
         x = np.stack(self["xpointing_averaged"].to_numpy()) if len(self) else np.zeros((0, 2))
         return Samples(time=np.zeros(len(self)), livetime=np.asarray(self["exposure"], float),
-                       x=lonlat_to_vec(x[:, 0], x[:, 1]), z=lonlat_to_vec(z[:, 0], z[:, 1]),
+                       x=unit_vectors(x), z=unit_vectors(z),
                        zenith=np.zeros((len(self), 3)), altitude=np.zeros(len(self)))
 
     # --- FITS --------------------------------------------------------------------------------
