@@ -29,6 +29,7 @@ import numpy as np
 from ..errors import FileFormatError, InvalidParameterError
 from ..geometry import attitude_matrices, lonlat_to_vec, vec_to_lonlat
 from .atomic import atomic_path
+from .ori_text import read_ori_arrays
 
 __all__ = [
     "Orientation",
@@ -124,6 +125,9 @@ class Orientation:
 def read_ori(path: str | os.PathLike) -> Orientation:
     """Read an ``.ori`` file of type ``OrientationsGalactic``.
 
+    The text is parsed by a compiled, multi-threaded scanner (no per-line Python): a 3-month,
+    1-second DC2 file (8 M rows, 684 MB) reads in about a second on two cores.
+
     Parameters
     ----------
     path : path-like
@@ -136,44 +140,17 @@ def read_ori(path: str | os.PathLike) -> Orientation:
     Raises
     ------
     FileFormatError
-        If the file is missing, of another type, or has malformed rows.
+        If the file is missing or empty, of another type, has malformed rows, or has rows that
+        are not an attitude history: NaN or infinite values, a latitude beyond ±90°, x and z
+        axes along the same direction, a negative live time, or time stamps that do not
+        increase. The message names the file and the line.
     """
     path = Path(path)
     if not path.exists():
         raise FileFormatError(f"{path}: no such file")
-    rows: list[list[float]] = []
-    with open(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            key = parts[0]
-            if key == "Type":
-                if len(parts) < 2 or parts[1] != "OrientationsGalactic":
-                    raise FileFormatError(
-                        f"{path}:{lineno}: orientation type {' '.join(parts[1:])!r}; only "
-                        "'OrientationsGalactic' is supported")
-            elif key == "OG":
-                if len(parts) < 10:
-                    raise FileFormatError(
-                        f"{path}:{lineno}: an OG row needs 9 numbers (t x_b x_l z_b z_l "
-                        f"altitude earthzenith_b earthzenith_l livetime), found {len(parts) - 1}")
-                try:
-                    rows.append([float(v) for v in parts[1:10]])
-                except ValueError as exc:
-                    raise FileFormatError(f"{path}:{lineno}: {exc}") from exc
-            elif key == "EN":
-                break
-    if not rows:
-        raise FileFormatError(f"{path}: no 'OG' rows found")
-    a = np.asarray(rows)
-    ez = lonlat_to_vec(a[:, 7], a[:, 6])
-    unknown = (a[:, 6] == 0) & (a[:, 7] == 0) & (a[:, 5] == 0)
-    ez[unknown] = 0.0
-    logger.debug("read %d orientation rows from %s", len(a), path)
-    return Orientation(time=a[:, 0], x_axis=lonlat_to_vec(a[:, 2], a[:, 1]),
-                       z_axis=lonlat_to_vec(a[:, 4], a[:, 3]), altitude=a[:, 5],
-                       earth_zenith=ez, livetime=a[:, 8])
+    a = read_ori_arrays(path)
+    logger.debug("read %d orientation rows from %s", len(a["time"]), path)
+    return Orientation(**a)
 
 
 def write_ori(path: str | os.PathLike, orientation: Orientation, overwrite: bool = True) -> Path:

@@ -1,0 +1,403 @@
+"""Fast reader for the text of ``.ori`` orientation files.
+
+A compiled scanner splits the file into line-aligned blocks, counts and parses the ``OG`` rows of
+every block in parallel and checks each row (finite numbers, latitudes within ±90°, x and z axes
+not parallel, live time ≥ 0, increasing time stamps). A bad row is reported with its line number.
+Lines that start with another keyword are skipped; the first ``EN`` line ends the data.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from ..errors import FileFormatError
+
+__all__ = ["read_ori_table", "read_ori_arrays", "ORI_COLUMNS"]
+
+logger = logging.getLogger(__name__)
+
+#: The nine numbers of an ``OG`` row, in file order.
+ORI_COLUMNS = ("time", "x_lat", "x_lon", "z_lat", "z_lon", "altitude",
+               "earthzenith_lat", "earthzenith_lon", "livetime")
+
+_NCOL = 9
+_POW10 = np.array([10.0 ** k for k in range(23)])
+
+# error codes returned by the kernels
+_OK, _MISSING, _BADNUM = 0, 1, 2
+_BAD_ROW_MESSAGES = {
+    1: "a non-finite value (NaN or infinity)",
+    2: "a latitude beyond ±90°",
+    3: "x and z axes along the same direction",
+    4: "a negative live time",
+}
+
+
+@numba.njit(cache=True, inline="always")
+def _is_blank(c):
+    return c == 32 or c == 9 or c == 13  # space, tab, CR
+
+
+@numba.njit(cache=True, inline="always")
+def _keyword(buf, p, end):
+    """1 for an ``OG`` line starting at p (after blanks), 2 for ``EN``, 0 otherwise."""
+    if p + 1 < end:
+        a, b = buf[p], buf[p + 1]
+        after = buf[p + 2] if p + 2 < end else 10
+        if _is_blank(after) or after == 10:
+            if a == 79 and b == 71:  # "OG"
+                return 1
+            if a == 69 and b == 78:  # "EN"
+                return 2
+    return 0
+
+
+@numba.njit(cache=True, inline="always")
+def _parse_number(buf, p, end, pow10):
+    """Parse one decimal number at p (after blanks on the same line).
+
+    Returns (value, new position, status) with status 0 ok, 1 missing (end of line), 2 malformed.
+    """
+    while p < end and _is_blank(buf[p]):
+        p += 1
+    if p >= end or buf[p] == 10:
+        return 0.0, p, _MISSING
+    neg = False
+    c = buf[p]
+    if c == 45 or c == 43:  # - +
+        neg = c == 45
+        p += 1
+    mant = 0
+    ndig = 0
+    exp10 = 0
+    seen = False
+    p0 = p
+    while p < end and 48 <= buf[p] <= 57:
+        if ndig < 19:
+            mant = mant * 10 + (buf[p] - 48)
+            ndig += mant > 0
+        else:
+            exp10 += 1
+        p += 1
+    seen = p > p0
+    if p < end and buf[p] == 46:  # "."
+        p += 1
+        p1 = p
+        while p < end and 48 <= buf[p] <= 57:
+            if ndig < 19:
+                mant = mant * 10 + (buf[p] - 48)
+                ndig += mant > 0
+                exp10 -= 1
+            p += 1
+        seen = seen or p > p1
+    if not seen:
+        # nan / inf (any case)
+        if p + 3 <= end and (buf[p] | 32) == 110 and (buf[p + 1] | 32) == 97 \
+                and (buf[p + 2] | 32) == 110:
+            p += 3
+            val = np.nan
+        elif p + 3 <= end and (buf[p] | 32) == 105 and (buf[p + 1] | 32) == 110 \
+                and (buf[p + 2] | 32) == 102:
+            p += 3
+            while p < end and 97 <= (buf[p] | 32) <= 122:
+                p += 1
+            val = np.inf
+        else:
+            return 0.0, p, _BADNUM
+        if p < end and not (_is_blank(buf[p]) or buf[p] == 10):
+            return 0.0, p, _BADNUM
+        return (-val if neg else val), p, _OK
+    if p < end and (buf[p] | 32) == 101:  # e / E
+        p += 1
+        eneg = False
+        if p < end and (buf[p] == 45 or buf[p] == 43):
+            eneg = buf[p] == 45
+            p += 1
+        e = 0
+        edig = False
+        while p < end and 48 <= buf[p] <= 57:
+            if e < 10000:
+                e = e * 10 + (buf[p] - 48)
+            edig = True
+            p += 1
+        if not edig:
+            return 0.0, p, _BADNUM
+        exp10 += -e if eneg else e
+    if p < end and not (_is_blank(buf[p]) or buf[p] == 10):
+        return 0.0, p, _BADNUM
+    # one correctly rounded operation when the mantissa and the power of ten are exact doubles
+    if mant < 9007199254740992 and -22 <= exp10 <= 22:
+        val = mant * pow10[exp10] if exp10 >= 0 else mant / pow10[-exp10]
+    else:
+        val = float(mant) * 10.0 ** exp10
+    return (-val if neg else val), p, _OK
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _parse_blocks(buf, starts, ends, caps, out, counts, ended, status, pow10):
+    """Parse the OG rows of block k into out[caps[k]:caps[k + 1]] (one pass, no pre-count).
+
+    counts[k]: rows parsed; ended[k]: 1 if an EN line stopped the block; status[k] = (row,
+    code, column) of the first malformed row (code 0: none).
+    """
+    for k in numba.prange(len(starts)):
+        row = caps[k]
+        p = starts[k]
+        end = ends[k]
+        while p < end:
+            while p < end and _is_blank(buf[p]):
+                p += 1
+            kw = _keyword(buf, p, end)
+            if kw == 2:
+                ended[k] = 1
+                break
+            if kw == 1:
+                p += 2
+                for c in range(_NCOL):
+                    v, p, st = _parse_number(buf, p, end, pow10)
+                    if st != _OK:
+                        status[k, 0] = row - caps[k]
+                        status[k, 1] = st
+                        status[k, 2] = c
+                        break
+                    out[row, c] = v
+                if status[k, 1] != 0:
+                    break
+                row += 1
+            while p < end and buf[p] != 10:
+                p += 1
+            p += 1
+        counts[k] = row - caps[k]
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _check_rows(big, src):
+    """Index of the first row (big[src[i]]) breaking a rule, per rule code (-1: none)."""
+    t = big
+    n = src.shape[0]
+    nchunk = 64
+    first = np.full((nchunk, 5), -1, dtype=np.int64)
+    step = (n + nchunk - 1) // nchunk
+    for k in numba.prange(nchunk):
+        for ii in range(k * step, min(n, (k + 1) * step)):
+            i = src[ii]
+            bad = 0
+            for c in range(_NCOL):
+                if not math.isfinite(t[i, c]):
+                    bad = 1
+            if bad == 0 and (abs(t[i, 1]) > 90.0 or abs(t[i, 3]) > 90.0 or abs(t[i, 6]) > 90.0):
+                bad = 2
+            # x and z along one line: only rows with |x_b| ≈ |z_b| can be, test those exactly
+            if bad == 0 and abs(abs(t[i, 1]) - abs(t[i, 3])) < 1e-3:
+                d = math.pi / 180.0
+                cx, cz = math.cos(t[i, 1] * d), math.cos(t[i, 3] * d)
+                x0, x1, x2 = cx * math.cos(t[i, 2] * d), cx * math.sin(t[i, 2] * d), math.sin(t[i, 1] * d)
+                z0, z1, z2 = cz * math.cos(t[i, 4] * d), cz * math.sin(t[i, 4] * d), math.sin(t[i, 3] * d)
+                c0, c1, c2 = x1 * z2 - x2 * z1, x2 * z0 - x0 * z2, x0 * z1 - x1 * z0
+                if c0 * c0 + c1 * c1 + c2 * c2 < 1e-12:
+                    bad = 3
+            if bad == 0 and t[i, 8] < 0.0:
+                bad = 4
+            if bad and first[k, bad] < 0:
+                first[k, bad] = ii
+            if ii > 0 and not (t[i, 0] > t[src[ii - 1], 0]) and first[k, 0] < 0:
+                first[k, 0] = ii
+    out = np.full(5, -1, dtype=np.int64)
+    for r in range(5):
+        for k in range(nchunk):
+            if first[k, r] >= 0:
+                out[r] = first[k, r]
+                break
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _line_of_row(buf, end, row):
+    """1-based line number and byte offset of the OG row number ``row``."""
+    line = 1
+    n = -1
+    p = 0
+    while p < end:
+        q = p
+        while q < end and _is_blank(buf[q]):
+            q += 1
+        if _keyword(buf, q, end) == 1:
+            n += 1
+            if n == row:
+                return line, p
+        while p < end and buf[p] != 10:
+            p += 1
+        p += 1
+        line += 1
+    return line, p
+
+
+def _check_type_line(path: Path, buf: np.ndarray) -> None:
+    head = bytes(buf[: min(len(buf), 65536)]).decode("latin-1")
+    for lineno, line in enumerate(head.splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if parts[0] == "Type":
+            if len(parts) < 2 or parts[1] != "OrientationsGalactic":
+                raise FileFormatError(
+                    f"{path}:{lineno}: orientation type {' '.join(parts[1:])!r}; only "
+                    "'OrientationsGalactic' is supported")
+            return
+        if parts[0] == "OG":
+            return
+
+
+def _bad_line(buf: np.ndarray, row: int) -> tuple[int, str]:
+    line, pos = _line_of_row(buf, len(buf), row)
+    nl = _find_newline(buf, pos)
+    text = bytes(buf[pos: nl if nl >= 0 else len(buf)]).decode("latin-1").strip()
+    return int(line), text
+
+
+def _parse_checked(path: Path, threads: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Parse and check; rows are big[src] (no packing copy)."""
+    if not path.exists():
+        raise FileFormatError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise FileFormatError(f"{path}: empty file, expected an OrientationsGalactic .ori")
+    buf = np.fromfile(path, dtype=np.uint8)  # one read: faster to scan than a memory map
+    _check_type_line(path, buf)
+    size = len(buf)
+    nblock = max(1, int(threads or numba.get_num_threads()) * 4)
+    starts = [0]
+    for k in range(1, nblock):
+        nl = _find_newline(buf, (size * k) // nblock)
+        if nl >= 0 and nl + 1 > starts[-1] and nl + 1 < size:
+            starts.append(nl + 1)
+    starts_a = np.array(starts, dtype=np.int64)
+    ends_a = np.append(starts_a[1:], size).astype(np.int64)
+    # an OG row takes at least 20 bytes: reserve that many rows per block (pages never written
+    # cost no memory) and parse all blocks in one parallel pass
+    caps = np.concatenate([[0], np.cumsum((ends_a - starts_a) // 20 + 1)]).astype(np.int64)
+    big = np.empty((int(caps[-1]), _NCOL), dtype=np.float64)
+    nb = len(starts_a)
+    counts = np.zeros(nb, dtype=np.int64)
+    ended = np.zeros(nb, dtype=np.int64)
+    status = np.zeros((nb, 3), dtype=np.int64)
+    _parse_blocks(buf, starts_a, ends_a, caps, big, counts, ended, status, _POW10)
+    last = int(np.argmax(ended)) if ended.any() else nb - 1  # blocks after an EN line are ignored
+    offsets = np.concatenate([[0], np.cumsum(counts[: last + 1])]).astype(np.int64)
+    bad = np.nonzero(status[: last + 1, 1])[0]
+    if len(bad):
+        k = int(bad[0])
+        row, code, col = status[k]
+        line, text = _bad_line(buf, int(offsets[k] + row))
+        if code == _MISSING:
+            raise FileFormatError(
+                f"{path}:{line}: an OG row needs 9 numbers (t x_b x_l z_b z_l altitude "
+                f"earthzenith_b earthzenith_l livetime), found {col}: {text!r}")
+        raise FileFormatError(
+            f"{path}:{line}: cannot read number {col + 1} ({ORI_COLUMNS[col]}) of {text!r}")
+    nrow = int(offsets[-1])
+    if nrow == 0:
+        raise FileFormatError(f"{path}: no 'OG' rows found")
+    src = np.concatenate([np.arange(caps[k], caps[k] + counts[k]) for k in range(last + 1)])
+    first = _check_rows(big, src)
+    rules = [(int(first[r]), r) for r in range(5) if first[r] >= 0]
+    if rules:
+        row, rule = min(rules)
+        line, text = _bad_line(buf, row)
+        if rule == 0:
+            raise FileFormatError(
+                f"{path}:{line}: time stamps must increase; {float(big[src[row], 0])!r} follows "
+                f"{float(big[src[row - 1], 0])!r}")
+        raise FileFormatError(
+            f"{path}:{line}: {_BAD_ROW_MESSAGES[rule]} in {text!r}")
+    logger.debug("parsed %d OG rows of %s", nrow, path)
+    return big, src
+
+
+def read_ori_table(path: str | os.PathLike, threads: int | None = None) -> np.ndarray:
+    """The ``OG`` rows of an ``.ori`` file as a float64 table, checked row by row.
+
+    Parameters
+    ----------
+    path : path-like
+        The file (type ``OrientationsGalactic``).
+    threads : int, optional
+        Number of parallel blocks (default: numba's thread count).
+
+    Returns
+    -------
+    ndarray, shape (N, 9)
+        Columns :data:`ORI_COLUMNS`: time (s), x latitude and longitude, z latitude and longitude
+        (Galactic, deg), altitude (km), Earth-zenith latitude and longitude (deg), live time (s).
+
+    Raises
+    ------
+    FileFormatError
+        Missing or empty file, another orientation type, a row with fewer than 9 numbers or a
+        malformed number, no rows, or a row breaking a rule (non-finite value, latitude beyond
+        ±90°, parallel x and z axes, negative live time, time not increasing). The message gives
+        the file and line.
+    """
+    big, src = _parse_checked(Path(path), threads)
+    return big[src]
+
+
+@numba.njit(cache=True, nogil=True)
+def _find_newline(buf, pos):
+    n = len(buf)
+    while pos < n:
+        if buf[pos] == 10:
+            return pos
+        pos += 1
+    return -1
+
+
+@numba.njit(cache=True, inline="always")
+def _unit(t, r, col, out, i):
+    d = math.pi / 180.0
+    b = t[r, col] * d
+    lon = t[r, col + 1] * d
+    cb = math.cos(b)
+    out[i, 0] = cb * math.cos(lon)
+    out[i, 1] = cb * math.sin(lon)
+    out[i, 2] = math.sin(b)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _columns(t, src, time, x, z, alt, ez, live):
+    for i in numba.prange(src.shape[0]):
+        r = src[i]
+        time[i] = t[r, 0]
+        alt[i] = t[r, 5]
+        live[i] = t[r, 8]
+        _unit(t, r, 1, x, i)
+        _unit(t, r, 3, z, i)
+        _unit(t, r, 6, ez, i)
+        if t[r, 6] == 0.0 and t[r, 7] == 0.0 and t[r, 5] == 0.0:  # Earth position unknown
+            ez[i, 0] = 0.0
+            ez[i, 1] = 0.0
+            ez[i, 2] = 0.0
+
+
+def read_ori_arrays(path: str | os.PathLike, threads: int | None = None) -> dict:
+    """Parse and check an ``.ori`` file (as :func:`read_ori_table`) into attitude arrays.
+
+    Returns
+    -------
+    dict
+        ``time``, ``altitude``, ``livetime`` (N,) and ``x_axis``, ``z_axis``, ``earth_zenith``
+        (N, 3) Galactic unit vectors; ``earth_zenith`` rows are zero where the file gives no
+        Earth position (zenith latitude, longitude and altitude all 0).
+    """
+    big, src = _parse_checked(Path(path), threads)
+    n = len(src)
+    out = {"time": np.empty(n), "x_axis": np.empty((n, 3)), "z_axis": np.empty((n, 3)),
+           "altitude": np.empty(n), "earth_zenith": np.empty((n, 3)), "livetime": np.empty(n)}
+    _columns(big, src, out["time"], out["x_axis"], out["z_axis"], out["altitude"],
+             out["earth_zenith"], out["livetime"])
+    return out
