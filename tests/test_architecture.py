@@ -19,7 +19,7 @@ ROOT = "comptonsky"
 LAYERS = [
     ("base", ["errors", "geometry", "physics", "frames", "regions"]),
     ("io", ["io"]),
-    ("binning", ["binning"]),
+    ("binning", ["binning", "attitude"]),
     ("response", ["response"]),
     ("deconvolution", ["config", "deconvolution", "testing"]),
     ("outputs", ["plotting", "jobs"]),
