@@ -58,45 +58,36 @@ def cache_dir_for(source: str | os.PathLike, cache_dir: str | os.PathLike | None
     return Path(base) / "comptonsky"
 
 
-def _stale_caches(target: Path) -> list[Path]:
-    """Other cache files of the same source, storage and dtype (older keys)."""
-    prefix = target.name.rsplit("-", 1)[0] + "-"
-    return [p for p in target.parent.glob(prefix + "*.cache") if p != target]
-
-
 class CacheWriter:
-    """Stream arrays into a new cache file (atomic: temporary name, renamed on close).
+    """Stream arrays into a new cache file from a writer thread (atomic: written under a
+    temporary name, renamed when complete). An appended block must stay unchanged until
+    :meth:`wait` (or the end of the file).
 
     Parameters
     ----------
     path : path-like
         Final cache file path.
     meta : dict
-        JSON-serialisable metadata stored in the footer (key, settings, axes summary...).
-    background : bool
-        Write appended blocks from a background thread (the caller must not modify an
-        appended block afterwards unless it calls :meth:`wait`).
+        JSON-serialisable metadata stored in the footer (key, settings, shapes, ...).
     prune : bool
         On success, remove older cache files of the same source, storage and dtype.
     """
 
-    def __init__(self, path: str | os.PathLike, meta: dict[str, Any], background: bool = True,
-                 prune: bool = True):
+    def __init__(self, path: str | os.PathLike, meta: dict[str, Any], prune: bool = True):
         self.path = Path(path)
         self.prune = prune
         self.meta = dict(meta)
         self.arrays: dict[str, dict[str, Any]] = {}
         self._ctx = atomic_path(self.path)
         self.tmp = self._ctx.__enter__()
-        self._fh = open(self.tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
-        self._pool = ThreadPoolExecutor(1) if background else None
+        self._fh = open(self.tmp, "wb")  # noqa: SIM115 - closed in _finish()/abort()
+        self._pool = ThreadPoolExecutor(1)
         self._pending: list[Future] = []
         self._current: str | None = None
         self._pos = 0
 
-    # --- streaming an array of unknown length ---
     def begin(self, name: str, dtype, inner_shape: tuple[int, ...] = ()) -> None:
-        """Start array ``name``; append blocks with :meth:`append`, close with :meth:`end`."""
+        """Start array ``name`` of unknown length: :meth:`append` blocks, then :meth:`end`."""
         pad = (-self._pos) % ALIGN
         if pad:
             self._write(b"\0" * pad)
@@ -105,7 +96,7 @@ class CacheWriter:
                              "inner": list(inner_shape), "count": 0}
 
     def append(self, block: np.ndarray) -> None:
-        """Append ``block`` (C-contiguous, of the array's dtype) to the current array."""
+        """Append ``block`` (of the array's dtype) to the current array."""
         info = self.arrays[self._current]
         if block.dtype.str != info["dtype"]:
             raise TypeError(f"block dtype {block.dtype} != array dtype {info['dtype']}")
@@ -128,10 +119,7 @@ class CacheWriter:
 
     def _write(self, data) -> None:
         self._pos += len(data) if isinstance(data, bytes) else data.nbytes
-        if self._pool is None:
-            self._fh.write(data)
-        else:
-            self._pending.append(self._pool.submit(self._fh.write, data))
+        self._pending.append(self._pool.submit(self._fh.write, data))
 
     def wait(self) -> None:
         """Block until every appended block has been written."""
@@ -142,44 +130,35 @@ class CacheWriter:
     def close_in_background(self) -> Future:
         """Finish the file (:meth:`close`) from the writer thread; returns its Future.
 
-        Use when every appended block stays unchanged (the rows of the final matrix): loading
-        returns while the cache is still being written. The thread is not a daemon, so the
-        interpreter waits for it at exit; a failure is logged and leaves no partial file.
+        Loading returns while the cache is still being written; the thread is not a daemon, so
+        the interpreter waits for it at exit. A failure is logged and leaves no partial file.
         """
-        if self._pool is None:
-            fut: Future = Future()
-            fut.set_result(self.close())
-            return fut
-
-        def finish():
-            try:
-                return self._finish()
-            except BaseException as exc:
-                logger.warning("writing response cache %s failed: %s", self.path, exc)
-                self._discard()
-                raise
-
-        fut = self._pool.submit(finish)
+        fut = self._pool.submit(self._finish)
         self._pool.shutdown(wait=False)
         return fut
 
     def close(self) -> Path:
         """Write the footer, close, rename into place; remove older caches of the source."""
-        self.wait()
-        if self._pool is not None:
-            self._pool.shutdown()
-        return self._finish()
+        return self.close_in_background().result()
 
     def _finish(self) -> Path:
-        for fut in self._pending:
-            fut.result()
-        footer = json.dumps({"version": FORMAT_VERSION, "meta": self.meta,
-                             "arrays": self.arrays}).encode()
-        self._fh.write(footer)
-        self._fh.write(_TRAILER.pack(len(footer), MAGIC))
-        self._fh.close()
-        self._ctx.__exit__(None, None, None)
-        for old in _stale_caches(self.path) if self.prune else []:
+        try:
+            for fut in self._pending:
+                fut.result()
+            footer = json.dumps({"version": FORMAT_VERSION, "meta": self.meta,
+                                 "arrays": self.arrays}).encode()
+            self._fh.write(footer)
+            self._fh.write(_TRAILER.pack(len(footer), MAGIC))
+            self._fh.close()
+            self._ctx.__exit__(None, None, None)
+        except BaseException as exc:
+            logger.warning("writing response cache %s failed: %s", self.path, exc)
+            self._discard()
+            raise
+        prefix = self.path.name.rsplit("-", 1)[0] + "-"      # same source, storage and dtype
+        for old in self.path.parent.glob(prefix + "*.cache") if self.prune else []:
+            if old == self.path:
+                continue
             try:
                 old.unlink()
                 logger.info("removed stale response cache %s", old)
@@ -192,29 +171,29 @@ class CacheWriter:
         """Discard the temporary file."""
         for fut in self._pending:
             fut.cancel()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        self._pool.shutdown(wait=True)
         self._discard()
 
     def _discard(self) -> None:
-        try:
-            self._fh.close()
-        finally:
-            try:
-                self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
-            except RuntimeError:
-                pass
+        self._fh.close()
+        self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+
+def _mmap(fh, populate: bool) -> mmap.mmap:
+    flags = mmap.MAP_SHARED
+    if populate and hasattr(mmap, "MAP_POPULATE"):
+        flags |= mmap.MAP_POPULATE
+    return mmap.mmap(fh.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
 
 
 class CacheFile:
-    """A cache file opened for reading: metadata and memory-mapped arrays.
+    """A cache file opened for reading: its ``meta`` and its arrays (``cf[name]``, read-only
+    memory maps; ``populate`` pre-faults them so that the first product pays no page faults).
 
-    Parameters
-    ----------
-    path : path-like
-    populate : bool
-        Pre-fault the mapping (``MAP_POPULATE``) so that the first product does not pay page
-        faults; costs the time to map the pages once, at open.
+    Raises
+    ------
+    FileFormatError
+        If the file is not a cache of this format version.
     """
 
     def __init__(self, path: str | os.PathLike, populate: bool = False):
@@ -233,20 +212,15 @@ class CacheFile:
             if footer.get("version") != FORMAT_VERSION:
                 raise FileFormatError(f"{self.path}: cache format version "
                                       f"{footer.get('version')}, expected {FORMAT_VERSION}")
-            flags = mmap.MAP_SHARED
-            if populate and hasattr(mmap, "MAP_POPULATE"):
-                flags |= mmap.MAP_POPULATE
-            self._mmap = mmap.mmap(fh.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
+            self._mmap = _mmap(fh, populate)
         self.meta: dict[str, Any] = footer["meta"]
         self.layout: dict[str, dict[str, Any]] = footer["arrays"]
 
     def __getitem__(self, name: str) -> np.ndarray:
         info = self.layout[name]
         shape = tuple(info["shape"])
-        count = int(np.prod(shape)) if shape else 1
-        arr = np.frombuffer(self._mmap, dtype=np.dtype(info["dtype"]), count=count,
-                            offset=info["offset"])
-        return arr.reshape(shape)
+        return np.frombuffer(self._mmap, dtype=np.dtype(info["dtype"]),
+                             count=int(np.prod(shape)), offset=info["offset"]).reshape(shape)
 
     def __contains__(self, name: str) -> bool:
         return name in self.layout
@@ -271,10 +245,7 @@ def map_array(path: str | os.PathLike, offset: int, shape: tuple[int, ...], dtyp
         if offset + count * dtype.itemsize > size:
             raise FileFormatError(f"{path}: {size} bytes, expected at least "
                                   f"{offset + count * dtype.itemsize} for a {shape} {dtype} array")
-        flags = mmap.MAP_SHARED
-        if populate and hasattr(mmap, "MAP_POPULATE"):
-            flags |= mmap.MAP_POPULATE
-        mm = mmap.mmap(fh.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
+        mm = _mmap(fh, populate)
     return np.frombuffer(mm, dtype=dtype, count=count, offset=offset).reshape(shape)
 
 
@@ -296,6 +267,12 @@ class ResponseCache:
         Sparse threshold (None for dense).
     cache_dir : path-like, optional
         See :func:`cache_dir_for`.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+    meta : dict
+        The identity written into the file's footer.
     """
 
     def __init__(self, source, dtype: str, kind: str, threshold: float | None = None,
@@ -333,9 +310,9 @@ class ResponseCache:
             return None
         return cf
 
-    def writer(self, meta: dict[str, Any], background: bool = True) -> CacheWriter:
+    def writer(self, meta: dict[str, Any]) -> CacheWriter:
         """A writer of this cache file (``meta`` is added to the identity)."""
-        return CacheWriter(self.path, {**self.meta, **meta}, background=background)
+        return CacheWriter(self.path, {**self.meta, **meta})
 
     def finish_in_background(self, writer: CacheWriter) -> Future:
         """Close ``writer`` from its thread; a later :meth:`find` waits for it."""
