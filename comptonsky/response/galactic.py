@@ -25,10 +25,12 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import astropy.units as u
 import h5py
 import healpy as hp
 import numba
 import numpy as np
+from histpy import Axes, Axis, HealpixAxis
 from tqdm.auto import tqdm
 
 from ..errors import AxisMismatchError, InvalidParameterError
@@ -45,7 +47,6 @@ __all__ = [
     "write_galactic_response",
     "carry_local_cds",
     "galactic_exposure",
-    "write_histogram_header",
 ]
 
 logger = logging.getLogger(__name__)
@@ -83,13 +84,19 @@ def _push_tables(rotations: np.ndarray, nside_local: int, nside_gal: int,
             np.ascontiguousarray(w.reshape(shape), dtype=np.float32))
 
 
+def _subpixels(nside: int, pixels: np.ndarray, level: int) -> np.ndarray:
+    """Unit vectors of the 4^level sub-pixels of each RING pixel, shape (n, 4^level, 3)."""
+    c = 4 ** level
+    nest = hp.ring2nest(nside, np.asarray(pixels, dtype=np.int64))
+    vec = hp.pix2vec(nside * 2 ** level, (nest[:, None] * c + np.arange(c)).ravel(), nest=True)
+    return np.stack(vec, axis=-1).reshape(len(nest), c, 3)
+
+
 def _overlap_push(rotations: np.ndarray, v: np.ndarray, nside_local: int,
                   nside_gal: int) -> tuple[np.ndarray, np.ndarray]:
     """Share of each rotated detector pixel in each Galactic pixel, from 16 sub-pixels each."""
     npix = v.shape[0]
-    nest = hp.ring2nest(nside_local, np.arange(npix))
-    sub = np.stack(hp.pix2vec(4 * nside_local, (nest[:, None] * 16 + np.arange(16)).ravel(),
-                              nest=True), axis=-1).reshape(npix, 16, 3)
+    sub = _subpixels(nside_local, np.arange(npix), 2)
     tgts, wts = [], []
     step = max(1, 2_000_000 // (npix * 16))
     for t0 in range(0, len(rotations), step):
@@ -125,12 +132,8 @@ def _sky_lookup(bins: AttitudeBins, nside_sky: int, pixels: np.ndarray, nside_nu
     weight : ndarray, shape (T, J, C) float64 (s); 0 for merged duplicates
     """
     pixels = np.asarray(pixels, dtype=np.int64)
-    nest = hp.ring2nest(nside_sky, pixels)
     if sky_oversample > 0:
-        c = 4**sky_oversample
-        pts = np.stack(hp.pix2vec(nside_sky * 2**sky_oversample,
-                                  (nest[:, None] * c + np.arange(c)).ravel(), nest=True),
-                       axis=-1).reshape(len(pixels), c, 3)
+        pts = _subpixels(nside_sky, pixels, sky_oversample)
     else:
         pts = np.stack(hp.pix2vec(nside_sky, pixels), axis=-1)[:, None, :]
     c = pts.shape[1]
@@ -138,10 +141,7 @@ def _sky_lookup(bins: AttitudeBins, nside_sky: int, pixels: np.ndarray, nside_nu
     nu_idx = hp.vec2pix(nside_nu, loc[..., 0], loc[..., 1], loc[..., 2]).astype(np.int32)
     weight = np.broadcast_to(bins.livetime[:, None, None] / c, nu_idx.shape).astype(np.float64)
     if occultation:
-        level = max(1, sky_oversample)
-        cc = 4**level
-        ch = np.stack(hp.pix2vec(nside_sky * 2**level, (nest[:, None] * cc + np.arange(cc)).ravel(),
-                                 nest=True), axis=-1).reshape(len(pixels), cc, 3)
+        ch = _subpixels(nside_sky, pixels, max(1, sky_oversample))
         cos_h = np.cos(np.radians(bins.horizon_deg))[:, None, None]
         vis = np.einsum("ti,pci->tpc", bins.zenith, ch) >= cos_h
         if sky_oversample > 0:
@@ -269,10 +269,9 @@ def write_galactic_response(path: str | os.PathLike, det: DetectorResponse, bins
                             **kwargs) -> Path:
     """Stream the Galactic response into a histpy HDF5 file, atomically.
 
-    Axes: ``NuLambda`` (HealpixAxis, galactic, RING), ``Ei`` (keV), ``Em`` (keV), ``Phi`` (deg),
-    ``PsiChi`` (HealpixAxis, galactic, RING); unit ``cm2 s``; dense contents without
-    under/overflow bins — the layout of ``psr_gal_511_DC2.h5``, loadable with
-    ``histpy.Histogram.open``.
+    The layout of ``psr_gal_511_DC2.h5``: axes ``NuLambda`` (HEALPix, galactic, RING), ``Ei``
+    (keV), ``Em`` (keV), ``Phi`` (deg), ``PsiChi`` (HEALPix, galactic, RING); unit ``cm2 s``;
+    dense contents without under/overflow bins, one chunk per sky pixel.
 
     Parameters
     ----------
@@ -282,68 +281,31 @@ def write_galactic_response(path: str | os.PathLike, det: DetectorResponse, bins
         As in :func:`iter_galactic_response`.
     ei_edges_kev, em_edges_kev, phi_edges_deg : array_like
         Edges of the energy and Compton-angle axes (must match ``det.shape_k``).
-    dtype : str
-        Stored dtype ("float32" or "float64").
-
-    Returns
-    -------
-    pathlib.Path
+    dtype : {'float32', 'float64'}
+        Stored dtype.
     """
     nside = int(nside or det.nside_psichi)
-    ei, em, ph = (np.asarray(ei_edges_kev, float), np.asarray(em_edges_kev, float),
-                  np.asarray(phi_edges_deg, float))
-    if (len(ei) - 1, len(em) - 1, len(ph) - 1) != tuple(det.shape_k):
-        raise AxisMismatchError(f"edges give (Ei, Em, Phi) = {(len(ei) - 1, len(em) - 1, len(ph) - 1)}"
+    edges = [np.asarray(e, float) for e in (ei_edges_kev, em_edges_kev, phi_edges_deg)]
+    if tuple(len(e) - 1 for e in edges) != tuple(det.shape_k):
+        raise AxisMismatchError(f"edges give (Ei, Em, Phi) = {tuple(len(e) - 1 for e in edges)}"
                                 f" bins but the detector response has {det.shape_k}")
-    npix = hp.nside2npix(nside)
-    shape = (npix,) + tuple(det.shape_k) + (npix,)
-    path = Path(path)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        with h5py.File(tmp, "w") as f:
-            g = write_histogram_header(f, [
-                ("NuLambda", "healpix", nside), ("Ei", "keV", ei), ("Em", "keV", em),
-                ("Phi", "deg", ph), ("PsiChi", "healpix", nside)], unit="cm2 s")
-            chunks = (1,) + tuple(det.shape_k) + (npix,)
-            ds = g.create_dataset("contents", shape=shape, dtype=dtype, chunks=chunks,
-                                  track_times=False)
-            for pix, vals in iter_galactic_response(det, bins, nside, **kwargs):
-                ds[int(pix[0]):int(pix[-1]) + 1] = vals.astype(dtype, copy=False)
-    logger.info("wrote Galactic response %s to %s", shape, path)
+    axes = Axes([HealpixAxis(nside=nside, coordsys="galactic", label="NuLambda"),
+                 *(Axis(e * un, label=lab, scale="linear")
+                   for e, un, lab in zip(edges, (u.keV, u.keV, u.deg), ("Ei", "Em", "Phi"))),
+                 HealpixAxis(nside=nside, coordsys="galactic", label="PsiChi")])
+    path, npix = Path(path), hp.nside2npix(nside)
+    with atomic_path(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
+        g = f.create_group("hist")
+        g.attrs["format"] = "dense"
+        g.attrs["unit"] = "cm2 s"
+        axes.write(g.create_group("axes"))
+        ds = g.create_dataset("contents", shape=(npix,) + tuple(det.shape_k) + (npix,),
+                              dtype=dtype, chunks=(1,) + tuple(det.shape_k) + (npix,),
+                              track_times=False)
+        for pix, vals in iter_galactic_response(det, bins, nside, **kwargs):
+            ds[int(pix[0]):int(pix[-1]) + 1] = vals.astype(dtype, copy=False)
+    logger.info("wrote Galactic response %s to %s", (npix,) + tuple(det.shape_k) + (npix,), path)
     return path
-
-
-def write_histogram_header(f: h5py.File, axes: list, unit: str, name: str = "hist") -> h5py.Group:
-    """Create a histpy ``hist`` group with its ``axes`` (dense format); return the group.
-
-    Parameters
-    ----------
-    f : h5py.File
-    axes : list of (label, unit or "healpix", edges or nside)
-        HEALPix axes are Galactic, RING.
-    unit : str
-        Unit of the contents.
-    """
-    g = f.create_group(name)
-    g.attrs["format"] = "dense"
-    g.attrs["unit"] = unit
-    ax = g.create_group("axes")
-    for i, (label, aunit, spec) in enumerate(axes):
-        if aunit == "healpix":
-            nside = int(spec)
-            d = ax.create_dataset(str(i), data=np.arange(hp.nside2npix(nside) + 1),
-                                  track_times=False)
-            d.attrs["__class__"] = np.array(["histpy.healpix_axis", "HealpixAxis"], dtype=object)
-            d.attrs["nside"] = nside
-            d.attrs["scheme"] = "RING"
-            d.attrs["coordsys"] = "galactic"
-        else:
-            d = ax.create_dataset(str(i), data=np.asarray(spec, dtype=np.float64),
-                                  track_times=False)
-            d.attrs["__class__"] = np.array(["histpy.axis", "Axis"], dtype=object)
-            d.attrs["unit"] = aunit
-        d.attrs["label"] = label
-        d.attrs["scale"] = "linear"
-    return g
 
 
 # ------------------------------------------------------------------------------------------------
