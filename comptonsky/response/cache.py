@@ -1,18 +1,13 @@
 """Converted-response cache: one file per (source file identity, dtype, storage, threshold).
 
-A cache file holds raw arrays, each starting at a 4096-byte boundary, followed by a JSON footer and
-a 16-byte trailer (footer length, magic). Writing is sequential, so arrays whose length is not
-known in advance (a sparse matrix being built) can be streamed; the file is written under a
-temporary name and renamed when complete (:func:`comptonsky.io.atomic.atomic_path`), so an
-interrupted conversion never leaves a truncated cache. Reading memory-maps the arrays (read-only,
-optionally pre-faulted with ``MAP_POPULATE``): a cached load costs no copy.
+A cache file holds raw arrays, each at a 4096-byte boundary, then a JSON footer and a 16-byte
+trailer (footer length, magic). It is written sequentially (arrays of unknown length stream in)
+under a temporary name and renamed when complete, and read as read-only memory maps. The key
+hashes the source's resolved path, size and modification time with the dtype, storage, threshold
+and format version, so a changed response file is converted again.
 
-The key hashes the source's resolved path, size and modification time (ns) with the target dtype,
-storage, threshold and the format version, so a changed response file is converted again.
-
-Location, first match wins: the ``cache_dir`` option; the ``COMPTONSKY_CACHE_DIR`` environment
-variable; the source file's directory if writable; ``$XDG_CACHE_HOME/comptonsky`` (default
-``~/.cache/comptonsky``).
+Location, first match wins: the ``cache_dir`` option; ``$COMPTONSKY_CACHE_DIR``; the source
+file's directory if writable; ``$XDG_CACHE_HOME/comptonsky`` (default ``~/.cache/comptonsky``).
 """
 
 from __future__ import annotations
@@ -100,7 +95,7 @@ class CacheWriter:
         info = self.arrays[self._current]
         if block.dtype.str != info["dtype"]:
             raise TypeError(f"block dtype {block.dtype} != array dtype {info['dtype']}")
-        info["count"] += int(block.shape[0]) if block.ndim else 1
+        info["count"] += int(block.shape[0])
         self._write(memoryview(np.ascontiguousarray(block)).cast("B"))
 
     def end(self) -> None:
@@ -109,13 +104,10 @@ class CacheWriter:
         self._current = None
 
     def add(self, name: str, array: np.ndarray) -> None:
-        """Write a whole array."""
-        array = np.ascontiguousarray(array)
+        """Write a whole array (at least 1-D)."""
         self.begin(name, array.dtype, array.shape[1:])
-        self.append(array if array.ndim else array.reshape(1))
+        self.append(array)
         self.end()
-        if array.ndim == 0:
-            self.arrays[name]["shape"] = []
 
     def _write(self, data) -> None:
         self._pos += len(data) if isinstance(data, bytes) else data.nbytes

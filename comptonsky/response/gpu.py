@@ -73,33 +73,26 @@ class GPUDenseResponse(DenseResponse):
         super().__init__(matrix, model_axes, data_axes, pixel_solid_angle, unit, row_sums)
         self.library = backend
         host = self.matrix
-        step = max(1, UPLOAD_BLOCK_BYTES // max(1, self.n_data * self.dtype.itemsize))
         if backend == "cupy":
             import cupy
+            self._to_device, self._to_host = cupy.asarray, cupy.asnumpy
             self.matrix = cupy.empty(host.shape, dtype=self.dtype)
-            for j0 in range(0, self.n_model, step):
-                self.matrix[j0:j0 + step].set(np.ascontiguousarray(host[j0:j0 + step]))
         else:
             import torch
-            tdtype = torch.float32 if self.dtype == np.float32 else torch.float64
-            self.matrix = torch.empty(host.shape, dtype=tdtype, device="cuda")
-            for j0 in range(0, self.n_model, step):
-                self.matrix[j0:j0 + step].copy_(torch.from_numpy(np.array(host[j0:j0 + step])))
+            self._to_device = lambda v: torch.from_numpy(v).to("cuda")
+            self._to_host = lambda v: v.cpu().numpy()
+            self.matrix = torch.empty(host.shape, dtype=getattr(torch, self.dtype.name),
+                                      device="cuda")
+        step = max(1, UPLOAD_BLOCK_BYTES // max(1, self.n_data * self.dtype.itemsize))
+        for j0 in range(0, self.n_model, step):
+            self.matrix[j0:j0 + step] = self._put(host[j0:j0 + step])
         logger.info("response on the GPU (%s): %.1f MB", backend, self.nbytes / 1e6)
 
     def _put(self, v: np.ndarray, dtype=None):
-        v = np.ascontiguousarray(v, dtype=dtype or self.dtype)
-        if self.library == "cupy":
-            import cupy
-            return cupy.asarray(v)
-        import torch
-        return torch.from_numpy(v).to("cuda")
+        return self._to_device(np.ascontiguousarray(v, dtype=dtype or self.dtype))
 
     def _get(self, v) -> np.ndarray:
-        if self.library == "cupy":
-            import cupy
-            return cupy.asnumpy(v).astype(np.float64)
-        return v.cpu().numpy().astype(np.float64)
+        return np.asarray(self._to_host(v), dtype=np.float64)
 
     def _index(self, rows: np.ndarray):
         return self._put(rows, rows.dtype)

@@ -1,15 +1,11 @@
 """Turn a response histogram (or its histpy HDF5 file) into a response operator.
 
 A load goes one way: source (:mod:`.source`) → storage strategy (chosen once from the
-:class:`~.options.ResponseOptions`; ``auto``: the fastest that fits) → operator. Each strategy
-holds the operator on the source's own memory or file when it can (no conversion), else opens its
-converted cache (:mod:`.cache`), else converts the source, reading it in row blocks straight into
-the chosen dtype and writing the cache as it goes, so that the next load memory-maps it in well
-under a second. Dense and out-of-core share one cache layout (the matrix and its row sums),
-sparse has its own (both CSR orientations and the row sums).
-
-:class:`LazyResponse` is a response to be loaded: its source and options, its axes read at once
-(without the values), the operator made when first needed, with the options known by then.
+:class:`~.options.ResponseOptions`) → operator. A strategy holds the operator on the source's own
+memory or file when it can, else opens its converted cache (:mod:`.cache`), else converts the
+source in row blocks, writing the cache as it goes. Dense and out-of-core share one cache layout
+(the matrix and its row sums), sparse has its own (both CSR orientations and the row sums).
+:class:`LazyResponse` is a response whose operator is made when first needed.
 """
 
 from __future__ import annotations
@@ -203,7 +199,8 @@ def _stream_rows(src: ResponseSource, dt: np.dtype, opts: ResponseOptions,
 
 class Storage:
     """How one backend holds a response: on the source's own memory or file (``in_place``, None
-    if it cannot), from its converted cache (``open_cache``), or converted (``build``)."""
+    if it cannot), from its converted cache (``open_cache(cf, src, dt, opts)``), or converted
+    (``build(src, dt, opts, cache, info)``, filling ``info``)."""
 
     name = cache_kind = "abstract"
 
@@ -230,12 +227,6 @@ class Storage:
 
     def in_place(self, src, dt, opts) -> ResponseOperator | None:
         return None
-
-    def open_cache(self, cf, src, dt, opts) -> ResponseOperator:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def build(self, src, dt, opts, cache, info) -> ResponseOperator:  # pragma: no cover
-        raise NotImplementedError
 
 
 class DenseStorage(Storage):
@@ -355,12 +346,8 @@ STRATEGIES: dict[str, type[Storage]] = {s.name: s for s in (DenseStorage, Sparse
 
 
 class LazyResponse:
-    """A response to be loaded: a Histogram or file, and its options.
-
-    Parameters
-    ----------
-    rsp : histpy.Histogram or path-like
-    options : ResponseOptions
+    """A response to be loaded (``rsp``, a Histogram or file) with ``options``; its axes and unit
+    are read at once, the operator on first use with the options set by then.
 
     Raises
     ------

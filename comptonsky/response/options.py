@@ -1,8 +1,7 @@
 """How a response is held: one typed, validated set of options.
 
-The same options come from keyword arguments (:func:`~comptonsky.response.load.load_response`,
-``DataIF_COSI_DC2.load``), from the command line and from a parameter file's ``response:``
-section; :meth:`ResponseOptions.from_mapping` checks them all the same way.
+Keyword arguments (:func:`~.load.load_response`, ``DataIF_COSI_DC2.load``), the command line and
+a parameter file's ``response:`` section are all checked by :meth:`ResponseOptions.from_mapping`.
 """
 
 from __future__ import annotations
@@ -39,40 +38,30 @@ _KINDS: dict[str, tuple[str, tuple[str, ...] | None]] = {
 
 @dataclass(frozen=True)
 class ResponseOptions:
-    """Options of loading and holding a response.
+    """Options of loading and holding a response (what each does: docs/performance.md).
 
     Attributes
     ----------
     dtype : {'float64', 'float32'} or None
-        Precision of the held matrix; None keeps the file's (float64 is exact).
+        Precision of the held matrix; None keeps the file's.
     storage : {'dense', 'sparse', 'out-of-core', 'auto'}
-        ``dense``: one matrix, BLAS products. ``sparse``: segmented CSR with parallel kernels
-        (elements below ``sparse_threshold`` × the model element's maximum dropped).
-        ``out-of-core``: row blocks streamed from the converted cache under ``memory_budget``.
-        ``auto``: the fastest that fits (within ``memory_budget`` if given, else 70 % of the
-        available memory).
+        How the matrix is held (:mod:`.dense`, :mod:`.sparse`, :mod:`.outofcore`; ``auto``: the
+        fastest that fits within ``memory_budget``, default 70 % of the available memory).
     sparse_threshold : float
-        In [0, 1); 0 keeps every non-zero element.
+        In [0, 1): sparse storage drops R_ij ≤ threshold · max_i R_ij.
     memory_budget : int or None
-        Bytes (given as a number or text such as ``"1 GiB"``) for the out-of-core buffers and
-        the limit ``auto`` fits within.
-    cache : bool
-        Keep and reuse a converted cache of a response file (ignored for in-memory input).
-    cache_dir : str or None
-        Where the cache lives; default ``$COMPTONSKY_CACHE_DIR``, else beside the file (if
-        writable), else ``~/.cache/comptonsky``.
+        Bytes (a number or text such as ``"1 GiB"``) of the out-of-core buffers, and the limit
+        ``auto`` fits within.
+    cache, cache_dir : bool, str or None
+        Keep and reuse a converted cache of a response file, and where (:mod:`.cache`).
     populate : bool
-        Pre-fault a memory-mapped cache at load, so that the first iteration is as fast as the
-        others.
+        Pre-fault a memory-mapped matrix at load, so the first iteration is as fast as the others.
     progress : bool or None
         Progress bar while reading (None: only for files over 256 MiB on a terminal).
     device : {'cpu', 'gpu', 'auto'}
-        'gpu' holds a dense response in GPU memory (CuPy or PyTorch); 'auto' uses the GPU for
-        dense storage when one is available.
+        'gpu' holds a dense response in GPU memory (:mod:`.gpu`); 'auto' does when one is usable.
     reuse_products : bool
-        A dataset rebuilds forward products from the last two when the model lies on their
-        line (:class:`~comptonsky.response.reuse.ReusedProducts`); False streams the response
-        for every product.
+        A dataset rebuilds forward products from earlier ones (:mod:`.reuse`).
     """
 
     dtype: str | None = None

@@ -1,13 +1,10 @@
 """Out-of-core dense response: stream row blocks from a file under a memory budget.
 
-The C-ordered (n_model, n_data) matrix lives in a file (the converted cache, :mod:`.cache`, or the
-response file itself). Each product reads it once, in row blocks, into two reusable buffers: a
-background thread reads block b + 1 (``os.preadv``, which releases the GIL) while BLAS works on
-block b. The process holds ``2 × block`` bytes of response and never maps the file (mapped pages
-would count against its memory). A product runs at the page-cache or disk read speed, several
-times slower than in memory: this is the mode for a response that does not fit. A Phi subset
-reads only its (Em, φ) runs of each row (``mode='runs'``); a PsiChi subset reads whole rows
-(``fallback``: its bins are single scattered elements).
+The C-ordered (n_model, n_data) matrix stays in a file (the converted cache or the response file
+itself). Each product reads it in row blocks into two reusable buffers, a reader thread
+(``os.preadv``, GIL released) one block ahead of BLAS; the file is never mapped (mapped pages
+would count against the process's memory). A Phi subset reads only its (Em, φ) runs of each row
+(``mode='runs'``); a PsiChi subset reads whole rows (``fallback``).
 """
 
 from __future__ import annotations

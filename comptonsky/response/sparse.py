@@ -1,30 +1,11 @@
 """Sparse response storage: segmented CSR in both orientations, parallel numba gather kernels.
 
-Layout
-------
-Data index i = k · n_psi + p with k the flattened (Em, Phi) index and p the PsiChi pixel (the last
-data axis). For each k the response is a sparse matrix S_k of shape (n_model, n_psi): the Compton
-cone of sky pixel j in scatter-angle bin k. We store, k-major,
-
-* ``rows``: S_k in CSR (row j → PsiChi columns p), used by the adjoint
-  (Rᵀy)_j = Σ_k Σ_p S_k[j, p] y_{k,p};
-* ``cols``: S_kᵀ in CSR (row p → sky columns j), used by the forward
-  (R x)_{k,p} = Σ_j S_k[j, p] x_j.
-
-Both products are then *gathers* (each output element is a private dot product: no scatter, no
-atomics) that parallelise over (k, row range) tiles, each gathering from one segment of y or x
-(a few tens of kB, resident in cache), with four accumulators to hide the add latency (timings
-against ``scipy.sparse``: docs/performance.md). Column indices are uint16 when the column count
-allows (up to nside 64), so a stored element streams 4 + 2 bytes in float32. Holding both
-orientations doubles the memory but not the bytes streamed per product.
-
-Threshold
----------
-An element R_ij is stored when R_ij > threshold · max_i R_ij (relative to the maximum of the
-same model element j over the data space). ``threshold = 0`` keeps every non-zero element and
-reproduces the dense operator to rounding. The fraction of Σ R dropped is reported
-(:attr:`SparseResponse.dropped_flux_fraction`) and logged. The exposure of the sparse operator is
-Σ_i of the *stored* elements, so the operator stays exactly self-adjoint-consistent.
+Data index i = k · n_psi + p, with k the flattened (Em, Phi) index and p the PsiChi pixel. For each
+k the response is a sparse matrix S_k (n_model, n_psi), stored k-major as ``rows`` (S_k in CSR,
+for the adjoint (Rᵀy)_j = Σ_k Σ_p S_k[j, p] y_{k,p}) and ``cols`` (S_kᵀ in CSR, for the forward
+(R x)_{k,p} = Σ_j S_k[j, p] x_j), so that both products are gathers over (k, row range) tiles.
+R_ij is stored when R_ij > threshold · max_i R_ij; the exposure is that of the stored elements, so
+the operator stays consistent. Design and measurements: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -87,10 +68,7 @@ class SegmentedCSR:
         return int(self.ptr.nbytes + self.idx.nbytes + self.val.nbytes)
 
 
-# ------------------------------------------------------------------------------------------
-# numba kernels. Accumulation is in the value dtype within a row segment (≤ a few thousand
-# terms) and in float64 across segments.
-# ------------------------------------------------------------------------------------------
+# numba kernels: accumulation in the value dtype within a row segment, in float64 across them.
 
 @njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def _gather(start, end, idx, val, vec, stride, n_vec, n_chunks, out):  # pragma: no cover
