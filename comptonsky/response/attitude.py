@@ -67,6 +67,13 @@ def _quantize_attitudes(x, z, zen, cell_deg):
     return inv.ravel(), zen_loc
 
 
+def _frame(x, z):
+    """Rotations (n, 3, 3) with columns x (made orthogonal to z, unit), z × x and z."""
+    x = x - np.sum(x * z, axis=1, keepdims=True) * z
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return np.stack([x, np.cross(z, x), z], axis=-1)
+
+
 def _weighted_unit_mean(inv, w, v, n):
     s = np.stack([np.bincount(inv, weights=w * v[:, c], minlength=n) for c in range(3)], axis=1)
     return s / np.linalg.norm(s, axis=1, keepdims=True)
@@ -138,18 +145,14 @@ def bin_attitudes(orientation: Orientation, resolution_deg: float = 1.0,
     fine, zen_loc = _quantize_attitudes(x, z, zen, resolution_deg / 3.0)
     nf = int(fine.max()) + 1
     wf = np.bincount(fine, weights=live, minlength=nf)
-    zf, xf = _weighted_unit_mean(fine, live, z, nf), _weighted_unit_mean(fine, live, x, nf)
-    xf = xf - np.sum(xf * zf, axis=1, keepdims=True) * zf
-    xf /= np.linalg.norm(xf, axis=1, keepdims=True)
-    rotf = np.stack([xf, np.cross(zf, xf), zf], axis=-1).reshape(nf, 9)
+    rotf = _frame(_weighted_unit_mean(fine, live, x, nf),
+                  _weighted_unit_mean(fine, live, z, nf)).reshape(nf, 9)
     zlf = _weighted_unit_mean(fine, live, zen_loc, nf)
     label, nb = _leader_clusters(rotf, zlf, wf, np.radians(resolution_deg) / 2.0)
     inv = label[fine]
     w = np.bincount(inv, weights=live, minlength=nb)
     zb, xb, zenb = (_weighted_unit_mean(inv, live, v, nb) for v in (z, x, zen))
-    xb = xb - np.sum(xb * zb, axis=1, keepdims=True) * zb
-    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
-    rotb = np.stack([xb, np.cross(zb, xb), zb], axis=-1)
+    rotb = _frame(xb, zb)
     if horizon_deg is None:
         altb = np.bincount(inv, weights=live * np.where(alt > 0, alt, 550.0), minlength=nb) / w
         hor = np.array([horizon_angle_deg(a) for a in altb])

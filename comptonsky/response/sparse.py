@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 from numba import njit, prange
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from ..errors import InvalidDataError
 from .operator import ResponseOperator, ResponseSubset
@@ -230,10 +231,6 @@ def limit_blas_threads() -> bool:
     if _BLAS_LIMITED or numba.get_num_threads() < 2:
         return False
     _BLAS_LIMITED = True
-    try:
-        from threadpoolctl import threadpool_info, threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
-        return False
     if not any(i.get("user_api") == "blas" and i.get("num_threads", 1) > 1
                for i in threadpool_info()):
         return False
