@@ -305,27 +305,36 @@ def build_rows(blocks: Iterable[tuple[int, int, np.ndarray]], n_model: int, n_se
             float(f.max()) if f.size else 0.0)
 
 
-def _product(csr: SegmentedCSR, ptr: np.ndarray, vec: np.ndarray, stride: int, n_vec: int,
-             start: np.ndarray | None = None, end: np.ndarray | None = None) -> np.ndarray:
-    """Gather rows of the segments ``ptr`` of ``csr`` (or the row ranges start:end) from ``vec``;
-    returns (n_seg, n_rows) in the value dtype."""
-    start = ptr[:, :-1] if start is None else start
-    end = ptr[:, 1:] if end is None else end
-    out = np.zeros(start.shape, dtype=csr.val.dtype)
-    _gather(start, end, csr.idx, csr.val, vec.astype(csr.val.dtype), stride, n_vec,
-            _n_chunks(start.shape[0]), out)
-    return out
+class _SparseProducts:
+    """Products through the forward orientation ``_fwd`` (segments ``_fwd_ptr``, or the row
+    ranges ``_start:_end``) and the adjoint orientation ``_adj`` (segments ``_adj_ptr`` of
+    ``_width`` columns)."""
+
+    _start = _end = None
+
+    def _matvec(self, x):
+        start = self._fwd_ptr[:, :-1] if self._start is None else self._start
+        end = self._fwd_ptr[:, 1:] if self._end is None else self._end
+        out = np.zeros(start.shape, dtype=self.dtype)
+        _gather(start, end, self._fwd.idx, self._fwd.val, x.astype(self.dtype), 0,
+                self.n_model, _n_chunks(start.shape[0]), out)
+        return out.reshape(-1).astype(np.float64)
+
+    def _rmatvec(self, y):
+        ptr = self._adj_ptr
+        out = np.zeros((ptr.shape[0], ptr.shape[1] - 1), dtype=self.dtype)
+        _gather(ptr[:, :-1], ptr[:, 1:], self._adj.idx, self._adj.val, y.astype(self.dtype),
+                self._width, self._width, _n_chunks(ptr.shape[0]), out)
+        return out.sum(axis=0, dtype=np.float64)
+
+    def _matvec_rows(self, rows, coef):
+        out = np.zeros((self._adj_ptr.shape[0], self._width), dtype=np.float64)
+        _scatter_rows(self._adj_ptr, self._adj.idx, self._adj.val, rows.astype(np.int64),
+                      np.asarray(coef, dtype=np.float64), out)
+        return out.reshape(-1)
 
 
-def _scatter(csr: SegmentedCSR, ptr: np.ndarray, rows: np.ndarray, coef: np.ndarray,
-             n_cols: int) -> np.ndarray:
-    out = np.zeros((ptr.shape[0], n_cols), dtype=np.float64)
-    _scatter_rows(ptr, csr.idx, csr.val, rows.astype(np.int64),
-                  np.asarray(coef, dtype=np.float64), out)
-    return out.reshape(-1)
-
-
-class SparseResponse(ResponseOperator):
+class SparseResponse(_SparseProducts, ResponseOperator):
     """Response held as segmented CSR in both orientations; parallel numba gather kernels.
 
     Parameters
@@ -362,6 +371,8 @@ class SparseResponse(ResponseOperator):
         self.threshold = float(threshold)
         self.dropped_flux_fraction = float(dropped_flux_fraction)
         self.max_row_dropped_fraction = float(max_row_dropped_fraction)
+        self._fwd, self._fwd_ptr = self.cols, self.cols.ptr
+        self._adj, self._adj_ptr, self._width = self.rows, self.rows.ptr, self.n_psi
         limit_blas_threads()
 
     @property
@@ -380,17 +391,6 @@ class SparseResponse(ResponseOperator):
     @property
     def bytes_per_product(self) -> int:
         return self.rows.nbytes
-
-    def _matvec(self, x):
-        return _product(self.cols, self.cols.ptr, x, 0, self.n_model).reshape(-1).astype(
-            np.float64)
-
-    def _rmatvec(self, y):
-        out = _product(self.rows, self.rows.ptr, y, self.n_psi, self.n_psi)
-        return out.sum(axis=0, dtype=np.float64)
-
-    def _matvec_rows(self, rows, coef):
-        return _scatter(self.rows, self.rows.ptr, rows, coef, self.n_psi)
 
     def _subset(self, k, n_subsets, axis, indices):
         return SparseSubset(self, k, n_subsets, axis, indices)
@@ -416,7 +416,7 @@ class SparseResponse(ResponseOperator):
         return self._shared_copy(("regrouped", n_groups), make)
 
 
-class SparseSubset(ResponseSubset):
+class SparseSubset(_SparseProducts, ResponseSubset):
     """A sparse response restricted to an interleaved data subset.
 
     Phi subsets (``mode='segments'``) gather from the parent's (Em, φ) segments of the subset
@@ -427,35 +427,19 @@ class SparseSubset(ResponseSubset):
     def __init__(self, parent: SparseResponse, k: int, n_subsets: int, axis: str,
                  indices: np.ndarray):
         super().__init__(parent, indices)
-        n_psi = parent.n_psi
+        self._fwd, n_psi = parent.cols, parent.n_psi
         if axis == "Phi":
             self.mode = "segments"
             seg = parent._phi_segments(k, n_subsets)
-            self._fwd_ptr = parent.cols.ptr[seg]
-            self._adj = parent.rows
-            self._adj_ptr = parent.rows.ptr[seg]
-            self._width = n_psi
-            self._start = self._end = None
+            self._fwd_ptr, self._adj_ptr = parent.cols.ptr[seg], parent.rows.ptr[seg]
+            self._adj, self._width = parent.rows, n_psi
         else:
             self.mode = "regrouped"
             self._adj = parent.regrouped(n_subsets)
             self.extra_bytes = self._adj.nbytes
-            n = parent.n_seg
-            self._adj_ptr = self._adj.ptr[k * n:(k + 1) * n]
-            self._width = len(range(k, n_psi, n_subsets))
+            self._adj_ptr = self._adj.ptr[k * parent.n_seg:(k + 1) * parent.n_seg]
             p = np.arange(k, n_psi, n_subsets)
+            self._width = len(p)
             self._fwd_ptr = parent.cols.ptr
             self._start = np.ascontiguousarray(parent.cols.ptr[:, p])
             self._end = np.ascontiguousarray(parent.cols.ptr[:, p + 1])
-
-    def _matvec(self, x):
-        out = _product(self.parent.cols, self._fwd_ptr, x, 0, self.n_model, self._start,
-                       self._end)
-        return out.reshape(-1).astype(np.float64)
-
-    def _rmatvec(self, y):
-        out = _product(self._adj, self._adj_ptr, y, self._width, self._width)
-        return out.sum(axis=0, dtype=np.float64)
-
-    def _matvec_rows(self, rows, coef):
-        return _scatter(self._adj, self._adj_ptr, rows, coef, self._width)
