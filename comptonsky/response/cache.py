@@ -27,8 +27,7 @@ import numpy as np
 from ..errors import FileFormatError
 from ..io.atomic import atomic_path
 
-__all__ = ["CACHE_ENV", "CacheWriter", "CacheFile", "map_array", "ResponseCache",
-           "cache_dir_for"]
+__all__ = ["CACHE_ENV", "CacheWriter", "CacheFile", "map_array", "ResponseCache"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,20 +36,6 @@ FORMAT_VERSION = 1
 MAGIC = b"CSKYRSP1"
 ALIGN = 4096
 _TRAILER = struct.Struct("<Q8s")
-
-
-def cache_dir_for(source: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
-    """The directory the cache of ``source`` lives in (see module docstring)."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    parent = Path(source).resolve().parent
-    if os.access(parent, os.W_OK):
-        return parent
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "comptonsky"
 
 
 class CacheWriter:
@@ -241,6 +226,17 @@ def map_array(path: str | os.PathLike, offset: int, shape: tuple[int, ...], dtyp
     return np.frombuffer(mm, dtype=dtype, count=count, offset=offset).reshape(shape)
 
 
+def _cache_dir(source: Path, cache_dir) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    if os.access(source.resolve().parent, os.W_OK):
+        return source.resolve().parent
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "comptonsky"
+
+
 #: Cache files this process is still writing (path → Future), so that a second load waits.
 _PENDING: dict[str, Future] = {}
 
@@ -258,7 +254,7 @@ class ResponseCache:
     threshold : float or None
         Sparse threshold (None for dense).
     cache_dir : path-like, optional
-        See :func:`cache_dir_for`.
+        Where the cache lives (module docstring).
 
     Attributes
     ----------
@@ -275,7 +271,7 @@ class ResponseCache:
                             st.st_mtime_ns, str(dtype), kind,
                             None if threshold is None else float(threshold)])
         self.key = hashlib.sha256(ident.encode()).hexdigest()[:20]
-        self.path = (cache_dir_for(source, cache_dir)
+        self.path = (_cache_dir(self.source, cache_dir)
                      / f"{self.source.name}.comptonsky-{kind}-{dtype}-{self.key}.cache")
         self.meta = {"key": self.key, "source": str(source), "storage": kind, "dtype": dtype,
                      "threshold": threshold}

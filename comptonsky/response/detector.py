@@ -20,12 +20,21 @@ from histpy import Axes
 
 from ..errors import AxisMismatchError, FileFormatError, InvalidParameterError
 from ..io.hdf5 import open_hdf5
-from .memory import release_free_memory
 
 __all__ = ["DetectorResponse"]
 
 #: Axes of a detector-frame response, in order.
 AXES = ("NuLambda", "Ei", "Em", "Phi", "PsiChi")
+
+
+def _release_free_memory() -> None:
+    """Hand freed heap back to the system (glibc keeps freed blocks below its mmap threshold)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        pass
 
 
 def _sparse_row(row: np.ndarray, threshold: float) -> tuple[np.ndarray, ...]:
@@ -100,7 +109,7 @@ class DetectorResponse:
         for j, dtype in ((1, np.int32), (2, np.int32), (3, np.float32)):
             joined.append(np.concatenate([np.asarray(b[j], dtype=dtype) for b in blocks]))
             blocks[:] = [tuple(None if i == j else x for i, x in enumerate(b)) for b in blocks]
-            release_free_memory()
+            _release_free_memory()
         blocks.clear()
         return cls(int(nside_nu), int(nside_psichi), tuple(int(s) for s in shape_k), indptr,
                    *joined)
@@ -199,10 +208,8 @@ class DetectorResponse:
 
     def row(self, i: int) -> np.ndarray:
         """Dense row ν = i, shape (n_Ei, n_Em, n_Phi, N_PsiChi), cm²."""
-        out = np.zeros((self.n_k, self.n_psichi))
-        s = slice(self.indptr[i], self.indptr[i + 1])
-        np.add.at(out, (self.col_k[s], self.col_p[s]), self.val[s])
-        return out.reshape(self.shape_k + (self.n_psichi,))
+        return self.weighted_row_sum(np.eye(1, self.n_nu, i)[0]).reshape(
+            self.shape_k + (self.n_psichi,))
 
     def to_dense(self) -> np.ndarray:
         """Dense array (N_ν, n_Ei, n_Em, n_Phi, N_PsiChi); only for small responses."""

@@ -258,8 +258,7 @@ def galactic_response(det: DetectorResponse, bins: AttitudeBins, nside: int | No
     See :func:`iter_galactic_response` for the parameters; use :func:`write_galactic_response`
     for large shapes.
     """
-    parts = [v for _, v in iter_galactic_response(det, bins, nside, **kwargs)]
-    return np.concatenate(parts, axis=0)
+    return np.concatenate([v for _, v in iter_galactic_response(det, bins, nside, **kwargs)])
 
 
 def write_galactic_response(path: str | os.PathLike, det: DetectorResponse, bins: AttitudeBins,
@@ -341,8 +340,7 @@ def carry_local_cds(local_rate: np.ndarray | Callable[[int], np.ndarray], bins: 
     npix = hp.nside2npix(nside)
     out = None
     for t in range(len(bins)):
-        rate = local_rate(t) if callable(local_rate) else local_rate
-        rate = np.asarray(rate, dtype=np.float64)
+        rate = np.asarray(local_rate(t) if callable(local_rate) else local_rate, np.float64)
         if out is None:
             out = np.zeros((rate.shape[0], npix))
         contrib = rate[:, :, None] * push_w[t][None, :, :] * bins.livetime[t]

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 from histpy import Histogram
 
 from ..errors import InvalidDataError, InvalidParameterError
 from .cache import CACHE_ENV, CacheWriter, ResponseCache, map_array
 from .dense import DenseResponse
-from .memory import available_memory
 from .operator import ResponseOperator
 from .options import ResponseOptions
 from .outofcore import DEFAULT_MEMORY_BUDGET, OutOfCoreResponse
@@ -78,7 +78,7 @@ def load_response(rsp: Histogram | str | os.PathLike, dtype: str | None = None,
         dt = np.dtype(opts.dtype) if opts.dtype is not None else src.file_dtype
         name, reason = opts.storage, "requested"
         if name == "auto":
-            limit = opts.memory_budget or int(0.7 * available_memory())
+            limit = opts.memory_budget or int(0.7 * psutil.virtual_memory().available)
             density = _estimate_density(src, dt, opts.sparse_threshold)
             name, reason = choose_storage(src.n_model, src.n_data, dt, density, limit, src.n_psi)
             logger.info("response storage 'auto' → %r: %s", name, reason)

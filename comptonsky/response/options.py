@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidParameterError, UnknownChoiceError
-from .memory import parse_memory
 
-__all__ = ["ResponseOptions", "STORAGES", "DTYPES", "DEVICES", "DEFAULT_SPARSE_THRESHOLD"]
+__all__ = ["ResponseOptions", "parse_memory", "STORAGES", "DTYPES", "DEVICES",
+           "DEFAULT_SPARSE_THRESHOLD"]
 
 STORAGES = ("dense", "sparse", "out-of-core", "auto")
 _STORAGE_ALIASES = {"outofcore": "out-of-core", "out_of_core": "out-of-core",
@@ -112,6 +113,32 @@ class ResponseOptions:
     def to_dict(self) -> dict[str, Any]:
         """The options as a plain dict."""
         return dataclasses.asdict(self)
+
+
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
+          "t": 1e12, "tb": 1e12, "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
+
+
+def parse_memory(value: str | int | float | None, what: str = "memory_budget") -> int | None:
+    """Bytes from ``1073741824``, ``"1 GiB"``, ``"512MB"``, ``"2.5G"`` (None passes through).
+
+    Raises
+    ------
+    InvalidParameterError
+        Naming ``what``, the value found and the accepted forms.
+    """
+    if value is None:
+        return None
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        if value <= 0:
+            raise InvalidParameterError(f"{what}: expected a positive size, found {value!r}")
+        return int(value)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(value))
+    if not m or m.group(2).lower() not in _UNITS or float(m.group(1)) <= 0:
+        raise InvalidParameterError(
+            f"{what}: expected a positive size such as 1073741824, '1 GiB', '512 MB' or '2G', "
+            f"found {value!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
 def _check(key: str, value: Any, where: str) -> Any:
