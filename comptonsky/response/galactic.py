@@ -5,17 +5,10 @@ The one engine of docs/design.md §6::
     R_gal[j, e, m, φ, p] = Σ_t Δt_t · occ_t(n_j) · R_det[A_t⁻¹ n_j, e, m, φ, rot_t(p)]
 
 ``n_j`` is the Galactic direction of sky pixel j, ``A_t`` the attitude (detector → Galactic
-rotation) of attitude bin t with live time ``Δt_t``, ``occ_t`` the fraction of pixel j above the
-Earth's limb, and ``rot_t`` the map between detector-frame and Galactic PsiChi pixels. The source
-direction is looked up in the detector-frame response at the nearest ν pixel; each detector-frame
-PsiChi pixel is pushed to the Galactic PsiChi grid after rotation, shared among the Galactic
-pixels it overlaps (or by bilinear weights, or to the nearest pixel).
-
-Inputs are a :class:`~.detector.DetectorResponse` (a compressed per-ν sparse form of the
-``(NuLambda, Ei, Em, Phi, PsiChi)`` array in cm²) and :class:`~.attitude.AttitudeBins` (groups of
-time with one attitude, from :func:`~.attitude.bin_attitudes`). The result, in cm² s, is produced in blocks
-of sky pixels so memory stays bounded; :func:`write_galactic_response` streams it into a histpy
-HDF5 file with the axes of ``psr_gal_511_DC2.h5``.
+rotation) of attitude bin t (:mod:`.attitude`) with live time ``Δt_t``, ``occ_t`` the fraction
+of pixel j above the Earth's limb, and ``rot_t`` the map between detector-frame and Galactic
+PsiChi pixels. The source direction is looked up in the :class:`~.detector.DetectorResponse` at
+the nearest ν pixel. The result (cm² s) is made in blocks of sky pixels, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -190,49 +183,38 @@ def _accumulate(out, nu_idx, weight, push_pix, push_w, indptr, col_p, col_k, val
 def iter_galactic_response(det: DetectorResponse, bins: AttitudeBins, nside: int | None = None,
                            block: int = 128, occultation: bool = True,
                            interpolation: str = "overlap", progress: bool = True,
-                           pixels: np.ndarray | None = None, sky_oversample: int = 0,
+                           sky_oversample: int = 0,
                            ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield the Galactic response in blocks of sky pixels.
 
     Parameters
     ----------
     det : DetectorResponse
-        Detector-frame response (cm²).
     bins : AttitudeBins
-        Attitude bins with live times (s).
     nside : int, optional
-        Resolution of both Galactic axes (NuLambda and PsiChi); default the detector response's
-        PsiChi resolution.
+        Resolution of both Galactic axes (NuLambda and PsiChi); default ``det.nside_psichi``.
     block : int
         Sky pixels per block (memory: block × n_k × N_PsiChi × 4 bytes).
     occultation : bool
         Zero the response of sky pixels behind the Earth (fractionally at the limb).
     interpolation : {"overlap", "bilinear", "nearest"}
-        How detector-frame PsiChi pixels are pushed to the Galactic grid: "overlap" shares each
-        rotated detector pixel among the Galactic pixels it overlaps (from 16 sub-pixels; the
-        closest to binning the events directly), "bilinear" uses HEALPix interpolation weights
-        at its rotated centre, "nearest" gives it all to the pixel containing the centre.
+        How a rotated detector-frame PsiChi pixel goes to the Galactic grid: shared among the
+        pixels it overlaps (16 sub-pixels; the closest to binning the events directly), by
+        HEALPix interpolation weights at its centre, or all to the pixel of its centre.
     sky_oversample : int
-        0: the response of sky pixel j is that of a point source at its centre (as in COSI
-        point-source responses). L > 0: the average over its 4^L sub-pixels (a source uniform
-        over the pixel); costs up to 4^L times more.
+        0: sky pixel j responds as a point source at its centre (as COSI point-source
+        responses); L > 0: as the mean over its 4^L sub-pixels (up to 4^L times the cost).
     progress : bool
-        Show a tqdm bar.
-    pixels : array_like, optional
-        Only these sky pixels (RING), in this order; default all.
+        Show a progress bar.
 
     Yields
     ------
     pixels : ndarray, shape (J_b,)
-        The sky pixels of the block.
-    values : ndarray, shape (J_b, n_Ei, n_Em, n_Phi, N_PsiChi), float32
-        Response in cm² s.
+    values : ndarray, shape (J_b, n_Ei, n_Em, n_Phi, N_PsiChi), float32, cm² s
     """
     nside = int(nside or det.nside_psichi)
     npix = hp.nside2npix(nside)
-    if pixels is None:
-        pixels = np.arange(npix)
-    pixels = np.asarray(pixels, dtype=np.int64)
+    pixels = np.arange(npix)
     push_pix, push_w = _push_tables(bins.rotations, det.nside_psichi, nside, interpolation)
     bar = tqdm(total=len(pixels), desc="Galactic response", unit="pix", disable=not progress)
     try:
@@ -266,22 +248,18 @@ def write_galactic_response(path: str | os.PathLike, det: DetectorResponse, bins
                             phi_edges_deg: np.ndarray, nside: int | None = None,
                             dtype: str = "float32", overwrite: bool = True,
                             **kwargs) -> Path:
-    """Stream the Galactic response into a histpy HDF5 file, atomically.
+    """Stream the Galactic response into a histpy HDF5 file at ``path``, atomically.
 
     The layout of ``psr_gal_511_DC2.h5``: axes ``NuLambda`` (HEALPix, galactic, RING), ``Ei``
-    (keV), ``Em`` (keV), ``Phi`` (deg), ``PsiChi`` (HEALPix, galactic, RING); unit ``cm2 s``;
-    dense contents without under/overflow bins, one chunk per sky pixel.
+    and ``Em`` (keV edges ``ei_edges_kev``, ``em_edges_kev``), ``Phi`` (deg, ``phi_edges_deg``),
+    ``PsiChi`` (as NuLambda); unit ``cm2 s``; dense ``dtype`` contents without under/overflow
+    bins, one chunk per sky pixel. ``det``, ``bins``, ``nside`` and ``kwargs`` as in
+    :func:`iter_galactic_response`.
 
-    Parameters
-    ----------
-    path : path-like
-        Output file.
-    det, bins, nside, kwargs
-        As in :func:`iter_galactic_response`.
-    ei_edges_kev, em_edges_kev, phi_edges_deg : array_like
-        Edges of the energy and Compton-angle axes (must match ``det.shape_k``).
-    dtype : {'float32', 'float64'}
-        Stored dtype.
+    Raises
+    ------
+    AxisMismatchError
+        If the edges do not match ``det.shape_k``.
     """
     nside = int(nside or det.nside_psichi)
     edges = [np.asarray(e, float) for e in (ei_edges_kev, em_edges_kev, phi_edges_deg)]
@@ -307,34 +285,23 @@ def write_galactic_response(path: str | os.PathLike, det: DetectorResponse, bins
     return path
 
 
-# ------------------------------------------------------------------------------------------------
-# detector-fixed emission (albedo) and exposure
-
-
 def carry_local_cds(local_rate: np.ndarray | Callable[[int], np.ndarray], bins: AttitudeBins,
                     nside_local: int, nside: int,
                     interpolation: str = "overlap") -> np.ndarray:
-    """Carry detector-frame expected count rates into the Galactic CDS over the attitude bins.
-
-    For emission fixed in the detector frame (Earth albedo for a zenith-pointed instrument),
+    """Expected counts (n_k, N_PsiChi) in the Galactic CDS of emission fixed in the detector
+    frame (Earth albedo for a zenith-pointed instrument):
     ``B_gal[k, p] = Σ_t Δt_t Σ_q B_loc,t[k, q] · push_t(q → p)``.
 
     Parameters
     ----------
     local_rate : ndarray or callable
-        Rates (counts s⁻¹) of shape (n_k, N_PsiChi_local), or a callable ``f(t) -> array``
-        giving them for attitude bin ``t`` (for example when the Earth moves in the detector
-        frame, as with rocking).
+        Rates (counts s⁻¹) of shape (n_k, N_PsiChi_local), or ``f(t)`` giving them for
+        attitude bin ``t`` (when the Earth moves in the detector frame, as with rocking).
     bins : AttitudeBins
     nside_local, nside : int
         Resolutions of the detector-frame and Galactic PsiChi axes.
     interpolation : {"overlap", "bilinear", "nearest"}
         See :func:`iter_galactic_response`.
-
-    Returns
-    -------
-    ndarray, shape (n_k, N_PsiChi)
-        Expected counts.
     """
     push_pix, push_w = _push_tables(bins.rotations, nside_local, nside, interpolation)
     npix = hp.nside2npix(nside)
@@ -351,19 +318,11 @@ def carry_local_cds(local_rate: np.ndarray | Callable[[int], np.ndarray], bins: 
 
 
 def galactic_exposure(det: DetectorResponse, bins: AttitudeBins, nside: int,
-                      occultation: bool = True, pixels: np.ndarray | None = None,
-                      sky_oversample: int = 0) -> np.ndarray:
-    """Exposure (cm² s) of Galactic sky pixels: Σ over (Ei, Em, Phi, PsiChi) of R_gal.
-
-    Cheap: it needs only the per-ν effective area, not the full response.
-
-    Returns
-    -------
-    ndarray, shape (J,)
-    """
-    if pixels is None:
-        pixels = np.arange(hp.nside2npix(nside))
+                      occultation: bool = True, sky_oversample: int = 0) -> np.ndarray:
+    """Exposure (cm² s) of the Galactic sky pixels, shape (N_sky,): R_gal summed over (Ei, Em,
+    Phi, PsiChi), from the per-ν effective area only (cheap). Parameters as in
+    :func:`iter_galactic_response`."""
     area = det.total()
-    nu_idx, weight = _sky_lookup(bins, nside, np.asarray(pixels), det.nside_nu, occultation,
-                                 sky_oversample)
+    nu_idx, weight = _sky_lookup(bins, nside, np.arange(hp.nside2npix(nside)), det.nside_nu,
+                                 occultation, sky_oversample)
     return np.sum(weight * area[nu_idx], axis=(0, 2))

@@ -126,15 +126,13 @@ class ResponseOperator(LinearOperator):
         return super()._compute_exposure()
 
     def subset(self, k: int, n_subsets: int, axis: str = "Phi") -> ResponseOperator:
-        """The response restricted to the data bins whose ``axis`` (``'Phi'`` or ``'PsiChi'``)
-        index is ≡ k (mod n_subsets): the same model space, those bins (its ``data_indices``,
-        ascending) as data space.
+        """The response restricted to the data bins :func:`subset_indices` gives (its
+        ``data_indices``), as a :class:`ResponseSubset`.
 
         Raises
         ------
         UnknownChoiceError, InvalidParameterError
-            Without (Em, Phi, PsiChi) data axes, for an unknown axis, or for more subsets than
-            bins along the axis.
+            Without (Em, Phi, PsiChi) data axes, and as :func:`subset_indices`.
         """
         if self.data_axes is None or len(self.data_shape) != 3:
             raise InvalidParameterError(

@@ -58,20 +58,9 @@ def response_axes(rsp: Histogram | Axes, source: str = "response") -> tuple[Axes
 
 
 class ResponseSource:
-    """Rows of a response matrix from a Histogram or a file (the subclasses); a context manager.
-
-    Attributes
-    ----------
-    name : str
-    path : pathlib.Path or None
-        The file, if any.
-    model_axes, data_axes, unit
-    file_dtype : numpy dtype
-        The stored precision.
-    row_align : int
-        Rows per chunk of the file (reads are aligned to it).
-    n_model, n_data, n_psi : int
-    """
+    """Rows of a response matrix (a context manager): ``name``, ``path`` (the file, or None),
+    ``model_axes``, ``data_axes``, ``unit``, ``file_dtype`` (the stored precision), ``row_align``
+    (rows per chunk of the file), ``n_model``, ``n_data``, ``n_psi``."""
 
     path: Path | None = None
     row_align: int = 1
@@ -102,12 +91,9 @@ class ResponseSource:
 
     def blocks(self, dtype, progress: bool | None = None, target_bytes: int = LOAD_BLOCK_BYTES,
                out: np.ndarray | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
-        """Read the whole matrix in row blocks: yields (j0, j1, rows (j1 − j0, n_data)).
-
-        With ``out`` (n_model, n_data) the rows are read into it; else into one reused buffer
-        (the caller must be done with a block before asking for the next). ``progress`` None
-        shows a bar for sources over 256 MiB on a terminal.
-        """
+        """Read the matrix in row blocks, yielding (j0, j1, rows (j1 − j0, n_data)), into ``out``
+        (n_model, n_data) if given, else into one reused buffer (the caller is done with a block
+        before asking for the next). ``progress`` None: a bar for over 256 MiB on a terminal."""
         dtype = np.dtype(dtype)
         step = self.block_rows(dtype.itemsize, target_bytes)
         buf = None if out is not None else np.empty((step, self.n_data), dtype=dtype)
@@ -175,10 +161,8 @@ def _header(f: h5py.File, path) -> tuple[h5py.Group, Axes, Any]:
 
 
 class HDF5Source(ResponseSource):
-    """A histpy HDF5 file with dense contents, read block-wise with ``read_direct``.
-
-    Use :func:`open_source`, which reads other layouts whole.
-    """
+    """A histpy HDF5 file with dense contents, read block-wise with ``read_direct`` (made by
+    :func:`open_source`, which reads other layouts whole)."""
 
     def __init__(self, path: Path, file: h5py.File):
         self.name = str(path)
@@ -206,11 +190,9 @@ class HDF5Source(ResponseSource):
             self.row_align = int(self.ds.chunks[0])
 
     def contiguous_offset(self):
-        """Byte offset of the contents if they can be memory-mapped as the (n_model, n_data)
-        matrix (contiguous layout, no filters, no overflow bins, native byte order), else None."""
-        if self.ds.chunks is not None or any(s.start for s in self.sel_template):
-            return None
-        if not self.file_dtype.isnative:
+        # the matrix as stored: contiguous, unfiltered, no overflow bins, native byte order
+        if self.ds.chunks is not None or any(s.start for s in self.sel_template) or \
+                not self.file_dtype.isnative:
             return None
         try:
             offset = self.ds.id.get_offset()
