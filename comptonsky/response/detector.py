@@ -125,19 +125,15 @@ class DetectorResponse:
         return cls.from_row_blocks([block], nside_nu, nside_psichi, shape_k)
 
     @classmethod
-    def from_dense(cls, array: np.ndarray, nside_nu: int | None = None,
-                   nside_psichi: int | None = None, threshold: float = 0.0) -> DetectorResponse:
-        """Build from a dense array of shape (N_ν, n_Ei, n_Em, n_Phi, N_PsiChi) in cm².
-
-        ``nside_nu`` and ``nside_psichi`` default to those of the axis lengths; entries
-        ≤ ``threshold`` × the row maximum are dropped.
-        """
+    def from_dense(cls, array: np.ndarray, threshold: float = 0.0) -> DetectorResponse:
+        """Build from a dense array (N_ν, n_Ei, n_Em, n_Phi, N_PsiChi) in cm² (HEALPix RING axes),
+        dropping entries ≤ ``threshold`` × the row maximum."""
         a = np.asarray(array)
         if a.ndim != 5:
             raise AxisMismatchError(f"detector response must be 5-D (NuLambda, Ei, Em, Phi, "
                                     f"PsiChi), got shape {a.shape}")
-        return cls._from_rows(a, nside_nu or hp.npix2nside(a.shape[0]),
-                              nside_psichi or hp.npix2nside(a.shape[4]), a.shape[1:4], threshold)
+        return cls._from_rows(a, hp.npix2nside(a.shape[0]), hp.npix2nside(a.shape[4]),
+                              a.shape[1:4], threshold)
 
     @classmethod
     def from_histogram(cls, hist, threshold: float = 0.0) -> DetectorResponse:

@@ -193,13 +193,11 @@ def _transpose_fill(ptr, idx, val, tptr, tidx, tval):  # pragma: no cover - comp
                 nxt[c] = o + 1
 
 
-def _ptr_from_counts(counts: np.ndarray, start: int = 0) -> np.ndarray:
+def _ptr_from_counts(counts: np.ndarray) -> np.ndarray:
     """k-major absolute offsets (n_seg, n_rows + 1) from counts (n_seg, n_rows)."""
     n_seg, n_rows = counts.shape
-    flat = np.empty(n_seg * n_rows + 1, dtype=np.int64)
-    flat[0] = start
+    flat = np.zeros(n_seg * n_rows + 1, dtype=np.int64)
     np.cumsum(counts.reshape(-1), out=flat[1:])
-    flat[1:] += start
     ptr = np.empty((n_seg, n_rows + 1), dtype=np.int64)
     ptr[:, :n_rows] = flat[:-1].reshape(n_seg, n_rows)
     ptr[:, n_rows] = flat[n_rows::n_rows][:n_seg]
