@@ -19,19 +19,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class AttitudeBins:
-    """Groups of time sharing one attitude.
-
-    Attributes
-    ----------
-    rotations : ndarray, shape (T, 3, 3)
-        Detector → Galactic rotation of each bin.
-    zenith : ndarray, shape (T, 3)
-        Galactic zenith unit vector of each bin.
-    horizon_deg : ndarray, shape (T,)
-        Angle from the zenith beyond which the Earth blocks the sky (deg).
-    livetime : ndarray, shape (T,)
-        Live time (s) in each bin.
-    """
+    """Groups of time sharing one attitude: for each of T bins its detector → Galactic
+    ``rotations`` (T, 3, 3), Galactic ``zenith`` unit vector (T, 3), ``horizon_deg`` (T,) (angle
+    from the zenith beyond which the Earth blocks the sky) and ``livetime`` (T,) in s."""
 
     rotations: np.ndarray
     zenith: np.ndarray
@@ -126,10 +116,6 @@ def bin_attitudes(orientation: Orientation, resolution_deg: float = 1.0,
         (113° at 550 km); rows with unknown altitude use 550 km.
     tmin, tmax : float, optional
         Restrict to this time range first.
-
-    Returns
-    -------
-    AttitudeBins
     """
     if not resolution_deg > 0:
         raise InvalidParameterError(f"attitude resolution must be positive, got {resolution_deg}")

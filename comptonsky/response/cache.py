@@ -39,19 +39,10 @@ _TRAILER = struct.Struct("<Q8s")
 
 
 class CacheWriter:
-    """Stream arrays into a new cache file from a writer thread (atomic: written under a
-    temporary name, renamed when complete). An appended block must stay unchanged until
-    :meth:`wait` (or the end of the file).
-
-    Parameters
-    ----------
-    path : path-like
-        Final cache file path.
-    meta : dict
-        JSON-serialisable metadata stored in the footer (key, settings, shapes, ...).
-    prune : bool
-        On success, remove older cache files of the same source, storage and dtype.
-    """
+    """Stream arrays into a new cache file ``path`` from a writer thread (atomic: written under
+    a temporary name, renamed when complete), with the JSON-serialisable ``meta`` in its footer;
+    ``prune`` removes older caches of the same source, storage and dtype on success. An appended
+    block must stay unchanged until :meth:`wait` (or the end of the file)."""
 
     def __init__(self, path: str | os.PathLike, meta: dict[str, Any], prune: bool = True):
         self.path = Path(path)
@@ -242,25 +233,9 @@ _PENDING: dict[str, Future] = {}
 
 
 class ResponseCache:
-    """The cache file of one (source file, dtype, storage kind, threshold).
-
-    Parameters
-    ----------
-    source : path-like
-        The response file.
-    dtype : str
-    kind : {'dense', 'sparse'}
-        The cache's layout (out-of-core uses the dense one).
-    threshold : float or None
-        Sparse threshold (None for dense).
-    cache_dir : path-like, optional
-        Where the cache lives (module docstring).
-
-    Attributes
-    ----------
-    path : pathlib.Path
-    meta : dict
-        The identity written into the file's footer.
+    """The cache file (``path``) of one response file ``source``, ``dtype``, layout ``kind``
+    ('dense', also used by out-of-core, or 'sparse') and sparse ``threshold`` (None for dense),
+    in ``cache_dir`` or the default location; ``meta`` is the identity written into its footer.
     """
 
     def __init__(self, source, dtype: str, kind: str, threshold: float | None = None,

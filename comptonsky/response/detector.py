@@ -49,18 +49,10 @@ def _sparse_row(row: np.ndarray, threshold: float) -> tuple[np.ndarray, ...]:
 class DetectorResponse:
     """A detector-frame response R_det[ν, Ei, Em, Phi, PsiChi] (cm²) stored sparsely per ν.
 
-    Row ν holds entries ``val[q]`` at PsiChi pixel ``col_p[q]`` and flattened (Ei, Em, Phi)
-    index ``col_k[q]`` for ``q`` in ``indptr[ν]:indptr[ν + 1]``.
-
-    Attributes
-    ----------
-    nside_nu, nside_psichi : int
-        HEALPix resolutions (RING) of the ν and PsiChi axes (detector frame).
-    shape_k : tuple of int
-        (n_Ei, n_Em, n_Phi).
-    indptr : ndarray, shape (N_ν + 1,), int64
-    col_p, col_k : ndarray, shape (nnz,), int32
-    val : ndarray, shape (nnz,), float32
+    Row ν holds entries ``val[q]`` (float32) at PsiChi pixel ``col_p[q]`` and flattened
+    (Ei, Em, Phi) index ``col_k[q]`` (int32) for ``q`` in ``indptr[ν]:indptr[ν + 1]`` (int64);
+    ``nside_nu`` and ``nside_psichi`` are the HEALPix (RING) resolutions of the ν and PsiChi axes,
+    ``shape_k`` is (n_Ei, n_Em, n_Phi).
     """
 
     nside_nu: int
@@ -212,18 +204,9 @@ class DetectorResponse:
         return np.stack([self.row(i) for i in range(self.n_nu)])
 
     def weighted_row_sum(self, weights: np.ndarray) -> np.ndarray:
-        """Σ_ν w_ν R_det[ν]: the response to a source distribution over ν.
-
-        Parameters
-        ----------
-        weights : array_like, shape (N_ν,)
-            Weight of each ν row (for example intensity × solid angle, cm⁻² s⁻¹).
-
-        Returns
-        -------
-        ndarray, shape (n_Ei × n_Em × n_Phi, N_PsiChi)
-            float64; cm² × the unit of ``weights``.
-        """
+        """Σ_ν w_ν R_det[ν]: the response to a source distribution ``weights`` (N_ν,) over ν (for
+        example intensity × solid angle, cm⁻² s⁻¹); shape (n_k, N_PsiChi), float64, cm² × the
+        unit of ``weights``."""
         w = np.asarray(weights, dtype=np.float64)
         if w.shape != (self.n_nu,):
             raise InvalidParameterError(f"weights must have shape ({self.n_nu},) (one per ν "

@@ -44,16 +44,9 @@ def gpu_backend() -> str | None:
 
 
 class GPUDenseResponse(DenseResponse):
-    """Dense response in GPU memory.
-
-    Parameters
-    ----------
-    matrix : ndarray, shape (n_model, n_data)
-        Host matrix (float32 or float64; a memory-mapped cache is fine); uploaded in row blocks.
-    model_axes, data_axes, pixel_solid_angle, unit, row_sums
-        See :class:`~.operator.ResponseOperator`.
-    backend : {'cupy', 'torch'}, optional
-        The library (kept as ``library``); default :func:`gpu_backend`.
+    """Dense response in GPU memory: the host ``matrix`` (as :class:`~.dense.DenseResponse`'s;
+    a memory-mapped cache is fine) uploaded in row blocks with the library ``backend`` ('cupy'
+    or 'torch', kept as ``library``; default :func:`gpu_backend`).
 
     Raises
     ------

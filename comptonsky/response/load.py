@@ -62,14 +62,10 @@ def load_response(rsp: Histogram | str | os.PathLike, dtype: str | None = None,
 
     Raises
     ------
-    UnknownChoiceError
-        For an unknown storage, dtype, device or option.
-    InvalidParameterError
-        For an option value out of range, or a GPU asked for and not usable.
-    FileFormatError
-        For a missing or malformed file.
-    InvalidDataError
-        If the response has no exposure.
+    UnknownChoiceError, InvalidParameterError
+        For an unknown or out-of-range option, or a GPU asked for and not usable.
+    FileFormatError, InvalidDataError
+        For a missing or malformed file, or a response with no exposure.
     """
     t0 = time.perf_counter()
     opts = ResponseOptions.from_mapping({"dtype": dtype, "storage": storage, **kwargs},
@@ -142,24 +138,10 @@ def _estimate_density(src: ResponseSource, dtype, threshold: float, n_sample: in
 
 def choose_storage(n_model: int, n_data: int, dtype, density: float, limit: int,
                    n_cols: int) -> tuple[str, str]:
-    """The storage ``auto`` picks, and why.
-
-    Parameters
-    ----------
-    n_model, n_data : int
-        Matrix shape.
-    dtype : numpy dtype
-    density : float
-        Estimated fraction of elements the sparse storage keeps.
-    limit : int
-        Bytes the response may use.
-    n_cols : int
-        Columns per sparse segment (PsiChi pixels).
-
-    Returns
-    -------
-    (storage, reason)
-    """
+    """(storage, reason): what ``auto`` picks for an (n_model, n_data) matrix of ``dtype`` when
+    the sparse storage keeps ``density`` of it in segments of ``n_cols`` columns (PsiChi pixels)
+    and the response may use ``limit`` bytes: sparse if it streams < 60 % of the dense bytes and
+    fits, else dense if it fits, else out-of-core."""
     itemsize = np.dtype(dtype).itemsize
     dense = n_model * n_data * itemsize
     stream = int(density * n_model * n_data * (itemsize + index_dtype(n_cols).itemsize))

@@ -30,21 +30,12 @@ DEFAULT_MEMORY_BUDGET = 2 ** 30
 
 
 class OutOfCoreResponse(ResponseOperator):
-    """Dense response streamed from a raw file in row blocks.
+    """Dense response streamed in row blocks from file ``path``, which holds the C-ordered
+    (n_model, n_data) ``dtype`` matrix at byte ``offset``.
 
-    Parameters
-    ----------
-    path : path-like
-        File holding the matrix (C order, shape (n_model, n_data)) at byte ``offset``.
-    offset : int
-        Byte offset of element (0, 0).
-    dtype : {'float32', 'float64'}
-    model_axes, data_axes, pixel_solid_angle, unit, row_sums
-        See :class:`~.operator.ResponseOperator`.
-    memory_budget : int, optional
-        Bytes the two row-block buffers may use together (at least two rows); default 1 GiB.
-    unlink : bool
-        Remove the file's directory entry once opened (a private temporary file).
+    ``memory_budget`` (default 1 GiB) is the bytes the two row-block buffers may use together
+    (at least two rows); ``unlink`` removes the file's directory entry once opened (a private
+    temporary file). Other parameters: :class:`~.operator.ResponseOperator`.
     """
 
     storage = "out-of-core"

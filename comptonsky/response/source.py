@@ -34,7 +34,7 @@ LOAD_BLOCK_BYTES = 64 * 2 ** 20
 
 
 def response_axes(rsp: Histogram | Axes, source: str = "response") -> tuple[Axes, Axes]:
-    """Split a response's axes into model axes ``(lb, Ei)`` and data axes ``(Em, Phi, PsiChi)``.
+    """Model axes ``(lb, Ei)`` and data axes ``(Em, Phi, PsiChi)`` of a response (or its axes).
 
     Raises
     ------

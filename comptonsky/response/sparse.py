@@ -34,18 +34,10 @@ def index_dtype(n_columns: int) -> np.dtype:
 
 @dataclass
 class SegmentedCSR:
-    """k-major CSR of n_seg matrices of shape (n_rows, n_cols) sharing one index/value array.
-
-    Attributes
-    ----------
-    ptr : ndarray, shape (n_seg, n_rows + 1), int64
-        Elements of row r of segment k: ``ptr[k, r] : ptr[k, r + 1]`` (absolute offsets).
-    idx : ndarray, shape (nnz,), uint16 or int32
-        Column of each element.
-    val : ndarray, shape (nnz,), float32 or float64
-        Value of each element (cm² s).
-    n_cols : int
-    """
+    """k-major CSR of n_seg matrices of shape (n_rows, n_cols) sharing one index/value array:
+    the elements of row r of segment k are ``ptr[k, r] : ptr[k, r + 1]`` (``ptr`` (n_seg,
+    n_rows + 1) int64, absolute offsets), with columns ``idx`` (nnz,) uint16 or int32 and values
+    ``val`` (nnz,) float32 or float64 in cm² s."""
 
     ptr: np.ndarray
     idx: np.ndarray
@@ -261,7 +253,7 @@ def build_rows(blocks: Iterable[tuple[int, int, np.ndarray]], n_model: int, n_se
     row_kept : ndarray, shape (n_model,), float64
         Σ_i R_ij of the kept elements.
     dropped_flux_fraction, max_row_dropped_fraction : float
-        Σ of the dropped elements over Σ R, overall and in the worst model element's row.
+        As :class:`SparseResponse`'s.
 
     Raises
     ------
@@ -337,16 +329,14 @@ class SparseResponse(_SparseProducts, ResponseOperator):
 
     Parameters
     ----------
-    rows : SegmentedCSR
-        n_seg segments of shape (n_model, n_psi) (adjoint orientation).
-    cols : SegmentedCSR or None
-        Their transposes (forward orientation); computed from ``rows`` when None.
+    rows, cols : SegmentedCSR
+        The n_seg segments (n_model, n_psi) of the adjoint orientation and their transposes
+        (computed from ``rows`` when None).
     model_axes, data_axes, pixel_solid_angle, unit, row_sums
-        See :class:`~comptonsky.response.operator.ResponseOperator`.
-    threshold : float
-        The relative threshold the elements were selected with.
-    dropped_flux_fraction, max_row_dropped_fraction : float
-        Σ of the dropped elements over Σ R (overall, and the worst model element).
+        See :class:`~.operator.ResponseOperator`.
+    threshold, dropped_flux_fraction, max_row_dropped_fraction : float
+        The relative threshold the elements were kept with, and Σ of the dropped elements over
+        Σ R (overall, and in the worst model element's row).
     """
 
     storage = "sparse"

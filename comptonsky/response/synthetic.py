@@ -28,17 +28,9 @@ from ..physics import klein_nishina
 __all__ = ["cone_response", "fill_cone_rows", "cone_axes"]
 
 def cone_axes(nside: int = 16, n_phi: int = 60, energy_edges=(509.0, 513.0)) -> Axes:
-    """Axes ``(NuLambda, Ei, Em, Phi, PsiChi)`` of a Galactic point-source response.
-
-    Parameters
-    ----------
-    nside : int
-        HEALPix nside of the sky (NuLambda) and of PsiChi.
-    n_phi : int
-        Number of Compton scatter-angle bins over 0–180°.
-    energy_edges : sequence of float
-        keV edges of the single true/measured energy band.
-    """
+    """Axes ``(NuLambda, Ei, Em, Phi, PsiChi)`` of a Galactic point-source response: HEALPix
+    ``nside`` (RING) sky and PsiChi, ``n_phi`` Compton-angle bins over 0–180°, one energy band
+    (``energy_edges`` in keV)."""
     edges = u.Quantity(energy_edges, u.keV)
     return Axes([
         HealpixAxis(nside=nside, coordsys="galactic", label="NuLambda"),
@@ -86,14 +78,8 @@ def fill_cone_rows(out: np.ndarray, rows: slice, nside: int, n_phi: int,
 
 def cone_response(nside: int = 4, n_phi: int = 12, ring_width_deg: float = 10.0,
                   cutoff: float = 4.0, dtype=np.float64) -> Histogram:
-    """The cone-model response as a histpy Histogram (small shapes; see :func:`fill_cone_rows`).
-
-    Returns
-    -------
-    histpy.Histogram
-        Axes ``(NuLambda, Ei, Em, Phi, PsiChi)``, unit cm² s, shape
-        (12 nside², 1, 1, n_phi, 12 nside²).
-    """
+    """The cone-model response (:func:`fill_cone_rows`) as a histpy Histogram with axes
+    :func:`cone_axes`, unit cm² s, shape (12 nside², 1, 1, n_phi, 12 nside²); small shapes."""
     axes = cone_axes(nside, n_phi)
     npix = hp.nside2npix(nside)
     contents = np.zeros((npix, 1, 1, n_phi, npix), dtype=dtype)
