@@ -1,15 +1,9 @@
 """The response held as one dense matrix (in memory or memory-mapped), BLAS products.
 
-Its subsets (OSEM, :meth:`~.operator.ResponseOperator.subset`) run in one of two modes:
-
-``views`` (Phi subsets)
-    In the C-ordered (Em, Phi, PsiChi) data vector each (Em, φ) pair is a contiguous run of
-    n_PsiChi bins, so every piece is a strided view of the matrix that BLAS multiplies directly:
-    no copy, and a cycle over the subsets streams the matrix once.
-``permuted`` (PsiChi subsets)
-    The subset's columns are scattered, so the matrix is copied once, column-permuted so that
-    each subset is a contiguous block: one extra response in memory, shared by the subsets of
-    one partition while any of them is alive.
+Phi subsets (``mode='views'``): each (Em, φ) pair is a contiguous run of n_PsiChi data bins, so
+every piece is a strided view of the matrix that BLAS multiplies directly (no copy). PsiChi subsets
+(``mode='permuted'``): the matrix is copied once, column-permuted so that each subset is a
+contiguous block; the copy is shared by the subsets of one partition while any of them is alive.
 """
 
 from __future__ import annotations
@@ -28,16 +22,9 @@ logger = logging.getLogger(__name__)
 
 
 class DenseResponse(ResponseOperator):
-    """Response held as one C-contiguous (n_model, n_data) matrix; BLAS matrix-vector products.
-
-    Parameters
-    ----------
-    matrix : ndarray, shape (n_model, n_data)
-        float32 or float64, used as given (a view of a histogram's contents or a memory-mapped
-        file is fine): no copy is made.
-    model_axes, data_axes, pixel_solid_angle, unit, row_sums
-        See :class:`~.operator.ResponseOperator`.
-    """
+    """Response held as one C-contiguous (n_model, n_data) float32 or float64 ``matrix``, used
+    as given (a view of a histogram's contents or a memory-mapped file: no copy); BLAS products.
+    Other parameters: :class:`~.operator.ResponseOperator`."""
 
     storage = "dense"
 
@@ -128,12 +115,8 @@ class DenseColumnBlocks(ResponseSubset):
 
     def _rmatvec(self, y):
         yd = self.parent._put(y)
-        back, start = None, 0
-        for b in self.blocks:
-            part = b @ yd[start:start + b.shape[1]]
-            back = part if back is None else back + part
-            start += b.shape[1]
-        return self.parent._get(back)
+        ends = np.cumsum([b.shape[1] for b in self.blocks]).tolist()
+        return self.parent._get(sum(b @ yd[e - b.shape[1]:e] for b, e in zip(self.blocks, ends)))
 
     def _matvec_rows(self, rows, coef):
         p = self.parent

@@ -1,8 +1,7 @@
 """Optional GPU backend: the dense response held in GPU memory (CuPy or PyTorch, picked at run time).
 
-Neither library is a dependency. The matrix is uploaded in row blocks (no second host copy) and
-the products, subsets included (:mod:`.dense`), run as cuBLAS matrix–vector products; only the
-model and data vectors cross the bus per product.
+Neither library is a dependency. The products, subsets included (:mod:`.dense`), run as cuBLAS
+matrix–vector products; only the model and data vectors cross the bus.
 
 .. warning::
    This backend has not been run on a GPU: the project machine has none. The test suite covers

@@ -30,30 +30,18 @@ def adjointness_test(op: LinearOperator, seed: int = 0) -> float:
     """|⟨A x, y⟩ − ⟨x, Aᵀ y⟩| / |⟨A x, y⟩| for random positive x, y (seeded): 0 up to rounding
     for a consistent forward/adjoint pair."""
     rng = np.random.default_rng(seed)
-    x = rng.random(op.n_model)
-    y = rng.random(op.n_data)
-    lhs = float(np.dot(op.forward(x), y))
-    rhs = float(np.dot(x, op.adjoint(y)))
+    x, y = rng.random(op.n_model), rng.random(op.n_data)
+    lhs, rhs = float(np.dot(op.forward(x), y)), float(np.dot(x, op.adjoint(y)))
     return abs(lhs - rhs) / max(abs(lhs), np.finfo(float).tiny)
 
 
 class LinearOperator(ABC):
-    """A linear map from model space (``model_shape``) to data space (``data_shape``).
+    """A linear map from model space (``model_shape``) to data space (``data_shape``), held in
+    precision ``dtype`` (products are always float64).
 
     Subclasses implement ``_forward`` (A x) and ``_adjoint`` (Aᵀ y) on flat float64 vectors,
-    returning float64, and may override :meth:`forward_partial`.
-
-    Parameters
-    ----------
-    model_shape, data_shape : tuple of int
-    dtype : numpy dtype
-        Precision the operator is held in (products are always float64).
-
-    Attributes
-    ----------
-    info : dict
-        How the operator was made (storage, dtype, source, cache hit, load time, ...); also
-        readable as ``load_info``.
+    returning float64, and may override :meth:`forward_partial`. ``info`` (also ``load_info``)
+    records how the operator was made (storage, dtype, source, cache hit, load time, ...).
     """
 
     #: How the operator is held ('dense', 'sparse', 'out-of-core', 'composite', ...).

@@ -47,10 +47,7 @@ def load_response(rsp: Histogram | str | os.PathLike, dtype: str | None = None,
         Response with axes ``(NuLambda, Ei, Em, Phi, PsiChi)`` in cm² s, shape
         (n_pix, n_Ei, n_Em, n_Phi, n_PsiChi); the file may carry under/overflow bins.
     dtype, storage, **kwargs
-        Options (:class:`~.options.ResponseOptions`: ``sparse_threshold``, ``memory_budget``,
-        ``cache``, ``cache_dir``, ``populate``, ``progress``, ``device``, ``reuse_products``),
-        changing ``options`` if given.
-    options : ResponseOptions, optional
+        Options (:class:`~.options.ResponseOptions`), changing ``options`` if given.
 
     Returns
     -------
@@ -188,8 +185,8 @@ class Storage:
 
     def load(self, src: ResponseSource, dt: np.dtype, opts: ResponseOptions) -> ResponseOperator:
         op = self.in_place(src, dt, opts) if dt == src.file_dtype else None
-        if op is not None:
-            op.info.update(cached=False, cache_path=None)
+        if op is not None:             # on the histogram's memory, or mapped where the file is
+            op.info.update(cached=False, cache_path=None, mapped_source=src.path is not None)
             return op
         cache = None
         if opts.cache and src.path is not None:
@@ -222,9 +219,7 @@ class DenseStorage(Storage):
         if offset is None:
             return None
         matrix = map_array(src.path, offset, (src.n_model, src.n_data), dt, opts.populate)
-        op = DenseResponse(matrix, *src.operator_args)      # mapped where the file holds it
-        op.info["mapped_source"] = True
-        return op
+        return DenseResponse(matrix, *src.operator_args)
 
     def open_cache(self, cf, src, dt, opts):
         return DenseResponse(cf["matrix"], *src.operator_args, row_sums=np.array(cf["row_sums"]))
@@ -253,10 +248,8 @@ class OutOfCoreStorage(Storage):
         offset = src.contiguous_offset()
         if offset is None:
             return None
-        op = OutOfCoreResponse(src.path, offset, dt, *src.operator_args,
-                               memory_budget=opts.memory_budget)
-        op.info["mapped_source"] = True
-        return op
+        return OutOfCoreResponse(src.path, offset, dt, *src.operator_args,
+                                 memory_budget=opts.memory_budget)
 
     def open_cache(self, cf, src, dt, opts):
         return OutOfCoreResponse(cf.path, cf.offset("matrix"), dt, *src.operator_args,

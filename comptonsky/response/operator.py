@@ -8,11 +8,10 @@ angle ΔΩ_j is folded in::
     adjoint(y)_j = ΔΩ_j Σ_i R_ij y_i
     exposure_j   = adjoint(1)_j = ΔΩ_j Σ_i R_ij  (cm² s sr)
 
-with R in cm² s. How R is held is the business of the backends (:mod:`.dense`, :mod:`.sparse`,
-:mod:`.outofcore`, :mod:`.gpu`); the algorithms see only the operator. A response restricted to
-an interleaved subset of its data bins (OSEM) is a :class:`ResponseSubset`, whose ``mode`` says
-how its products run: ``fallback`` (any backend) makes a full product and selects the subset's
-bins; the backends add cheaper modes.
+with R in cm² s, held by a backend (:mod:`.dense`, :mod:`.sparse`, :mod:`.outofcore`, :mod:`.gpu`).
+A response restricted to an interleaved subset of its data bins (OSEM) is a
+:class:`ResponseSubset`; its ``mode`` says how its products run (``fallback``, any backend: a full
+product, then the subset's bins; the backends add cheaper modes).
 """
 
 from __future__ import annotations
@@ -67,10 +66,9 @@ class ResponseOperator(LinearOperator):
 
     Parameters
     ----------
-    model_axes : histpy.Axes
-        ``(lb, Ei)``: a HEALPix axis and the true-energy axis.
-    data_axes : histpy.Axes or None
-        ``(Em, Phi, PsiChi)``; None for a restriction to some data bins (then give ``data_shape``).
+    model_axes, data_axes : histpy.Axes
+        ``(lb, Ei)`` (HEALPix, true energy) and ``(Em, Phi, PsiChi)``; ``data_axes`` None for a
+        restriction to some data bins, whose ``data_shape`` is then given.
     pixel_solid_angle : array_like, shape (n_model,) or scalar
         ΔΩ_j in sr.
     unit : astropy.units.Unit
@@ -79,8 +77,6 @@ class ResponseOperator(LinearOperator):
         Σ_i R_ij in float64 when the loader knows it (else the exposure costs one adjoint).
     dtype : numpy dtype
         Precision R is held in.
-    data_shape : tuple of int, optional
-        Only with ``data_axes=None``.
     """
 
     def __init__(self, model_axes: Axes, data_axes: Axes | None, pixel_solid_angle, unit, *,

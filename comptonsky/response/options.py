@@ -86,15 +86,9 @@ class ResponseOptions:
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any] | None, where: str = "response options",
                      base: ResponseOptions | None = None) -> ResponseOptions:
-        """Validated options from ``mapping`` (None values mean "not given").
-
-        Parameters
-        ----------
-        mapping : mapping of str to value
-        where : str
-            Named in error messages (a function, a file's section, a command-line option).
-        base : ResponseOptions, optional
-            Options the given ones change (default: the defaults).
+        """Validated options from ``mapping`` (None values mean "not given") changing ``base``
+        (default: the defaults); ``where`` (a function, a file's section, a command-line option)
+        is named in error messages.
 
         Raises
         ------

@@ -17,15 +17,9 @@ __all__ = ["ReusedProducts"]
 
 class ReusedProducts(OperatorWrapper):
     """``op`` (any operator, its other attributes reachable through this wrapper) with forward
-    products rebuilt from the last two when the model is on their line.
-
-    Attributes
-    ----------
-    reuse_products : bool
-        False streams ``op`` for every call (the counters still count).
-    products_computed, products_reused : int
-        Forward products made by ``op`` / rebuilt here.
-    """
+    products rebuilt from the last two when the model is on their line. ``reuse_products``
+    False streams ``op`` for every call; ``products_computed`` and ``products_reused`` count
+    the forward products made by ``op`` and rebuilt here."""
 
     #: Residuals below this fraction of max|x| are left out of the correction (float64 rounding).
     REUSE_TOLERANCE = 1e-12

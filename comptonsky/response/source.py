@@ -66,7 +66,7 @@ class ResponseSource:
     row_align: int = 1
 
     def _setup(self, axes: Axes, unit) -> None:
-        self.axes, self.unit = axes, unit.decode() if isinstance(unit, bytes) else unit
+        self.axes, self.unit = axes, unit
         self.model_axes, self.data_axes = response_axes(axes, self.name)
         self.n_model = int(np.prod(self.model_axes.nbins))
         self.n_data = int(np.prod(self.data_axes.nbins))
@@ -157,7 +157,8 @@ def _header(f: h5py.File, path) -> tuple[h5py.Group, Axes, Any]:
         raise FileFormatError(f"{path}: no histogram group 'hist' (found {sorted(f.keys())}); "
                               "is this a histpy file?")
     g = f["hist"]
-    return g, Axes.open(g["axes"]), g.attrs.get("unit")
+    unit = g.attrs.get("unit")
+    return g, Axes.open(g["axes"]), unit.decode() if isinstance(unit, bytes) else unit
 
 
 class HDF5Source(ResponseSource):
@@ -263,4 +264,4 @@ def probe_response(rsp: Histogram | str | os.PathLike) -> tuple[Axes, Axes, Any]
     path = _existing(rsp)
     with open_hdf5(path) as f:
         _, axes, unit = _header(f, path)
-    return (*response_axes(axes, str(path)), unit.decode() if isinstance(unit, bytes) else unit)
+    return (*response_axes(axes, str(path)), unit)

@@ -238,14 +238,9 @@ def _n_chunks(n_seg: int) -> int:
 def build_rows(blocks: Iterable[tuple[int, int, np.ndarray]], n_model: int, n_seg: int,
                n_cols: int, dtype, threshold: float
                ) -> tuple[SegmentedCSR, np.ndarray, float, float]:
-    """The rows orientation from dense row blocks, keeping R_ij > threshold · max_i R_ij.
-
-    Parameters
-    ----------
-    blocks : iterable of (j0, j1, ndarray of shape (j1 − j0, n_seg · n_cols))
-        Every row, in order, in ``dtype``; each block is used before the next is asked for.
-    threshold : float
-        Relative threshold ≥ 0 (module docstring).
+    """The rows orientation from dense row ``blocks`` (j0, j1, rows (j1 − j0, n_seg · n_cols)):
+    every row in order, in ``dtype``, each used before the next is asked for; kept are the
+    R_ij > threshold · max_i R_ij.
 
     Returns
     -------
@@ -347,15 +342,13 @@ class SparseResponse(_SparseProducts, ResponseOperator):
                  row_sums: np.ndarray | None = None):
         super().__init__(model_axes, data_axes, pixel_solid_angle, unit, row_sums=row_sums,
                          dtype=rows.val.dtype)
-        n_seg = rows.n_seg
-        if rows.n_rows != self.n_model or n_seg * rows.n_cols != self.n_data:
+        self.rows, self.n_seg, self.n_psi = rows, rows.n_seg, rows.n_cols
+        if rows.n_rows != self.n_model or self.n_seg * self.n_psi != self.n_data:
             raise InvalidDataError(
-                f"sparse response has {rows.n_rows} rows × {n_seg} segments × {rows.n_cols} "
-                f"columns, expected {self.n_model} rows and {self.n_data} data elements")
-        self.rows = rows
+                f"sparse response has {rows.n_rows} rows × {self.n_seg} segments × "
+                f"{self.n_psi} columns, expected {self.n_model} rows and {self.n_data} data "
+                "elements")
         self.cols = cols if cols is not None else transpose(rows)
-        self.n_seg = n_seg
-        self.n_psi = rows.n_cols
         self.threshold = float(threshold)
         self.dropped_flux_fraction = float(dropped_flux_fraction)
         self.max_row_dropped_fraction = float(max_row_dropped_fraction)
