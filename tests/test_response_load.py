@@ -18,10 +18,9 @@ from comptonsky.errors import (
     UnknownChoiceError,
 )
 from comptonsky.response.cache import CACHE_ENV
-from comptonsky.response.load import load_response
-from comptonsky.response.memory import parse_memory
+from comptonsky.response.load import choose_storage, load_response
+from comptonsky.response.options import parse_memory
 from comptonsky.response.source import open_source
-from comptonsky.response.storage import choose_storage
 from comptonsky.response.synthetic import cone_response
 
 

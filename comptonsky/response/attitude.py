@@ -19,19 +19,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class AttitudeBins:
-    """Groups of time sharing one attitude.
-
-    Attributes
-    ----------
-    rotations : ndarray, shape (T, 3, 3)
-        Detector → Galactic rotation of each bin.
-    zenith : ndarray, shape (T, 3)
-        Galactic zenith unit vector of each bin.
-    horizon_deg : ndarray, shape (T,)
-        Angle from the zenith beyond which the Earth blocks the sky (deg).
-    livetime : ndarray, shape (T,)
-        Live time (s) in each bin.
-    """
+    """Groups of time sharing one attitude: for each of T bins its detector → Galactic
+    ``rotations`` (T, 3, 3), Galactic ``zenith`` unit vector (T, 3), ``horizon_deg`` (T,) (angle
+    from the zenith beyond which the Earth blocks the sky) and ``livetime`` (T,) in s."""
 
     rotations: np.ndarray
     zenith: np.ndarray
@@ -65,6 +55,13 @@ def _quantize_attitudes(x, z, zen, cell_deg):
     zlpix = hp.vec2pix(nside_q, zen_loc[:, 0], zen_loc[:, 1], zen_loc[:, 2]).astype(np.int64)
     _, inv = np.unique(np.stack([zpix, rbin, zlpix], axis=1), axis=0, return_inverse=True)
     return inv.ravel(), zen_loc
+
+
+def _frame(x, z):
+    """Rotations (n, 3, 3) with columns x (made orthogonal to z, unit), z × x and z."""
+    x = x - np.sum(x * z, axis=1, keepdims=True) * z
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return np.stack([x, np.cross(z, x), z], axis=-1)
 
 
 def _weighted_unit_mean(inv, w, v, n):
@@ -119,10 +116,6 @@ def bin_attitudes(orientation: Orientation, resolution_deg: float = 1.0,
         (113° at 550 km); rows with unknown altitude use 550 km.
     tmin, tmax : float, optional
         Restrict to this time range first.
-
-    Returns
-    -------
-    AttitudeBins
     """
     if not resolution_deg > 0:
         raise InvalidParameterError(f"attitude resolution must be positive, got {resolution_deg}")
@@ -138,18 +131,14 @@ def bin_attitudes(orientation: Orientation, resolution_deg: float = 1.0,
     fine, zen_loc = _quantize_attitudes(x, z, zen, resolution_deg / 3.0)
     nf = int(fine.max()) + 1
     wf = np.bincount(fine, weights=live, minlength=nf)
-    zf, xf = _weighted_unit_mean(fine, live, z, nf), _weighted_unit_mean(fine, live, x, nf)
-    xf = xf - np.sum(xf * zf, axis=1, keepdims=True) * zf
-    xf /= np.linalg.norm(xf, axis=1, keepdims=True)
-    rotf = np.stack([xf, np.cross(zf, xf), zf], axis=-1).reshape(nf, 9)
+    rotf = _frame(_weighted_unit_mean(fine, live, x, nf),
+                  _weighted_unit_mean(fine, live, z, nf)).reshape(nf, 9)
     zlf = _weighted_unit_mean(fine, live, zen_loc, nf)
     label, nb = _leader_clusters(rotf, zlf, wf, np.radians(resolution_deg) / 2.0)
     inv = label[fine]
     w = np.bincount(inv, weights=live, minlength=nb)
     zb, xb, zenb = (_weighted_unit_mean(inv, live, v, nb) for v in (z, x, zen))
-    xb = xb - np.sum(xb * zb, axis=1, keepdims=True) * zb
-    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
-    rotb = np.stack([xb, np.cross(zb, xb), zb], axis=-1)
+    rotb = _frame(xb, zb)
     if horizon_deg is None:
         altb = np.bincount(inv, weights=live * np.where(alt > 0, alt, 550.0), minlength=nb) / w
         hor = np.array([horizon_angle_deg(a) for a in altb])

@@ -1,18 +1,13 @@
 """Converted-response cache: one file per (source file identity, dtype, storage, threshold).
 
-A cache file holds raw arrays, each starting at a 4096-byte boundary, followed by a JSON footer and
-a 16-byte trailer (footer length, magic). Writing is sequential, so arrays whose length is not
-known in advance (a sparse matrix being built) can be streamed; the file is written under a
-temporary name and renamed when complete (:func:`comptonsky.io.atomic.atomic_path`), so an
-interrupted conversion never leaves a truncated cache. Reading memory-maps the arrays (read-only,
-optionally pre-faulted with ``MAP_POPULATE``): a cached load costs no copy.
+A cache file holds raw arrays, each at a 4096-byte boundary, then a JSON footer and a 16-byte
+trailer (footer length, magic). It is written sequentially (arrays of unknown length stream in)
+under a temporary name and renamed when complete, and read as read-only memory maps. The key
+hashes the source's resolved path, size and modification time with the dtype, storage, threshold
+and format version, so a changed response file is converted again.
 
-The key hashes the source's resolved path, size and modification time (ns) with the target dtype,
-storage, threshold and the format version, so a changed response file is converted again.
-
-Location, first match wins: the ``cache_dir`` option; the ``COMPTONSKY_CACHE_DIR`` environment
-variable; the source file's directory if writable; ``$XDG_CACHE_HOME/comptonsky`` (default
-``~/.cache/comptonsky``).
+Location, first match wins: the ``cache_dir`` option; ``$COMPTONSKY_CACHE_DIR``; the source
+file's directory if writable; ``$XDG_CACHE_HOME/comptonsky`` (default ``~/.cache/comptonsky``).
 """
 
 from __future__ import annotations
@@ -32,8 +27,7 @@ import numpy as np
 from ..errors import FileFormatError
 from ..io.atomic import atomic_path
 
-__all__ = ["CACHE_ENV", "CacheWriter", "CacheFile", "map_array", "ResponseCache",
-           "cache_dir_for"]
+__all__ = ["CACHE_ENV", "CacheWriter", "CacheFile", "map_array", "ResponseCache"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,59 +38,27 @@ ALIGN = 4096
 _TRAILER = struct.Struct("<Q8s")
 
 
-def cache_dir_for(source: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
-    """The directory the cache of ``source`` lives in (see module docstring)."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    parent = Path(source).resolve().parent
-    if os.access(parent, os.W_OK):
-        return parent
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "comptonsky"
-
-
-def _stale_caches(target: Path) -> list[Path]:
-    """Other cache files of the same source, storage and dtype (older keys)."""
-    prefix = target.name.rsplit("-", 1)[0] + "-"
-    return [p for p in target.parent.glob(prefix + "*.cache") if p != target]
-
-
 class CacheWriter:
-    """Stream arrays into a new cache file (atomic: temporary name, renamed on close).
+    """Stream arrays into a new cache file ``path`` from a writer thread (atomic: written under
+    a temporary name, renamed when complete), with the JSON-serialisable ``meta`` in its footer;
+    ``prune`` removes older caches of the same source, storage and dtype on success. An appended
+    block must stay unchanged until :meth:`wait` (or the end of the file)."""
 
-    Parameters
-    ----------
-    path : path-like
-        Final cache file path.
-    meta : dict
-        JSON-serialisable metadata stored in the footer (key, settings, axes summary...).
-    background : bool
-        Write appended blocks from a background thread (the caller must not modify an
-        appended block afterwards unless it calls :meth:`wait`).
-    prune : bool
-        On success, remove older cache files of the same source, storage and dtype.
-    """
-
-    def __init__(self, path: str | os.PathLike, meta: dict[str, Any], background: bool = True,
-                 prune: bool = True):
+    def __init__(self, path: str | os.PathLike, meta: dict[str, Any], prune: bool = True):
         self.path = Path(path)
         self.prune = prune
         self.meta = dict(meta)
         self.arrays: dict[str, dict[str, Any]] = {}
         self._ctx = atomic_path(self.path)
         self.tmp = self._ctx.__enter__()
-        self._fh = open(self.tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
-        self._pool = ThreadPoolExecutor(1) if background else None
+        self._fh = open(self.tmp, "wb")  # noqa: SIM115 - closed in _finish()/abort()
+        self._pool = ThreadPoolExecutor(1)
         self._pending: list[Future] = []
         self._current: str | None = None
         self._pos = 0
 
-    # --- streaming an array of unknown length ---
     def begin(self, name: str, dtype, inner_shape: tuple[int, ...] = ()) -> None:
-        """Start array ``name``; append blocks with :meth:`append`, close with :meth:`end`."""
+        """Start array ``name`` of unknown length: :meth:`append` blocks, then :meth:`end`."""
         pad = (-self._pos) % ALIGN
         if pad:
             self._write(b"\0" * pad)
@@ -105,11 +67,11 @@ class CacheWriter:
                              "inner": list(inner_shape), "count": 0}
 
     def append(self, block: np.ndarray) -> None:
-        """Append ``block`` (C-contiguous, of the array's dtype) to the current array."""
+        """Append ``block`` (of the array's dtype) to the current array."""
         info = self.arrays[self._current]
         if block.dtype.str != info["dtype"]:
             raise TypeError(f"block dtype {block.dtype} != array dtype {info['dtype']}")
-        info["count"] += int(block.shape[0]) if block.ndim else 1
+        info["count"] += int(block.shape[0])
         self._write(memoryview(np.ascontiguousarray(block)).cast("B"))
 
     def end(self) -> None:
@@ -118,20 +80,14 @@ class CacheWriter:
         self._current = None
 
     def add(self, name: str, array: np.ndarray) -> None:
-        """Write a whole array."""
-        array = np.ascontiguousarray(array)
+        """Write a whole array (at least 1-D)."""
         self.begin(name, array.dtype, array.shape[1:])
-        self.append(array if array.ndim else array.reshape(1))
+        self.append(array)
         self.end()
-        if array.ndim == 0:
-            self.arrays[name]["shape"] = []
 
     def _write(self, data) -> None:
         self._pos += len(data) if isinstance(data, bytes) else data.nbytes
-        if self._pool is None:
-            self._fh.write(data)
-        else:
-            self._pending.append(self._pool.submit(self._fh.write, data))
+        self._pending.append(self._pool.submit(self._fh.write, data))
 
     def wait(self) -> None:
         """Block until every appended block has been written."""
@@ -142,44 +98,35 @@ class CacheWriter:
     def close_in_background(self) -> Future:
         """Finish the file (:meth:`close`) from the writer thread; returns its Future.
 
-        Use when every appended block stays unchanged (the rows of the final matrix): loading
-        returns while the cache is still being written. The thread is not a daemon, so the
-        interpreter waits for it at exit; a failure is logged and leaves no partial file.
+        Loading returns while the cache is still being written; the thread is not a daemon, so
+        the interpreter waits for it at exit. A failure is logged and leaves no partial file.
         """
-        if self._pool is None:
-            fut: Future = Future()
-            fut.set_result(self.close())
-            return fut
-
-        def finish():
-            try:
-                return self._finish()
-            except BaseException as exc:
-                logger.warning("writing response cache %s failed: %s", self.path, exc)
-                self._discard()
-                raise
-
-        fut = self._pool.submit(finish)
+        fut = self._pool.submit(self._finish)
         self._pool.shutdown(wait=False)
         return fut
 
     def close(self) -> Path:
         """Write the footer, close, rename into place; remove older caches of the source."""
-        self.wait()
-        if self._pool is not None:
-            self._pool.shutdown()
-        return self._finish()
+        return self.close_in_background().result()
 
     def _finish(self) -> Path:
-        for fut in self._pending:
-            fut.result()
-        footer = json.dumps({"version": FORMAT_VERSION, "meta": self.meta,
-                             "arrays": self.arrays}).encode()
-        self._fh.write(footer)
-        self._fh.write(_TRAILER.pack(len(footer), MAGIC))
-        self._fh.close()
-        self._ctx.__exit__(None, None, None)
-        for old in _stale_caches(self.path) if self.prune else []:
+        try:
+            for fut in self._pending:
+                fut.result()
+            footer = json.dumps({"version": FORMAT_VERSION, "meta": self.meta,
+                                 "arrays": self.arrays}).encode()
+            self._fh.write(footer)
+            self._fh.write(_TRAILER.pack(len(footer), MAGIC))
+            self._fh.close()
+            self._ctx.__exit__(None, None, None)
+        except BaseException as exc:
+            logger.warning("writing response cache %s failed: %s", self.path, exc)
+            self._discard()
+            raise
+        prefix = self.path.name.rsplit("-", 1)[0] + "-"      # same source, storage and dtype
+        for old in self.path.parent.glob(prefix + "*.cache") if self.prune else []:
+            if old == self.path:
+                continue
             try:
                 old.unlink()
                 logger.info("removed stale response cache %s", old)
@@ -192,29 +139,29 @@ class CacheWriter:
         """Discard the temporary file."""
         for fut in self._pending:
             fut.cancel()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        self._pool.shutdown(wait=True)
         self._discard()
 
     def _discard(self) -> None:
-        try:
-            self._fh.close()
-        finally:
-            try:
-                self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
-            except RuntimeError:
-                pass
+        self._fh.close()
+        self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+
+def _mmap(fh, populate: bool) -> mmap.mmap:
+    flags = mmap.MAP_SHARED
+    if populate and hasattr(mmap, "MAP_POPULATE"):
+        flags |= mmap.MAP_POPULATE
+    return mmap.mmap(fh.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
 
 
 class CacheFile:
-    """A cache file opened for reading: metadata and memory-mapped arrays.
+    """A cache file opened for reading: its ``meta`` and its arrays (``cf[name]``, read-only
+    memory maps; ``populate`` pre-faults them so that the first product pays no page faults).
 
-    Parameters
-    ----------
-    path : path-like
-    populate : bool
-        Pre-fault the mapping (``MAP_POPULATE``) so that the first product does not pay page
-        faults; costs the time to map the pages once, at open.
+    Raises
+    ------
+    FileFormatError
+        If the file is not a cache of this format version.
     """
 
     def __init__(self, path: str | os.PathLike, populate: bool = False):
@@ -233,20 +180,15 @@ class CacheFile:
             if footer.get("version") != FORMAT_VERSION:
                 raise FileFormatError(f"{self.path}: cache format version "
                                       f"{footer.get('version')}, expected {FORMAT_VERSION}")
-            flags = mmap.MAP_SHARED
-            if populate and hasattr(mmap, "MAP_POPULATE"):
-                flags |= mmap.MAP_POPULATE
-            self._mmap = mmap.mmap(fh.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
+            self._mmap = _mmap(fh, populate)
         self.meta: dict[str, Any] = footer["meta"]
         self.layout: dict[str, dict[str, Any]] = footer["arrays"]
 
     def __getitem__(self, name: str) -> np.ndarray:
         info = self.layout[name]
         shape = tuple(info["shape"])
-        count = int(np.prod(shape)) if shape else 1
-        arr = np.frombuffer(self._mmap, dtype=np.dtype(info["dtype"]), count=count,
-                            offset=info["offset"])
-        return arr.reshape(shape)
+        return np.frombuffer(self._mmap, dtype=np.dtype(info["dtype"]),
+                             count=int(np.prod(shape)), offset=info["offset"]).reshape(shape)
 
     def __contains__(self, name: str) -> bool:
         return name in self.layout
@@ -271,11 +213,19 @@ def map_array(path: str | os.PathLike, offset: int, shape: tuple[int, ...], dtyp
         if offset + count * dtype.itemsize > size:
             raise FileFormatError(f"{path}: {size} bytes, expected at least "
                                   f"{offset + count * dtype.itemsize} for a {shape} {dtype} array")
-        flags = mmap.MAP_SHARED
-        if populate and hasattr(mmap, "MAP_POPULATE"):
-            flags |= mmap.MAP_POPULATE
-        mm = mmap.mmap(fh.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
+        mm = _mmap(fh, populate)
     return np.frombuffer(mm, dtype=dtype, count=count, offset=offset).reshape(shape)
+
+
+def _cache_dir(source: Path, cache_dir) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    if os.access(source.resolve().parent, os.W_OK):
+        return source.resolve().parent
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "comptonsky"
 
 
 #: Cache files this process is still writing (path → Future), so that a second load waits.
@@ -283,19 +233,9 @@ _PENDING: dict[str, Future] = {}
 
 
 class ResponseCache:
-    """The cache file of one (source file, dtype, storage kind, threshold).
-
-    Parameters
-    ----------
-    source : path-like
-        The response file.
-    dtype : str
-    kind : {'dense', 'sparse'}
-        The cache's layout (out-of-core uses the dense one).
-    threshold : float or None
-        Sparse threshold (None for dense).
-    cache_dir : path-like, optional
-        See :func:`cache_dir_for`.
+    """The cache file (``path``) of one response file ``source``, ``dtype``, layout ``kind``
+    ('dense', also used by out-of-core, or 'sparse') and sparse ``threshold`` (None for dense),
+    in ``cache_dir`` or the default location; ``meta`` is the identity written into its footer.
     """
 
     def __init__(self, source, dtype: str, kind: str, threshold: float | None = None,
@@ -306,7 +246,7 @@ class ResponseCache:
                             st.st_mtime_ns, str(dtype), kind,
                             None if threshold is None else float(threshold)])
         self.key = hashlib.sha256(ident.encode()).hexdigest()[:20]
-        self.path = (cache_dir_for(source, cache_dir)
+        self.path = (_cache_dir(self.source, cache_dir)
                      / f"{self.source.name}.comptonsky-{kind}-{dtype}-{self.key}.cache")
         self.meta = {"key": self.key, "source": str(source), "storage": kind, "dtype": dtype,
                      "threshold": threshold}
@@ -333,9 +273,9 @@ class ResponseCache:
             return None
         return cf
 
-    def writer(self, meta: dict[str, Any], background: bool = True) -> CacheWriter:
+    def writer(self, meta: dict[str, Any]) -> CacheWriter:
         """A writer of this cache file (``meta`` is added to the identity)."""
-        return CacheWriter(self.path, {**self.meta, **meta}, background=background)
+        return CacheWriter(self.path, {**self.meta, **meta})
 
     def finish_in_background(self, writer: CacheWriter) -> Future:
         """Close ``writer`` from its thread; a later :meth:`find` waits for it."""

@@ -8,18 +8,33 @@ simulator's instrument model; :mod:`.galactic` carries it over an attitude histo
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import astropy.units as u
 import healpy as hp
 import numba
 import numpy as np
+from histpy import Axes
 
-from ..errors import AxisMismatchError, InvalidParameterError
+from ..errors import AxisMismatchError, FileFormatError, InvalidParameterError
 from ..io.hdf5 import open_hdf5
-from .memory import release_free_memory
 
 __all__ = ["DetectorResponse"]
+
+#: Axes of a detector-frame response, in order.
+AXES = ("NuLambda", "Ei", "Em", "Phi", "PsiChi")
+
+
+def _release_free_memory() -> None:
+    """Hand freed heap back to the system (glibc keeps freed blocks below its mmap threshold)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        pass
 
 
 def _sparse_row(row: np.ndarray, threshold: float) -> tuple[np.ndarray, ...]:
@@ -34,18 +49,10 @@ def _sparse_row(row: np.ndarray, threshold: float) -> tuple[np.ndarray, ...]:
 class DetectorResponse:
     """A detector-frame response R_det[ν, Ei, Em, Phi, PsiChi] (cm²) stored sparsely per ν.
 
-    Row ν holds entries ``val[q]`` at PsiChi pixel ``col_p[q]`` and flattened (Ei, Em, Phi)
-    index ``col_k[q]`` for ``q`` in ``indptr[ν]:indptr[ν + 1]``.
-
-    Attributes
-    ----------
-    nside_nu, nside_psichi : int
-        HEALPix resolutions (RING) of the ν and PsiChi axes (detector frame).
-    shape_k : tuple of int
-        (n_Ei, n_Em, n_Phi).
-    indptr : ndarray, shape (N_ν + 1,), int64
-    col_p, col_k : ndarray, shape (nnz,), int32
-    val : ndarray, shape (nnz,), float32
+    Row ν holds entries ``val[q]`` (float32) at PsiChi pixel ``col_p[q]`` and flattened
+    (Ei, Em, Phi) index ``col_k[q]`` (int32) for ``q`` in ``indptr[ν]:indptr[ν + 1]`` (int64);
+    ``nside_nu`` and ``nside_psichi`` are the HEALPix (RING) resolutions of the ν and PsiChi axes,
+    ``shape_k`` is (n_Ei, n_Em, n_Phi).
     """
 
     nside_nu: int
@@ -77,18 +84,6 @@ class DetectorResponse:
         return len(self.val)
 
     @classmethod
-    def from_parts(cls, parts: list, nside_nu: int, nside_psichi: int,
-                   shape_k: tuple[int, int, int]) -> DetectorResponse:
-        """Assemble from a list (chunks) of lists (rows) of ``(col_p, col_k, val)`` arrays."""
-        blocks = []
-        for chunk in parts:
-            counts = np.array([len(r[2]) for r in chunk], dtype=np.int64)
-            if len(chunk):
-                blocks.append((counts, *(np.concatenate([r[j] for r in chunk])
-                                         for j in range(3))))
-        return cls.from_row_blocks(blocks, nside_nu, nside_psichi, shape_k)
-
-    @classmethod
     def from_row_blocks(cls, blocks: list, nside_nu: int, nside_psichi: int,
                         shape_k: tuple[int, int, int]) -> DetectorResponse:
         """Assemble from consecutive blocks of rows, each ``(counts, col_p, col_k, val)``.
@@ -106,32 +101,31 @@ class DetectorResponse:
         for j, dtype in ((1, np.int32), (2, np.int32), (3, np.float32)):
             joined.append(np.concatenate([np.asarray(b[j], dtype=dtype) for b in blocks]))
             blocks[:] = [tuple(None if i == j else x for i, x in enumerate(b)) for b in blocks]
-            release_free_memory()
+            _release_free_memory()
         blocks.clear()
         return cls(int(nside_nu), int(nside_psichi), tuple(int(s) for s in shape_k), indptr,
                    *joined)
 
     @classmethod
-    def from_dense(cls, array: np.ndarray, nside_nu: int | None = None,
-                   nside_psichi: int | None = None, threshold: float = 0.0) -> DetectorResponse:
-        """Build from a dense array of shape (N_ν, n_Ei, n_Em, n_Phi, N_PsiChi) in cm².
+    def _from_rows(cls, rows: Iterable[np.ndarray], nside_nu: int, nside_psichi: int,
+                   shape_k, threshold: float) -> DetectorResponse:
+        """From dense ν rows (n_Ei, n_Em, n_Phi, N_PsiChi), keeping entries > threshold × the
+        row maximum."""
+        parts = [_sparse_row(r, threshold) for r in rows]
+        counts = np.array([len(p[2]) for p in parts], dtype=np.int64)
+        block = (counts, *(np.concatenate([p[j] for p in parts]) for j in range(3)))
+        return cls.from_row_blocks([block], nside_nu, nside_psichi, shape_k)
 
-        Parameters
-        ----------
-        array : array_like, shape (N_ν, n_Ei, n_Em, n_Phi, N_PsiChi)
-        nside_nu, nside_psichi : int, optional
-            Default: inferred from the axis lengths.
-        threshold : float
-            Entries ≤ threshold × the row maximum are dropped.
-        """
+    @classmethod
+    def from_dense(cls, array: np.ndarray, threshold: float = 0.0) -> DetectorResponse:
+        """Build from a dense array (N_ν, n_Ei, n_Em, n_Phi, N_PsiChi) in cm² (HEALPix RING axes),
+        dropping entries ≤ ``threshold`` × the row maximum."""
         a = np.asarray(array)
         if a.ndim != 5:
             raise AxisMismatchError(f"detector response must be 5-D (NuLambda, Ei, Em, Phi, "
                                     f"PsiChi), got shape {a.shape}")
-        nside_nu = nside_nu or hp.npix2nside(a.shape[0])
-        nside_psichi = nside_psichi or hp.npix2nside(a.shape[4])
-        rows = [_sparse_row(a[i], threshold) for i in range(a.shape[0])]
-        return cls.from_parts([rows], nside_nu, nside_psichi, a.shape[1:4])
+        return cls._from_rows(a, hp.npix2nside(a.shape[0]), hp.npix2nside(a.shape[4]),
+                              a.shape[1:4], threshold)
 
     @classmethod
     def from_histogram(cls, hist, threshold: float = 0.0) -> DetectorResponse:
@@ -141,53 +135,36 @@ class DetectorResponse:
         are accepted (sparse ones are densified one ν row at a time).
         """
         labels = list(hist.axes.labels)
-        want = ["NuLambda", "Ei", "Em", "Phi", "PsiChi"]
-        if labels != want:
-            raise AxisMismatchError(f"detector response axes must be {want}, got {labels}")
+        if labels != list(AXES):
+            raise AxisMismatchError(f"detector response axes must be {list(AXES)}, got {labels}")
         factor = 1.0
         if hist.unit is not None and str(hist.unit) not in ("", "dimensionless"):
-            import astropy.units as u
             factor = float(hist.unit.to(u.cm**2))
         contents = hist.contents
         if hasattr(contents, "todense") and not isinstance(contents, np.ndarray):
-            rows = [_sparse_row(np.asarray(contents[i].todense()) * factor, threshold)
-                    for i in range(contents.shape[0])]
-            return cls.from_parts([rows], hist.axes["NuLambda"].nside,
-                                  hist.axes["PsiChi"].nside, contents.shape[1:4])
-        arr = np.asarray(getattr(contents, "value", contents)) * factor
-        return cls.from_dense(arr, hist.axes["NuLambda"].nside, hist.axes["PsiChi"].nside,
-                              threshold)
+            rows = (np.asarray(contents[i].todense()) * factor for i in range(contents.shape[0]))
+        else:
+            rows = np.asarray(getattr(contents, "value", contents)) * factor
+        return cls._from_rows(rows, hist.axes["NuLambda"].nside, hist.axes["PsiChi"].nside,
+                              contents.shape[1:4], threshold)
 
     @classmethod
     def from_drm_file(cls, path: str | os.PathLike, threshold: float = 0.0,
                       name: str = "DRM") -> DetectorResponse:
         """Read a COSI full detector response (``DRM`` HDF5 layout, version 2).
 
-        The layout: group ``DRM`` with attribute ``UNIT``, a histpy ``AXES`` group whose first
+        The layout: group ``name`` with attribute ``UNIT``, a histpy ``AXES`` group whose first
         axis is ``NuLambda``, a ``COUNTS`` dataset over all axes and ``EFF_AREA`` (one value per
         ``Ei`` bin); the response is ``COUNTS × EFF_AREA`` broadcast along ``Ei``. Axes other than
         NuLambda, Ei, Em, Phi and PsiChi (for example ``SigmaTau`` or ``Dist``) are summed over.
         Rows are read one ν pixel at a time, so memory stays at one row plus the sparse result.
-
-        Parameters
-        ----------
-        path : path-like
-            The ``.h5`` file.
-        threshold : float
-            Entries ≤ threshold × the row maximum are dropped.
-        name : str
-            Group holding the response.
+        Entries ≤ ``threshold`` × the row maximum are dropped.
 
         Raises
         ------
         FileFormatError
             If the file lacks the group or one of the required axes.
         """
-        import astropy.units as u
-        from histpy import Axes
-
-        from ..errors import FileFormatError
-
         path = Path(path)
         with open_hdf5(path) as f:
             if name not in f:
@@ -195,55 +172,41 @@ class DetectorResponse:
             g = f[name]
             axes = Axes.open(g["AXES"])
             labels = list(axes.labels)
-            want = ["NuLambda", "Ei", "Em", "Phi", "PsiChi"]
-            missing = [a for a in want if a not in labels]
+            missing = [a for a in AXES if a not in labels]
             if missing or labels[0] != "NuLambda":
                 raise FileFormatError(f"{path}: detector response axes {labels}; need "
-                                      f"{want} with NuLambda first (missing {missing})")
-            unit = u.Unit(g.attrs.get("UNIT", "cm2"))
-            factor = float(unit.to(u.cm**2))
+                                      f"{list(AXES)} with NuLambda first (missing {missing})")
+            factor = float(u.Unit(g.attrs.get("UNIT", "cm2")).to(u.cm**2))
             eff = np.asarray(g["EFF_AREA"], dtype=np.float64) * factor
             counts = g["COUNTS"]
             rest = labels[1:]
-            keep = [rest.index(a) for a in want[1:]]
+            keep = [rest.index(a) for a in AXES[1:]]
             drop = tuple(i for i in range(len(rest)) if i not in keep)
-            ei_axis = rest.index("Ei")
+            order = [sorted(keep).index(k) for k in keep]
             shape_e = [1] * len(rest)
-            shape_e[ei_axis] = -1
-            rows = []
-            for i in range(counts.shape[0]):
-                r = np.asarray(counts[i], dtype=np.float64) * eff.reshape(shape_e)
-                if drop:
-                    r = r.sum(axis=drop)
-                order = [sorted(keep).index(k) for k in keep]
-                rows.append(_sparse_row(np.transpose(r, order), threshold))
-            shape_k = tuple(axes[a].nbins for a in want[1:4])
-            return cls.from_parts([rows], axes["NuLambda"].nside, axes["PsiChi"].nside, shape_k)
+            shape_e[rest.index("Ei")] = -1
+
+            def rows():
+                for i in range(counts.shape[0]):
+                    r = np.asarray(counts[i], dtype=np.float64) * eff.reshape(shape_e)
+                    yield np.transpose(r.sum(axis=drop) if drop else r, order)
+
+            return cls._from_rows(rows(), axes["NuLambda"].nside, axes["PsiChi"].nside,
+                                  tuple(axes[a].nbins for a in AXES[1:4]), threshold)
 
     def row(self, i: int) -> np.ndarray:
         """Dense row ν = i, shape (n_Ei, n_Em, n_Phi, N_PsiChi), cm²."""
-        out = np.zeros((self.n_k, self.n_psichi))
-        s = slice(self.indptr[i], self.indptr[i + 1])
-        np.add.at(out, (self.col_k[s], self.col_p[s]), self.val[s])
-        return out.reshape(self.shape_k + (self.n_psichi,))
+        return self.weighted_row_sum(np.eye(1, self.n_nu, i)[0]).reshape(
+            self.shape_k + (self.n_psichi,))
 
     def to_dense(self) -> np.ndarray:
         """Dense array (N_ν, n_Ei, n_Em, n_Phi, N_PsiChi); only for small responses."""
         return np.stack([self.row(i) for i in range(self.n_nu)])
 
     def weighted_row_sum(self, weights: np.ndarray) -> np.ndarray:
-        """Σ_ν w_ν R_det[ν]: the response to a source distribution over ν.
-
-        Parameters
-        ----------
-        weights : array_like, shape (N_ν,)
-            Weight of each ν row (for example intensity × solid angle, cm⁻² s⁻¹).
-
-        Returns
-        -------
-        ndarray, shape (n_Ei × n_Em × n_Phi, N_PsiChi)
-            float64; cm² × the unit of ``weights``.
-        """
+        """Σ_ν w_ν R_det[ν]: the response to a source distribution ``weights`` (N_ν,) over ν (for
+        example intensity × solid angle, cm⁻² s⁻¹); shape (n_k, N_PsiChi), float64, cm² × the
+        unit of ``weights``."""
         w = np.asarray(weights, dtype=np.float64)
         if w.shape != (self.n_nu,):
             raise InvalidParameterError(f"weights must have shape ({self.n_nu},) (one per ν "

@@ -5,17 +5,10 @@ The one engine of docs/design.md §6::
     R_gal[j, e, m, φ, p] = Σ_t Δt_t · occ_t(n_j) · R_det[A_t⁻¹ n_j, e, m, φ, rot_t(p)]
 
 ``n_j`` is the Galactic direction of sky pixel j, ``A_t`` the attitude (detector → Galactic
-rotation) of attitude bin t with live time ``Δt_t``, ``occ_t`` the fraction of pixel j above the
-Earth's limb, and ``rot_t`` the map between detector-frame and Galactic PsiChi pixels. The source
-direction is looked up in the detector-frame response at the nearest ν pixel; each detector-frame
-PsiChi pixel is pushed to the Galactic PsiChi grid after rotation, shared among the Galactic
-pixels it overlaps (or by bilinear weights, or to the nearest pixel).
-
-Inputs are a :class:`~.detector.DetectorResponse` (a compressed per-ν sparse form of the
-``(NuLambda, Ei, Em, Phi, PsiChi)`` array in cm²) and :class:`~.attitude.AttitudeBins` (groups of
-time with one attitude, from :func:`~.attitude.bin_attitudes`). The result, in cm² s, is produced in blocks
-of sky pixels so memory stays bounded; :func:`write_galactic_response` streams it into a histpy
-HDF5 file with the axes of ``psr_gal_511_DC2.h5``.
+rotation) of attitude bin t (:mod:`.attitude`) with live time ``Δt_t``, ``occ_t`` the fraction
+of pixel j above the Earth's limb, and ``rot_t`` the map between detector-frame and Galactic
+PsiChi pixels. The source direction is looked up in the :class:`~.detector.DetectorResponse` at
+the nearest ν pixel. The result (cm² s) is made in blocks of sky pixels, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -25,10 +18,12 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import astropy.units as u
 import h5py
 import healpy as hp
 import numba
 import numpy as np
+from histpy import Axes, Axis, HealpixAxis
 from tqdm.auto import tqdm
 
 from ..errors import AxisMismatchError, InvalidParameterError
@@ -45,7 +40,6 @@ __all__ = [
     "write_galactic_response",
     "carry_local_cds",
     "galactic_exposure",
-    "write_histogram_header",
 ]
 
 logger = logging.getLogger(__name__)
@@ -83,13 +77,19 @@ def _push_tables(rotations: np.ndarray, nside_local: int, nside_gal: int,
             np.ascontiguousarray(w.reshape(shape), dtype=np.float32))
 
 
+def _subpixels(nside: int, pixels: np.ndarray, level: int) -> np.ndarray:
+    """Unit vectors of the 4^level sub-pixels of each RING pixel, shape (n, 4^level, 3)."""
+    c = 4 ** level
+    nest = hp.ring2nest(nside, np.asarray(pixels, dtype=np.int64))
+    vec = hp.pix2vec(nside * 2 ** level, (nest[:, None] * c + np.arange(c)).ravel(), nest=True)
+    return np.stack(vec, axis=-1).reshape(len(nest), c, 3)
+
+
 def _overlap_push(rotations: np.ndarray, v: np.ndarray, nside_local: int,
                   nside_gal: int) -> tuple[np.ndarray, np.ndarray]:
     """Share of each rotated detector pixel in each Galactic pixel, from 16 sub-pixels each."""
     npix = v.shape[0]
-    nest = hp.ring2nest(nside_local, np.arange(npix))
-    sub = np.stack(hp.pix2vec(4 * nside_local, (nest[:, None] * 16 + np.arange(16)).ravel(),
-                              nest=True), axis=-1).reshape(npix, 16, 3)
+    sub = _subpixels(nside_local, np.arange(npix), 2)
     tgts, wts = [], []
     step = max(1, 2_000_000 // (npix * 16))
     for t0 in range(0, len(rotations), step):
@@ -125,12 +125,8 @@ def _sky_lookup(bins: AttitudeBins, nside_sky: int, pixels: np.ndarray, nside_nu
     weight : ndarray, shape (T, J, C) float64 (s); 0 for merged duplicates
     """
     pixels = np.asarray(pixels, dtype=np.int64)
-    nest = hp.ring2nest(nside_sky, pixels)
     if sky_oversample > 0:
-        c = 4**sky_oversample
-        pts = np.stack(hp.pix2vec(nside_sky * 2**sky_oversample,
-                                  (nest[:, None] * c + np.arange(c)).ravel(), nest=True),
-                       axis=-1).reshape(len(pixels), c, 3)
+        pts = _subpixels(nside_sky, pixels, sky_oversample)
     else:
         pts = np.stack(hp.pix2vec(nside_sky, pixels), axis=-1)[:, None, :]
     c = pts.shape[1]
@@ -138,10 +134,7 @@ def _sky_lookup(bins: AttitudeBins, nside_sky: int, pixels: np.ndarray, nside_nu
     nu_idx = hp.vec2pix(nside_nu, loc[..., 0], loc[..., 1], loc[..., 2]).astype(np.int32)
     weight = np.broadcast_to(bins.livetime[:, None, None] / c, nu_idx.shape).astype(np.float64)
     if occultation:
-        level = max(1, sky_oversample)
-        cc = 4**level
-        ch = np.stack(hp.pix2vec(nside_sky * 2**level, (nest[:, None] * cc + np.arange(cc)).ravel(),
-                                 nest=True), axis=-1).reshape(len(pixels), cc, 3)
+        ch = _subpixels(nside_sky, pixels, max(1, sky_oversample))
         cos_h = np.cos(np.radians(bins.horizon_deg))[:, None, None]
         vis = np.einsum("ti,pci->tpc", bins.zenith, ch) >= cos_h
         if sky_oversample > 0:
@@ -190,49 +183,38 @@ def _accumulate(out, nu_idx, weight, push_pix, push_w, indptr, col_p, col_k, val
 def iter_galactic_response(det: DetectorResponse, bins: AttitudeBins, nside: int | None = None,
                            block: int = 128, occultation: bool = True,
                            interpolation: str = "overlap", progress: bool = True,
-                           pixels: np.ndarray | None = None, sky_oversample: int = 0,
+                           sky_oversample: int = 0,
                            ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield the Galactic response in blocks of sky pixels.
 
     Parameters
     ----------
     det : DetectorResponse
-        Detector-frame response (cm²).
     bins : AttitudeBins
-        Attitude bins with live times (s).
     nside : int, optional
-        Resolution of both Galactic axes (NuLambda and PsiChi); default the detector response's
-        PsiChi resolution.
+        Resolution of both Galactic axes (NuLambda and PsiChi); default ``det.nside_psichi``.
     block : int
         Sky pixels per block (memory: block × n_k × N_PsiChi × 4 bytes).
     occultation : bool
         Zero the response of sky pixels behind the Earth (fractionally at the limb).
     interpolation : {"overlap", "bilinear", "nearest"}
-        How detector-frame PsiChi pixels are pushed to the Galactic grid: "overlap" shares each
-        rotated detector pixel among the Galactic pixels it overlaps (from 16 sub-pixels; the
-        closest to binning the events directly), "bilinear" uses HEALPix interpolation weights
-        at its rotated centre, "nearest" gives it all to the pixel containing the centre.
+        How a rotated detector-frame PsiChi pixel goes to the Galactic grid: shared among the
+        pixels it overlaps (16 sub-pixels; the closest to binning the events directly), by
+        HEALPix interpolation weights at its centre, or all to the pixel of its centre.
     sky_oversample : int
-        0: the response of sky pixel j is that of a point source at its centre (as in COSI
-        point-source responses). L > 0: the average over its 4^L sub-pixels (a source uniform
-        over the pixel); costs up to 4^L times more.
+        0: sky pixel j responds as a point source at its centre (as COSI point-source
+        responses); L > 0: as the mean over its 4^L sub-pixels (up to 4^L times the cost).
     progress : bool
-        Show a tqdm bar.
-    pixels : array_like, optional
-        Only these sky pixels (RING), in this order; default all.
+        Show a progress bar.
 
     Yields
     ------
     pixels : ndarray, shape (J_b,)
-        The sky pixels of the block.
-    values : ndarray, shape (J_b, n_Ei, n_Em, n_Phi, N_PsiChi), float32
-        Response in cm² s.
+    values : ndarray, shape (J_b, n_Ei, n_Em, n_Phi, N_PsiChi), float32, cm² s
     """
     nside = int(nside or det.nside_psichi)
     npix = hp.nside2npix(nside)
-    if pixels is None:
-        pixels = np.arange(npix)
-    pixels = np.asarray(pixels, dtype=np.int64)
+    pixels = np.arange(npix)
     push_pix, push_w = _push_tables(bins.rotations, det.nside_psichi, nside, interpolation)
     bar = tqdm(total=len(pixels), desc="Galactic response", unit="pix", disable=not progress)
     try:
@@ -258,8 +240,7 @@ def galactic_response(det: DetectorResponse, bins: AttitudeBins, nside: int | No
     See :func:`iter_galactic_response` for the parameters; use :func:`write_galactic_response`
     for large shapes.
     """
-    parts = [v for _, v in iter_galactic_response(det, bins, nside, **kwargs)]
-    return np.concatenate(parts, axis=0)
+    return np.concatenate([v for _, v in iter_galactic_response(det, bins, nside, **kwargs)])
 
 
 def write_galactic_response(path: str | os.PathLike, det: DetectorResponse, bins: AttitudeBins,
@@ -267,120 +248,66 @@ def write_galactic_response(path: str | os.PathLike, det: DetectorResponse, bins
                             phi_edges_deg: np.ndarray, nside: int | None = None,
                             dtype: str = "float32", overwrite: bool = True,
                             **kwargs) -> Path:
-    """Stream the Galactic response into a histpy HDF5 file, atomically.
+    """Stream the Galactic response into a histpy HDF5 file at ``path``, atomically.
 
-    Axes: ``NuLambda`` (HealpixAxis, galactic, RING), ``Ei`` (keV), ``Em`` (keV), ``Phi`` (deg),
-    ``PsiChi`` (HealpixAxis, galactic, RING); unit ``cm2 s``; dense contents without
-    under/overflow bins — the layout of ``psr_gal_511_DC2.h5``, loadable with
-    ``histpy.Histogram.open``.
+    The layout of ``psr_gal_511_DC2.h5``: axes ``NuLambda`` (HEALPix, galactic, RING), ``Ei``
+    and ``Em`` (keV edges ``ei_edges_kev``, ``em_edges_kev``), ``Phi`` (deg, ``phi_edges_deg``),
+    ``PsiChi`` (as NuLambda); unit ``cm2 s``; dense ``dtype`` contents without under/overflow
+    bins, one chunk per sky pixel. ``det``, ``bins``, ``nside`` and ``kwargs`` as in
+    :func:`iter_galactic_response`.
 
-    Parameters
-    ----------
-    path : path-like
-        Output file.
-    det, bins, nside, kwargs
-        As in :func:`iter_galactic_response`.
-    ei_edges_kev, em_edges_kev, phi_edges_deg : array_like
-        Edges of the energy and Compton-angle axes (must match ``det.shape_k``).
-    dtype : str
-        Stored dtype ("float32" or "float64").
-
-    Returns
-    -------
-    pathlib.Path
+    Raises
+    ------
+    AxisMismatchError
+        If the edges do not match ``det.shape_k``.
     """
     nside = int(nside or det.nside_psichi)
-    ei, em, ph = (np.asarray(ei_edges_kev, float), np.asarray(em_edges_kev, float),
-                  np.asarray(phi_edges_deg, float))
-    if (len(ei) - 1, len(em) - 1, len(ph) - 1) != tuple(det.shape_k):
-        raise AxisMismatchError(f"edges give (Ei, Em, Phi) = {(len(ei) - 1, len(em) - 1, len(ph) - 1)}"
+    edges = [np.asarray(e, float) for e in (ei_edges_kev, em_edges_kev, phi_edges_deg)]
+    if tuple(len(e) - 1 for e in edges) != tuple(det.shape_k):
+        raise AxisMismatchError(f"edges give (Ei, Em, Phi) = {tuple(len(e) - 1 for e in edges)}"
                                 f" bins but the detector response has {det.shape_k}")
-    npix = hp.nside2npix(nside)
-    shape = (npix,) + tuple(det.shape_k) + (npix,)
-    path = Path(path)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        with h5py.File(tmp, "w") as f:
-            g = write_histogram_header(f, [
-                ("NuLambda", "healpix", nside), ("Ei", "keV", ei), ("Em", "keV", em),
-                ("Phi", "deg", ph), ("PsiChi", "healpix", nside)], unit="cm2 s")
-            chunks = (1,) + tuple(det.shape_k) + (npix,)
-            ds = g.create_dataset("contents", shape=shape, dtype=dtype, chunks=chunks,
-                                  track_times=False)
-            for pix, vals in iter_galactic_response(det, bins, nside, **kwargs):
-                ds[int(pix[0]):int(pix[-1]) + 1] = vals.astype(dtype, copy=False)
-    logger.info("wrote Galactic response %s to %s", shape, path)
+    axes = Axes([HealpixAxis(nside=nside, coordsys="galactic", label="NuLambda"),
+                 *(Axis(e * un, label=lab, scale="linear")
+                   for e, un, lab in zip(edges, (u.keV, u.keV, u.deg), ("Ei", "Em", "Phi"))),
+                 HealpixAxis(nside=nside, coordsys="galactic", label="PsiChi")])
+    path, npix = Path(path), hp.nside2npix(nside)
+    with atomic_path(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
+        g = f.create_group("hist")
+        g.attrs["format"] = "dense"
+        g.attrs["unit"] = "cm2 s"
+        axes.write(g.create_group("axes"))
+        ds = g.create_dataset("contents", shape=(npix,) + tuple(det.shape_k) + (npix,),
+                              dtype=dtype, chunks=(1,) + tuple(det.shape_k) + (npix,),
+                              track_times=False)
+        for pix, vals in iter_galactic_response(det, bins, nside, **kwargs):
+            ds[int(pix[0]):int(pix[-1]) + 1] = vals.astype(dtype, copy=False)
+    logger.info("wrote Galactic response %s to %s", (npix,) + tuple(det.shape_k) + (npix,), path)
     return path
-
-
-def write_histogram_header(f: h5py.File, axes: list, unit: str, name: str = "hist") -> h5py.Group:
-    """Create a histpy ``hist`` group with its ``axes`` (dense format); return the group.
-
-    Parameters
-    ----------
-    f : h5py.File
-    axes : list of (label, unit or "healpix", edges or nside)
-        HEALPix axes are Galactic, RING.
-    unit : str
-        Unit of the contents.
-    """
-    g = f.create_group(name)
-    g.attrs["format"] = "dense"
-    g.attrs["unit"] = unit
-    ax = g.create_group("axes")
-    for i, (label, aunit, spec) in enumerate(axes):
-        if aunit == "healpix":
-            nside = int(spec)
-            d = ax.create_dataset(str(i), data=np.arange(hp.nside2npix(nside) + 1),
-                                  track_times=False)
-            d.attrs["__class__"] = np.array(["histpy.healpix_axis", "HealpixAxis"], dtype=object)
-            d.attrs["nside"] = nside
-            d.attrs["scheme"] = "RING"
-            d.attrs["coordsys"] = "galactic"
-        else:
-            d = ax.create_dataset(str(i), data=np.asarray(spec, dtype=np.float64),
-                                  track_times=False)
-            d.attrs["__class__"] = np.array(["histpy.axis", "Axis"], dtype=object)
-            d.attrs["unit"] = aunit
-        d.attrs["label"] = label
-        d.attrs["scale"] = "linear"
-    return g
-
-
-# ------------------------------------------------------------------------------------------------
-# detector-fixed emission (albedo) and exposure
 
 
 def carry_local_cds(local_rate: np.ndarray | Callable[[int], np.ndarray], bins: AttitudeBins,
                     nside_local: int, nside: int,
                     interpolation: str = "overlap") -> np.ndarray:
-    """Carry detector-frame expected count rates into the Galactic CDS over the attitude bins.
-
-    For emission fixed in the detector frame (Earth albedo for a zenith-pointed instrument),
+    """Expected counts (n_k, N_PsiChi) in the Galactic CDS of emission fixed in the detector
+    frame (Earth albedo for a zenith-pointed instrument):
     ``B_gal[k, p] = Σ_t Δt_t Σ_q B_loc,t[k, q] · push_t(q → p)``.
 
     Parameters
     ----------
     local_rate : ndarray or callable
-        Rates (counts s⁻¹) of shape (n_k, N_PsiChi_local), or a callable ``f(t) -> array``
-        giving them for attitude bin ``t`` (for example when the Earth moves in the detector
-        frame, as with rocking).
+        Rates (counts s⁻¹) of shape (n_k, N_PsiChi_local), or ``f(t)`` giving them for
+        attitude bin ``t`` (when the Earth moves in the detector frame, as with rocking).
     bins : AttitudeBins
     nside_local, nside : int
         Resolutions of the detector-frame and Galactic PsiChi axes.
     interpolation : {"overlap", "bilinear", "nearest"}
         See :func:`iter_galactic_response`.
-
-    Returns
-    -------
-    ndarray, shape (n_k, N_PsiChi)
-        Expected counts.
     """
     push_pix, push_w = _push_tables(bins.rotations, nside_local, nside, interpolation)
     npix = hp.nside2npix(nside)
     out = None
     for t in range(len(bins)):
-        rate = local_rate(t) if callable(local_rate) else local_rate
-        rate = np.asarray(rate, dtype=np.float64)
+        rate = np.asarray(local_rate(t) if callable(local_rate) else local_rate, np.float64)
         if out is None:
             out = np.zeros((rate.shape[0], npix))
         contrib = rate[:, :, None] * push_w[t][None, :, :] * bins.livetime[t]
@@ -391,19 +318,11 @@ def carry_local_cds(local_rate: np.ndarray | Callable[[int], np.ndarray], bins: 
 
 
 def galactic_exposure(det: DetectorResponse, bins: AttitudeBins, nside: int,
-                      occultation: bool = True, pixels: np.ndarray | None = None,
-                      sky_oversample: int = 0) -> np.ndarray:
-    """Exposure (cm² s) of Galactic sky pixels: Σ over (Ei, Em, Phi, PsiChi) of R_gal.
-
-    Cheap: it needs only the per-ν effective area, not the full response.
-
-    Returns
-    -------
-    ndarray, shape (J,)
-    """
-    if pixels is None:
-        pixels = np.arange(hp.nside2npix(nside))
+                      occultation: bool = True, sky_oversample: int = 0) -> np.ndarray:
+    """Exposure (cm² s) of the Galactic sky pixels, shape (N_sky,): R_gal summed over (Ei, Em,
+    Phi, PsiChi), from the per-ν effective area only (cheap). Parameters as in
+    :func:`iter_galactic_response`."""
     area = det.total()
-    nu_idx, weight = _sky_lookup(bins, nside, np.asarray(pixels), det.nside_nu, occultation,
-                                 sky_oversample)
+    nu_idx, weight = _sky_lookup(bins, nside, np.arange(hp.nside2npix(nside)), det.nside_nu,
+                                 occultation, sky_oversample)
     return np.sum(weight * area[nu_idx], axis=(0, 2))

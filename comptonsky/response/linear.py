@@ -1,23 +1,19 @@
 """Linear operators between a model space and a data space, and their algebra.
 
-A :class:`LinearOperator` maps a flat float64 model vector x (``n_model`` elements, ``model_shape``)
+A :class:`LinearOperator` maps a flat float64 model vector (``n_model`` elements, ``model_shape``)
 to a flat float64 data vector (``n_data`` elements, ``data_shape``) with ``forward`` and back with
-``adjoint``; both are pure (no state changes). Operators compose: products (``A @ B``,
-:class:`ProductOperator`), diagonal scalings (:class:`DiagonalOperator`), stacked blocks
-(:class:`BlockStack`), explicit matrices (:class:`MatrixOperator`), and they can be wrapped
-(:class:`OperatorWrapper`, e.g. :class:`~comptonsky.response.reuse.ReusedProducts`). With these a
-response that is not one stored matrix is still one operator for the algorithms; for example a
-detector-frame dataset over attitude bins t,
+``adjoint``; both are pure. Operators compose (products ``A @ B``, diagonal scalings, stacked
+blocks, explicit matrices) and can be wrapped (:class:`OperatorWrapper`), so a response that is not
+one stored matrix is still one operator for the algorithms. For example a detector-frame dataset
+over attitude bins t, with C_t the conversion from the sky to the detector frame of bin t,
 
     BlockStack([R_det @ DiagonalOperator(Δt_t) @ C_t for t in bins])
 
-(C_t a conversion from the sky to the detector frame of bin t) predicts the counts of every bin
-from one sky map, and its adjoint sums the back-projections of the bins.
+predicts the counts of every bin from one sky map; its adjoint sums the bins' back-projections.
 """
 
 from __future__ import annotations
 
-import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -29,45 +25,23 @@ from ..errors import AxisMismatchError, InvalidDataError
 __all__ = ["LinearOperator", "OperatorWrapper", "MatrixOperator", "ProductOperator",
            "DiagonalOperator", "BlockStack", "adjointness_test"]
 
-logger = logging.getLogger(__name__)
-
 
 def adjointness_test(op: LinearOperator, seed: int = 0) -> float:
-    """Relative mismatch |⟨A x, y⟩ − ⟨x, Aᵀ y⟩| / |⟨A x, y⟩| for random positive x, y.
-
-    Parameters
-    ----------
-    op : LinearOperator
-    seed : int
-        Seed of the random vectors.
-
-    Returns
-    -------
-    float
-        0 up to rounding for a consistent forward/adjoint pair.
-    """
+    """|⟨A x, y⟩ − ⟨x, Aᵀ y⟩| / |⟨A x, y⟩| for random positive x, y (seeded): 0 up to rounding
+    for a consistent forward/adjoint pair."""
     rng = np.random.default_rng(seed)
-    x = rng.random(op.n_model)
-    y = rng.random(op.n_data)
-    lhs = float(np.dot(op.forward(x), y))
-    rhs = float(np.dot(x, op.adjoint(y)))
+    x, y = rng.random(op.n_model), rng.random(op.n_data)
+    lhs, rhs = float(np.dot(op.forward(x), y)), float(np.dot(x, op.adjoint(y)))
     return abs(lhs - rhs) / max(abs(lhs), np.finfo(float).tiny)
 
 
 class LinearOperator(ABC):
-    """A linear map from model space (``model_shape``) to data space (``data_shape``).
+    """A linear map from model space (``model_shape``) to data space (``data_shape``), held in
+    precision ``dtype`` (products are always float64).
 
-    Parameters
-    ----------
-    model_shape, data_shape : tuple of int
-        Shapes of the two spaces; vectors are passed flat (or in these shapes).
-    dtype : numpy dtype
-        Precision the operator is held in (products are always returned in float64).
-
-    Attributes
-    ----------
-    info : dict
-        How the operator was made (storage, dtype, source, cache hit, load time, ...).
+    Subclasses implement ``_forward`` (A x) and ``_adjoint`` (Aᵀ y) on flat float64 vectors,
+    returning float64, and may override :meth:`forward_partial`. ``info`` (also ``load_info``)
+    records how the operator was made (storage, dtype, source, cache hit, load time, ...).
     """
 
     #: How the operator is held ('dense', 'sparse', 'out-of-core', 'composite', ...).
@@ -83,61 +57,29 @@ class LinearOperator(ABC):
         self._exposure: np.ndarray | None = None
 
     @abstractmethod
-    def _forward(self, x: np.ndarray) -> np.ndarray:
-        """A x for flat float64 x of length n_model; returns float64 (n_data,)."""
+    def _forward(self, x: np.ndarray) -> np.ndarray: ...
 
     @abstractmethod
-    def _adjoint(self, y: np.ndarray) -> np.ndarray:
-        """Aᵀ y for flat float64 y of length n_data; returns float64 (n_model,)."""
+    def _adjoint(self, y: np.ndarray) -> np.ndarray: ...
 
     def forward(self, model: np.ndarray) -> np.ndarray:
-        """A x.
-
-        Parameters
-        ----------
-        model : ndarray, shape (n_model,) or model_shape
-
-        Returns
-        -------
-        ndarray, shape (n_data,), float64
-        """
+        """A x for ``model`` of shape (n_model,) or model_shape; returns (n_data,) float64."""
         return self._forward(np.asarray(model, dtype=np.float64).reshape(self.n_model))
 
     def adjoint(self, data: np.ndarray) -> np.ndarray:
-        """Aᵀ y.
-
-        Parameters
-        ----------
-        data : ndarray, shape (n_data,) or data_shape
-
-        Returns
-        -------
-        ndarray, shape (n_model,), float64
-        """
+        """Aᵀ y for ``data`` of shape (n_data,) or data_shape; returns (n_model,) float64."""
         return self._adjoint(np.asarray(data, dtype=np.float64).reshape(self.n_data))
 
     def forward_partial(self, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """A x for x equal to ``values`` at ``indices`` and zero elsewhere.
-
-        Backends override this so that the cost is proportional to ``len(indices)``.
-
-        Parameters
-        ----------
-        indices : array of int, shape (m,)
-            Model elements (distinct).
-        values : array_like, shape (m,)
-
-        Returns
-        -------
-        ndarray, shape (n_data,), float64
-        """
+        """A x for x equal to ``values`` (m,) at the distinct ``indices`` (m,), zero elsewhere;
+        returns (n_data,) float64. Backends make the cost proportional to m."""
         x = np.zeros(self.n_model)
         x[np.asarray(indices, dtype=np.int64)] = values
         return self._forward(x)
 
     @property
     def exposure(self) -> np.ndarray:
-        """Aᵀ 1, shape (n_model,) (computed once; for a response: ΔΩ_j Σ_i R_ij in cm² s sr)."""
+        """Aᵀ 1, shape (n_model,), computed once (for a response: ΔΩ_j Σ_i R_ij in cm² s sr)."""
         if self._exposure is None:
             self._exposure = self._compute_exposure()
         return self._exposure
@@ -162,12 +104,11 @@ class LinearOperator(ABC):
 
     @property
     def backend(self) -> str:
-        """Name of the class holding the values (wrappers report the wrapped one's)."""
+        """Name of the class holding the values (a wrapper reports the wrapped one's)."""
         return type(self).__name__
 
     @property
     def load_info(self) -> dict[str, Any]:
-        """The same dict as :attr:`info` (read-only name kept for existing callers)."""
         return self.info
 
     def check_adjointness(self, seed: int = 0) -> float:
@@ -182,6 +123,10 @@ class LinearOperator(ABC):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(model_shape={self.model_shape}, "
                 f"data_shape={self.data_shape}, dtype={self.dtype}, storage={self.storage!r})")
+
+
+def _from_inner(name: str) -> property:
+    return property(lambda self: getattr(self.inner, name))
 
 
 class OperatorWrapper(LinearOperator):
@@ -210,36 +155,17 @@ class OperatorWrapper(LinearOperator):
     def forward_partial(self, indices, values):
         return self.inner.forward_partial(indices, values)
 
-    @property
-    def exposure(self) -> np.ndarray:
-        return self.inner.exposure
-
-    @property
-    def storage(self) -> str:  # type: ignore[override]
-        return self.inner.storage
-
-    @property
-    def backend(self) -> str:
-        return self.inner.backend
-
-    @property
-    def nbytes(self) -> int:
-        return self.inner.nbytes
-
-    @property
-    def bytes_per_product(self) -> int:
-        return self.inner.bytes_per_product
+    exposure = _from_inner("exposure")
+    storage = _from_inner("storage")  # type: ignore[assignment]
+    backend = _from_inner("backend")
+    nbytes = _from_inner("nbytes")
+    bytes_per_product = _from_inner("bytes_per_product")
 
 
 class MatrixOperator(LinearOperator):
-    """A plain matrix as an operator: forward(x) = x @ M, adjoint(y) = M @ y.
+    """A matrix ``M`` of shape (n_model, n_data), held as given: forward(x) = x M, adjoint(y) = M y.
 
-    Parameters
-    ----------
-    matrix : ndarray, shape (n_model, n_data)
-        Stored as given (the same orientation as a response matrix).
-    model_shape, data_shape : tuple of int, optional
-        Default: (n_model,) and (n_data,).
+    ``model_shape`` and ``data_shape`` default to (n_model,) and (n_data,).
     """
 
     storage = "dense"
@@ -270,13 +196,8 @@ class MatrixOperator(LinearOperator):
 
 
 class ProductOperator(LinearOperator):
-    """``A @ B``: forward(x) = A.forward(B.forward(x)), adjoint(y) = B.adjoint(A.adjoint(y)).
-
-    Parameters
-    ----------
-    *factors : LinearOperator
-        Applied right to left; the data space of each is the model space of the one before.
-    """
+    """``A @ B @ ...``: the factors applied right to left (the data space of each is the model
+    space of the one before it)."""
 
     storage = "composite"
 
@@ -291,8 +212,8 @@ class ProductOperator(LinearOperator):
                 raise AxisMismatchError(
                     f"ProductOperator: {type(right).__name__} gives {right.n_data} data "
                     f"elements, {type(left).__name__} expects {left.n_model} model elements")
-        dtype = np.result_type(*[f.dtype for f in flat])
-        super().__init__(flat[-1].model_shape, flat[0].data_shape, dtype)
+        super().__init__(flat[-1].model_shape, flat[0].data_shape,
+                         np.result_type(*[f.dtype for f in flat]))
         self.factors = tuple(flat)
 
     def _forward(self, x):
@@ -321,14 +242,8 @@ class ProductOperator(LinearOperator):
 
 
 class DiagonalOperator(LinearOperator):
-    """Element-wise scaling: forward(x) = adjoint(x) = d · x.
-
-    Parameters
-    ----------
-    diagonal : array_like, shape (n,)
-    shape : tuple of int, optional
-        Shape of the (single) space; default (n,).
-    """
+    """Element-wise scaling by ``diagonal`` (n,): forward(x) = adjoint(x) = d · x, on one space
+    of ``shape`` (default (n,))."""
 
     storage = "diagonal"
 
@@ -343,8 +258,7 @@ class DiagonalOperator(LinearOperator):
     def _forward(self, x):
         return x * self.diagonal
 
-    def _adjoint(self, y):
-        return y * self.diagonal
+    _adjoint = _forward
 
     def forward_partial(self, indices, values):
         out = np.zeros(self.n_data)
@@ -358,15 +272,8 @@ class DiagonalOperator(LinearOperator):
 
 
 class BlockStack(LinearOperator):
-    """Blocks sharing one model space, their data spaces concatenated.
-
-    forward(x) = [B_0 x, B_1 x, ...]; adjoint([y_0, y_1, ...]) = Σ_b B_bᵀ y_b.
-
-    Parameters
-    ----------
-    blocks : sequence of LinearOperator
-        All with the same ``n_model``.
-    """
+    """Blocks sharing one model space (all the same ``n_model``), their data spaces concatenated:
+    forward(x) = [B_0 x, B_1 x, ...], adjoint([y_0, y_1, ...]) = Σ_b B_bᵀ y_b."""
 
     storage = "composite"
 

@@ -1,22 +1,21 @@
 """The response: the linear operator from sky intensities to expected counts.
 
 Model space: sky pixel × energy band, flattened in C order from axes ``(lb, Ei)``, values in
-cm⁻² s⁻¹ sr⁻¹. Data space: ``(Em, Phi, PsiChi)`` bins in C order, values in counts. It folds in the
-pixel solid angle ΔΩ_j::
+cm⁻² s⁻¹ sr⁻¹. Data space: ``(Em, Phi, PsiChi)`` bins in C order, values in counts. The pixel solid
+angle ΔΩ_j is folded in::
 
     forward(λ)_i = Σ_j R_ij ΔΩ_j λ_j            (expected counts)
     adjoint(y)_j = ΔΩ_j Σ_i R_ij y_i
     exposure_j   = adjoint(1)_j = ΔΩ_j Σ_i R_ij  (cm² s sr)
 
-with R in cm² s. How R is held (dense, sparse, out of core, float32 or float64, CPU or GPU) is the
-business of the backend classes (:mod:`.dense`, :mod:`.sparse`, :mod:`.outofcore`, :mod:`.gpu`);
-the deconvolution sees only the operator (:mod:`.linear`). A response restricted to a subset of
-its data bins (OSEM) is a :class:`ResponseSubset`.
+with R in cm² s, held by a backend (:mod:`.dense`, :mod:`.sparse`, :mod:`.outofcore`, :mod:`.gpu`).
+A response restricted to an interleaved subset of its data bins (OSEM) is a
+:class:`ResponseSubset`; its ``mode`` says how its products run (``fallback``, any backend: a full
+product, then the subset's bins; the backends add cheaper modes).
 """
 
 from __future__ import annotations
 
-import logging
 import weakref
 from abc import abstractmethod
 
@@ -30,22 +29,18 @@ from .linear import LinearOperator
 __all__ = ["ResponseOperator", "ResponseSubset", "RestrictedResponse", "subset_indices",
            "SUBSET_AXES"]
 
-logger = logging.getLogger(__name__)
-
 #: Data axes along which :meth:`ResponseOperator.subset` interleaves subsets.
 SUBSET_AXES = ("Phi", "PsiChi")
 
 
 def subset_indices(data_shape: tuple[int, int, int], k: int, n_subsets: int,
                    axis: str) -> np.ndarray:
-    """Flat data indices of interleaved subset ``k`` of ``n_subsets`` along ``axis``.
-
-    Subset k holds the bins whose ``axis`` index is ≡ k (mod n_subsets), ascending.
+    """Flat data indices (ascending) of the bins whose ``axis`` index is ≡ k (mod n_subsets).
 
     Raises
     ------
     UnknownChoiceError, InvalidParameterError
-        For an unknown axis or more subsets than bins along it.
+        For an unknown axis, or more subsets than bins along it.
     """
     if axis not in SUBSET_AXES:
         raise UnknownChoiceError("subset axis", axis, SUBSET_AXES,
@@ -65,28 +60,23 @@ def subset_indices(data_shape: tuple[int, int, int], k: int, n_subsets: int,
 class ResponseOperator(LinearOperator):
     """The response: ``forward``, ``adjoint``, ``exposure`` with the pixel solid angle folded in.
 
-    Backends implement ``_matvec`` (Σ_j R_ij x_j) and ``_rmatvec`` (Σ_i R_ij y_i) on flat float64
-    arrays, and may override ``_matvec_rows`` (a product with a few model elements) and
-    ``_subset`` (restricted products, :meth:`subset`).
+    Backends implement ``_matvec`` (Σ_j R_ij x_j, shape (n_data,)) and ``_rmatvec``
+    (Σ_i R_ij y_i, shape (n_model,)) on flat float64 arrays, returning float64, and may override
+    ``_matvec_rows(rows, coef)`` (Σ_{j ∈ rows} R_j coef_j) and ``_subset`` (:meth:`subset`).
 
     Parameters
     ----------
-    model_axes : histpy.Axes
-        Model axes, ``(lb, Ei)``: a HEALPix axis and the true-energy axis.
-    data_axes : histpy.Axes or None
-        Data axes, ``(Em, Phi, PsiChi)``; None for a restriction to some data bins, whose
-        ``data_shape`` is then given.
+    model_axes, data_axes : histpy.Axes
+        ``(lb, Ei)`` (HEALPix, true energy) and ``(Em, Phi, PsiChi)``; ``data_axes`` None for a
+        restriction to some data bins, whose ``data_shape`` is then given.
     pixel_solid_angle : array_like, shape (n_model,) or scalar
-        ΔΩ_j in sr for each model element.
+        ΔΩ_j in sr.
     unit : astropy.units.Unit
         Unit of R (normally cm² s).
     row_sums : ndarray, shape (n_model,), optional
-        Σ_i R_ij in float64 when the loader already knows it (else the exposure costs one
-        adjoint product, once).
+        Σ_i R_ij in float64 when the loader knows it (else the exposure costs one adjoint).
     dtype : numpy dtype
         Precision R is held in.
-    data_shape : tuple of int, optional
-        Only with ``data_axes=None``.
     """
 
     def __init__(self, model_axes: Axes, data_axes: Axes | None, pixel_solid_angle, unit, *,
@@ -104,22 +94,17 @@ class ResponseOperator(LinearOperator):
         self._known_row_sums = None if row_sums is None else np.asarray(row_sums, np.float64)
         self._shared: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
-    # --- what a backend provides ----------------------------------------------------------
     @abstractmethod
-    def _matvec(self, x: np.ndarray) -> np.ndarray:
-        """Return Σ_j R_ij x_j, shape (n_data,), float64."""
+    def _matvec(self, x: np.ndarray) -> np.ndarray: ...
 
     @abstractmethod
-    def _rmatvec(self, y: np.ndarray) -> np.ndarray:
-        """Return Σ_i R_ij y_i, shape (n_model,), float64."""
+    def _rmatvec(self, y: np.ndarray) -> np.ndarray: ...
 
     def _matvec_rows(self, rows: np.ndarray, coef: np.ndarray) -> np.ndarray:
-        """Σ_{j ∈ rows} R_j coef_j, shape (n_data,), float64 (default: a full product)."""
         x = np.zeros(self.n_model)
         x[rows] = coef
         return self._matvec(x)
 
-    # --- the operator ---------------------------------------------------------------------
     def _forward(self, x):
         return self._matvec(x * self.pixel_solid_angle)
 
@@ -136,20 +121,14 @@ class ResponseOperator(LinearOperator):
             return self._known_row_sums * self.pixel_solid_angle
         return super()._compute_exposure()
 
-    # --- restriction to data subsets (OSEM) -----------------------------------------------
     def subset(self, k: int, n_subsets: int, axis: str = "Phi") -> ResponseOperator:
-        """The response restricted to interleaved data subset ``k`` of ``n_subsets``.
-
-        Subset k holds the data bins whose ``axis`` (``'Phi'`` or ``'PsiChi'``) index is
-        ≡ k (mod n_subsets). The returned operator has the same model space and the subset's
-        bins as data space, in the order of its ``data_indices`` (ascending); its ``mode``
-        says how its products run ('fallback': a full product, then selecting the bins).
+        """The response restricted to the data bins :func:`subset_indices` gives (its
+        ``data_indices``), as a :class:`ResponseSubset`.
 
         Raises
         ------
         UnknownChoiceError, InvalidParameterError
-            If this response has no (Em, Phi, PsiChi) data axes, for an unknown axis, or for
-            more subsets than bins along the axis.
+            Without (Em, Phi, PsiChi) data axes, and as :func:`subset_indices`.
         """
         if self.data_axes is None or len(self.data_shape) != 3:
             raise InvalidParameterError(
@@ -162,24 +141,22 @@ class ResponseOperator(LinearOperator):
                 ) -> ResponseOperator:
         return RestrictedResponse(self, indices)
 
+    def _phi_segments(self, k: int, n_subsets: int) -> np.ndarray:
+        """Flat (Em, Phi) indices of Phi subset k: each is a run of n_PsiChi data bins."""
+        n_em, n_phi, _ = self.data_shape
+        return np.arange(n_em * n_phi).reshape(n_em, n_phi)[:, k::n_subsets].reshape(-1)
+
     def _shared_copy(self, key, make):
         """An object derived from this operator, made once and kept while anyone holds it."""
         found = self._shared.get(key)
         if found is None:
-            found = make()
-            self._shared[key] = found
+            found = self._shared[key] = make()
         return found
 
 
 class ResponseSubset(ResponseOperator):
-    """Base of the restricted responses: the parent's model space, the subset's data bins.
-
-    Parameters
-    ----------
-    parent : ResponseOperator
-    data_indices : ndarray of int, shape (m,)
-        The parent's data bins this operator covers, in its data order.
-    """
+    """Base of the restricted responses: ``parent``'s model space, its data bins
+    ``data_indices`` (m,) as data space."""
 
     mode = "abstract"
 

@@ -1,14 +1,14 @@
 """How a response is held: one typed, validated set of options.
 
-The same options come from keyword arguments (:func:`~comptonsky.response.load.load_response`,
-``DataIF_COSI_DC2.load``), from the command line and from a parameter file's ``response:``
-section; :meth:`ResponseOptions.from_mapping` checks them all the same way.
+Keyword arguments (:func:`~.load.load_response`, ``DataIF_COSI_DC2.load``), the command line and
+a parameter file's ``response:`` section are all checked by :meth:`ResponseOptions.from_mapping`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidParameterError, UnknownChoiceError
-from .memory import parse_memory
 
-__all__ = ["ResponseOptions", "STORAGES", "DTYPES", "DEVICES", "DEFAULT_SPARSE_THRESHOLD"]
+__all__ = ["ResponseOptions", "parse_memory", "STORAGES", "DTYPES", "DEVICES",
+           "DEFAULT_SPARSE_THRESHOLD"]
 
 STORAGES = ("dense", "sparse", "out-of-core", "auto")
 _STORAGE_ALIASES = {"outofcore": "out-of-core", "out_of_core": "out-of-core",
@@ -39,40 +39,30 @@ _KINDS: dict[str, tuple[str, tuple[str, ...] | None]] = {
 
 @dataclass(frozen=True)
 class ResponseOptions:
-    """Options of loading and holding a response.
+    """Options of loading and holding a response (what each does: docs/performance.md).
 
     Attributes
     ----------
     dtype : {'float64', 'float32'} or None
-        Precision of the held matrix; None keeps the file's (float64 is exact).
+        Precision of the held matrix; None keeps the file's.
     storage : {'dense', 'sparse', 'out-of-core', 'auto'}
-        ``dense``: one matrix, BLAS products. ``sparse``: segmented CSR with parallel kernels
-        (elements below ``sparse_threshold`` × the model element's maximum dropped).
-        ``out-of-core``: row blocks streamed from the converted cache under ``memory_budget``.
-        ``auto``: the fastest that fits (within ``memory_budget`` if given, else 70 % of the
-        available memory).
+        How the matrix is held (:mod:`.dense`, :mod:`.sparse`, :mod:`.outofcore`; ``auto``: the
+        fastest that fits within ``memory_budget``, default 70 % of the available memory).
     sparse_threshold : float
-        In [0, 1); 0 keeps every non-zero element.
+        In [0, 1): sparse storage drops R_ij ≤ threshold · max_i R_ij.
     memory_budget : int or None
-        Bytes (given as a number or text such as ``"1 GiB"``) for the out-of-core buffers and
-        the limit ``auto`` fits within.
-    cache : bool
-        Keep and reuse a converted cache of a response file (ignored for in-memory input).
-    cache_dir : str or None
-        Where the cache lives; default ``$COMPTONSKY_CACHE_DIR``, else beside the file (if
-        writable), else ``~/.cache/comptonsky``.
+        Bytes (a number or text such as ``"1 GiB"``) of the out-of-core buffers, and the limit
+        ``auto`` fits within.
+    cache, cache_dir : bool, str or None
+        Keep and reuse a converted cache of a response file, and where (:mod:`.cache`).
     populate : bool
-        Pre-fault a memory-mapped cache at load, so that the first iteration is as fast as the
-        others.
+        Pre-fault a memory-mapped matrix at load, so the first iteration is as fast as the others.
     progress : bool or None
         Progress bar while reading (None: only for files over 256 MiB on a terminal).
     device : {'cpu', 'gpu', 'auto'}
-        'gpu' holds a dense response in GPU memory (CuPy or PyTorch); 'auto' uses the GPU for
-        dense storage when one is available.
+        'gpu' holds a dense response in GPU memory (:mod:`.gpu`); 'auto' does when one is usable.
     reuse_products : bool
-        A dataset rebuilds forward products from the last two when the model lies on their
-        line (:class:`~comptonsky.response.reuse.ReusedProducts`); False streams the response
-        for every product.
+        A dataset rebuilds forward products from earlier ones (:mod:`.reuse`).
     """
 
     dtype: str | None = None
@@ -96,15 +86,9 @@ class ResponseOptions:
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any] | None, where: str = "response options",
                      base: ResponseOptions | None = None) -> ResponseOptions:
-        """Validated options from ``mapping`` (None values mean "not given").
-
-        Parameters
-        ----------
-        mapping : mapping of str to value
-        where : str
-            Named in error messages (a function, a file's section, a command-line option).
-        base : ResponseOptions, optional
-            Options the given ones change (default: the defaults).
+        """Validated options from ``mapping`` (None values mean "not given") changing ``base``
+        (default: the defaults); ``where`` (a function, a file's section, a command-line option)
+        is named in error messages.
 
         Raises
         ------
@@ -123,6 +107,32 @@ class ResponseOptions:
     def to_dict(self) -> dict[str, Any]:
         """The options as a plain dict."""
         return dataclasses.asdict(self)
+
+
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
+          "t": 1e12, "tb": 1e12, "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
+
+
+def parse_memory(value: str | int | float | None, what: str = "memory_budget") -> int | None:
+    """Bytes from ``1073741824``, ``"1 GiB"``, ``"512MB"``, ``"2.5G"`` (None passes through).
+
+    Raises
+    ------
+    InvalidParameterError
+        Naming ``what``, the value found and the accepted forms.
+    """
+    if value is None:
+        return None
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        if value <= 0:
+            raise InvalidParameterError(f"{what}: expected a positive size, found {value!r}")
+        return int(value)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(value))
+    if not m or m.group(2).lower() not in _UNITS or float(m.group(1)) <= 0:
+        raise InvalidParameterError(
+            f"{what}: expected a positive size such as 1073741824, '1 GiB', '512 MB' or '2G', "
+            f"found {value!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
 def _check(key: str, value: Any, where: str) -> Any:

@@ -1,15 +1,10 @@
 """Out-of-core dense response: stream row blocks from a file under a memory budget.
 
-The matrix lives in a raw C-ordered file (the converted cache, :mod:`.cache`) of shape
-(n_model, n_data) in float32 or float64. Each product reads it once, in row blocks, into two
-reusable buffers: a background thread reads block b + 1 (``os.preadv``, which releases the GIL)
-while BLAS works on block b. The process holds ``2 × block`` bytes of response, never the whole
-matrix, and never maps the file (mapped pages would count against the process's memory).
-
-Per product this streams the file at the page-cache or disk read speed, so it is several times
-slower than an in-memory dense product; it is the mode for a response that does not fit. A Phi
-subset (:meth:`~ResponseOperator.subset`) reads only its (Em, φ) runs of each row; a PsiChi
-subset reads whole rows (its bins are single scattered elements).
+The C-ordered (n_model, n_data) matrix stays in a file (the converted cache or the response file
+itself). Each product reads it in row blocks into two reusable buffers, a reader thread
+(``os.preadv``, GIL released) one block ahead of BLAS; the file is never mapped (mapped pages
+would count against the process's memory). A Phi subset reads only its (Em, φ) runs of each row
+(``mode='runs'``); a PsiChi subset reads whole rows (``fallback``).
 """
 
 from __future__ import annotations
@@ -30,36 +25,29 @@ logger = logging.getLogger(__name__)
 
 #: Largest single read buffer (larger blocks do not stream faster).
 MAX_BLOCK_BYTES = 128 * 2 ** 20
+#: Memory budget when none is given.
+DEFAULT_MEMORY_BUDGET = 2 ** 30
 
 
 class OutOfCoreResponse(ResponseOperator):
-    """Dense response streamed from a raw file in row blocks.
+    """Dense response streamed in row blocks from file ``path``, which holds the C-ordered
+    (n_model, n_data) ``dtype`` matrix at byte ``offset``.
 
-    Parameters
-    ----------
-    path : path-like
-        File holding the matrix (C order, shape (n_model, n_data)) at byte ``offset``.
-    offset : int
-        Byte offset of element (0, 0).
-    dtype : {'float32', 'float64'}
-    model_axes, data_axes, pixel_solid_angle, unit, row_sums
-        See :class:`~comptonsky.response.operator.ResponseOperator`.
-    memory_budget : int
-        Bytes the two row-block buffers may use together (at least two rows).
-    unlink : bool
-        Remove the file's directory entry once opened (a private temporary file).
+    ``memory_budget`` (default 1 GiB) is the bytes the two row-block buffers may use together
+    (at least two rows); ``unlink`` removes the file's directory entry once opened (a private
+    temporary file). Other parameters: :class:`~.operator.ResponseOperator`.
     """
 
     storage = "out-of-core"
 
     def __init__(self, path, offset: int, dtype, model_axes, data_axes, pixel_solid_angle, unit,
-                 memory_budget: int = 2 ** 30, row_sums: np.ndarray | None = None,
+                 memory_budget: int | None = None, row_sums: np.ndarray | None = None,
                  unlink: bool = False):
         super().__init__(model_axes, data_axes, pixel_solid_angle, unit, row_sums=row_sums,
                          dtype=dtype)
         self.path = os.fspath(path)
         self.offset = int(offset)
-        self.memory_budget = int(memory_budget)
+        self.memory_budget = int(memory_budget or DEFAULT_MEMORY_BUDGET)
         row_bytes = self.n_data * self.dtype.itemsize
         block = min(self.memory_budget // 2, MAX_BLOCK_BYTES)
         self.block_rows = int(max(1, min(self.n_model, block // row_bytes)))
@@ -173,16 +161,15 @@ class OutOfCoreResponse(ResponseOperator):
 
 
 class OutOfCoreSubset(ResponseSubset):
-    """A Phi subset of an out-of-core response: reads only its (Em, φ) runs (``mode='runs'``),
-    into the parent's buffers."""
+    """A Phi subset of an out-of-core response: reads only its (Em, φ) runs, into the parent's
+    buffers."""
 
     mode = "runs"
 
     def __init__(self, parent: OutOfCoreResponse, k: int, n_subsets: int, indices: np.ndarray):
         super().__init__(parent, indices)
-        n_em, n_phi, n_psi = parent.data_shape
-        seg = np.arange(n_em * n_phi).reshape(n_em, n_phi)[:, k::n_subsets].reshape(-1)
-        self._runs = [(int(s) * n_psi, n_psi) for s in seg]
+        n_psi = parent.data_shape[2]
+        self._runs = [(int(s) * n_psi, n_psi) for s in parent._phi_segments(k, n_subsets)]
 
     def _matvec(self, x):
         return self.parent._matvec(x, self._runs, self.n_data)

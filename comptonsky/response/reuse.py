@@ -16,21 +16,10 @@ __all__ = ["ReusedProducts"]
 
 
 class ReusedProducts(OperatorWrapper):
-    """``op`` with forward products rebuilt from the last two when the model is on their line.
-
-    Parameters
-    ----------
-    op : LinearOperator
-        The operator whose products are reused (its other attributes are reachable through
-        this wrapper).
-
-    Attributes
-    ----------
-    reuse_products : bool
-        False streams ``op`` for every call (the counters still count).
-    products_computed, products_reused : int
-        Forward products made by ``op`` / rebuilt here.
-    """
+    """``op`` (any operator, its other attributes reachable through this wrapper) with forward
+    products rebuilt from the last two when the model is on their line. ``reuse_products``
+    False streams ``op`` for every call; ``products_computed`` and ``products_reused`` count
+    the forward products made by ``op`` and rebuilt here."""
 
     #: Residuals below this fraction of max|x| are left out of the correction (float64 rounding).
     REUSE_TOLERANCE = 1e-12
@@ -59,11 +48,8 @@ class ReusedProducts(OperatorWrapper):
         return y
 
     def _from_history(self, x: np.ndarray) -> np.ndarray | None:
-        """R·x from the last two forward products when x lies on (or next to) their line.
-
-        x = x0 + α (x1 − x0) + d with d non-zero on a few elements only; None when that does
-        not apply (then a full product is made).
-        """
+        """R·x from the last two products if x = x0 + α (x1 − x0) + d with d non-zero on a few
+        elements only, else None."""
         if len(self._history) < 2:
             return None
         (x0, y0), (x1, y1) = self._history

@@ -19,7 +19,7 @@ import numpy as np
 from histpy import Axes, HealpixAxis, Histogram
 from tqdm.auto import tqdm
 
-from ..errors import FileFormatError
+from ..errors import FileFormatError, InvalidDataError
 from ..frames import register_spacecraft_frame
 from ..io.hdf5 import open_hdf5
 from ..io.histogram import open_histogram
@@ -29,31 +29,22 @@ __all__ = ["response_axes", "ResponseSource", "HistogramSource", "HDF5Source", "
 
 logger = logging.getLogger(__name__)
 
-#: Axis labels of a Galactic point-source response, in order. The first may also be 'lb'.
-RESPONSE_LABELS = ("NuLambda", "Ei", "Em", "Phi", "PsiChi")
-IMAGE_AXIS_LABELS = ("NuLambda", "lb")
 #: Target size of one block read from the file while loading.
 LOAD_BLOCK_BYTES = 64 * 2 ** 20
 
 
 def response_axes(rsp: Histogram | Axes, source: str = "response") -> tuple[Axes, Axes]:
-    """Split a response's axes into model axes ``(lb, Ei)`` and data axes ``(Em, Phi, PsiChi)``.
-
-    Parameters
-    ----------
-    rsp : histpy.Histogram or histpy.Axes
-        The response histogram, or its axes.
-    source : str
-        Name used in error messages (the file).
+    """Model axes ``(lb, Ei)`` and data axes ``(Em, Phi, PsiChi)`` of a response (or its axes).
 
     Raises
     ------
     FileFormatError
-        If the labels are not ``(NuLambda|lb, Ei, Em, Phi, PsiChi)``.
+        If the labels are not ``(NuLambda|lb, Ei, Em, Phi, PsiChi)`` (``source`` names the file).
     """
     axes = rsp if isinstance(rsp, Axes) else rsp.axes
     labels = tuple(str(lab) for lab in axes.labels)
-    if len(labels) != 5 or labels[0] not in IMAGE_AXIS_LABELS or labels[1:] != RESPONSE_LABELS[1:]:
+    if len(labels) != 5 or labels[0] not in ("NuLambda", "lb") or \
+            labels[1:] != ("Ei", "Em", "Phi", "PsiChi"):
         raise FileFormatError(
             f"{source}: response axes are {list(labels)}, expected "
             f"['NuLambda' (or 'lb'), 'Ei', 'Em', 'Phi', 'PsiChi']")
@@ -67,31 +58,25 @@ def response_axes(rsp: Histogram | Axes, source: str = "response") -> tuple[Axes
 
 
 class ResponseSource:
-    """Rows of a response matrix from somewhere (see the subclasses); a context manager."""
+    """Rows of a response matrix (a context manager): ``name``, ``path`` (the file, or None),
+    ``model_axes``, ``data_axes``, ``unit``, ``file_dtype`` (the stored precision), ``row_align``
+    (rows per chunk of the file), ``n_model``, ``n_data``, ``n_psi``."""
 
-    name: str
     path: Path | None = None
-    axes: Axes
-    unit: Any
-    file_dtype: np.dtype
     row_align: int = 1
 
-    def _setup(self) -> None:
-        self.model_axes, self.data_axes = response_axes(self.axes, self.name)
+    def _setup(self, axes: Axes, unit) -> None:
+        self.axes, self.unit = axes, unit
+        self.model_axes, self.data_axes = response_axes(axes, self.name)
         self.n_model = int(np.prod(self.model_axes.nbins))
         self.n_data = int(np.prod(self.data_axes.nbins))
         self.n_psi = int(self.data_axes.nbins[-1])
 
     @property
-    def pixel_solid_angle(self) -> np.ndarray:
-        """ΔΩ_j (sr) of each model element, shape (n_model,)."""
-        lb = self.model_axes["lb"]
-        return np.full(self.n_model, lb.pixarea().to_value("sr"), dtype=np.float64)
-
-    @property
     def operator_args(self) -> tuple:
         """(model_axes, data_axes, pixel_solid_angle, unit) of the response operator."""
-        return (self.model_axes, self.data_axes, self.pixel_solid_angle,
+        solid = np.full(self.n_model, self.model_axes["lb"].pixarea().to_value("sr"))
+        return (self.model_axes, self.data_axes, solid,
                 self.unit if self.unit is not None else "cm2 s")
 
     def read(self, j0: int, j1: int, out: np.ndarray) -> None:  # pragma: no cover - abstract
@@ -102,16 +87,13 @@ class ResponseSource:
         """Rows per read block: about ``target_bytes``, a multiple of the file's row chunks."""
         rows = max(1, target_bytes // max(1, self.n_data * itemsize))
         align = max(1, self.row_align)
-        rows = max(align, rows // align * align)
-        return int(min(rows, self.n_model))
+        return int(min(max(align, rows // align * align), self.n_model))
 
     def blocks(self, dtype, progress: bool | None = None, target_bytes: int = LOAD_BLOCK_BYTES,
                out: np.ndarray | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
-        """Read the whole matrix in row blocks: yields (j0, j1, rows (j1 − j0, n_data)).
-
-        With ``out`` (n_model, n_data) the rows are read into it; else into one reused buffer
-        (the caller must be done with a block before asking for the next).
-        """
+        """Read the matrix in row blocks, yielding (j0, j1, rows (j1 − j0, n_data)), into ``out``
+        (n_model, n_data) if given, else into one reused buffer (the caller is done with a block
+        before asking for the next). ``progress`` None: a bar for over 256 MiB on a terminal."""
         dtype = np.dtype(dtype)
         step = self.block_rows(dtype.itemsize, target_bytes)
         buf = None if out is not None else np.empty((step, self.n_data), dtype=dtype)
@@ -149,14 +131,12 @@ class HistogramSource(ResponseSource):
 
     def __init__(self, hist: Histogram, name: str = "response"):
         self.name = name
-        self.axes = hist.axes
-        self.unit = hist.unit
         raw = hist.contents
         self.values = getattr(raw, "value", raw)
         self.sparse = hasattr(self.values, "todense")
         dt = np.dtype(self.values.dtype)
         self.file_dtype = dt if dt in (np.float32, np.float64) else np.dtype(np.float64)
-        self._setup()
+        self._setup(hist.axes, hist.unit)
 
     def read(self, j0, j1, out):
         block = self.values[j0:j1]
@@ -170,64 +150,50 @@ class HistogramSource(ResponseSource):
         v = np.asarray(self.values)
         return v.reshape(self.n_model, self.n_data) if v.flags.c_contiguous else None
 
-    def is_all_zero(self) -> bool:
-        """True when no value is non-zero (a quick check before any conversion)."""
-        if self.sparse:
-            data = getattr(self.values, "data", None)
-            return data is None or not np.any(data)
-        return not np.any(self.values)
 
-
-class _NotDense(Exception):
-    pass
+def _header(f: h5py.File, path) -> tuple[h5py.Group, Axes, Any]:
+    """The histogram group of a histpy file, its axes and unit."""
+    if "hist" not in f:
+        raise FileFormatError(f"{path}: no histogram group 'hist' (found {sorted(f.keys())}); "
+                              "is this a histpy file?")
+    g = f["hist"]
+    unit = g.attrs.get("unit")
+    return g, Axes.open(g["axes"]), unit.decode() if isinstance(unit, bytes) else unit
 
 
 class HDF5Source(ResponseSource):
-    """A histpy HDF5 file with dense contents, read block-wise with ``read_direct``."""
+    """A histpy HDF5 file with dense contents, read block-wise with ``read_direct`` (made by
+    :func:`open_source`, which reads other layouts whole)."""
 
-    def __init__(self, path: Path, group: str = "hist"):
+    def __init__(self, path: Path, file: h5py.File):
         self.name = str(path)
         self.path = path
-        register_spacecraft_frame()
-        self.file = open_hdf5(path, rdcc_nbytes=256 * 2 ** 20, rdcc_nslots=100003)
-        try:
-            g = _histogram_group(self.file, path, group)
-            fmt = g.attrs.get("format", "dense")
-            fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
-            if fmt != "dense" or not isinstance(g.get("contents"), h5py.Dataset):
-                raise _NotDense(fmt)
-            self.axes = Axes.open(g["axes"])
-            unit = g.attrs.get("unit")
-            self.unit = unit.decode() if isinstance(unit, bytes) else unit
-            self.ds = g["contents"]
-            if self.ds.dtype.kind != "f":
-                raise FileFormatError(f"{path}: response contents have dtype {self.ds.dtype}, "
-                                      "expected a floating-point type")
-            self.file_dtype = np.dtype(self.ds.dtype)
-            self._setup()
-            nbins = [int(n) for n in self.axes.nbins]
-            pad = []
-            for stored, n, label in zip(self.ds.shape, nbins, self.axes.labels):
-                if stored not in (n, n + 2):
-                    raise FileFormatError(
-                        f"{path}: contents dimension of axis {label!r} is {stored}, expected "
-                        f"{n} (or {n + 2} with under/overflow)")
-                pad.append(1 if stored == n + 2 else 0)
-            self.sel_template = [slice(p, p + n) for p, n in zip(pad, nbins)]
-            self.pad0 = pad[0]
-            self.row_shape = tuple(nbins[1:])
-            if self.ds.chunks is not None:
-                self.row_align = int(self.ds.chunks[0])
-        except BaseException:
-            self.file.close()
-            raise
+        self.file = file
+        g, axes, unit = _header(file, path)
+        self.ds = g["contents"]
+        if self.ds.dtype.kind != "f":
+            raise FileFormatError(f"{path}: response contents have dtype {self.ds.dtype}, "
+                                  "expected a floating-point type")
+        self.file_dtype = np.dtype(self.ds.dtype)
+        self._setup(axes, unit)
+        nbins = [int(n) for n in axes.nbins]
+        pad = []
+        for stored, n, label in zip(self.ds.shape, nbins, axes.labels):
+            if stored not in (n, n + 2):
+                raise FileFormatError(
+                    f"{path}: contents dimension of axis {label!r} is {stored}, expected "
+                    f"{n} (or {n + 2} with under/overflow)")
+            pad.append(1 if stored == n + 2 else 0)
+        self.sel_template = [slice(p, p + n) for p, n in zip(pad, nbins)]
+        self.pad0 = pad[0]
+        self.row_shape = tuple(nbins[1:])
+        if self.ds.chunks is not None:
+            self.row_align = int(self.ds.chunks[0])
 
     def contiguous_offset(self):
-        """Byte offset of the contents if they can be memory-mapped as the (n_model, n_data)
-        matrix (contiguous layout, no filters, no overflow bins, native byte order), else None."""
-        if self.ds.chunks is not None or self.pad0 or any(s.start for s in self.sel_template):
-            return None
-        if not self.file_dtype.isnative:
+        # the matrix as stored: contiguous, unfiltered, no overflow bins, native byte order
+        if self.ds.chunks is not None or any(s.start for s in self.sel_template) or \
+                not self.file_dtype.isnative:
             return None
         try:
             offset = self.ds.id.get_offset()
@@ -244,17 +210,11 @@ class HDF5Source(ResponseSource):
         self.file.close()
 
 
-def _histogram_group(f: h5py.File, path, group: str = "hist") -> h5py.Group:
-    if group not in f:
-        raise FileFormatError(f"{path}: no histogram group {group!r} (found "
-                              f"{sorted(f.keys())}); is this a histpy file?")
-    return f[group]
-
-
 def _existing(rsp: str | os.PathLike) -> Path:
     path = Path(rsp)
     if not path.exists():
         raise FileFormatError(f"{path}: response file not found")
+    register_spacecraft_frame()
     return path
 
 
@@ -269,11 +229,19 @@ def open_source(rsp: Histogram | str | os.PathLike) -> ResponseSource:
     if isinstance(rsp, Histogram):
         return HistogramSource(rsp)
     path = _existing(rsp)
+    f = open_hdf5(path, rdcc_nbytes=256 * 2 ** 20, rdcc_nslots=100003)
     try:
-        return HDF5Source(path)
-    except _NotDense as exc:
-        logger.info("%s: contents stored as %r; reading them whole", path, exc.args[0])
-        return HistogramSource(open_histogram(path), name=str(path))
+        g = _header(f, path)[0]
+        fmt = g.attrs.get("format", "dense")
+        fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
+        if fmt == "dense" and isinstance(g.get("contents"), h5py.Dataset):
+            return HDF5Source(path, f)
+    except BaseException:
+        f.close()
+        raise
+    f.close()
+    logger.info("%s: contents stored as %r; reading them whole", path, fmt)
+    return HistogramSource(open_histogram(path), name=str(path))
 
 
 def probe_response(rsp: Histogram | str | os.PathLike) -> tuple[Axes, Axes, Any]:
@@ -286,18 +254,14 @@ def probe_response(rsp: Histogram | str | os.PathLike) -> tuple[Axes, Axes, Any]
     InvalidDataError
         For an in-memory response whose values are all zero.
     """
-    from ..errors import InvalidDataError
-
     if isinstance(rsp, Histogram):
         src = HistogramSource(rsp)
-        if src.is_all_zero():
+        values = getattr(src.values, "data", None) if src.sparse else src.values
+        if values is None or not np.any(values):
             raise InvalidDataError("response: the response has no exposure (all entries are "
                                    "zero)")
         return src.model_axes, src.data_axes, src.unit
     path = _existing(rsp)
-    register_spacecraft_frame()
     with open_hdf5(path) as f:
-        g = _histogram_group(f, path)
-        axes = Axes.open(g["axes"])
-        unit = g.attrs.get("unit")
-    return (*response_axes(axes, str(path)), unit.decode() if isinstance(unit, bytes) else unit)
+        _, axes, unit = _header(f, path)
+    return (*response_axes(axes, str(path)), unit)

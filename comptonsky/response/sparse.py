@@ -1,75 +1,43 @@
 """Sparse response storage: segmented CSR in both orientations, parallel numba gather kernels.
 
-Layout
-------
-Data index i = k · n_psi + p with k the flattened (Em, Phi) index and p the PsiChi pixel (the last
-data axis). For each k the response is a sparse matrix S_k of shape (n_model, n_psi): the Compton
-cone of sky pixel j in scatter-angle bin k. We store, k-major,
-
-* ``rows``: S_k in CSR (row j → PsiChi columns p), used by the adjoint
-  (Rᵀy)_j = Σ_k Σ_p S_k[j, p] y_{k,p};
-* ``cols``: S_kᵀ in CSR (row p → sky columns j), used by the forward
-  (R x)_{k,p} = Σ_j S_k[j, p] x_j.
-
-Both products are then *gathers* (each output element is a private dot product: no scatter, no
-atomics, no per-thread copies of the output) that parallelise over (k, row range) tiles. The
-vector a tile gathers from is one segment of y (n_psi values) or x (n_model values): a few tens of
-kB, resident in L1/L2. Column indices are uint16 when the column count allows (it does up to
-nside 64), so each stored element streams 4 + 2 bytes in float32 (8 + 2 in float64). Holding both
-orientations doubles the memory but not the bytes streamed per product.
-
-Measured at DC2 shape with the cone model (2 cores, 4.9e7 stored elements, float32): this kernel
-takes ≈ 0.026 s per product against ≈ 0.041 s for single-threaded ``scipy.sparse`` CSR matvec
-(either orientation; ``benchmarks/bench_deconvolution.py`` prints both), and four independent
-accumulators are needed to hide the floating-point add latency (a single accumulator runs at
-≈ 0.05 s).
-
-Threshold
----------
-An element R_ij is stored when R_ij > threshold · max_i R_ij (relative to the maximum of the
-same model element j over the data space). ``threshold = 0`` keeps every non-zero element and
-reproduces the dense operator to rounding. The fraction of Σ R dropped is reported
-(:attr:`SparseResponse.dropped_flux_fraction`) and logged. The exposure of the sparse operator is
-Σ_i of the *stored* elements, so the operator stays exactly self-adjoint-consistent.
+Data index i = k · n_psi + p, with k the flattened (Em, Phi) index and p the PsiChi pixel. For each
+k the response is a sparse matrix S_k (n_model, n_psi), stored k-major as ``rows`` (S_k in CSR,
+for the adjoint (Rᵀy)_j = Σ_k Σ_p S_k[j, p] y_{k,p}) and ``cols`` (S_kᵀ in CSR, for the forward
+(R x)_{k,p} = Σ_j S_k[j, p] x_j), so that both products are gathers over (k, row range) tiles.
+R_ij is stored when R_ij > threshold · max_i R_ij; the exposure is that of the stored elements, so
+the operator stays consistent. Design and measurements: docs/performance.md.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 from numba import njit, prange
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from ..errors import InvalidDataError
 from .operator import ResponseOperator, ResponseSubset
 
-__all__ = ["SegmentedCSR", "SparseResponse", "SparseSubset", "SparseBuilder", "index_dtype"]
+__all__ = ["SegmentedCSR", "SparseResponse", "SparseSubset", "build_rows", "index_dtype"]
 
 logger = logging.getLogger(__name__)
 
 
 def index_dtype(n_columns: int) -> np.dtype:
-    """Smallest unsigned/signed index type for ``n_columns`` columns (uint16 or int32)."""
+    """uint16 for up to 65536 columns, else int32."""
     return np.dtype(np.uint16) if n_columns <= np.iinfo(np.uint16).max + 1 else np.dtype(np.int32)
 
 
 @dataclass
 class SegmentedCSR:
-    """k-major CSR of n_seg matrices of shape (n_rows, n_cols) sharing one index/value array.
-
-    Attributes
-    ----------
-    ptr : ndarray, shape (n_seg, n_rows + 1), int64
-        Element range of row r of segment k: ``ptr[k, r] : ptr[k, r + 1]`` (absolute offsets).
-    idx : ndarray, shape (nnz,), uint16 or int32
-        Column index of each element.
-    val : ndarray, shape (nnz,), float32 or float64
-        Value of each element (cm² s).
-    n_cols : int
-        Number of columns of each segment matrix.
-    """
+    """k-major CSR of n_seg matrices of shape (n_rows, n_cols) sharing one index/value array:
+    the elements of row r of segment k are ``ptr[k, r] : ptr[k, r + 1]`` (``ptr`` (n_seg,
+    n_rows + 1) int64, absolute offsets), with columns ``idx`` (nnz,) uint16 or int32 and values
+    ``val`` (nnz,) float32 or float64 in cm² s."""
 
     ptr: np.ndarray
     idx: np.ndarray
@@ -93,19 +61,12 @@ class SegmentedCSR:
         return int(self.ptr.nbytes + self.idx.nbytes + self.val.nbytes)
 
 
-# ------------------------------------------------------------------------------------------
-# numba kernels. Accumulation is in the value dtype within a row segment (≤ a few thousand
-# terms) and in float64 across segments.
-# ------------------------------------------------------------------------------------------
+# numba kernels: accumulation in the value dtype within a row segment, in float64 across them.
 
 @njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def _gather(start, end, idx, val, vec, stride, n_vec, n_chunks, out):  # pragma: no cover
-    """out[k, r] = Σ_n val[n] · v_k[idx[n]] over n in start[k, r]:end[k, r], v_k =
-    vec[k·stride:][:n_vec].
-
-    ``out`` must be zero-filled on entry (its dtype sets the accumulator type). Work is split in
-    (segment, row range) tiles; four accumulators hide the add latency.
-    """
+    """out[k, r] = Σ_n val[n] · v_k[idx[n]] over n in start[k, r]:end[k, r], with
+    v_k = vec[k·stride:][:n_vec]; ``out`` zero-filled on entry (its dtype is the accumulator's)."""
     n_seg, n_rows = start.shape
     chunk = (n_rows + n_chunks - 1) // n_chunks
     for task in prange(n_seg * n_chunks):
@@ -146,11 +107,8 @@ def _scatter_rows(ptr, idx, val, rows, coef, out):  # pragma: no cover - compile
 
 @njit(parallel=True, cache=True, nogil=True)
 def _regroup(ptr, idx, n_groups, counts, fill, gptr, gidx, gval, val):  # pragma: no cover
-    """Split each segment's columns p into groups p mod n_groups (local column p // n_groups).
-
-    Pass 1 (``fill`` False) counts into ``counts[g·n_seg + k, r]``; pass 2 writes the elements
-    at ``gptr`` (k-major offsets from the counts) into ``gidx``/``gval``.
-    """
+    """Split each segment's columns p into groups p mod n_groups (local column p // n_groups):
+    pass 1 (not ``fill``) counts into ``counts[g·n_seg + k, r]``, pass 2 writes at ``gptr``."""
     n_seg = ptr.shape[0]
     n_rows = ptr.shape[1] - 1
     for k in prange(n_seg):
@@ -188,7 +146,7 @@ def _count_block(block, thr, counts, totals, kept):  # pragma: no cover - compil
 
 @njit(parallel=True, cache=True, nogil=True)
 def _fill_block(block, thr, ptr, idx, val):  # pragma: no cover - compiled
-    """Write the kept elements of a dense block into k-major CSR arrays (ptr from counts)."""
+    """Write the kept elements of a dense block into k-major CSR arrays."""
     n_rows, n_seg, n_cols = block.shape
     for r in prange(n_rows):
         t = thr[r]
@@ -227,13 +185,11 @@ def _transpose_fill(ptr, idx, val, tptr, tidx, tval):  # pragma: no cover - comp
                 nxt[c] = o + 1
 
 
-def _ptr_from_counts(counts: np.ndarray, start: int = 0) -> np.ndarray:
+def _ptr_from_counts(counts: np.ndarray) -> np.ndarray:
     """k-major absolute offsets (n_seg, n_rows + 1) from counts (n_seg, n_rows)."""
     n_seg, n_rows = counts.shape
-    flat = np.empty(n_seg * n_rows + 1, dtype=np.int64)
-    flat[0] = start
+    flat = np.zeros(n_seg * n_rows + 1, dtype=np.int64)
     np.cumsum(counts.reshape(-1), out=flat[1:])
-    flat[1:] += start
     ptr = np.empty((n_seg, n_rows + 1), dtype=np.int64)
     ptr[:, :n_rows] = flat[:-1].reshape(n_seg, n_rows)
     ptr[:, n_rows] = flat[n_rows::n_rows][:n_seg]
@@ -241,18 +197,7 @@ def _ptr_from_counts(counts: np.ndarray, start: int = 0) -> np.ndarray:
 
 
 def transpose(rows: SegmentedCSR) -> SegmentedCSR:
-    """The per-segment transpose: CSR of S_kᵀ for every k (rows sorted within each row).
-
-    Parameters
-    ----------
-    rows : SegmentedCSR
-        Segments of shape (n_rows, n_cols).
-
-    Returns
-    -------
-    SegmentedCSR
-        Segments of shape (n_cols, n_rows).
-    """
+    """The per-segment transpose (S_kᵀ for every k, columns sorted within each row)."""
     counts = np.zeros((rows.n_seg, rows.n_cols), dtype=np.int64)
     _transpose_counts(rows.ptr, rows.idx, rows.n_cols, counts)
     tptr = _ptr_from_counts(counts)
@@ -266,23 +211,16 @@ _BLAS_LIMITED = False
 
 
 def limit_blas_threads() -> bool:
-    """Run BLAS single-threaded from now on in this process (once; logged). Returns True if done.
+    """Run BLAS single-threaded from now on in this process (once; logged); True if done.
 
-    OpenBLAS worker threads busy-wait for a while after each threaded call. In an RL iteration
-    the algorithm's vector operations (``np.dot`` over the data space) call BLAS right before
-    the sparse kernels, and the spinning workers take a core from the numba threads (measured:
-    median product time +50 %). With sparse storage BLAS only does those small vector
-    operations, so one BLAS thread costs nothing. Undo with
-    ``threadpoolctl.threadpool_limits(n, user_api="blas")``.
+    OpenBLAS workers busy-wait after each threaded call, and in an RL iteration the vector
+    operations right before the sparse kernels leave them spinning on the numba threads' cores
+    (docs/performance.md). Undo with ``threadpoolctl.threadpool_limits(n, user_api="blas")``.
     """
     global _BLAS_LIMITED
     if _BLAS_LIMITED or numba.get_num_threads() < 2:
         return False
     _BLAS_LIMITED = True
-    try:
-        from threadpoolctl import threadpool_info, threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
-        return False
     if not any(i.get("user_api") == "blas" and i.get("num_threads", 1) > 1
                for i in threadpool_info()):
         return False
@@ -297,123 +235,103 @@ def _n_chunks(n_seg: int) -> int:
     return max(1, -(-4 * threads // max(n_seg, 1)))
 
 
-class SparseBuilder:
-    """Accumulate dense row blocks into a :class:`SegmentedCSR` (rows orientation).
+def build_rows(blocks: Iterable[tuple[int, int, np.ndarray]], n_model: int, n_seg: int,
+               n_cols: int, dtype, threshold: float
+               ) -> tuple[SegmentedCSR, np.ndarray, float, float]:
+    """The rows orientation from dense row ``blocks`` (j0, j1, rows (j1 − j0, n_seg · n_cols)):
+    every row in order, in ``dtype``, each used before the next is asked for; kept are the
+    R_ij > threshold · max_i R_ij.
 
-    Parameters
-    ----------
-    n_model : int
-        Total number of rows (model elements).
-    n_seg, n_cols : int
-        Segments per row and columns per segment (n_data = n_seg · n_cols).
-    dtype : numpy dtype
-        Value dtype (float32 or float64).
-    threshold : float
-        Relative threshold (see module docstring), ≥ 0.
+    Returns
+    -------
+    rows : SegmentedCSR
+    row_kept : ndarray, shape (n_model,), float64
+        Σ_i R_ij of the kept elements.
+    dropped_flux_fraction, max_row_dropped_fraction : float
+        As :class:`SparseResponse`'s.
+
+    Raises
+    ------
+    InvalidDataError
+        For non-finite values.
     """
-
-    def __init__(self, n_model: int, n_seg: int, n_cols: int, dtype, threshold: float):
-        self.n_model, self.n_seg, self.n_cols = n_model, n_seg, n_cols
-        self.dtype = np.dtype(dtype)
-        self.threshold = float(threshold)
-        self._pieces: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
-        self.row_total = np.zeros(n_model, dtype=np.float64)
-        self.row_kept = np.zeros(n_model, dtype=np.float64)
-        self._next = 0
-
-    def add(self, j0: int, block: np.ndarray) -> None:
-        """Add rows ``j0 : j0 + len(block)``; ``block`` shape (n_rows, n_data), self.dtype."""
-        nb = block.shape[0]
-        if j0 != self._next:
-            raise ValueError(f"blocks must come in order: expected row {self._next}, got {j0}")
-        b3 = block.reshape(nb, self.n_seg, self.n_cols)
+    dtype = np.dtype(dtype)
+    row_total = np.zeros(n_model)
+    row_kept = np.zeros(n_model)
+    counts = np.empty((n_seg, n_model), dtype=np.int64)
+    pieces = []
+    for j0, j1, block in blocks:
         if not np.all(np.isfinite(block)):
-            raise InvalidDataError(f"response rows {j0}..{j0 + nb}: non-finite values")
-        rowmax = block.max(axis=1)
-        thr = (rowmax.astype(np.float64) * self.threshold).astype(self.dtype)
-        if self.threshold == 0.0:
+            raise InvalidDataError(f"response rows {j0}..{j1}: non-finite values")
+        thr = (block.max(axis=1).astype(np.float64) * threshold).astype(dtype)
+        if threshold == 0.0:
             thr[:] = 0
-        counts = np.empty((self.n_seg, nb), dtype=np.int64)
-        _count_block(b3, thr, counts, self.row_total[j0:j0 + nb], self.row_kept[j0:j0 + nb])
-        ptr = _ptr_from_counts(counts)
-        nnz = int(ptr[-1, -1])
-        idx = np.empty(nnz, dtype=index_dtype(self.n_cols))
-        val = np.empty(nnz, dtype=self.dtype)
+        b3 = block.reshape(j1 - j0, n_seg, n_cols)
+        _count_block(b3, thr, counts[:, j0:j1], row_total[j0:j1], row_kept[j0:j1])
+        ptr = _ptr_from_counts(counts[:, j0:j1])
+        idx = np.empty(int(ptr[-1, -1]), dtype=index_dtype(n_cols))
+        val = np.empty(int(ptr[-1, -1]), dtype=dtype)
         _fill_block(b3, thr, ptr, idx, val)
-        self._pieces.append((j0, ptr, idx, val))
-        self._next = j0 + nb
-
-    def finish(self) -> SegmentedCSR:
-        """Assemble the k-major rows structure (frees the pieces)."""
-        if self._next != self.n_model:
-            raise ValueError(f"only {self._next} of {self.n_model} rows were added")
-        counts = np.empty((self.n_seg, self.n_model), dtype=np.int64)
-        for j0, ptr, _, _ in self._pieces:
-            nb = ptr.shape[1] - 1
-            counts[:, j0:j0 + nb] = np.diff(ptr, axis=1)
-        gptr = _ptr_from_counts(counts)
-        nnz = int(gptr[-1, -1])
-        idx = np.empty(nnz, dtype=index_dtype(self.n_cols))
-        val = np.empty(nnz, dtype=self.dtype)
-        while self._pieces:
-            j0, ptr, pidx, pval = self._pieces.pop(0)
-            nb = ptr.shape[1] - 1
-            for k in range(self.n_seg):
-                s, e = int(ptr[k, 0]), int(ptr[k, nb])
-                d = int(gptr[k, j0])
-                idx[d:d + e - s] = pidx[s:e]
-                val[d:d + e - s] = pval[s:e]
-        return SegmentedCSR(gptr, idx, val, self.n_cols)
-
-    @property
-    def dropped_flux_fraction(self) -> float:
-        """Σ dropped / Σ total over the rows added so far."""
-        total = float(self.row_total.sum())
-        return float((total - self.row_kept.sum()) / total) if total > 0 else 0.0
-
-    @property
-    def max_row_dropped_fraction(self) -> float:
-        """The largest fraction dropped from any one model element's row."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            f = np.where(self.row_total > 0, 1.0 - self.row_kept / self.row_total, 0.0)
-        return float(f.max()) if f.size else 0.0
+        pieces.append((j0, ptr, idx, val))
+    gptr = _ptr_from_counts(counts)
+    idx = np.empty(int(gptr[-1, -1]), dtype=index_dtype(n_cols))
+    val = np.empty(int(gptr[-1, -1]), dtype=dtype)
+    while pieces:                      # join segment by segment, freeing the pieces
+        j0, ptr, pidx, pval = pieces.pop(0)
+        for k in range(n_seg):
+            s, e, d = int(ptr[k, 0]), int(ptr[k, -1]), int(gptr[k, j0])
+            idx[d:d + e - s] = pidx[s:e]
+            val[d:d + e - s] = pval[s:e]
+    total = float(row_total.sum())
+    dropped = float((total - row_kept.sum()) / total) if total > 0 else 0.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f = np.where(row_total > 0, 1.0 - row_kept / row_total, 0.0)
+    return (SegmentedCSR(gptr, idx, val, n_cols), row_kept, dropped,
+            float(f.max()) if f.size else 0.0)
 
 
-def _product(csr: SegmentedCSR, ptr: np.ndarray, vec: np.ndarray, stride: int, n_vec: int,
-             start: np.ndarray | None = None, end: np.ndarray | None = None) -> np.ndarray:
-    """Gather rows of the segments ``ptr`` of ``csr`` (or the row ranges start:end) from ``vec``;
-    returns (n_seg, n_rows) in the value dtype."""
-    start = ptr[:, :-1] if start is None else start
-    end = ptr[:, 1:] if end is None else end
-    out = np.zeros(start.shape, dtype=csr.val.dtype)
-    _gather(start, end, csr.idx, csr.val, vec.astype(csr.val.dtype), stride, n_vec,
-            _n_chunks(start.shape[0]), out)
-    return out
+class _SparseProducts:
+    """Products through the forward orientation ``_fwd`` (segments ``_fwd_ptr``, or the row
+    ranges ``_start:_end``) and the adjoint orientation ``_adj`` (segments ``_adj_ptr`` of
+    ``_width`` columns)."""
+
+    _start = _end = None
+
+    def _matvec(self, x):
+        start = self._fwd_ptr[:, :-1] if self._start is None else self._start
+        end = self._fwd_ptr[:, 1:] if self._end is None else self._end
+        out = np.zeros(start.shape, dtype=self.dtype)
+        _gather(start, end, self._fwd.idx, self._fwd.val, x.astype(self.dtype), 0,
+                self.n_model, _n_chunks(start.shape[0]), out)
+        return out.reshape(-1).astype(np.float64)
+
+    def _rmatvec(self, y):
+        ptr = self._adj_ptr
+        out = np.zeros((ptr.shape[0], ptr.shape[1] - 1), dtype=self.dtype)
+        _gather(ptr[:, :-1], ptr[:, 1:], self._adj.idx, self._adj.val, y.astype(self.dtype),
+                self._width, self._width, _n_chunks(ptr.shape[0]), out)
+        return out.sum(axis=0, dtype=np.float64)
+
+    def _matvec_rows(self, rows, coef):
+        out = np.zeros((self._adj_ptr.shape[0], self._width), dtype=np.float64)
+        _scatter_rows(self._adj_ptr, self._adj.idx, self._adj.val, rows.astype(np.int64),
+                      np.asarray(coef, dtype=np.float64), out)
+        return out.reshape(-1)
 
 
-def _scatter(csr: SegmentedCSR, ptr: np.ndarray, rows: np.ndarray, coef: np.ndarray,
-             n_cols: int) -> np.ndarray:
-    out = np.zeros((ptr.shape[0], n_cols), dtype=np.float64)
-    _scatter_rows(ptr, csr.idx, csr.val, rows.astype(np.int64),
-                  np.asarray(coef, dtype=np.float64), out)
-    return out.reshape(-1)
-
-
-class SparseResponse(ResponseOperator):
+class SparseResponse(_SparseProducts, ResponseOperator):
     """Response held as segmented CSR in both orientations; parallel numba gather kernels.
 
     Parameters
     ----------
-    rows : SegmentedCSR
-        n_seg segments of shape (n_model, n_psi) (adjoint orientation).
-    cols : SegmentedCSR or None
-        Their transposes (forward orientation); computed from ``rows`` when None.
+    rows, cols : SegmentedCSR
+        The n_seg segments (n_model, n_psi) of the adjoint orientation and their transposes
+        (computed from ``rows`` when None).
     model_axes, data_axes, pixel_solid_angle, unit, row_sums
-        See :class:`~comptonsky.response.operator.ResponseOperator`.
-    threshold : float
-        The relative threshold the elements were selected with.
-    dropped_flux_fraction, max_row_dropped_fraction : float
-        Σ of the dropped elements over Σ R (overall, and the worst model element).
+        See :class:`~.operator.ResponseOperator`.
+    threshold, dropped_flux_fraction, max_row_dropped_fraction : float
+        The relative threshold the elements were kept with, and Σ of the dropped elements over
+        Σ R (overall, and in the worst model element's row).
     """
 
     storage = "sparse"
@@ -424,18 +342,18 @@ class SparseResponse(ResponseOperator):
                  row_sums: np.ndarray | None = None):
         super().__init__(model_axes, data_axes, pixel_solid_angle, unit, row_sums=row_sums,
                          dtype=rows.val.dtype)
-        n_seg = rows.n_seg
-        if rows.n_rows != self.n_model or n_seg * rows.n_cols != self.n_data:
+        self.rows, self.n_seg, self.n_psi = rows, rows.n_seg, rows.n_cols
+        if rows.n_rows != self.n_model or self.n_seg * self.n_psi != self.n_data:
             raise InvalidDataError(
-                f"sparse response has {rows.n_rows} rows × {n_seg} segments × {rows.n_cols} "
-                f"columns, expected {self.n_model} rows and {self.n_data} data elements")
-        self.rows = rows
+                f"sparse response has {rows.n_rows} rows × {self.n_seg} segments × "
+                f"{self.n_psi} columns, expected {self.n_model} rows and {self.n_data} data "
+                "elements")
         self.cols = cols if cols is not None else transpose(rows)
-        self.n_seg = n_seg
-        self.n_psi = rows.n_cols
         self.threshold = float(threshold)
         self.dropped_flux_fraction = float(dropped_flux_fraction)
         self.max_row_dropped_fraction = float(max_row_dropped_fraction)
+        self._fwd, self._fwd_ptr = self.cols, self.cols.ptr
+        self._adj, self._adj_ptr, self._width = self.rows, self.rows.ptr, self.n_psi
         limit_blas_threads()
 
     @property
@@ -454,17 +372,6 @@ class SparseResponse(ResponseOperator):
     @property
     def bytes_per_product(self) -> int:
         return self.rows.nbytes
-
-    def _matvec(self, x):
-        return _product(self.cols, self.cols.ptr, x, 0, self.n_model).reshape(-1).astype(
-            np.float64)
-
-    def _rmatvec(self, y):
-        out = _product(self.rows, self.rows.ptr, y, self.n_psi, self.n_psi)
-        return out.sum(axis=0, dtype=np.float64)
-
-    def _matvec_rows(self, rows, coef):
-        return _scatter(self.rows, self.rows.ptr, rows, coef, self.n_psi)
 
     def _subset(self, k, n_subsets, axis, indices):
         return SparseSubset(self, k, n_subsets, axis, indices)
@@ -490,7 +397,7 @@ class SparseResponse(ResponseOperator):
         return self._shared_copy(("regrouped", n_groups), make)
 
 
-class SparseSubset(ResponseSubset):
+class SparseSubset(_SparseProducts, ResponseSubset):
     """A sparse response restricted to an interleaved data subset.
 
     Phi subsets (``mode='segments'``) gather from the parent's (Em, φ) segments of the subset
@@ -501,35 +408,19 @@ class SparseSubset(ResponseSubset):
     def __init__(self, parent: SparseResponse, k: int, n_subsets: int, axis: str,
                  indices: np.ndarray):
         super().__init__(parent, indices)
-        n_em, n_phi, n_psi = parent.data_shape
+        self._fwd, n_psi = parent.cols, parent.n_psi
         if axis == "Phi":
             self.mode = "segments"
-            seg = np.arange(n_em * n_phi).reshape(n_em, n_phi)[:, k::n_subsets].reshape(-1)
-            self._fwd_ptr = parent.cols.ptr[seg]
-            self._adj = parent.rows
-            self._adj_ptr = parent.rows.ptr[seg]
-            self._width = n_psi
-            self._start = self._end = None
+            seg = parent._phi_segments(k, n_subsets)
+            self._fwd_ptr, self._adj_ptr = parent.cols.ptr[seg], parent.rows.ptr[seg]
+            self._adj, self._width = parent.rows, n_psi
         else:
             self.mode = "regrouped"
             self._adj = parent.regrouped(n_subsets)
             self.extra_bytes = self._adj.nbytes
-            n = parent.n_seg
-            self._adj_ptr = self._adj.ptr[k * n:(k + 1) * n]
-            self._width = len(range(k, n_psi, n_subsets))
+            self._adj_ptr = self._adj.ptr[k * parent.n_seg:(k + 1) * parent.n_seg]
             p = np.arange(k, n_psi, n_subsets)
+            self._width = len(p)
             self._fwd_ptr = parent.cols.ptr
             self._start = np.ascontiguousarray(parent.cols.ptr[:, p])
             self._end = np.ascontiguousarray(parent.cols.ptr[:, p + 1])
-
-    def _matvec(self, x):
-        out = _product(self.parent.cols, self._fwd_ptr, x, 0, self.n_model, self._start,
-                       self._end)
-        return out.reshape(-1).astype(np.float64)
-
-    def _rmatvec(self, y):
-        out = _product(self._adj, self._adj_ptr, y, self._width, self._width)
-        return out.sum(axis=0, dtype=np.float64)
-
-    def _matvec_rows(self, rows, coef):
-        return _scatter(self._adj, self._adj_ptr, rows, coef, self._width)

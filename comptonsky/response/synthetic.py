@@ -18,8 +18,6 @@ This is not the COSI instrument; it has the response's shape, units and sparsity
 
 from __future__ import annotations
 
-import logging
-
 import healpy as hp
 import numpy as np
 from astropy import units as u
@@ -29,36 +27,23 @@ from ..physics import klein_nishina
 
 __all__ = ["cone_response", "fill_cone_rows", "cone_axes"]
 
-logger = logging.getLogger(__name__)
-
-
-def cone_axes(nside: int = 16, n_phi: int = 60, energy_edges=(509.0, 513.0),
-              scheme: str = "ring") -> Axes:
-    """Axes ``(NuLambda, Ei, Em, Phi, PsiChi)`` of a Galactic point-source response.
-
-    Parameters
-    ----------
-    nside : int
-        HEALPix nside of the sky (NuLambda) and of PsiChi.
-    n_phi : int
-        Number of Compton scatter-angle bins over 0–180°.
-    energy_edges : sequence of float
-        keV edges of the single true/measured energy band.
-    scheme : {'ring', 'nested'}
-    """
+def cone_axes(nside: int = 16, n_phi: int = 60, energy_edges=(509.0, 513.0)) -> Axes:
+    """Axes ``(NuLambda, Ei, Em, Phi, PsiChi)`` of a Galactic point-source response: HEALPix
+    ``nside`` (RING) sky and PsiChi, ``n_phi`` Compton-angle bins over 0–180°, one energy band
+    (``energy_edges`` in keV)."""
     edges = u.Quantity(energy_edges, u.keV)
     return Axes([
-        HealpixAxis(nside=nside, scheme=scheme, coordsys="galactic", label="NuLambda"),
+        HealpixAxis(nside=nside, coordsys="galactic", label="NuLambda"),
         Axis(edges, label="Ei", scale="linear"),
         Axis(edges, label="Em", scale="linear"),
         Axis(np.linspace(0.0, 180.0, n_phi + 1) * u.deg, label="Phi", scale="linear"),
-        HealpixAxis(nside=nside, scheme=scheme, coordsys="galactic", label="PsiChi"),
+        HealpixAxis(nside=nside, coordsys="galactic", label="PsiChi"),
     ])
 
 
 def fill_cone_rows(out: np.ndarray, rows: slice, nside: int, n_phi: int,
                    ring_width_deg: float = 2.0, cutoff: float = 4.0,
-                   exposure_cm2s: float = 9.7e7, nest: bool = False) -> None:
+                   exposure_cm2s: float = 9.7e7) -> None:
     """Write response rows ``rows`` (sky pixels) of the cone model into ``out``.
 
     Parameters
@@ -67,13 +52,13 @@ def fill_cone_rows(out: np.ndarray, rows: slice, nside: int, n_phi: int,
         Destination (any float dtype); rows of the (NuLambda, Phi, PsiChi) response in cm² s.
     rows : slice
         Sky pixels to fill.
-    nside, n_phi, ring_width_deg, cutoff, exposure_cm2s, nest
+    nside, n_phi, ring_width_deg, cutoff, exposure_cm2s
         Model parameters (see module docstring); ``exposure_cm2s`` is A at the Galactic Centre.
     """
     npix = hp.nside2npix(nside)
     pix = np.arange(npix)[rows]
-    vec_sky = np.array(hp.pix2vec(nside, pix, nest=nest)).T          # (m, 3)
-    vec_psi = np.array(hp.pix2vec(nside, np.arange(npix), nest=nest))  # (3, npix)
+    vec_sky = np.array(hp.pix2vec(nside, pix)).T                     # (m, 3)
+    vec_psi = np.array(hp.pix2vec(nside, np.arange(npix)))           # (3, npix)
     dist = np.arccos(np.clip(vec_sky @ vec_psi, -1.0, 1.0))           # (m, npix) rad
     phi_edges = np.linspace(0.0, np.pi, n_phi + 1)
     phi_c = 0.5 * (phi_edges[1:] + phi_edges[:-1])
@@ -93,14 +78,8 @@ def fill_cone_rows(out: np.ndarray, rows: slice, nside: int, n_phi: int,
 
 def cone_response(nside: int = 4, n_phi: int = 12, ring_width_deg: float = 10.0,
                   cutoff: float = 4.0, dtype=np.float64) -> Histogram:
-    """The cone-model response as a histpy Histogram (small shapes; see :func:`fill_cone_rows`).
-
-    Returns
-    -------
-    histpy.Histogram
-        Axes ``(NuLambda, Ei, Em, Phi, PsiChi)``, unit cm² s, shape
-        (12 nside², 1, 1, n_phi, 12 nside²).
-    """
+    """The cone-model response (:func:`fill_cone_rows`) as a histpy Histogram with axes
+    :func:`cone_axes`, unit cm² s, shape (12 nside², 1, 1, n_phi, 12 nside²); small shapes."""
     axes = cone_axes(nside, n_phi)
     npix = hp.nside2npix(nside)
     contents = np.zeros((npix, 1, 1, n_phi, npix), dtype=dtype)
