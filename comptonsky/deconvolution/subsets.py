@@ -3,7 +3,7 @@
 Subsets are interleaved along one data axis, ``Phi`` or ``PsiChi`` (OSEM's default: better
 balanced subsets, faster convergence); each is the response operator restricted to its bins
 (:meth:`~comptonsky.response.operator.ResponseOperator.subset`), whose products cost about the
-subset's share of a full product where the storage allows (see :mod:`comptonsky.response.subset`
+subset's share of a full product where the storage allows (see :mod:`comptonsky.response.dense`
 for how each backend does it, and what extra memory PsiChi subsets hold). Where it does not
 (``mode='fallback'``) every subset product streams the whole matrix; a warning says so.
 """
