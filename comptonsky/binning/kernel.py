@@ -6,11 +6,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import numba
 import numpy as np
 import sparse
 from histpy import Histogram
 
+from .._numba import njit
 from ..errors import InvalidDataError
 from .psichi import psichi_pixels
 from .spec import CDSBinning
@@ -33,7 +33,7 @@ def _uniform_inverse_width(edges: np.ndarray) -> float:
     return 0.0
 
 
-@numba.njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _find_bin(edges, x, inv):  # pragma: no cover - compiled
     """Index i with edges[i] <= x < edges[i+1]; -1 if outside or NaN (same as searchsorted).
 
@@ -62,7 +62,7 @@ def _find_bin(edges, x, inv):  # pragma: no cover - compiled
     return lo
 
 
-@numba.njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _partial_index(t, e, phi_deg, t_edges, e_edges, phi_edges, inv, out,
                    tstats):  # pragma: no cover - compiled
     """Flat (Time, Em, Phi) index per event into ``out`` (-1 if outside); returns the count
@@ -98,7 +98,7 @@ def _partial_index(t, e, phi_deg, t_edges, e_edges, phi_edges, inv, out,
     return nin
 
 
-@numba.njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _accumulate(partial, pix, npix, counts):  # pragma: no cover - compiled
     """counts[partial * npix + pix] += 1 for every event with pix >= 0; returns skipped count."""
     skipped = 0
