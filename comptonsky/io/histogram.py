@@ -12,7 +12,7 @@ from histpy import Histogram
 from ..errors import ComptonskyError, FileFormatError
 from ..frames import register_spacecraft_frame
 from .atomic import atomic_path
-from .hdf5 import open_hdf5
+from .hdf5 import create_hdf5, open_hdf5
 
 __all__ = ["open_histogram", "write_histogram"]
 
@@ -71,12 +71,18 @@ def write_histogram(hist: Histogram, path: str | os.PathLike, overwrite: bool = 
                     name: str = "hist") -> Path:
     """Write ``hist`` to ``path`` atomically (temporary file, then rename).
 
+    Raises
+    ------
+    OutputError
+        If ``path`` cannot be an output file or writing fails (a full disk...): nothing is
+        left under ``path``.
+
     Returns
     -------
     pathlib.Path
         The path written.
     """
     path = Path(path)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        hist.write(tmp, name=name, overwrite=True)
+    with atomic_path(path, overwrite=overwrite) as tmp, create_hdf5(tmp) as fh:
+        hist.write(fh, name=name, overwrite=True)
     return path

@@ -11,7 +11,7 @@ import numpy as np
 
 from ...errors import InvalidParameterError
 from .columns import DEFAULT_CHUNK_SIZE, EventSource, validate_events
-from .reader import iter_event_chunks
+from .reader import check_chunk_size, check_event_range, iter_event_chunks
 from .writer import EventWriter
 
 __all__ = ["event_inputs", "iter_memory_chunks", "select_events"]
@@ -39,9 +39,10 @@ def iter_memory_chunks(events: Mapping[str, np.ndarray], columns: Iterable[str] 
     with the parameters of :func:`~comptonsky.io.events.iter_event_chunks`."""
     use = list(events) if columns is None else list(columns)
     n = validate_events(events, where="in-memory events", required=use)
-    start, stop = (0, n) if event_range is None else event_range
+    chunk_size = check_chunk_size(chunk_size)
+    start, stop = (0, n) if event_range is None else check_event_range(event_range)
     stop = n if stop is None else min(stop, n)
-    for a in range(max(0, start), stop, chunk_size):
+    for a in range(start, stop, chunk_size):
         b = min(stop, a + chunk_size)
         if callback is not None:
             callback(b - a)

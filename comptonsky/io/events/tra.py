@@ -22,13 +22,17 @@ From them each event gets the DC2 columns (:data:`~comptonsky.io.events.DC2_COLU
 - ``Chi galactic``, ``Psi galactic``: Galactic (l, b) in deg, l in [0, 360), of the same
   direction d rotated by the attitude (columns x̂, ŷ, ẑ in Galactic coordinates).
 
-Other event types (photo-absorption, pair, unknown) are skipped.
+Other event types (photo-absorption, pair, unknown) are skipped (logged at info level). Compton
+events without a TI, CE or CD line or with impossible values are dropped, and counted in a
+warning per file.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +42,7 @@ from ...errors import FileFormatError
 from ...physics import MEGALIB_ELECTRON_MASS_KEV
 from .columns import DC2_COLUMNS
 from .compression import GZIP_ERRORS, open_input
+from .drops import DropCounter, format_reasons
 
 __all__ = ["ELECTRON_MASS_KEV", "compton_columns", "iter_tra"]
 
@@ -130,12 +135,34 @@ def compton_columns(time: np.ndarray, e_gamma: np.ndarray, e_electron: np.ndarra
     }
 
 
-def _iter_compton_records(path: Path) -> Iterator[tuple[float, ...]]:
-    """Yield (t, Eg, Ee, 9 CD numbers, GX lon, lat, GZ lon, lat) per Compton event, in file
-    order."""
+def _problem(t, eg, ee, cd) -> str | None:
+    """Why a Compton event cannot be used, or None."""
+    if t is None:
+        return "no TI line"
+    if eg is None:
+        return "no CE line"
+    if cd is None:
+        return "no CD line"
+    if not math.isfinite(t):
+        return "non-finite TI"
+    if not (math.isfinite(eg) and math.isfinite(ee)):
+        return "non-finite CE"
+    if eg <= 0.0 or ee < 0.0:
+        return "CE energy <= 0"
+    if not all(math.isfinite(x) for x in (*cd[0:3], *cd[6:9])):
+        return "non-finite CD position"
+    return None
+
+
+def _iter_compton_records(path: Path, dropped: DropCounter, skipped: Counter
+                          ) -> Iterator[tuple[float, ...]]:
+    """Yield (t, Eg, Ee, 9 CD numbers, GX lon, lat, GZ lon, lat) per usable Compton event, in
+    file order; count unusable Compton events in ``dropped`` (by reason) and other event types,
+    and Compton events without attitude (``"no GX/GZ"``), in ``skipped``."""
     where = str(path)
     lineno = 0
-    in_event = compton = False
+    in_event = compton = seen_event = tra_header = False
+    event_type = b""
     t = eg = ee = cd = gx = gz = None
     try:
         with open_input(path) as raw:
@@ -144,20 +171,29 @@ def _iter_compton_records(path: Path) -> Iterator[tuple[float, ...]]:
                 lineno += 1
                 key = bline[:2]
                 if key == b"SE" or key == b"EN":
-                    if compton and t is not None and eg is not None and cd is not None:
-                        yield (t, eg, ee, *cd, *gx, *gz)
-                    elif compton:
-                        logger.debug("%s: incomplete Compton event before line %d skipped",
-                                     where, lineno)
+                    if compton:
+                        problem = _problem(t, eg, ee, cd)
+                        if problem is None:
+                            if not all(math.isfinite(v) for v in (*gx, *gz)):
+                                skipped["no GX/GZ"] += 1
+                            yield (t, eg, ee, *cd, *gx, *gz)
+                        else:
+                            dropped[problem] += 1
+                    elif in_event:
+                        skipped[event_type.decode("ascii", "replace") or "no ET line"] += 1
                     in_event, compton = key == b"SE", False
+                    seen_event = seen_event or in_event
+                    event_type = b""
                     t = eg = ee = cd = None
                     gx = gz = (np.nan, np.nan)
                     continue
                 if not in_event:
+                    tra_header = tra_header or (key == b"Ty" and b"TRA" in bline)
                     continue
                 try:
                     if key == b"ET":
-                        compton = bline.split()[1:2] == [b"CO"]
+                        event_type = b" ".join(bline.split()[1:2])
+                        compton = event_type == b"CO"
                     elif key == b"TI":
                         t = float(bline.split()[1])
                     elif key == b"CE":
@@ -185,6 +221,10 @@ def _iter_compton_records(path: Path) -> Iterator[tuple[float, ...]]:
         ) from exc
     if lineno == 1:
         raise FileFormatError(f"{where}: empty file, not a MEGAlib .tra file")
+    if not seen_event and not tra_header:
+        raise FileFormatError(
+            f"{where}: no event (SE line) and no 'Type TRA' header in {lineno - 1} lines; not a "
+            "MEGAlib .tra file")
 
 
 def _records_to_columns(recs: list, wanted: list[str] | None) -> dict[str, np.ndarray]:
@@ -197,13 +237,33 @@ def _records_to_columns(recs: list, wanted: list[str] | None) -> dict[str, np.nd
 def iter_tra(path: Path, columns: list[str] | None, chunk_size: int, start: int,
              stop: int | None, callback) -> Iterator[dict[str, np.ndarray]]:
     """Column chunks of the Compton events ``start <= index < stop`` of a ``.tra`` file (the
-    reader behind :func:`~comptonsky.io.events.iter_tra_chunks`)."""
+    reader behind :func:`~comptonsky.io.events.iter_tra_chunks`).
+
+    Compton events that lack a TI, CE or CD line or hold impossible values (non-finite numbers,
+    a scattered-photon energy <= 0) are dropped and do not count in the index; the drops are
+    logged once, as a warning with the count per reason, when the file has been read.
+    """
     unknown = [c for c in columns or () if c not in DC2_COLUMNS]
     if unknown:
         raise FileFormatError(
             f"{path}: missing column(s) {unknown}; a .tra file provides {list(DC2_COLUMNS)}")
-    records = itertools.islice(_iter_compton_records(path), max(0, start), stop)
+    dropped, skipped = DropCounter(), Counter()
+    records = itertools.islice(_iter_compton_records(path, dropped, skipped), max(0, start),
+                               stop)
+    n = 0
     while recs := list(itertools.islice(records, chunk_size)):
+        n += len(recs)
         if callback is not None:
             callback(len(recs))
         yield _records_to_columns(recs, columns)
+    scope = "" if start <= 0 and stop is None else (
+        f" from event range [{start}, {'end' if stop is None else stop})")
+    dropped.report(logger, str(path), n, "Compton events", scope)
+    no_attitude = skipped.pop("no GX/GZ", 0)
+    if no_attitude:
+        logger.warning("%s: %d Compton events have no GX/GZ attitude line; their Galactic "
+                       "columns are NaN (they cannot be binned in the Galactic frame)",
+                       path, no_attitude)
+    if skipped:
+        logger.info("%s: %d events of other types skipped: %s", path, sum(skipped.values()),
+                    format_reasons(skipped))
