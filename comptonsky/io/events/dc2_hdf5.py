@@ -106,6 +106,12 @@ def iter_hdf5_chunks(path: Path, columns: list[str] | None, chunk_size: int, sta
             unit = d.attrs.get("unit", d.attrs.get("units"))
             factors[c] = stored_unit_factor(unit, c, where)
             spec = DC2_COLUMNS.get(c)
+            if not d.shape:
+                raise FileFormatError(f"{where}: column {c!r} is a scalar, not one value per "
+                                      "event")
+            if spec is not None and d.dtype.kind not in "iufb":
+                raise FileFormatError(
+                    f"{where}: column {c!r} holds {d.dtype}, expected numbers in {spec.unit}")
             if spec is not None and d.shape[1:] != spec.shape:
                 raise FileFormatError(
                     f"{where}: column {c!r} has per-event shape {d.shape[1:]}, expected "

@@ -23,8 +23,8 @@ From them each event gets the DC2 columns (:data:`~comptonsky.io.events.DC2_COLU
   direction d rotated by the attitude (columns x̂, ŷ, ẑ in Galactic coordinates).
 
 Other event types (photo-absorption, pair, unknown) are skipped (logged at info level). Compton
-events without a TI, CE or CD line or with impossible values are dropped, and counted in a
-warning per file.
+events without a TI, CE or CD line, with one of those lines repeated (two events run together)
+or with impossible values are dropped, and counted in a warning per file.
 """
 
 from __future__ import annotations
@@ -135,8 +135,14 @@ def compton_columns(time: np.ndarray, e_gamma: np.ndarray, e_electron: np.ndarra
     }
 
 
-def _problem(t, eg, ee, cd) -> str | None:
+#: Lines that appear at most once per event.
+_SINGLE_KEYS = frozenset((b"ET", b"TI", b"CE", b"CD", b"GX", b"GZ"))
+
+
+def _problem(t, eg, ee, cd, repeated: bytes) -> str | None:
     """Why a Compton event cannot be used, or None."""
+    if repeated:
+        return f"repeated {repeated.decode()} line"
     if t is None:
         return "no TI line"
     if eg is None:
@@ -162,7 +168,8 @@ def _iter_compton_records(path: Path, dropped: DropCounter, skipped: Counter
     where = str(path)
     lineno = 0
     in_event = compton = seen_event = tra_header = False
-    event_type = b""
+    event_type = repeated = b""
+    seen_keys: set[bytes] = set()
     t = eg = ee = cd = gx = gz = None
     try:
         with open_input(path) as raw:
@@ -172,7 +179,7 @@ def _iter_compton_records(path: Path, dropped: DropCounter, skipped: Counter
                 key = bline[:2]
                 if key == b"SE" or key == b"EN":
                     if compton:
-                        problem = _problem(t, eg, ee, cd)
+                        problem = _problem(t, eg, ee, cd, repeated)
                         if problem is None:
                             if not all(math.isfinite(v) for v in (*gx, *gz)):
                                 skipped["no GX/GZ"] += 1
@@ -183,17 +190,25 @@ def _iter_compton_records(path: Path, dropped: DropCounter, skipped: Counter
                         skipped[event_type.decode("ascii", "replace") or "no ET line"] += 1
                     in_event, compton = key == b"SE", False
                     seen_event = seen_event or in_event
-                    event_type = b""
+                    event_type = repeated = b""
+                    seen_keys = set()
                     t = eg = ee = cd = None
                     gx = gz = (np.nan, np.nan)
                     continue
                 if not in_event:
                     tra_header = tra_header or (key == b"Ty" and b"TRA" in bline)
+                    if key == b"ET":  # an event whose SE line is missing
+                        dropped["no SE line"] += 1
                     continue
+                if key in _SINGLE_KEYS:
+                    if key in seen_keys:
+                        # two events run together (a lost SE line): neither can be trusted
+                        repeated = repeated or key
+                    seen_keys.add(key)
                 try:
                     if key == b"ET":
                         event_type = b" ".join(bline.split()[1:2])
-                        compton = event_type == b"CO"
+                        compton = compton or event_type == b"CO"
                     elif key == b"TI":
                         t = float(bline.split()[1])
                     elif key == b"CE":
