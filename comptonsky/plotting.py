@@ -15,7 +15,7 @@ from histpy import HealpixAxis, Histogram
 
 from .errors import InvalidDataError, InvalidParameterError, UnknownChoiceError
 
-__all__ = ["plot_image", "plot_convergence", "save_figure"]
+__all__ = ["colour_limits", "image_format", "plot_image", "plot_convergence", "save_figure"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def _band_label(image: Histogram, energy_index: int) -> str:
     return f"{lo.value:g}–{hi.to_value(lo.unit):g} {lo.unit}"
 
 
-def _colour_limits(vmin, vmax, scale: str) -> tuple[float | None, float | None]:
+def colour_limits(vmin, vmax, scale: str) -> tuple[float | None, float | None]:
     """Checked colour limits: finite numbers, vmin < vmax, positive with a log scale."""
     for name, v in (("vmin", vmin), ("vmax", vmax)):
         if v is None:
@@ -120,7 +120,7 @@ def plot_image(image: Histogram, energy_index: int = 0, scale: str = "linear",
     plt = _pyplot()
     if scale not in SCALES:
         raise UnknownChoiceError("colour scale", scale, SCALES)
-    vmin, vmax = _colour_limits(vmin, vmax, scale)
+    vmin, vmax = colour_limits(vmin, vmax, scale)
     labels = [str(lab) for lab in image.axes.labels]
     if len(labels) != 2 or labels[-1] != "Ei" or not isinstance(image.axes[0], HealpixAxis):
         raise InvalidParameterError(f"plot_image: expected an image with axes ['lb', 'Ei'] "

@@ -319,8 +319,8 @@ def _map_file(path: Path, values: np.ndarray) -> Path:
 @pytest.mark.parametrize("values, args, message", [
     (np.zeros(12), ["--scale", "log"], "zero.h5: energy band .*no positive pixel"),
     (np.full(12, np.nan), ["--scale", "log"], "zero.h5: energy band .*no finite pixel"),
-    (np.arange(12.0), ["--scale", "log", "--vmin", "0"], "--vmin must be > 0 with --scale log"),
-    (np.arange(12.0), ["--vmin", "5", "--vmax", "1"], "--vmin .* must be smaller than --vmax"),
+    (np.arange(12.0), ["--scale", "log", "--vmin", "0"], "vmin must be > 0 with a log colour scale, found 0.0"),
+    (np.arange(12.0), ["--vmin", "5", "--vmax", "1"], "vmin \\(5.0\\) must be smaller than vmax \\(1.0\\)"),
     (np.arange(12.0), ["--output", "map.xyz"], "unknown image format 'xyz'"),
     (np.arange(12.0), ["--output", "."], "names a folder"),
 ])

@@ -56,12 +56,14 @@ def _number(value, key: str, where: str, unit: str) -> float:
     return _float(value)
 
 
-def _short(values) -> str:
-    arr = np.asarray(values)
-    if arr.size <= 8:
-        return str(arr.tolist())
-    head = ", ".join(repr(v) for v in arr.ravel()[:3].tolist())
-    return f"[{head}, ..., {arr.ravel()[-1].item()!r}] ({arr.size} values)"
+def _short(value) -> str:
+    """A value for a message: arrays of more than 8 values abbreviated, text cut at 80."""
+    if isinstance(value, (list, tuple, np.ndarray)) and np.size(value) > 8:
+        flat = np.asarray(value, dtype=object).ravel()
+        head = ", ".join(repr(v) for v in flat[:3])
+        return f"[{head}, ..., {flat[-1]!r}] ({flat.size} values)"
+    text = str(np.asarray(value).tolist()) if isinstance(value, np.ndarray) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _edge_list(values, key: str, where: str, unit: str) -> np.ndarray:
@@ -72,14 +74,9 @@ def _edge_list(values, key: str, where: str, unit: str) -> np.ndarray:
         edges = np.array([_float(v) for v in values], dtype=np.float64)
     else:
         raise InvalidParameterError(
-            f"{where}: {key} must be a list of bin edges in {unit}, found {_short_any(values)}")
+            f"{where}: {key} must be a list of bin edges in {unit}, found {_short(values)}")
     _check_edges(edges, key, where)
     return edges
-
-
-def _short_any(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def time_bin_edges(time_bins: float | Sequence[float], tmin: float | None = None,
@@ -117,7 +114,7 @@ def time_bin_edges(time_bins: float | Sequence[float], tmin: float | None = None
     if not _is_number(time_bins):
         raise InvalidParameterError(
             f"{where}: time_bins must be a bin size in seconds or a list of edges, "
-            f"got {_short_any(time_bins)}")
+            f"got {_short(time_bins)}")
     size = _float(time_bins)
     if not np.isfinite(size) or size <= 0:
         raise InvalidParameterError(f"{where}: time_bins must be > 0 s, got {time_bins!r}")
@@ -148,7 +145,7 @@ def phi_bin_edges(phi_pix_size: float, where: str = "binning parameters") -> np.
     """
     if not _is_number(phi_pix_size):
         raise InvalidParameterError(
-            f"{where}: phi_pix_size must be a number of degrees, got {_short_any(phi_pix_size)}")
+            f"{where}: phi_pix_size must be a number of degrees, got {_short(phi_pix_size)}")
     size = _float(phi_pix_size)
     if not np.isfinite(size) or size <= 0 or size > 180:
         raise InvalidParameterError(f"{where}: phi_pix_size must be in (0, 180] deg, got {size}")

@@ -36,17 +36,12 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import InvalidDataError, InvalidParameterError
     from ..io.atomic import check_output_path
-    from ..plotting import image_format, plot_convergence, plot_image
+    from ..plotting import colour_limits, image_format, plot_convergence, plot_image
 
     path = Path(args.file)
     output = Path(args.output) if args.output else path.with_suffix(".png")
     # fail before reading anything on options and outputs that cannot work
-    for name, v in (("--vmin", args.vmin), ("--vmax", args.vmax)):
-        if v is not None and args.scale == "log" and not v > 0:
-            raise InvalidParameterError(f"{name} must be > 0 with --scale log, found {v!r}")
-    if args.vmin is not None and args.vmax is not None and not args.vmin < args.vmax:
-        raise InvalidParameterError(
-            f"--vmin ({args.vmin!r}) must be smaller than --vmax ({args.vmax!r})")
+    colour_limits(args.vmin, args.vmax, args.scale)
     image_format(output)
     check_output_path(output)
     if output.exists() and output.resolve() == path.resolve():

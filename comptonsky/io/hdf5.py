@@ -57,15 +57,6 @@ class GuardedFile(io.RawIOBase):
                 self.error = exc
         return None
 
-    def readable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
     def readinto(self, buffer) -> int:
         if self.error is not None:  # nothing trustworthy to read back
             buffer[:] = bytes(len(buffer))

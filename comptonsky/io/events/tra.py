@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import FileFormatError
+from ...geometry import lonlat_to_vec, vec_to_lonlat
 from ...physics import MEGALIB_ELECTRON_MASS_KEV
 from .columns import DC2_COLUMNS
 from .compression import GZIP_ERRORS, open_input
@@ -52,21 +53,6 @@ logger = logging.getLogger(__name__)
 
 #: Electron rest energy used by MEGAlib for the Compton angle (keV).
 ELECTRON_MASS_KEV = MEGALIB_ELECTRON_MASS_KEV
-
-
-def _unit_vectors(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
-    """Cartesian unit vectors, shape (N, 3), from longitude and latitude in rad."""
-    cl = np.cos(lat)
-    return np.stack([cl * np.cos(lon), cl * np.sin(lon), np.sin(lat)], axis=-1)
-
-
-def _lonlat(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(lon in [0, 2π), lat) in rad of vectors of shape (N, 3)."""
-    norm = np.linalg.norm(v, axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        lat = np.arcsin(np.clip(v[:, 2] / norm, -1.0, 1.0))
-    lon = np.mod(np.arctan2(v[:, 1], v[:, 0]), 2 * np.pi)
-    return lon, lat
 
 
 def _wrap_pi(lon: np.ndarray) -> np.ndarray:
@@ -108,30 +94,30 @@ def compton_columns(time: np.ndarray, e_gamma: np.ndarray, e_electron: np.ndarra
         u = d / dist[:, None]
         psi_local = np.arccos(np.clip(u[:, 2], -1.0, 1.0))
     chi_local = np.mod(np.arctan2(u[:, 1], u[:, 0]), 2 * np.pi)
-    xr = np.radians(np.asarray(x_lonlat_deg, dtype=np.float64))
-    zr = np.radians(np.asarray(z_lonlat_deg, dtype=np.float64))
-    xv = _unit_vectors(xr[:, 0], xr[:, 1])
-    zv = _unit_vectors(zr[:, 0], zr[:, 1])
+    x_deg = np.asarray(x_lonlat_deg, dtype=np.float64)
+    z_deg = np.asarray(z_lonlat_deg, dtype=np.float64)
+    xv = lonlat_to_vec(x_deg[:, 0], x_deg[:, 1])
+    zv = lonlat_to_vec(z_deg[:, 0], z_deg[:, 1])
     yv = np.cross(zv, xv)
-    ylon, ylat = _lonlat(yv)
-    # pointings: longitudes in (-pi, pi], as in the DC2 and MEGAlib files
-    ylon = _wrap_pi(ylon)
-    xr = np.stack([_wrap_pi(xr[:, 0]), xr[:, 1]], axis=1)
-    zr = np.stack([_wrap_pi(zr[:, 0]), zr[:, 1]], axis=1)
     g = xv * u[:, :1] + yv * u[:, 1:2] + zv * u[:, 2:3]
-    glon, glat = _lonlat(g)
+    with np.errstate(invalid="ignore", divide="ignore"):  # x parallel to z, or no direction
+        ylon, ylat = np.radians(vec_to_lonlat(yv))
+        glon, glat = vec_to_lonlat(g)
+    # pointings: longitudes in (-pi, pi], as in the DC2 and MEGAlib files
+    xr, zr = np.radians(x_deg), np.radians(z_deg)
+    xr[:, 0], zr[:, 0] = _wrap_pi(xr[:, 0]), _wrap_pi(zr[:, 0])
     return {
         "Energies": etot,
         "TimeTags": time,
         "Xpointings": xr,
-        "Ypointings": np.stack([ylon, ylat], axis=1),
+        "Ypointings": np.stack([_wrap_pi(ylon), ylat], axis=1),
         "Zpointings": zr,
         "Phi": phi,
         "Chi local": chi_local,
         "Psi local": psi_local,
         "Distance": dist,
-        "Chi galactic": np.degrees(glon),
-        "Psi galactic": np.degrees(glat),
+        "Chi galactic": glon,
+        "Psi galactic": glat,
     }
 
 
