@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -15,6 +16,8 @@ from .reader import check_chunk_size, check_event_range, iter_event_chunks
 from .writer import EventWriter
 
 __all__ = ["event_inputs", "iter_memory_chunks", "select_events"]
+
+logger = logging.getLogger(__name__)
 
 
 def event_inputs(source: EventSource) -> list:
@@ -84,6 +87,7 @@ def select_events(unbinned_data: EventSource, output: str | os.PathLike | None =
     cols = None if columns is None else list(columns)
     writer = EventWriter(output, overwrite=overwrite) if output is not None else None
     parts: dict[str, list[np.ndarray]] = {}
+    n_seen = n_kept = 0
     try:
         for item in inputs:
             if isinstance(item, Mapping):
@@ -100,6 +104,7 @@ def select_events(unbinned_data: EventSource, output: str | os.PathLike | None =
                     if hi is not None:
                         keep &= chunk[name] < hi
                 sel = {k: v[keep] for k, v in chunk.items()}
+                n_seen, n_kept = n_seen + keep.size, n_kept + int(keep.sum())
                 if writer is not None:
                     writer.write(sel)
                 else:
@@ -109,6 +114,8 @@ def select_events(unbinned_data: EventSource, output: str | os.PathLike | None =
         if writer is not None:
             writer.abort(*sys.exc_info())
         raise
+    logger.info("%d of %d events selected (TimeTags in [%s, %s) s, Energies in [%s, %s) keV)",
+                n_kept, n_seen, tmin, tmax, emin, emax)
     if writer is not None:
         return writer.close()
     return {k: np.concatenate(v) for k, v in parts.items()}
