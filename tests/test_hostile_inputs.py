@@ -739,3 +739,12 @@ def test_cli_bin_on_mutated_inputs_never_raises(tmp_path, yaml_file, capsys):
         assert rc == 1 and err.startswith(f"comptonsky bin: error: {bad}") \
             and err.count("\n") == 1, err
         assert not (tmp_path / "o.hdf5").exists()
+
+
+@pytest.mark.parametrize("name", ["d.fits", "d.fits.gz", "d.hdf5", "d.tra"])
+def test_folder_given_as_event_file(tmp_path, yaml_file, capsys, name):
+    (tmp_path / name).mkdir()
+    rc, _, err = _cli(capsys, "bin", yaml_file, tmp_path / name, "-o", tmp_path / "o.hdf5",
+                      "--no-progress")
+    assert rc == 1 and err == (f"comptonsky bin: error: {tmp_path / name}: is a folder or "
+                               "special file, expected an event file\n")

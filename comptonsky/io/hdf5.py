@@ -32,7 +32,10 @@ def open_hdf5(path: str | os.PathLike, **kwargs) -> h5py.File:
     try:
         return h5py.File(path, "r", **kwargs)
     except OSError as exc:
-        raise FileFormatError(f"{path}: cannot be read as HDF5 ({exc})") from exc
+        reason = " ".join(str(exc).split())
+        if os.path.isdir(path):
+            reason = "is a folder"
+        raise FileFormatError(f"{path}: cannot be read as HDF5 ({reason})") from exc
 
 
 class GuardedFile(io.RawIOBase):

@@ -51,6 +51,8 @@ def _existing(path: str | os.PathLike, format: str | None) -> tuple[Path, EventF
     fmt = event_format(event_file_format(path, format))
     if not path.exists():
         raise FileFormatError(f"{path}: no such file")
+    if not path.is_file():
+        raise FileFormatError(f"{path}: is a folder or special file, expected an event file")
     return path, fmt
 
 
