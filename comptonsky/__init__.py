@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 
+from . import _numba  # noqa: F401  (a writable numba cache folder, before any kernel compiles)
 from . import frames as _frames  # noqa: F401  (registers the "spacecraftframe" coordinate frame)
 
 __version__ = "0.1.0"

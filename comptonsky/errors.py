@@ -16,6 +16,8 @@ __all__ = [
     "AxisMismatchError",
     "InvalidDataError",
     "FileFormatError",
+    "OutputError",
+    "OutputExistsError",
 ]
 
 
@@ -73,3 +75,13 @@ class FileFormatError(ComptonskyError, ValueError):
     Not an :class:`OSError`: an ``except OSError`` around file access catches real I/O failures
     (a full disk, a lost mount) and not a file whose contents are wrong.
     """
+
+
+class OutputError(ComptonskyError, OSError):
+    """An output file cannot be written: a directory in the way, a full disk, a read-only file
+    system... Also an :class:`OSError`, so ``except OSError`` still catches it; nothing is left
+    under the output name."""
+
+
+class OutputExistsError(OutputError, FileExistsError):
+    """An output file exists and overwriting was not asked for."""

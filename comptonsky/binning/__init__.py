@@ -19,7 +19,9 @@ edge is excluded as well):
 - PsiChi, local frame: ``healpy.ang2pix(nside, Psi local, Chi local)`` (Psi local is a polar angle);
   Galactic frame: ``healpy.ang2pix(nside, Chi galactic, Psi galactic, lonlat=True)`` ((l, b),
   deg).
-  Events whose direction is not on the sphere (what healpy would reject) are skipped with a warning.
+  Events whose direction is not on the sphere (what healpy would reject) are skipped.
+- Events left out are counted per file and binning, by reason, and logged once (a warning for
+  invalid values, times outside the range, or when nothing was binned).
 
 Modules: :mod:`.spec` (parameters, :class:`CDSBinning`), :mod:`.psichi` (frames), :mod:`.kernel`
 (counting), :mod:`.stream` (:func:`bin_events`), :mod:`.binned_data` (:class:`BinnedData`).

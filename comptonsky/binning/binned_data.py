@@ -11,7 +11,8 @@ import healpy as hp
 import numpy as np
 from histpy import HealpixAxis, Histogram
 
-from ..errors import InvalidParameterError, UnknownChoiceError
+from ..errors import InvalidParameterError, OutputError, UnknownChoiceError
+from ..io.atomic import check_output_path
 from ..io.events import DEFAULT_CHUNK_SIZE, EventSource, read_tra, select_events, write_events
 from ..io.histogram import open_histogram, write_histogram
 from .spec import BINNING_KEYS, CDSBinning, read_binning_parameters
@@ -24,8 +25,17 @@ logger = logging.getLogger(__name__)
 
 def hdf5_output_path(output_name: str | os.PathLike) -> Path:
     """``output_name`` as a binned-data file name: ``.hdf5`` is appended unless it ends in
-    ``.hdf5`` or ``.h5``."""
+    ``.hdf5`` or ``.h5``.
+
+    Raises
+    ------
+    OutputError
+        If ``output_name`` names a folder (``.``, ``dir/``, an existing folder).
+    """
+    text = os.fspath(output_name)
     p = Path(output_name)
+    if not text or text.endswith(("/", os.sep)) or p.name in ("", ".", "..") or p.is_dir():
+        raise OutputError(f"{text or repr(text)}: names a folder; expected an HDF5 file name")
     return p if p.suffix.lower() in (".hdf5", ".h5") else p.with_name(p.name + ".hdf5")
 
 
@@ -59,6 +69,12 @@ class BinnedData:
         self.parameters = pars
         for key in BINNING_KEYS:
             setattr(self, key, pars.get(key))
+        for key in ("data_file", "ori_file"):
+            value = pars.get(key)
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise InvalidParameterError(
+                    f"{self.input_yaml or 'binning parameters'}: {key} must be a file name, "
+                    f"found {value!r}")
         if self.unbinned_output is None:
             self.unbinned_output = "fits"
         if str(self.unbinned_output).lower() not in ("fits", "hdf5"):
@@ -124,6 +140,7 @@ class BinnedData:
             Counts with axes Time (s), Em (keV), Phi (deg), PsiChi; sparse contents.
         """
         binning = self.binning(psichi_binning)
+        out = None if output_name is None else check_output_path(hdf5_output_path(output_name))
         if unbinned_data is None:
             if self.cosi_dataset is not None:
                 unbinned_data = self.cosi_dataset
@@ -135,8 +152,8 @@ class BinnedData:
         (hist,) = bin_events(unbinned_data, [binning], event_range=event_range,
                              chunk_size=chunk_size, progress=progress)
         self.binned_data = hist
-        if output_name is not None:
-            path = write_histogram(hist, hdf5_output_path(output_name))
+        if out is not None:
+            path = write_histogram(hist, out)
             logger.info("binned data written to %s", path)
         if make_binning_plots:
             self.plot_binned_data(show=show_plots,

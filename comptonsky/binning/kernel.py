@@ -6,11 +6,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import numba
 import numpy as np
 import sparse
 from histpy import Histogram
 
+from .._numba import njit
 from ..errors import InvalidDataError
 from .psichi import psichi_pixels
 from .spec import CDSBinning
@@ -33,7 +33,7 @@ def _uniform_inverse_width(edges: np.ndarray) -> float:
     return 0.0
 
 
-@numba.njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _find_bin(edges, x, inv):  # pragma: no cover - compiled
     """Index i with edges[i] <= x < edges[i+1]; -1 if outside or NaN (same as searchsorted).
 
@@ -62,18 +62,23 @@ def _find_bin(edges, x, inv):  # pragma: no cover - compiled
     return lo
 
 
-@numba.njit(nogil=True, cache=True)
-def _partial_index(t, e, phi_deg, t_edges, e_edges, phi_edges, inv, out,
-                   tstats):  # pragma: no cover - compiled
+# Why an event is not binned: counters filled by _partial_index (the first failing axis decides),
+# and by Accumulator.add for directions healpy rejects.
+OUT_T, NAN_T, NAN_E, NEG_E, OUT_E, NAN_PHI, BAD_PHI, OUT_PHI, OFF_SPHERE = range(9)
+N_REASONS = 9
+
+
+@njit(nogil=True, cache=True)
+def _partial_index(t, e, phi_deg, t_edges, e_edges, phi_edges, inv, out, reasons,
+                   trange):  # pragma: no cover - compiled
     """Flat (Time, Em, Phi) index per event into ``out`` (-1 if outside); returns the count
-    inside. ``inv`` holds each axis' inverse bin width (0 if not equally spaced); ``tstats``
-    accumulates [events outside the time range, min t, max t]."""
+    inside. ``inv`` holds each axis' inverse bin width (0 if not equally spaced); ``reasons``
+    (int64, N_REASONS) counts why events are left out; ``trange`` holds [min t, max t] seen."""
     ne = e_edges.shape[0] - 1
     nphi = phi_edges.shape[0] - 1
     nin = 0
-    nout_t = 0
-    tlo = tstats[1]
-    thi = tstats[2]
+    tlo = trange[0]
+    thi = trange[1]
     for k in range(t.shape[0]):
         tk = t[k]
         if tk < tlo:
@@ -82,23 +87,34 @@ def _partial_index(t, e, phi_deg, t_edges, e_edges, phi_edges, inv, out,
             thi = tk
         it = _find_bin(t_edges, tk, inv[0])
         if it < 0:
-            nout_t += 1
+            reasons[OUT_T if np.isfinite(tk) else NAN_T] += 1
             out[k] = -1
             continue
-        ie = _find_bin(e_edges, e[k], inv[1])
-        ip = _find_bin(phi_edges, phi_deg[k], inv[2])
-        if ie < 0 or ip < 0:
+        ek = e[k]
+        ie = _find_bin(e_edges, ek, inv[1])
+        if ie < 0:
+            reasons[NAN_E if not np.isfinite(ek) else (NEG_E if ek < 0.0 else OUT_E)] += 1
+            out[k] = -1
+            continue
+        pk = phi_deg[k]
+        ip = _find_bin(phi_edges, pk, inv[2])
+        if ip < 0:
+            if not np.isfinite(pk):
+                reasons[NAN_PHI] += 1
+            elif pk < 0.0 or pk > 180.0:
+                reasons[BAD_PHI] += 1
+            else:
+                reasons[OUT_PHI] += 1
             out[k] = -1
             continue
         out[k] = (it * ne + ie) * nphi + ip
         nin += 1
-    tstats[0] += nout_t
-    tstats[1] = tlo
-    tstats[2] = thi
+    trange[0] = tlo
+    trange[1] = thi
     return nin
 
 
-@numba.njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _accumulate(partial, pix, npix, counts):  # pragma: no cover - compiled
     """counts[partial * npix + pix] += 1 for every event with pix >= 0; returns skipped count."""
     skipped = 0
@@ -136,10 +152,9 @@ class Accumulator:
         if self._partial.shape[0] < n:
             self._partial = np.empty(n, dtype=np.int64)
         partial = self._partial[:n]
-        tstats = np.array([0.0, np.inf, -np.inf])
+        reasons = stats.reasons(b)
         _partial_index(chunk["TimeTags"], chunk["Energies"], phi_deg, b.time_edges,
-                       b.energy_edges, b.phi_edges, self._inv, partial, tstats)
-        stats.update_time(b, int(tstats[0]), tstats[1], tstats[2])
+                       b.energy_edges, b.phi_edges, self._inv, partial, reasons, stats.t_seen)
         sel = np.flatnonzero(partial >= 0)
         if sel.size == 0:
             return
@@ -160,7 +175,7 @@ class Accumulator:
             # merge when the unmerged pairs outgrow the merged ones (amortised linear cost)
             if self._pending > max(1 << 22, 2 * self._merged):
                 self._merge()
-        stats.n_bad_direction += int(skipped)
+        reasons[OFF_SPHERE] += int(skipped)
         self.n_binned += int(sel.size - skipped)
 
     def _merge(self) -> None:
@@ -189,44 +204,68 @@ class Accumulator:
         return Histogram(self.binning.axes(), contents=contents)
 
 
+def _span(edges: np.ndarray) -> str:
+    return f"[{float(edges[0])!r}, {float(edges[-1])!r})"
+
+
 @dataclass
 class FileStats:
-    """What was seen in one input while binning (for messages)."""
+    """What was seen in one input while binning: events read, the range of times, and per
+    binning the events left out by reason (counters indexed by the reason constants)."""
 
     name: str
+    scope: str = ""
     n_read: int = 0
-    n_bad_direction: int = 0
-    t_seen_min: float = np.inf
-    t_seen_max: float = -np.inf
-    n_outside_time: dict = field(default_factory=dict)
+    t_seen: np.ndarray = field(default_factory=lambda: np.array([np.inf, -np.inf]))
+    _reasons: dict = field(default_factory=dict)
 
-    def update_time(self, binning: CDSBinning, nout: int, tlo: float, thi: float) -> None:
-        key = id(binning)
-        self.n_outside_time[key] = self.n_outside_time.get(key, 0) + nout
-        self.t_seen_min = min(self.t_seen_min, tlo)
-        self.t_seen_max = max(self.t_seen_max, thi)
+    def reasons(self, binning: CDSBinning) -> np.ndarray:
+        """The (mutable) reason counters of ``binning``."""
+        return self._reasons.setdefault(id(binning), np.zeros(N_REASONS, dtype=np.int64))
+
+    def _labels(self, b: CDSBinning) -> list[tuple[int, str, bool]]:
+        """(reason, text, whether it means invalid data rather than a selection)."""
+        span = (f"the file's events span {float(self.t_seen[0])!r} to "
+                f"{float(self.t_seen[1])!r} s")
+        return [
+            (OUT_T, f"outside the requested time range {_span(b.time_edges)} s ({span})", True),
+            (NAN_T, "with non-finite TimeTags", True),
+            (NAN_E, "with non-finite Energies", True),
+            (NEG_E, "with negative Energies", True),
+            (OUT_E, f"outside the Em range {_span(b.energy_edges)} keV", False),
+            (NAN_PHI, "with non-finite Phi (no Compton angle)", True),
+            (BAD_PHI, "with Phi outside [0, 180] deg", True),
+            (OUT_PHI, f"outside the Phi range {_span(b.phi_edges)} deg", False),
+            (OFF_SPHERE, "with a direction off the sphere", True),
+        ]
 
     def check(self, binnings: Sequence[CDSBinning]) -> None:
-        """Raise if no event of the file falls in a binning's time range; warn if some don't."""
-        if self.n_bad_direction:
-            logger.warning("%s: %d events with a direction off the sphere were not binned",
-                           self.name, self.n_bad_direction)
+        """Raise if no event of the file falls in a binning's time range; otherwise log, per
+        binning, how many events were binned and why the others were not (a warning when
+        events were invalid, outside the time range, or none was binned)."""
         if self.n_read == 0:
-            logger.warning("%s: no events", self.name)
+            logger.warning("%s: no events read%s", self.name, self.scope)
             return
-        reported = set()
         for b in binnings:
-            nout = self.n_outside_time.get(id(b), 0)
-            key = (float(b.time_edges[0]), float(b.time_edges[-1]))
-            if nout == 0 or key in reported:
-                continue
-            reported.add(key)
-            span = (f"the file's events span {float(self.t_seen_min)!r} to "
-                    f"{float(self.t_seen_max)!r} s")
-            rng = f"[{float(b.time_edges[0])!r}, {float(b.time_edges[-1])!r}) s"
-            if nout >= self.n_read:
+            counts = self.reasons(b)
+            if counts[NAN_T] >= self.n_read:
+                raise InvalidDataError(f"{self.name}: all {self.n_read} events have non-finite "
+                                       "TimeTags")
+            if counts[OUT_T] + counts[NAN_T] >= self.n_read:
                 raise InvalidDataError(
-                    f"{self.name}: all {self.n_read} events are outside the requested time range "
-                    f"{rng}; {span}. Check tmin/tmax/time_bins.")
-            logger.warning("%s: %d of %d events are outside the requested time range %s and were "
-                           "not binned (%s)", self.name, nout, self.n_read, rng, span)
+                    f"{self.name}: all {self.n_read} events are outside the requested time "
+                    f"range {_span(b.time_edges)} s; the file's events span "
+                    f"{float(self.t_seen[0])!r} to {float(self.t_seen[1])!r} s. Check "
+                    "tmin/tmax/time_bins.")
+            left_out = int(counts.sum())
+            n_binned = self.n_read - left_out
+            head = (f"{self.name}: {n_binned} of {self.n_read} events{self.scope} binned into "
+                    f"{b.psichi_binning} PsiChi")
+            if not left_out:
+                logger.info("%s", head)
+                continue
+            parts = [f"{counts[r]} {text}" for r, text, _ in self._labels(b) if counts[r]]
+            invalid = any(counts[r] for r, _, bad in self._labels(b) if bad)
+            text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+            level = logging.WARNING if invalid or n_binned == 0 else logging.INFO
+            logger.log(level, "%s; %s were not binned", head, text)

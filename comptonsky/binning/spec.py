@@ -28,6 +28,57 @@ BINNING_KEYS = (
 )
 
 
+#: Most time bins a binning may have (the edges alone take 8 bytes each).
+MAX_TIME_BINS = 10**8
+#: Largest HEALPix nside (the HEALPix limit, 2**29).
+MAX_NSIDE = 1 << 29
+#: Most cells (Time × Em × Phi × PsiChi) of a binning: flat cell indices must fit in int64.
+MAX_CELLS = 1 << 62
+
+
+def _is_number(value) -> bool:
+    return not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.number))
+
+
+def _float(value) -> float:
+    """``float(value)``, infinite for an integer too large for a float."""
+    try:
+        return float(value)
+    except OverflowError:
+        return float("inf") if value > 0 else float("-inf")
+
+
+def _number(value, key: str, where: str, unit: str) -> float:
+    """A finite number, else :class:`InvalidParameterError` naming ``key``."""
+    if not _is_number(value) or not np.isfinite(_float(value)):
+        raise InvalidParameterError(
+            f"{where}: {key} must be a finite number of {unit}, found {value!r}")
+    return _float(value)
+
+
+def _short(value) -> str:
+    """A value for a message: arrays of more than 8 values abbreviated, text cut at 80."""
+    if isinstance(value, (list, tuple, np.ndarray)) and np.size(value) > 8:
+        flat = np.asarray(value, dtype=object).ravel()
+        head = ", ".join(repr(v) for v in flat[:3])
+        return f"[{head}, ..., {flat[-1]!r}] ({flat.size} values)"
+    text = str(np.asarray(value).tolist()) if isinstance(value, np.ndarray) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _edge_list(values, key: str, where: str, unit: str) -> np.ndarray:
+    """Strictly increasing finite edges (float64, at least two) from a list or array."""
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iuf":
+        edges = values.astype(np.float64)
+    elif isinstance(values, (list, tuple, np.ndarray)) and all(_is_number(v) for v in values):
+        edges = np.array([_float(v) for v in values], dtype=np.float64)
+    else:
+        raise InvalidParameterError(
+            f"{where}: {key} must be a list of bin edges in {unit}, found {_short(values)}")
+    _check_edges(edges, key, where)
+    return edges
+
+
 def time_bin_edges(time_bins: float | Sequence[float], tmin: float | None = None,
                    tmax: float | None = None, where: str = "binning parameters") -> np.ndarray:
     """Time-bin edges (s) from a bin size or an explicit list of edges.
@@ -46,24 +97,38 @@ def time_bin_edges(time_bins: float | Sequence[float], tmin: float | None = None
     -------
     ndarray, shape (n + 1,)
         Strictly increasing edges in seconds.
+
+    Raises
+    ------
+    InvalidParameterError
+        On a size that is not a positive number, edges that are not strictly increasing finite
+        numbers, missing or non-finite ``tmin``/``tmax``, or more than :data:`MAX_TIME_BINS`
+        bins.
     """
     if isinstance(time_bins, (list, tuple, np.ndarray)):
-        edges = np.asarray(time_bins, dtype=np.float64)
-        _check_edges(edges, "time_bins", where)
+        edges = _edge_list(time_bins, "time_bins", where, "s")
+        if edges.size - 1 > MAX_TIME_BINS:
+            raise InvalidParameterError(
+                f"{where}: time_bins has {edges.size - 1} bins, at most {MAX_TIME_BINS} allowed")
         return edges
-    if isinstance(time_bins, bool) or not isinstance(time_bins, (int, float, np.number)):
+    if not _is_number(time_bins):
         raise InvalidParameterError(
             f"{where}: time_bins must be a bin size in seconds or a list of edges, "
-            f"got {time_bins!r}")
-    size = float(time_bins)
+            f"got {_short(time_bins)}")
+    size = _float(time_bins)
     if not np.isfinite(size) or size <= 0:
         raise InvalidParameterError(f"{where}: time_bins must be > 0 s, got {time_bins!r}")
     if tmin is None or tmax is None:
         raise InvalidParameterError(f"{where}: a time bin size needs tmin and tmax")
-    tmin, tmax = float(tmin), float(tmax)
+    tmin, tmax = _number(tmin, "tmin", where, "s"), _number(tmax, "tmax", where, "s")
     if not tmax > tmin:
         raise InvalidParameterError(f"{where}: tmax ({tmax}) must be greater than tmin ({tmin})")
-    nbins = max(1, int(round((tmax - tmin) / size)))
+    ratio = (tmax - tmin) / size
+    if not ratio <= MAX_TIME_BINS:
+        raise InvalidParameterError(
+            f"{where}: time_bins {size:g} s makes {ratio:.3g} bins over [tmin, tmax], at most "
+            f"{MAX_TIME_BINS} allowed")
+    nbins = max(1, int(round(ratio)))
     if not np.isclose(nbins * size, tmax - tmin, rtol=1e-12, atol=0):
         logger.info("%s: time bin size %g s does not divide [%r, %r]; using %d bins of %g s",
                     where, size, tmin, tmax, nbins, (tmax - tmin) / nbins)
@@ -78,11 +143,10 @@ def phi_bin_edges(phi_pix_size: float, where: str = "binning parameters") -> np.
     ndarray, shape (180 / phi_pix_size + 1,)
         Edges in degrees.
     """
-    try:
-        size = float(phi_pix_size)
-    except (TypeError, ValueError):
+    if not _is_number(phi_pix_size):
         raise InvalidParameterError(
-            f"{where}: phi_pix_size must be a number of degrees, got {phi_pix_size!r}") from None
+            f"{where}: phi_pix_size must be a number of degrees, got {_short(phi_pix_size)}")
+    size = _float(phi_pix_size)
     if not np.isfinite(size) or size <= 0 or size > 180:
         raise InvalidParameterError(f"{where}: phi_pix_size must be in (0, 180] deg, got {size}")
     nbins = int(round(180.0 / size))
@@ -97,11 +161,56 @@ def phi_bin_edges(phi_pix_size: float, where: str = "binning parameters") -> np.
 
 def _check_edges(edges: np.ndarray, name: str, where: str) -> None:
     if edges.ndim != 1 or edges.size < 2:
-        raise InvalidParameterError(f"{where}: {name} needs at least two edges, got {edges}")
+        raise InvalidParameterError(
+            f"{where}: {name} needs at least two edges, got {_short(edges)}")
     if not np.all(np.isfinite(edges)):
-        raise InvalidParameterError(f"{where}: {name} has non-finite edges: {edges}")
+        raise InvalidParameterError(f"{where}: {name} has non-finite edges: {_short(edges)}")
     if not np.all(np.diff(edges) > 0):
-        raise InvalidParameterError(f"{where}: {name} edges must increase strictly: {edges}")
+        raise InvalidParameterError(
+            f"{where}: {name} edges must increase strictly: {_short(edges)}")
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line saying what is wrong in a YAML text and where."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(exc).split())
+
+
+def load_yaml_mapping(path: str | os.PathLike, what: str) -> dict:
+    """The top-level mapping of a YAML file.
+
+    Raises
+    ------
+    FileFormatError
+        If the file is missing or unreadable, is not UTF-8 text, is not valid YAML or does not
+        hold a mapping; the one-line message names the file and ``what`` was expected.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileFormatError(f"{path}: no such {what}")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            pars = yaml.safe_load(fh)
+    except UnicodeDecodeError as exc:
+        raise FileFormatError(
+            f"{path}: not a text file (byte {exc.start} is not UTF-8); expected a {what} in "
+            "YAML") from exc
+    except yaml.YAMLError as exc:
+        raise FileFormatError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from exc
+    except RecursionError as exc:
+        raise FileFormatError(f"{path}: YAML nested too deeply") from exc
+    except OSError as exc:
+        raise FileFormatError(
+            f"{path}: cannot be read ({os.strerror(exc.errno) if exc.errno else exc})") from exc
+    if pars is None:
+        return {}
+    if not isinstance(pars, dict):
+        raise FileFormatError(
+            f"{path}: expected a mapping of {what} keys, found a YAML {type(pars).__name__}")
+    return pars
 
 
 def read_binning_parameters(input_yaml: str | os.PathLike) -> dict:
@@ -110,20 +219,12 @@ def read_binning_parameters(input_yaml: str | os.PathLike) -> dict:
     Raises
     ------
     FileFormatError
-        If the file is missing or not YAML.
+        If the file is missing, unreadable, not YAML text or not a mapping.
     UnknownChoiceError
         On a key that is not a binning parameter (naming the nearest valid key).
     """
     path = Path(input_yaml)
-    if not path.exists():
-        raise FileFormatError(f"{path}: no such binning parameter file")
-    try:
-        with open(path) as fh:
-            pars = yaml.safe_load(fh) or {}
-    except yaml.YAMLError as exc:
-        raise FileFormatError(f"{path}: not valid YAML ({exc})") from exc
-    if not isinstance(pars, dict):
-        raise FileFormatError(f"{path}: expected a mapping of binning parameters")
+    pars = load_yaml_mapping(path, "binning parameter file")
     for key in pars:
         if key not in BINNING_KEYS:
             raise UnknownChoiceError("binning parameter", key, BINNING_KEYS, where=str(path))
@@ -160,10 +261,11 @@ class CDSBinning:
 
     def __post_init__(self):
         w = self.where
-        for name in ("time_edges", "energy_edges", "phi_edges"):
-            arr = np.asarray(getattr(self, name), dtype=np.float64)
-            _check_edges(arr, name, w)
-            object.__setattr__(self, name, arr)
+        for name, unit in (("time_edges", "s"), ("energy_edges", "keV"), ("phi_edges", "deg")):
+            object.__setattr__(self, name, _edge_list(getattr(self, name), name, w, unit))
+        if self.energy_edges[0] < 0:
+            raise InvalidParameterError(
+                f"{w}: energy edges must be >= 0 keV, found {_short(self.energy_edges)}")
         if self.psichi_binning not in PSICHI_FRAMES:
             raise UnknownChoiceError("psichi_binning", self.psichi_binning, PSICHI_FRAMES,
                                      where=w)
@@ -177,7 +279,17 @@ class CDSBinning:
             raise InvalidParameterError(f"{w}: nside must be a positive integer, got {nside!r}")
         if nside & (nside - 1):
             raise InvalidParameterError(f"{w}: nside must be a power of 2, got {nside}")
+        if nside > MAX_NSIDE:
+            raise InvalidParameterError(
+                f"{w}: nside must be at most 2**29 (the HEALPix limit), got {nside}")
         object.__setattr__(self, "nside", int(nside))
+        cells = 1
+        for n in self.shape:
+            cells *= n
+        if cells > MAX_CELLS:
+            raise InvalidParameterError(
+                f"{w}: the binning has {cells:.3g} cells (shape {self.shape}), more than a "
+                "histogram can index; use fewer or wider bins")
 
     @classmethod
     def from_parameters(cls, pars: Mapping, psichi_binning: str = "galactic",
@@ -191,7 +303,7 @@ class CDSBinning:
         return cls(
             time_edges=time_bin_edges(pars["time_bins"], pars.get("tmin"), pars.get("tmax"),
                                       where),
-            energy_edges=np.asarray(pars["energy_bins"], dtype=np.float64),
+            energy_edges=_edge_list(pars["energy_bins"], "energy_bins", where, "keV"),
             phi_edges=phi_bin_edges(pars["phi_pix_size"], where),
             nside=pars["nside"],
             scheme=pars.get("scheme") or "ring",

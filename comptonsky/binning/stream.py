@@ -18,6 +18,7 @@ from ..errors import FileFormatError, InvalidParameterError
 from ..io.events import (
     DEFAULT_CHUNK_SIZE,
     EventSource,
+    check_event_range,
     count_events,
     event_file_columns,
     event_inputs,
@@ -25,6 +26,7 @@ from ..io.events import (
     iter_memory_chunks,
     validate_events,
 )
+from ..io.events.reader import check_chunk_size
 from .kernel import Accumulator, FileStats
 from .spec import CDSBinning
 
@@ -67,13 +69,27 @@ def bin_events(unbinned_data: EventSource, binnings: CDSBinning | Sequence[CDSBi
     FileFormatError
         On a missing, unreadable, corrupt or truncated file, a missing column or a column in a
         unit that cannot be converted (naming the file).
+    InvalidParameterError
+        On an empty or inverted ``event_range`` or a ``chunk_size`` < 1.
     InvalidDataError
         If all events of an input are outside a binning's time range.
+
+    Notes
+    -----
+    Events that are not binned are counted per input and binning and logged by reason (outside
+    an axis' range, non-finite or impossible values, a direction off the sphere): as a warning
+    when any were invalid or outside the time range, or none was binned.
     """
     blist = [binnings] if isinstance(binnings, CDSBinning) else list(binnings)
     if not blist:
         raise InvalidParameterError("no binning given")
     inputs = event_inputs(unbinned_data)
+    chunk_size = check_chunk_size(chunk_size)
+    if event_range is not None:
+        event_range = check_event_range(event_range)
+    scope = "" if event_range is None else (
+        f" in event range [{event_range[0]}, "
+        f"{'end' if event_range[1] is None else event_range[1]})")
     columns = list(_BASE_COLUMNS)
     for b in blist:
         for c in b.direction_columns:
@@ -102,7 +118,7 @@ def bin_events(unbinned_data: EventSource, binnings: CDSBinning | Sequence[CDSBi
     try:
         for item in inputs:
             name = "in-memory events" if isinstance(item, Mapping) else str(item)
-            stats = FileStats(name)
+            stats = FileStats(name, scope)
             if isinstance(item, Mapping):
                 chunks: Iterator = (
                     {c: np.ascontiguousarray(v, dtype=np.float64) for c, v in chunk.items()}
@@ -120,7 +136,6 @@ def bin_events(unbinned_data: EventSource, binnings: CDSBinning | Sequence[CDSBi
                 for acc in accs:
                     acc.add(chunk, phi_deg, stats)
             stats.check(blist)
-            logger.info("%s: %d events read", name, stats.n_read)
     finally:
         bar.close()
     for acc in accs:

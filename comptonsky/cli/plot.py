@@ -34,10 +34,18 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..plotting import plot_convergence, plot_image
+    from ..errors import InvalidDataError, InvalidParameterError
+    from ..io.atomic import check_output_path
+    from ..plotting import colour_limits, image_format, plot_convergence, plot_image
 
     path = Path(args.file)
     output = Path(args.output) if args.output else path.with_suffix(".png")
+    # fail before reading anything on options and outputs that cannot work
+    colour_limits(args.vmin, args.vmax, args.scale)
+    image_format(output)
+    check_output_path(output)
+    if output.exists() and output.resolve() == path.resolve():
+        raise InvalidParameterError(f"{output}: is the input file; choose another --output")
     if path.suffix.lower() in (".fits", ".fit"):
         from ..deconvolution.results import read_results_table
 
@@ -45,8 +53,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         from ..io.histogram import open_histogram
 
-        plot_image(open_histogram(path), energy_index=args.energy_index, scale=args.scale,
-                   vmin=args.vmin, vmax=args.vmax, sources=dict(args.source) or None,
-                   title=args.title or path.stem, output=output)
+        try:
+            plot_image(open_histogram(path), energy_index=args.energy_index, scale=args.scale,
+                       vmin=args.vmin, vmax=args.vmax, sources=dict(args.source) or None,
+                       title=args.title or path.stem, output=output)
+        except InvalidDataError as exc:
+            raise InvalidDataError(f"{path}: {exc}") from exc
     print(f"wrote {output}")
     return 0

@@ -6,6 +6,7 @@ Every reader yields the DC2 columns in the canonical units of :mod:`.columns`
 
 from .columns import DC2_COLUMNS, DEFAULT_CHUNK_SIZE, ColumnSpec, EventSource, validate_events
 from .reader import (
+    check_event_range,
     count_events,
     event_file_columns,
     iter_event_chunks,
@@ -20,7 +21,7 @@ from .writer import EventWriter, write_events
 
 __all__ = [
     "DC2_COLUMNS", "DEFAULT_CHUNK_SIZE", "ELECTRON_MASS_KEV", "ColumnSpec", "EventFormat",
-    "EventSource", "EventWriter", "compton_columns", "count_events", "event_file_columns",
+    "EventSource", "EventWriter", "check_event_range", "compton_columns", "count_events", "event_file_columns",
     "event_file_format", "event_inputs", "iter_event_chunks", "iter_memory_chunks",
     "iter_tra_chunks", "read_events", "read_tra", "register_format", "select_events",
     "validate_events", "write_events",

@@ -154,19 +154,23 @@ def stored_unit_factor(text: str | bytes | None, column: str, where: str) -> flo
     spec = DC2_COLUMNS.get(column)
     try:
         stored = u.Unit(text.split(":", 1)[0].strip())
-    except ValueError as exc:
+    except (ValueError, TypeError, u.UnitsError) as exc:
         raise FileFormatError(
             f"{where}: column {column!r} has unit {text!r}, which is not a unit (expected "
             f"something convertible to {spec.unit if spec else 'a known unit'})") from exc
     if spec is None:
         return 1.0
     try:
-        return float(stored.to(u.Unit(spec.unit)))
-    except u.UnitConversionError as exc:
+        factor = float(stored.to(u.Unit(spec.unit)))
+    except (u.UnitsError, TypeError, ValueError) as exc:
         raise FileFormatError(
             f"{where}: column {column!r} is stored in {stored.to_string()!r}, which cannot be "
             f"converted to {spec.unit!r} ({spec.description})"
         ) from exc
+    if not np.isfinite(factor) or factor == 0:
+        raise FileFormatError(f"{where}: column {column!r} has unit {text!r}, which scales "
+                              f"{spec.unit!r} by {factor}")
+    return factor
 
 
 def _canonical_array(name: str, values, where: str) -> np.ndarray:

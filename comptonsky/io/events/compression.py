@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import os
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+
+from ...errors import FileFormatError
 
 try:  # ISA-L inflates about twice as fast as zlib; fall back to the standard library.
     from isal import igzip
@@ -29,10 +32,20 @@ def is_gzip(path: Path) -> bool:
 
 
 def open_input(path: Path):
-    """Binary read stream of ``path``, inflated on the fly when the name ends in ``.gz``."""
-    if is_gzip(path):
-        return igzip.open(path, "rb") if igzip is not None else gzip.open(path, "rb")
-    return open(path, "rb")  # noqa: SIM115
+    """Binary read stream of ``path``, inflated on the fly when the name ends in ``.gz``.
+
+    Raises
+    ------
+    FileFormatError
+        If the file cannot be opened (a folder, no permission).
+    """
+    try:
+        if is_gzip(path):
+            return igzip.open(path, "rb") if igzip is not None else gzip.open(path, "rb")
+        return open(path, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise FileFormatError(
+            f"{path}: cannot be read ({os.strerror(exc.errno) if exc.errno else exc})") from exc
 
 
 @contextlib.contextmanager

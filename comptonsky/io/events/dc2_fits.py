@@ -188,6 +188,11 @@ def _parse_fits_table(path: Path, stream) -> _FitsTable:
     except GZIP_ERRORS as exc:
         raise FileFormatError(
             f"{path}: cannot decompress the FITS header: {exc} (corrupt or not gzip)") from exc
+    except KeyError as exc:
+        raise FileFormatError(f"{path}: FITS header lacks the keyword {exc.args[0]!r}") from exc
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise FileFormatError(
+            f"{path}: FITS header has an invalid value ({' '.join(str(exc).split())})") from exc
 
 
 def _parse_headers(path: Path, stream) -> _FitsTable:
@@ -231,6 +236,8 @@ def _parse_headers(path: Path, stream) -> _FitsTable:
         fields.append((name, _TFORM_DTYPES[letter], shape))
         units[name] = header.get(f"TUNIT{i}")
     row_dtype = np.dtype(fields)
+    if int(header["NAXIS2"]) < 0:
+        raise FileFormatError(f"{where}: NAXIS2 is {header['NAXIS2']}, expected a row count >= 0")
     if row_dtype.itemsize != int(header["NAXIS1"]):
         raise FileFormatError(
             f"{where}: row size {header['NAXIS1']} bytes does not match its columns "

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 
 from ...errors import FileFormatError
-from ..hdf5 import open_hdf5
+from ..hdf5 import GuardedFile, create_hdf5, open_hdf5
 from .columns import DC2_COLUMNS, dc2_order, stored_unit_factor
 
 __all__ = ["Hdf5Sink", "count_hdf5", "hdf5_columns", "iter_hdf5_chunks", "write_hdf5"]
@@ -26,7 +26,7 @@ def write_hdf5(tmp: Path, cols: Mapping[str, np.ndarray], col_units: Mapping[str
                *, gz: bool, chunk_size: int, compresslevel: int | None,
                meta: Mapping[str, str] | None) -> None:
     """Write ``n`` events of ``cols`` to ``tmp``, one gzip-compressed dataset per column."""
-    with h5py.File(tmp, "w") as f:
+    with create_hdf5(tmp) as fh, h5py.File(fh, "w") as f:
         for key, value in (meta or {}).items():
             f.attrs[str(key)] = value
         for name, arr in cols.items():
@@ -44,7 +44,8 @@ class Hdf5Sink:
 
     def __init__(self, tmp: Path, first: Mapping[str, np.ndarray], col_units: Mapping[str, str],
                  gz: bool, compresslevel: int | None, meta: Mapping[str, str] | None):
-        self._h5 = h5py.File(tmp, "w")
+        self._file = GuardedFile(tmp)
+        self._h5 = h5py.File(self._file, "w")
         for key, value in (meta or {}).items():
             self._h5.attrs[str(key)] = value
         for name, arr in first.items():
@@ -66,8 +67,11 @@ class Hdf5Sink:
         self.n += n
 
     def close(self) -> None:
-        """Close the file."""
-        self._h5.close()
+        """Close the file; raises the first write error (a full disk...) if there was one."""
+        try:
+            self._h5.close()
+        finally:
+            self._file.finish()
 
     def abort(self) -> None:
         """Close the file, ignoring errors (the caller is already failing)."""
@@ -75,6 +79,7 @@ class Hdf5Sink:
             self._h5.close()
         except Exception:  # noqa: BLE001 - already failing
             pass
+        self._file.close()
 
 
 def iter_hdf5_chunks(path: Path, columns: list[str] | None, chunk_size: int, start: int,
@@ -101,6 +106,12 @@ def iter_hdf5_chunks(path: Path, columns: list[str] | None, chunk_size: int, sta
             unit = d.attrs.get("unit", d.attrs.get("units"))
             factors[c] = stored_unit_factor(unit, c, where)
             spec = DC2_COLUMNS.get(c)
+            if not d.shape:
+                raise FileFormatError(f"{where}: column {c!r} is a scalar, not one value per "
+                                      "event")
+            if spec is not None and d.dtype.kind not in "iufb":
+                raise FileFormatError(
+                    f"{where}: column {c!r} holds {d.dtype}, expected numbers in {spec.unit}")
             if spec is not None and d.shape[1:] != spec.shape:
                 raise FileFormatError(
                     f"{where}: column {c!r} has per-event shape {d.shape[1:]}, expected "

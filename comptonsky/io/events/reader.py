@@ -12,8 +12,37 @@ from ...errors import FileFormatError, InvalidParameterError
 from .columns import DC2_COLUMNS, DEFAULT_CHUNK_SIZE
 from .registry import EventFormat, event_file_format, event_format
 
-__all__ = ["count_events", "event_file_columns", "iter_event_chunks", "iter_tra_chunks", "read_events",
-           "read_tra"]
+__all__ = ["check_event_range", "count_events", "event_file_columns", "iter_event_chunks",
+           "iter_tra_chunks", "read_events", "read_tra"]
+
+
+def check_event_range(event_range, name: str = "event_range") -> tuple[int, int | None]:
+    """``event_range`` as ``(start, stop)`` integers, ``stop`` None for the end of the file.
+
+    Raises
+    ------
+    InvalidParameterError
+        Unless it is a pair of integers (``stop`` may be None) with ``0 <= start < stop``; an
+        empty or inverted range is an error, not zero events.
+    """
+    try:
+        start, stop = event_range
+    except (TypeError, ValueError):
+        raise InvalidParameterError(
+            f"{name} must be a pair (START, STOP), found {event_range!r}") from None
+    for label, v in (("START", start), ("STOP", stop)):
+        if v is None and label == "STOP":
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise InvalidParameterError(
+                f"{name}: {label} must be an integer event index, found {v!r}")
+    start, stop = int(start), None if stop is None else int(stop)
+    if start < 0:
+        raise InvalidParameterError(f"{name}: START must be >= 0, found {start}")
+    if stop is not None and stop <= start:
+        raise InvalidParameterError(
+            f"{name} [{start}, {stop}) is empty: STOP must be greater than START")
+    return start, stop
 
 
 def _existing(path: str | os.PathLike, format: str | None) -> tuple[Path, EventFormat]:
@@ -22,7 +51,17 @@ def _existing(path: str | os.PathLike, format: str | None) -> tuple[Path, EventF
     fmt = event_format(event_file_format(path, format))
     if not path.exists():
         raise FileFormatError(f"{path}: no such file")
+    if not path.is_file():
+        raise FileFormatError(f"{path}: is a folder or special file, expected an event file")
     return path, fmt
+
+
+def check_chunk_size(chunk_size) -> int:
+    """``chunk_size`` as an int >= 1, else :class:`InvalidParameterError`."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) \
+            or chunk_size < 1:
+        raise InvalidParameterError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    return int(chunk_size)
 
 
 def iter_event_chunks(path: str | os.PathLike, columns: Iterable[str] | None = None,
@@ -48,7 +87,7 @@ def iter_event_chunks(path: str | os.PathLike, columns: Iterable[str] | None = N
     format : {"fits", "hdf5", "tra"}, optional
         Default: from the file name.
     event_range : (int, int or None), optional
-        Read only events ``start <= index < stop`` (file order).
+        Read only events ``start <= index < stop`` (file order); ``0 <= start < stop``.
     callback : callable, optional
         Called with the number of events of each chunk as it is read (for progress bars).
     prefetch : bool
@@ -68,12 +107,9 @@ def iter_event_chunks(path: str | os.PathLike, columns: Iterable[str] | None = N
         the file.
     """
     path, fmt = _existing(path, format)
-    if chunk_size < 1:
-        raise InvalidParameterError(f"chunk_size must be >= 1, got {chunk_size}")
+    check_chunk_size(chunk_size)
     cols = None if columns is None else list(dict.fromkeys(columns))
-    start, stop = (0, None) if event_range is None else (int(event_range[0]),
-                                                         None if event_range[1] is None
-                                                         else int(event_range[1]))
+    start, stop = (0, None) if event_range is None else check_event_range(event_range)
     return fmt.read(path, cols, int(chunk_size), start, stop, callback, prefetch)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -11,10 +12,12 @@ import numpy as np
 
 from ...errors import InvalidParameterError
 from .columns import DEFAULT_CHUNK_SIZE, EventSource, validate_events
-from .reader import iter_event_chunks
+from .reader import check_chunk_size, check_event_range, iter_event_chunks
 from .writer import EventWriter
 
 __all__ = ["event_inputs", "iter_memory_chunks", "select_events"]
+
+logger = logging.getLogger(__name__)
 
 
 def event_inputs(source: EventSource) -> list:
@@ -39,9 +42,10 @@ def iter_memory_chunks(events: Mapping[str, np.ndarray], columns: Iterable[str] 
     with the parameters of :func:`~comptonsky.io.events.iter_event_chunks`."""
     use = list(events) if columns is None else list(columns)
     n = validate_events(events, where="in-memory events", required=use)
-    start, stop = (0, n) if event_range is None else event_range
+    chunk_size = check_chunk_size(chunk_size)
+    start, stop = (0, n) if event_range is None else check_event_range(event_range)
     stop = n if stop is None else min(stop, n)
-    for a in range(max(0, start), stop, chunk_size):
+    for a in range(start, stop, chunk_size):
         b = min(stop, a + chunk_size)
         if callback is not None:
             callback(b - a)
@@ -83,6 +87,7 @@ def select_events(unbinned_data: EventSource, output: str | os.PathLike | None =
     cols = None if columns is None else list(columns)
     writer = EventWriter(output, overwrite=overwrite) if output is not None else None
     parts: dict[str, list[np.ndarray]] = {}
+    n_seen = n_kept = 0
     try:
         for item in inputs:
             if isinstance(item, Mapping):
@@ -99,6 +104,7 @@ def select_events(unbinned_data: EventSource, output: str | os.PathLike | None =
                     if hi is not None:
                         keep &= chunk[name] < hi
                 sel = {k: v[keep] for k, v in chunk.items()}
+                n_seen, n_kept = n_seen + keep.size, n_kept + int(keep.sum())
                 if writer is not None:
                     writer.write(sel)
                 else:
@@ -108,6 +114,8 @@ def select_events(unbinned_data: EventSource, output: str | os.PathLike | None =
         if writer is not None:
             writer.abort(*sys.exc_info())
         raise
+    logger.info("%d of %d events selected (TimeTags in [%s, %s) s, Energies in [%s, %s) keV)",
+                n_kept, n_seen, tmin, tmax, emin, emax)
     if writer is not None:
         return writer.close()
     return {k: np.concatenate(v) for k, v in parts.items()}

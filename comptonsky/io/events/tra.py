@@ -22,22 +22,28 @@ From them each event gets the DC2 columns (:data:`~comptonsky.io.events.DC2_COLU
 - ``Chi galactic``, ``Psi galactic``: Galactic (l, b) in deg, l in [0, 360), of the same
   direction d rotated by the attitude (columns x̂, ŷ, ẑ in Galactic coordinates).
 
-Other event types (photo-absorption, pair, unknown) are skipped.
+Other event types (photo-absorption, pair, unknown) are skipped (logged at info level). Compton
+events without a TI, CE or CD line, with one of those lines repeated (two events run together)
+or with impossible values are dropped, and counted in a warning per file.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from ...errors import FileFormatError
+from ...geometry import lonlat_to_vec, vec_to_lonlat
 from ...physics import MEGALIB_ELECTRON_MASS_KEV
 from .columns import DC2_COLUMNS
 from .compression import GZIP_ERRORS, open_input
+from .drops import DropCounter, format_reasons
 
 __all__ = ["ELECTRON_MASS_KEV", "compton_columns", "iter_tra"]
 
@@ -47,21 +53,6 @@ logger = logging.getLogger(__name__)
 
 #: Electron rest energy used by MEGAlib for the Compton angle (keV).
 ELECTRON_MASS_KEV = MEGALIB_ELECTRON_MASS_KEV
-
-
-def _unit_vectors(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
-    """Cartesian unit vectors, shape (N, 3), from longitude and latitude in rad."""
-    cl = np.cos(lat)
-    return np.stack([cl * np.cos(lon), cl * np.sin(lon), np.sin(lat)], axis=-1)
-
-
-def _lonlat(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(lon in [0, 2π), lat) in rad of vectors of shape (N, 3)."""
-    norm = np.linalg.norm(v, axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        lat = np.arcsin(np.clip(v[:, 2] / norm, -1.0, 1.0))
-    lon = np.mod(np.arctan2(v[:, 1], v[:, 0]), 2 * np.pi)
-    return lon, lat
 
 
 def _wrap_pi(lon: np.ndarray) -> np.ndarray:
@@ -103,39 +94,68 @@ def compton_columns(time: np.ndarray, e_gamma: np.ndarray, e_electron: np.ndarra
         u = d / dist[:, None]
         psi_local = np.arccos(np.clip(u[:, 2], -1.0, 1.0))
     chi_local = np.mod(np.arctan2(u[:, 1], u[:, 0]), 2 * np.pi)
-    xr = np.radians(np.asarray(x_lonlat_deg, dtype=np.float64))
-    zr = np.radians(np.asarray(z_lonlat_deg, dtype=np.float64))
-    xv = _unit_vectors(xr[:, 0], xr[:, 1])
-    zv = _unit_vectors(zr[:, 0], zr[:, 1])
+    x_deg = np.asarray(x_lonlat_deg, dtype=np.float64)
+    z_deg = np.asarray(z_lonlat_deg, dtype=np.float64)
+    xv = lonlat_to_vec(x_deg[:, 0], x_deg[:, 1])
+    zv = lonlat_to_vec(z_deg[:, 0], z_deg[:, 1])
     yv = np.cross(zv, xv)
-    ylon, ylat = _lonlat(yv)
-    # pointings: longitudes in (-pi, pi], as in the DC2 and MEGAlib files
-    ylon = _wrap_pi(ylon)
-    xr = np.stack([_wrap_pi(xr[:, 0]), xr[:, 1]], axis=1)
-    zr = np.stack([_wrap_pi(zr[:, 0]), zr[:, 1]], axis=1)
     g = xv * u[:, :1] + yv * u[:, 1:2] + zv * u[:, 2:3]
-    glon, glat = _lonlat(g)
+    with np.errstate(invalid="ignore", divide="ignore"):  # x parallel to z, or no direction
+        ylon, ylat = np.radians(vec_to_lonlat(yv))
+        glon, glat = vec_to_lonlat(g)
+    # pointings: longitudes in (-pi, pi], as in the DC2 and MEGAlib files
+    xr, zr = np.radians(x_deg), np.radians(z_deg)
+    xr[:, 0], zr[:, 0] = _wrap_pi(xr[:, 0]), _wrap_pi(zr[:, 0])
     return {
         "Energies": etot,
         "TimeTags": time,
         "Xpointings": xr,
-        "Ypointings": np.stack([ylon, ylat], axis=1),
+        "Ypointings": np.stack([_wrap_pi(ylon), ylat], axis=1),
         "Zpointings": zr,
         "Phi": phi,
         "Chi local": chi_local,
         "Psi local": psi_local,
         "Distance": dist,
-        "Chi galactic": np.degrees(glon),
-        "Psi galactic": np.degrees(glat),
+        "Chi galactic": glon,
+        "Psi galactic": glat,
     }
 
 
-def _iter_compton_records(path: Path) -> Iterator[tuple[float, ...]]:
-    """Yield (t, Eg, Ee, 9 CD numbers, GX lon, lat, GZ lon, lat) per Compton event, in file
-    order."""
+#: Lines that appear at most once per event.
+_SINGLE_KEYS = frozenset((b"ET", b"TI", b"CE", b"CD", b"GX", b"GZ"))
+
+
+def _problem(t, eg, ee, cd, repeated: bytes) -> str | None:
+    """Why a Compton event cannot be used, or None."""
+    if repeated:
+        return f"repeated {repeated.decode()} line"
+    if t is None:
+        return "no TI line"
+    if eg is None:
+        return "no CE line"
+    if cd is None:
+        return "no CD line"
+    if not math.isfinite(t):
+        return "non-finite TI"
+    if not (math.isfinite(eg) and math.isfinite(ee)):
+        return "non-finite CE"
+    if eg <= 0.0 or ee < 0.0:
+        return "CE energy <= 0"
+    if not all(math.isfinite(x) for x in (*cd[0:3], *cd[6:9])):
+        return "non-finite CD position"
+    return None
+
+
+def _iter_compton_records(path: Path, dropped: DropCounter, skipped: Counter
+                          ) -> Iterator[tuple[float, ...]]:
+    """Yield (t, Eg, Ee, 9 CD numbers, GX lon, lat, GZ lon, lat) per usable Compton event, in
+    file order; count unusable Compton events in ``dropped`` (by reason) and other event types,
+    and Compton events without attitude (``"no GX/GZ"``), in ``skipped``."""
     where = str(path)
     lineno = 0
-    in_event = compton = False
+    in_event = compton = seen_event = tra_header = False
+    event_type = repeated = b""
+    seen_keys: set[bytes] = set()
     t = eg = ee = cd = gx = gz = None
     try:
         with open_input(path) as raw:
@@ -144,20 +164,37 @@ def _iter_compton_records(path: Path) -> Iterator[tuple[float, ...]]:
                 lineno += 1
                 key = bline[:2]
                 if key == b"SE" or key == b"EN":
-                    if compton and t is not None and eg is not None and cd is not None:
-                        yield (t, eg, ee, *cd, *gx, *gz)
-                    elif compton:
-                        logger.debug("%s: incomplete Compton event before line %d skipped",
-                                     where, lineno)
+                    if compton:
+                        problem = _problem(t, eg, ee, cd, repeated)
+                        if problem is None:
+                            if not all(math.isfinite(v) for v in (*gx, *gz)):
+                                skipped["no GX/GZ"] += 1
+                            yield (t, eg, ee, *cd, *gx, *gz)
+                        else:
+                            dropped[problem] += 1
+                    elif in_event:
+                        skipped[event_type.decode("ascii", "replace") or "no ET line"] += 1
                     in_event, compton = key == b"SE", False
+                    seen_event = seen_event or in_event
+                    event_type = repeated = b""
+                    seen_keys = set()
                     t = eg = ee = cd = None
                     gx = gz = (np.nan, np.nan)
                     continue
                 if not in_event:
+                    tra_header = tra_header or (key == b"Ty" and b"TRA" in bline)
+                    if key == b"ET":  # an event whose SE line is missing
+                        dropped["no SE line"] += 1
                     continue
+                if key in _SINGLE_KEYS:
+                    if key in seen_keys:
+                        # two events run together (a lost SE line): neither can be trusted
+                        repeated = repeated or key
+                    seen_keys.add(key)
                 try:
                     if key == b"ET":
-                        compton = bline.split()[1:2] == [b"CO"]
+                        event_type = b" ".join(bline.split()[1:2])
+                        compton = compton or event_type == b"CO"
                     elif key == b"TI":
                         t = float(bline.split()[1])
                     elif key == b"CE":
@@ -185,6 +222,10 @@ def _iter_compton_records(path: Path) -> Iterator[tuple[float, ...]]:
         ) from exc
     if lineno == 1:
         raise FileFormatError(f"{where}: empty file, not a MEGAlib .tra file")
+    if not seen_event and not tra_header:
+        raise FileFormatError(
+            f"{where}: no event (SE line) and no 'Type TRA' header in {lineno - 1} lines; not a "
+            "MEGAlib .tra file")
 
 
 def _records_to_columns(recs: list, wanted: list[str] | None) -> dict[str, np.ndarray]:
@@ -197,13 +238,33 @@ def _records_to_columns(recs: list, wanted: list[str] | None) -> dict[str, np.nd
 def iter_tra(path: Path, columns: list[str] | None, chunk_size: int, start: int,
              stop: int | None, callback) -> Iterator[dict[str, np.ndarray]]:
     """Column chunks of the Compton events ``start <= index < stop`` of a ``.tra`` file (the
-    reader behind :func:`~comptonsky.io.events.iter_tra_chunks`)."""
+    reader behind :func:`~comptonsky.io.events.iter_tra_chunks`).
+
+    Compton events that lack a TI, CE or CD line or hold impossible values (non-finite numbers,
+    a scattered-photon energy <= 0) are dropped and do not count in the index; the drops are
+    logged once, as a warning with the count per reason, when the file has been read.
+    """
     unknown = [c for c in columns or () if c not in DC2_COLUMNS]
     if unknown:
         raise FileFormatError(
             f"{path}: missing column(s) {unknown}; a .tra file provides {list(DC2_COLUMNS)}")
-    records = itertools.islice(_iter_compton_records(path), max(0, start), stop)
+    dropped, skipped = DropCounter(), Counter()
+    records = itertools.islice(_iter_compton_records(path, dropped, skipped), max(0, start),
+                               stop)
+    n = 0
     while recs := list(itertools.islice(records, chunk_size)):
+        n += len(recs)
         if callback is not None:
             callback(len(recs))
         yield _records_to_columns(recs, columns)
+    scope = "" if start <= 0 and stop is None else (
+        f" from event range [{start}, {'end' if stop is None else stop})")
+    dropped.report(logger, str(path), n, "Compton events", scope)
+    no_attitude = skipped.pop("no GX/GZ", 0)
+    if no_attitude:
+        logger.warning("%s: %d Compton events have no GX/GZ attitude line; their Galactic "
+                       "columns are NaN (they cannot be binned in the Galactic frame)",
+                       path, no_attitude)
+    if skipped:
+        logger.info("%s: %d events of other types skipped: %s", path, sum(skipped.values()),
+                    format_reasons(skipped))
