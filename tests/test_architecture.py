@@ -17,7 +17,7 @@ ROOT = "comptonsky"
 
 #: Layers from the bottom up; a module may import modules of its own layer or below.
 LAYERS = [
-    ("base", ["errors", "geometry", "physics", "frames", "regions"]),
+    ("base", ["errors", "geometry", "physics", "frames", "regions", "_numba"]),
     ("io", ["io"]),
     ("binning", ["binning", "attitude"]),
     ("response", ["response"]),

@@ -16,12 +16,13 @@ import math
 import numba
 import numpy as np
 
+from .._numba import njit
 from .healpix import interp4
 
 __all__ = ["per_sample_bin", "extract_rows", "occulted_exposure"]
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, nogil=True)
 def per_sample_bin(rot, live, zen, cosh, t0, t1, sky, occultation, nside, theta_r, start, npr,
                    shifted, relabel, buf, mark, touched, ntouch):
     """Add samples t0..t1-1 into ``buf`` (npix_model, npix_local).
@@ -60,7 +61,7 @@ def per_sample_bin(rot, live, zen, cosh, t0, t1, sky, occultation, nside, theta_
                 buf[j, q] += w * wgt[k]
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, nogil=True)
 def extract_rows(buf, mark, touched, ntouch, offsets, cols, vals):
     """Move the touched entries of each row (sorted by column) to cols/vals; reset the row."""
     for j in numba.prange(buf.shape[0]):
@@ -76,7 +77,7 @@ def extract_rows(buf, mark, touched, ntouch, offsets, cols, vals):
         ntouch[j] = 0
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, nogil=True)
 def occulted_exposure(live, zen, cosh, offsets, sky, out):
     """out[s, j] = Σ_{t in bin s} live_t · [sky_j · zen_t ≥ cosh_t]; samples grouped by bin."""
     nb = len(offsets) - 1

@@ -39,6 +39,7 @@ import pandas as pd
 from astropy.io import fits
 from histpy import Axes, HealpixAxis, Histogram
 
+from .._numba import njit
 from ..errors import FileFormatError, InvalidParameterError
 from ..io.atomic import atomic_path
 from ..io.spacecraft import as_orientation, interval, to_unix
@@ -66,7 +67,7 @@ def _scheme(scheme) -> str:
     return s
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _bin_sums(live, z, x, order, offsets, exposure, zsum, xsum):
     """Per bin: total live time and live-time weighted sums of z and x (equal weights where a
     bin has no live time)."""
@@ -116,7 +117,7 @@ def _bin_columns(s: Samples, order: np.ndarray, offsets: np.ndarray) -> dict:
             "altitude": split(alt)}
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _first_appearance(keys, size):
     table = np.full(size, -1, dtype=np.int64)
     codes = np.empty(len(keys), dtype=np.int64)

@@ -15,6 +15,8 @@ import healpy as hp
 import numba
 import numpy as np
 
+from .._numba import njit
+
 __all__ = ["ring_tables", "vec2pix", "interp_weights"]
 
 _TWOTHIRD = 2.0 / 3.0
@@ -68,7 +70,7 @@ def ring_tables(nside: int, nest: bool) -> tuple[np.ndarray, np.ndarray, np.ndar
     return theta, start, npr, shifted, relabel
 
 
-@numba.njit(cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _ring_above(nside, z):
     az = abs(z)
     if az <= _TWOTHIRD:
@@ -77,7 +79,7 @@ def _ring_above(nside, z):
     return iring if z > 0 else 4 * nside - iring - 1
 
 
-@numba.njit(cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _ring_pair(phi, sp, nr, sh):
     dphi = 2.0 * math.pi / nr
     tmp = phi / dphi - 0.5 * sh
@@ -91,7 +93,7 @@ def _ring_pair(phi, sp, nr, sh):
     return sp + i1, sp + i2, 1.0 - w1, w1
 
 
-@numba.njit(cache=True, inline="always")
+@njit(cache=True, inline="always")
 def interp4(nside, theta_r, start, npr, shifted, x, y, z, pix, wgt):
     """Bilinear HEALPix interpolation (RING pixels) of the direction (x, y, z), |v| > 0.
 
@@ -144,7 +146,7 @@ def interp4(nside, theta_r, start, npr, shifted, x, y, z, pix, wgt):
         wgt[3] *= wtheta
 
 
-@numba.njit(cache=True, inline="always")
+@njit(cache=True, inline="always")
 def pix_ring(nside, x, y, z):
     """RING pixel of the direction (x, y, z), |v| > 0 (HEALPix ``vec2pix``)."""
     r = math.sqrt(x * x + y * y + z * z)
@@ -182,13 +184,13 @@ def pix_ring(nside, x, y, z):
     return 12 * nside * nside - 2 * ir * (ir + 1) + ip
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _vec2pix_many(nside, v, relabel, out):
     for i in numba.prange(v.shape[0]):
         out[i] = relabel[pix_ring(nside, v[i, 0], v[i, 1], v[i, 2])]
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _interp_many(nside, v, theta_r, start, npr, shifted, relabel, pix, wgt):
     for i in numba.prange(v.shape[0]):
         p = np.empty(4, dtype=np.int64)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from .._numba import njit
 from ..errors import InvalidParameterError
 from ..geometry import horizon_angle_deg
 from ..io.orientation import Orientation
@@ -66,7 +67,7 @@ def _normalise(v: np.ndarray) -> np.ndarray:
     return v / np.where(n > 0, n, 1.0)[:, None]
 
 
-@numba.njit(cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _mid(a, b, i, out):
     """out[i] = normalised a[i] + a[i + 1] (b: fallback rows where a is zero)."""
     s0, s1, s2 = 0.0, 0.0, 0.0
@@ -87,7 +88,7 @@ def _mid(a, b, i, out):
     out[i, 2] = s2 / n
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _midpoints(x, z, ez, alt, xm, zm, em, am):
     for i in numba.prange(x.shape[0] - 1):
         _mid(x, x, i, xm)
@@ -164,7 +165,7 @@ def split_by_intervals(o: Orientation, tstart: np.ndarray, tstop: np.ndarray) ->
                    altitude=alt[:-1], bin=b.astype(np.int64))
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _counting_order(codes, nbins):
     counts = np.zeros(nbins + 1, dtype=np.int64)
     for c in codes:
@@ -198,7 +199,7 @@ def group_order(codes: np.ndarray, nbins: int) -> tuple[np.ndarray, np.ndarray]:
     return _counting_order(np.asarray(codes, dtype=np.int64), int(nbins))
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _lonlat(v, order, out):
     r2d = 180.0 / math.pi
     for i in numba.prange(order.shape[0]):
@@ -219,7 +220,7 @@ def lonlat_deg(v: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _unit(lonlat, out):
     d2r = math.pi / 180.0
     for i in numba.prange(lonlat.shape[0]):
@@ -248,7 +249,7 @@ def cos_horizon(altitude: np.ndarray) -> np.ndarray:
     return np.cos(np.radians([horizon_angle_deg(a) for a in uniq]))[inv.reshape(alt.shape)]
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _polar(x, z, out):
     for i in numba.prange(x.shape[0]):
         m = np.empty((3, 3))

@@ -16,6 +16,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
+from .._numba import njit
 from ..errors import FileFormatError
 
 __all__ = ["read_ori_table", "read_ori_arrays", "ORI_COLUMNS"]
@@ -39,12 +40,12 @@ _BAD_ROW_MESSAGES = {
 }
 
 
-@numba.njit(cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _is_blank(c):
     return c == 32 or c == 9 or c == 13  # space, tab, CR
 
 
-@numba.njit(cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _keyword(buf, p, end):
     """1 for an ``OG`` line starting at p (after blanks), 2 for ``EN``, 0 otherwise."""
     if p + 1 < end:
@@ -58,7 +59,7 @@ def _keyword(buf, p, end):
     return 0
 
 
-@numba.njit(cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _parse_number(buf, p, end, pow10):
     """Parse one decimal number at p (after blanks on the same line).
 
@@ -139,7 +140,7 @@ def _parse_number(buf, p, end, pow10):
     return (-val if neg else val), p, _OK
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _parse_blocks(buf, starts, ends, caps, out, counts, ended, status, pow10):
     """Parse the OG rows of block k into out[caps[k]:caps[k + 1]] (one pass, no pre-count).
 
@@ -176,7 +177,7 @@ def _parse_blocks(buf, starts, ends, caps, out, counts, ended, status, pow10):
         counts[k] = row - caps[k]
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _check_rows(big, src):
     """Index of the first row (big[src[i]]) breaking a rule, per rule code (-1: none)."""
     t = big
@@ -217,7 +218,7 @@ def _check_rows(big, src):
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _line_of_row(buf, end, row):
     """1-based line number and byte offset of the OG row number ``row``."""
     line = 1
@@ -347,7 +348,7 @@ def read_ori_table(path: str | os.PathLike, threads: int | None = None) -> np.nd
     return big[src]
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _find_newline(buf, pos):
     n = len(buf)
     while pos < n:
@@ -357,7 +358,7 @@ def _find_newline(buf, pos):
     return -1
 
 
-@numba.njit(cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _unit(t, r, col, out, i):
     d = math.pi / 180.0
     b = t[r, col] * d
@@ -368,7 +369,7 @@ def _unit(t, r, col, out, i):
     out[i, 2] = math.sin(b)
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _columns(t, src, time, x, z, alt, ez, live):
     for i in numba.prange(src.shape[0]):
         r = src[i]

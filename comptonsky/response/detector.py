@@ -14,10 +14,10 @@ from pathlib import Path
 
 import astropy.units as u
 import healpy as hp
-import numba
 import numpy as np
 from histpy import Axes
 
+from .._numba import njit
 from ..errors import AxisMismatchError, FileFormatError, InvalidParameterError
 from ..io.hdf5 import open_hdf5
 
@@ -222,7 +222,7 @@ class DetectorResponse:
         return out
 
 
-@numba.njit(cache=True)
+@njit(cache=True)
 def _row_sums(out, indptr, val):
     for i in range(out.shape[0]):
         acc = 0.0
@@ -231,7 +231,7 @@ def _row_sums(out, indptr, val):
         out[i] = acc
 
 
-@numba.njit(cache=True)
+@njit(cache=True)
 def _weighted_rows(out, w, indptr, col_p, col_k, val):
     for i in range(w.shape[0]):
         wi = w[i]

@@ -26,6 +26,7 @@ import numpy as np
 from histpy import Axes, Axis, HealpixAxis
 from tqdm.auto import tqdm
 
+from .._numba import njit
 from ..errors import AxisMismatchError, InvalidParameterError
 from ..io.atomic import atomic_path
 from .attitude import AttitudeBins, bin_attitudes
@@ -155,7 +156,7 @@ def _sky_lookup(bins: AttitudeBins, nside_sky: int, pixels: np.ndarray, nside_nu
     return np.ascontiguousarray(nu_idx), np.ascontiguousarray(weight)
 
 
-@numba.njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True)
 def _accumulate(out, nu_idx, weight, push_pix, push_w, indptr, col_p, col_k, val):
     nj = out.shape[0]
     nt = nu_idx.shape[0]

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import prange
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from .._numba import njit
 from ..errors import InvalidDataError
 from .operator import ResponseOperator, ResponseSubset
 
