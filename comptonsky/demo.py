@@ -98,7 +98,8 @@ def run_demo(output: str | os.PathLike = "demo-output", nside: int | None = None
     for key in ("source_events", "albedo_events"):
         say(f"binning {Path(sim[key]).name} (Galactic PsiChi)")
         binner = BinnedData(input_yaml=sim["inputs"])
-        binner.get_binned_data(unbinned_data=sim[key], psichi_binning="galactic")
+        binner.get_binned_data(unbinned_data=sim[key], psichi_binning="galactic",
+                               progress=progress)
         binned[key] = binner.binned_data.to_dense()
     event = binned["source_events"] + binned["albedo_events"]
     event_path = write_histogram(event, output / "binned" / "511keV_galactic_event.hdf5")
