@@ -319,3 +319,20 @@ def test_version(capsys):
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.strip() == f"comptonsky {__version__}"
+
+
+@pytest.mark.slow  # end-to-end
+def test_uncertainty_run_directory(run_dir, tmp_path):
+    _, args = run_dir
+    parfile = write_parfile(tmp_path, iterations=3)
+    assert main(["uncertainty", str(parfile), *args, "--output", str(tmp_path / "u"),
+                 "--samples", "2", "--workers", "1"]) == 0
+    out = tmp_path / "u"
+    header = fits.getheader(out / "std.fits", 1)
+    assert header["NSAMPLES"] == 2 and header["MAPKEY"] == "std" and header["INSHA1"]
+    np.testing.assert_array_equal(hp.read_map(out / "significance.fits", dtype=np.float64),
+                                  open_histogram(out / "significance.hdf5").contents[:, 0])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["uncertainty"]["n_samples"] == 2 and (out / "parameters.yml").exists()
+    page = (out / "report.html").read_text()
+    assert "bootstrap standard deviation" in page and "No error bars" not in page
