@@ -183,6 +183,7 @@ def test_run_directory_records_how_it_was_made(run_dir):
     assert header["STOPREAS"] == "iteration_max reached" and header["CREATOR"].startswith(
         "comptonsky")
     assert header["V_HEALPY"] == prov["versions"]["healpy"]
+    assert header["RESPONSE DTYPE"] == "float32"
     shas = {header[f"INROLE{n}"]: header[f"INSHA{n}"] for n in range(1, 5)}
     assert shas["response"] == prov["inputs"]["response"]["sha256"]
     assert (out / "report.html").exists()

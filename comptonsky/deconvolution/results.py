@@ -76,7 +76,8 @@ def results_table(results: Sequence[dict[str, Any]],
 
 def parameter_cards(parameters) -> list[tuple[str, Any, str]]:
     """Header cards of a run's settings: ``ALGORITH`` and one ``HIERARCH`` card per
-    ``deconvolution:parameter`` entry (``HIERARCH ACCELERATION ALPHA_MAX = 2.0``).
+    ``deconvolution:parameter`` entry (``HIERARCH ACCELERATION ALPHA_MAX = 2.0``) and per
+    ``response`` option (``HIERARCH RESPONSE DTYPE = 'float32'``).
 
     Parameters
     ----------
@@ -102,6 +103,7 @@ def parameter_cards(parameters) -> list[tuple[str, Any, str]]:
         cards.append((key, value, ""))
 
     walk(parameters.get("deconvolution:parameter") or {}, [])
+    walk(parameters.get("response") or {}, ["RESPONSE"])
     return cards
 
 
