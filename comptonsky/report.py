@@ -80,11 +80,11 @@ def _text(value: Any) -> str:
 
 
 def _map_images(image, label: str, scale: str, cmap: str = "magma",
-                vmin: float | None = None) -> list[str]:
+                vmin: float | None = None, vmax: float | None = None) -> list[str]:
     from .plotting import plot_image
 
     return [_figure(_png(plot_image(image, energy_index=k, scale=scale, title=label, cmap=cmap,
-                                    vmin=vmin, sources={"GC": (0.0, 0.0)})),
+                                    vmin=vmin, vmax=vmax, sources={"GC": (0.0, 0.0)})),
                     f"{label}, band {k} ({scale})")
             for k in range(image.axes["Ei"].nbins)]
 
@@ -220,7 +220,9 @@ def write_report(run_dir: str | os.PathLike, truth: str | os.PathLike | None = N
         m = np.asarray(model.contents.value)
         if m.shape == t.shape:
             residual = AllSkyImageModel.from_axes(truth_map.axes, contents=m - t)
-            images += _map_images(residual, "model − truth", "linear", cmap="RdBu_r")
+            limit = float(np.abs(m - t).max()) or None
+            images += _map_images(residual, "model − truth", "linear", cmap="RdBu_r",
+                                  vmin=-limit if limit else None, vmax=limit)
         else:
             warnings.append(f"the truth map has shape {t.shape}, the model {m.shape}: no "
                             f"residual map")
