@@ -337,3 +337,29 @@ def test_uncertainty_run_directory(run_dir, tmp_path):
     assert summary["uncertainty"]["n_samples"] == 2 and (out / "parameters.yml").exists()
     page = (out / "report.html").read_text()
     assert "bootstrap standard deviation" in page and "No error bars" not in page
+
+
+@pytest.mark.slow  # end-to-end
+def test_demo_runs_the_parameter_file_it_writes(tmp_path, capsys):
+    from comptonsky.demo import DEMO_PARFILE, run_demo
+
+    out = tmp_path / "demo"
+    summary = run_demo(out, nside=4, phi_bin_deg=30.0, iterations=3, duration_s=2e5,
+                       progress=False)
+    written = Parameters.from_file(out / DEMO_PARFILE)
+    assert written["deconvolution:parameter:iteration_max"] == 3
+    assert written["deconvolution:parameter:acceleration:alpha_max"] == 2.0
+    assert written["deconvolution:parameter:response_weighting:activate"] is False
+    assert Parameters.from_file(out / "results" / "parameters.yml").to_dict() == \
+        written.to_dict()
+    run = json.loads((out / "results" / "summary.json").read_text())
+    assert run["provenance"]["inputs"]["parameter file"]["path"] == str(
+        (out / DEMO_PARFILE).resolve())
+    assert run["iterations"] == summary["iterations"] == 3
+    page = (out / "results" / "report.html").read_text()
+    assert "truth" in page and "model − truth" in page
+    err = capsys.readouterr().err
+    assert "demo: simulation: written" in err and "demo: binning" in err
+    run_demo(out, nside=4, phi_bin_deg=30.0, iterations=3, duration_s=2e5, progress=False)
+    err = capsys.readouterr().err
+    assert "found in the cache" in err and "from the cache" in err
