@@ -170,9 +170,39 @@ def run_files(parfile: str | os.PathLike, event: str | os.PathLike | Histogram,
               only_final_result: bool = True, progress: bool = True, plots: bool = True,
               response_options: Mapping[str, Any] | None = None, report: bool = True,
               truth: str | os.PathLike | None = None) -> DeconvolutionRun:
-    """Run a deconvolution from files and write everything a run directory holds.
+    """Run a deconvolution from files and write maps (histpy HDF5 and HEALPix FITS), the FITS
+    table, PNGs, ``parameters.yml``, ``summary.json`` and ``report.html``.
 
-    Parameters are those of :func:`deconvolve_files`.
+    Parameters
+    ----------
+    parfile : path-like
+        Parameter file (tutorial layout).
+    event : path-like or Histogram
+        Binned events (axes Em, Phi, PsiChi; a Time axis is summed).
+    backgrounds : dict of name → path-like or Histogram
+        Background templates on the same axes.
+    response : path-like or Histogram
+        Galactic response (NuLambda, Ei, Em, Phi, PsiChi).
+    output : path-like
+        Output directory.
+    overrides : sequence of str
+        ``"a:b:c = value"`` parameter overrides.
+    name : str
+        Dataset name.
+    dtype, storage : str, optional
+        Response precision and storage (see :func:`comptonsky.response.load.load_response`).
+    response_options : dict, optional
+        Further ``load_response`` options (``sparse_threshold``, ``memory_budget``, ...).
+    only_final_result : bool
+        Write maps of the last iteration only (else every iteration).
+    progress : bool
+        Show a progress bar.
+    plots : bool
+        Write PNG images (final map, linear and log, and convergence).
+    report : bool
+        Write ``report.html`` (:func:`comptonsky.report.write_report`).
+    truth : path-like, optional
+        A true map (histpy HDF5, axes lb, Ei) the report compares with.
 
     Returns
     -------
@@ -296,55 +326,7 @@ def _plots(deconv: ImageDeconvolution, output: Path) -> list[str]:
     return files
 
 
-def deconvolve_files(parfile: str | os.PathLike, event: str | os.PathLike | Histogram,
-                     backgrounds: Mapping[str, str | os.PathLike | Histogram],
-                     response: str | os.PathLike | Histogram, output: str | os.PathLike,
-                     overrides: Sequence[str] = (), name: str = "data",
-                     dtype: str | None = None, storage: str | None = None,
-                     only_final_result: bool = True, progress: bool = True,
-                     plots: bool = True,
-                     response_options: Mapping[str, Any] | None = None,
-                     report: bool = True,
-                     truth: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Run a deconvolution from files and write maps (histpy HDF5 and HEALPix FITS), the FITS
-    table, PNGs, ``parameters.yml``, ``summary.json`` and ``report.html``.
-
-    Parameters
-    ----------
-    parfile : path-like
-        Parameter file (tutorial layout).
-    event : path-like or Histogram
-        Binned events (axes Em, Phi, PsiChi; a Time axis is summed).
-    backgrounds : dict of name → path-like or Histogram
-        Background templates on the same axes.
-    response : path-like or Histogram
-        Galactic response (NuLambda, Ei, Em, Phi, PsiChi).
-    output : path-like
-        Output directory.
-    overrides : sequence of str
-        ``"a:b:c = value"`` parameter overrides.
-    name : str
-        Dataset name.
-    dtype, storage : str, optional
-        Response precision and storage (see :func:`comptonsky.response.load.load_response`).
-    response_options : dict, optional
-        Further ``load_response`` options (``sparse_threshold``, ``memory_budget``, ...).
-    only_final_result : bool
-        Write maps of the last iteration only (else every iteration).
-    progress : bool
-        Show a progress bar.
-    plots : bool
-        Write PNG images (final map, linear and log, and convergence).
-    report : bool
-        Write ``report.html`` (:func:`comptonsky.report.write_report`).
-    truth : path-like, optional
-        A true map (histpy HDF5, axes lb, Ei) the report compares with.
-
-    Returns
-    -------
-    dict
-        The summary also written to ``output/summary.json``.
-    """
-    return run_files(parfile, event, backgrounds, response, output, overrides, name, dtype,
-                     storage, only_final_result, progress, plots, response_options, report,
-                     truth).summary
+def deconvolve_files(*args, **kwargs) -> dict[str, Any]:
+    """:func:`run_files` (same arguments), returning the summary also written to
+    ``output/summary.json``."""
+    return run_files(*args, **kwargs).summary
