@@ -230,8 +230,8 @@ def child(args) -> None:
     t0 = t_load0 = time.perf_counter()
     data = DataIF_COSI_DC2.load("bench", event, {"albedo": bkg}, rsp=args.rsp,
                                 cache_dir=str(workdir / "cache"), **opts)
+    op = data.response                    # the response is loaded when first needed
     load_s = time.perf_counter() - t0
-    op = data.response
     deco = ImageDeconvolution()
     deco.set_dataset([data])
     deco.read_parameterfile(workdir / "parfile.yml")

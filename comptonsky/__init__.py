@@ -4,7 +4,9 @@ The tutorial's names are importable from the top level::
 
     from comptonsky import BinnedData, DataIF_COSI_DC2, ImageDeconvolution, AllSkyImageModel
 
-They are imported lazily so that ``import comptonsky`` stays cheap.
+They are imported lazily so that ``import comptonsky`` stays cheap (the command line's help
+needs no more); each of them registers the ``spacecraftframe`` coordinate frame with astropy
+(:mod:`comptonsky.frames`), which histpy needs to open detector-frame files.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import importlib
 
 from . import _numba  # noqa: F401  (a writable numba cache folder, before any kernel compiles)
-from . import frames as _frames  # noqa: F401  (registers the "spacecraftframe" coordinate frame)
 
 __version__ = "0.1.0"
 
@@ -37,5 +38,6 @@ __all__ = sorted(_LAZY) + ["__version__"]
 
 def __getattr__(name: str):
     if name in _LAZY:
+        importlib.import_module("comptonsky.frames")
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'comptonsky' has no attribute {name!r}")

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .config import Parameters
 from .deconvolution.model import AllSkyImageModel
 from .io.histogram import open_histogram, write_histogram
-from .jobs import deconvolve_files, write_summary
+from .jobs import run_files, write_parameters, write_summary
 from .regions import region_fluxes
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "write_demo_parameters", "DEMO_PARFILE"]
 
 logger = logging.getLogger(__name__)
 
@@ -23,8 +25,11 @@ logger = logging.getLogger(__name__)
 #: uses 6° bins so that it runs end to end in a few minutes on two cores.
 DEMO_NSIDE = 16
 DEMO_PHI_BIN_DEG = 6.0
+#: The parameter file the demo writes into its output directory and runs.
+DEMO_PARFILE = "imagedeconvolution_parfile_demo.yml"
 
-#: The tutorial's overrides (section 3-3), applied to the simulator's parameter file.
+#: The tutorial's overrides (section 3-3), applied to the simulator's parameter file to make the
+#: demo's (:func:`write_demo_parameters`).
 TUTORIAL_OVERRIDES = (
     "deconvolution:parameter:background_normalization_optimization:activate = True",
     "deconvolution:parameter:acceleration:accel_factor_max = 2.0",
@@ -37,8 +42,12 @@ def run_demo(output: str | os.PathLike = "demo-output", nside: int | None = None
              iterations: int = 50, seed: int = 1, progress: bool = True,
              preset: str = "dc2-511-thin-disk",
              phi_bin_deg: float | None = None,
-             duration_s: float | None = None) -> dict[str, Any]:
-    """Simulate (once, cached), bin, deconvolve, compare with the truth; write PNGs and JSON.
+             duration_s: float | None = None, messages: bool = True) -> dict[str, Any]:
+    """Simulate (once, cached), bin, deconvolve, compare with the truth; write maps, PNGs,
+    JSON and the report.
+
+    The deconvolution runs the parameter file :func:`write_demo_parameters` writes into
+    ``output`` (:data:`DEMO_PARFILE`), unchanged.
 
     Parameters
     ----------
@@ -58,6 +67,8 @@ def run_demo(output: str | os.PathLike = "demo-output", nside: int | None = None
         Compton-angle bin width (default :data:`DEMO_PHI_BIN_DEG`).
     duration_s : float, optional
         Observation length (default: the preset's three months).
+    messages : bool
+        Print what each stage does (and cache hits) to stderr.
 
     Returns
     -------
@@ -65,37 +76,79 @@ def run_demo(output: str | os.PathLike = "demo-output", nside: int | None = None
         The summary (also in ``output/summary.json``).
     """
     from .binning import BinnedData
-    from .simulate.pipeline import simulate_dataset
+    from .simulate.pipeline import MANIFEST_NAME, simulate_dataset
 
+    say = _stage_printer(messages)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    sim = simulate_dataset(output / "simulation", preset=preset, nside=nside or DEMO_NSIDE,
-                           phi_bin_deg=phi_bin_deg or DEMO_PHI_BIN_DEG, seed=seed,
+    start = t0 = time.perf_counter()
+    nside, phi_bin_deg = nside or DEMO_NSIDE, phi_bin_deg or DEMO_PHI_BIN_DEG
+    manifest = output / "simulation" / MANIFEST_NAME
+    before = manifest.stat().st_mtime_ns if manifest.exists() else None
+    say(f"simulation: preset {preset}, nside {nside}, Phi bins {phi_bin_deg:g} deg, seed {seed} "
+        f"-> {output / 'simulation'}")
+    sim = simulate_dataset(output / "simulation", preset=preset, nside=nside,
+                           phi_bin_deg=phi_bin_deg, seed=seed,
                            duration_s=duration_s, progress=progress)
     simulate_s = time.perf_counter() - t0
+    cached = before is not None and manifest.stat().st_mtime_ns == before
+    say(f"simulation: {'found in the cache' if cached else 'written'} ({simulate_s:.1f} s)")
     t0 = time.perf_counter()
     binned = {}
     for key in ("source_events", "albedo_events"):
+        say(f"binning {Path(sim[key]).name} (Galactic PsiChi)")
         binner = BinnedData(input_yaml=sim["inputs"])
-        binner.get_binned_data(unbinned_data=sim[key], psichi_binning="galactic")
+        binner.get_binned_data(unbinned_data=sim[key], psichi_binning="galactic",
+                               progress=progress)
         binned[key] = binner.binned_data.to_dense()
     event = binned["source_events"] + binned["albedo_events"]
     event_path = write_histogram(event, output / "binned" / "511keV_galactic_event.hdf5")
     bin_s = time.perf_counter() - t0
-    summary = deconvolve_files(
-        sim["parfile"], event_path, {"albedo": sim["albedo_model"]}, sim["response"],
-        output / "results", progress=progress,
-        overrides=(f"deconvolution:parameter:iteration_max = {int(iterations)}",
-                   *TUTORIAL_OVERRIDES))
+    say(f"binned {float(event.contents.sum()):.0f} events in {bin_s:.1f} s -> {event_path}")
+    parfile = write_demo_parameters(sim["parfile"], output / DEMO_PARFILE, iterations)
+    say(f"deconvolution: RL, {int(iterations)} iterations, parameters {parfile}")
+    job = run_files(parfile, event_path, {"albedo": sim["albedo_model"]}, sim["response"],
+                    output / "results", progress=progress, truth=sim["truth"])
+    summary = job.summary
+    info = summary["response"].get("load_info") or {}
+    say(f"response: {summary['response']['storage']} {summary['response']['dtype']}, "
+        f"{'from the cache' if info.get('cached') else 'converted'} "
+        f"({info.get('seconds', 0.0):.1f} s); {summary['iterations']} iterations in "
+        f"{summary['timing_s']['iterations']:.1f} s, stopped: {summary['stopping']['reason']}")
     summary["preset"] = preset
+    summary["parameter_file"] = str(parfile)
     summary["counts"] = {"source": float(binned["source_events"].contents.sum()),
                          "albedo": float(binned["albedo_events"].contents.sum())}
     summary["timing_s"].update({"simulate_or_cache": simulate_s, "bin": bin_s})
     summary["data"] = {k: str(v) for k, v in sim.items()}
+    say("comparing with the truth")
     _compare_with_truth(summary, output, sim["truth"])
+    summary["report"] = str(output / "results" / "report.html")
+    summary["timing_s"]["demo_total"] = time.perf_counter() - start
     write_summary(summary, output / "summary.json")
+    say(f"done in {summary['timing_s']['demo_total']:.0f} s; report: {summary['report']}")
     return summary
+
+
+def write_demo_parameters(simulation_parfile: str | os.PathLike, path: str | os.PathLike,
+                          iterations: int) -> Path:
+    """The demo's parameter file: the simulation's, with ``iteration_max = iterations`` and
+    :data:`TUTORIAL_OVERRIDES` applied, written to ``path`` (the demo runs this file as is)."""
+    parameters = Parameters.from_file(simulation_parfile)
+    changes = (f"deconvolution:parameter:iteration_max = {int(iterations)}", *TUTORIAL_OVERRIDES)
+    for text in changes:
+        parameters.override(text)
+    return write_parameters(parameters, path,
+                            f"The demo's parameters: {Path(simulation_parfile).name} of the "
+                            "simulation with\n" + "\n".join(f"  {t}" for t in changes))
+
+
+def _stage_printer(enabled: bool):
+    """A function printing one stage message to stderr (or doing nothing)."""
+    def say(text: str) -> None:
+        if enabled:
+            print(f"demo: {text}", file=sys.stderr, flush=True)
+    return say
 
 
 def _compare_with_truth(summary: dict[str, Any], output: Path, truth_path: Path) -> None:

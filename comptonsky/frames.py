@@ -2,10 +2,11 @@
 
 COSI files label local (detector-frame) HEALPix axes with ``coordsys = "spacecraftframe"``. That
 name is not an astropy built-in, so histpy cannot open such files unless a frame of that name is
-known to astropy's transform graph. Importing this module (``import comptonsky`` does) registers
-a minimal :class:`SpacecraftFrame`: enough to read, write and compare such axes. Transforms between
-the spacecraft frame and the sky depend on the attitude at each time and are done explicitly with
-rotation matrices (see :mod:`comptonsky.io.orientation`).
+known to astropy's transform graph. Importing this module (the histogram readers do, and so does
+importing a tutorial name from ``comptonsky``) registers a minimal :class:`SpacecraftFrame`: enough
+to read, write and compare such axes. Transforms between the spacecraft frame and the sky depend on
+the attitude at each time and are done explicitly with rotation matrices (see
+:mod:`comptonsky.io.orientation`).
 """
 
 from __future__ import annotations

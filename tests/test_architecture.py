@@ -17,12 +17,12 @@ ROOT = "comptonsky"
 
 #: Layers from the bottom up; a module may import modules of its own layer or below.
 LAYERS = [
-    ("base", ["errors", "geometry", "physics", "frames", "regions", "_numba"]),
+    ("base", ["errors", "geometry", "physics", "frames", "regions", "_numba", "provenance"]),
     ("io", ["io"]),
     ("binning", ["binning", "attitude"]),
     ("response", ["response"]),
     ("deconvolution", ["config", "deconvolution", "testing"]),
-    ("outputs", ["plotting", "jobs"]),
+    ("outputs", ["plotting", "jobs", "report"]),
     ("applications", ["demo", "cli", "__main__"]),
 ]
 #: The simulator stands beside imaging: it may use these layers, and none of them may use it.

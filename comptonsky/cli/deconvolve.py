@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InvalidParameterError
-from ..response.options import ResponseOptions
+from . import COMMANDS
 
-HELP = "deconvolve binned data into sky maps (RL, RLsimple, MAP_RL, ...)"
+HELP = COMMANDS["deconvolve"]
 
 
 def _background(text: str) -> tuple[str, str]:
@@ -19,8 +19,10 @@ def _background(text: str) -> tuple[str, str]:
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "deconvolve", help=HELP, description=HELP + ". Writes model/delta maps (histpy HDF5), "
-        "results.fits (per-iteration table), PNG images and summary.json into --output.")
+        "deconvolve", help=HELP, description=HELP + ". Writes model/delta maps (histpy HDF5 and "
+        "HEALPix FITS), results.fits (per-iteration table), PNG images, parameters.yml (the "
+        "effective parameters: give it as PARFILE to repeat the run), summary.json (with "
+        "versions, input checksums and the stopping reason) and report.html into --output.")
     p.add_argument("parfile", help="parameter file (YAML, the tutorial's layout)")
     p.add_argument("--event", required=True,
                    help="binned events, histpy HDF5 with axes [Time,] Em, Phi, PsiChi")
@@ -53,11 +55,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("--all-iterations", action="store_true",
                    help="write maps of every iteration, not only the last")
     p.add_argument("--no-plots", action="store_true", help="skip PNG images")
+    p.add_argument("--no-report", action="store_true", help="skip report.html")
+    p.add_argument("--truth", default=None, metavar="MAP",
+                   help="true map (histpy HDF5, axes lb, Ei) for the report to compare with")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def _response_options(args: argparse.Namespace) -> dict:
+    from ..response.options import ResponseOptions
+
     options = {"sparse_threshold": args.sparse_threshold, "memory_budget": args.memory_budget,
                "cache_dir": args.cache_dir, "device": args.device,
                "cache": False if args.no_cache else None}
@@ -77,9 +84,9 @@ def run(args: argparse.Namespace) -> int:
         overrides=args.override, name=args.name, dtype=args.dtype, storage=args.storage,
         response_options=_response_options(args),
         only_final_result=not args.all_iterations, progress=not args.no_progress,
-        plots=not args.no_plots)
+        plots=not args.no_plots, report=not args.no_report, truth=args.truth)
     print(f"{summary['algorithm']}: {summary['iterations']} iterations, "
           f"log L = {sum(summary['log_likelihood']):.6g}, "
-          f"background norms {summary['background_normalization']}; "
-          f"outputs in {args.output}")
+          f"background norms {summary['background_normalization']} "
+          f"(stopped: {summary['stopping']['reason']}); outputs in {args.output}")
     return 0

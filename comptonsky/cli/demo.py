@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "run the main job end to end on built-in data and write images and summary.json"
+from . import COMMANDS
+
+HELP = COMMANDS["demo"]
 
 
 def add_parser(subparsers) -> None:
@@ -29,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     summary = run_demo(args.output, nside=args.nside, iterations=args.iterations,
                        seed=args.seed, progress=not args.no_progress, preset=args.preset,
                        phi_bin_deg=args.phi_bin)
-    print(f"demo finished: {summary['iterations']} iterations; outputs in {args.output}/")
+    print(f"demo finished: {summary['iterations']} iterations; outputs in {args.output}/, "
+          f"report {summary['report']}")
     for name, row in summary.get("regions", {}).items():
         print(f"  {name:>12}: recovered {row['recovered']:.3e}  injected {row['injected']:.3e} "
               f"ph cm-2 s-1")

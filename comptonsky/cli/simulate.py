@@ -18,19 +18,17 @@ logger = logging.getLogger(__name__)
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``simulate`` subcommand."""
-    from ..simulate.presets import PRESETS
-
     p = subparsers.add_parser(
         "simulate",
         help="simulate a DC2-like data set (a model of COSI, not the team's Monte Carlo)",
         description="Simulate COSI-like data from a physical model of the orbit, instrument, "
         "sky and Earth albedo, and write the Galactic response (psr_gal_511.h5), source and "
         "albedo event lists, the albedo template, the truth map, orientation.ori, inputs.yaml "
-        "and imagedeconvolution_parfile.yml into the output directory. Presets: "
-        + "; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()),
+        "and imagedeconvolution_parfile.yml into the output directory. The presets are "
+        "described in docs/simulator.md; an unknown --preset name lists them.",
     )
     p.add_argument("--preset", default="dc2-511-thin-disk", help="simulation preset "
-                   f"(one of {', '.join(PRESETS)}; default dc2-511-thin-disk)")
+                   "(default dc2-511-thin-disk)")
     p.add_argument("--nside", type=int, default=16, help="HEALPix nside (default 16)")
     p.add_argument("--phi-bin", type=float, default=3.0,
                    help="Compton-angle bin width in deg, dividing 180 (default 3)")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InvalidParameterError
+from . import COMMANDS
 from .deconvolve import _background
 
-HELP = "per-pixel uncertainty maps and region fluxes with errors (Poisson bootstrap)"
+HELP = COMMANDS["uncertainty"]
 
 
 def _region(text: str) -> tuple[str, tuple[float, float, float]]:
@@ -26,8 +27,9 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "uncertainty", help=HELP, description=HELP + ". Runs the deconvolution of the parameter "
         "file, then N bootstrap replicates (counts redrawn from Poisson(X), warm-started from the "
-        "solution) in parallel. Writes mean.hdf5, std.hdf5, significance.hdf5, solution.hdf5 "
-        "(histpy, axes lb, Ei), region_fluxes.json, and the main run's results into --output.")
+        "solution) in parallel. Writes mean, std, significance and solution maps (histpy .hdf5 and "
+        "HEALPix .fits, axes lb, Ei), region_fluxes.json, the main run's results, "
+        "parameters.yml, summary.json and report.html into --output.")
     p.add_argument("parfile", help="parameter file (YAML, the tutorial's layout)")
     p.add_argument("--event", required=True,
                    help="binned events, histpy HDF5 with axes [Time,] Em, Phi, PsiChi")
@@ -59,10 +61,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..deconvolution.dataset import DataIF_COSI_DC2
-    from ..deconvolution.driver import ImageDeconvolution
     from ..deconvolution.uncertainty import bootstrap_uncertainty, disc_region, write_uncertainty
-    from ..io.histogram import open_histogram
+    from ..jobs import run_files, write_summary
+    from ..report import write_report
 
     names = [name for name, _ in args.background]
     if len(set(names)) != len(names):
@@ -71,26 +72,25 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidParameterError(f"--samples: expected at least 2, found {args.samples}")
     if args.workers < 1:
         raise InvalidParameterError(f"--workers: expected at least 1, found {args.workers}")
-    dataset = DataIF_COSI_DC2.load(
-        args.name, open_histogram(args.event),
-        {key: open_histogram(path) for key, path in args.background},
-        args.response, dtype=args.dtype, storage=args.storage)
-    deconv = ImageDeconvolution()
-    deconv.set_dataset([dataset])
-    deconv.read_parameterfile(args.parfile)
-    for text in args.override:
-        deconv.override_parameter(text)
-    deconv.initialize()
-    deconv.run_deconvolution(progress=not args.no_progress)
-    deconv.save_results(args.output, only_final_result=True)
-    lb = dataset.model_axes[0]
+    job = run_files(args.parfile, args.event, dict(args.background), args.response, args.output,
+                    overrides=args.override, name=args.name, dtype=args.dtype,
+                    storage=args.storage, progress=not args.no_progress, plots=False,
+                    report=False)
+    lb = job.dataset.model_axes[0]
     nest = str(lb.scheme).lower() == "nested"
     regions = {name: disc_region(lb.nside, lon, lat, radius, nest)
                for name, (lon, lat, radius) in args.region}
-    result = bootstrap_uncertainty(deconv, n_samples=args.samples, iterations=args.iterations,
-                                   workers=args.workers, executor=args.executor, seed=args.seed,
-                                   regions=regions, progress=not args.no_progress)
-    write_uncertainty(result, args.output, samples=args.save_samples)
+    result = bootstrap_uncertainty(job.deconvolution, n_samples=args.samples,
+                                   iterations=args.iterations, workers=args.workers,
+                                   executor=args.executor, seed=args.seed, regions=regions,
+                                   progress=not args.no_progress)
+    files = write_uncertainty(result, args.output, samples=args.save_samples, cards=job.cards)
+    summary = job.summary
+    summary["uncertainty"] = {"timing_s": result.timing_s, **result.info}
+    summary["files"] += [str(p) for p in files] + [str(job.output / "report.html")]
+    summary["timing_s"]["bootstrap"] = result.timing_s
+    write_summary(summary, job.output / "summary.json")
+    write_report(job.output)
     for region, values in result.region_fluxes.items():
         print(f"{region}: flux {values['flux'][0]:.4g} ± {values['std'][0]:.2g} cm-2 s-1 "
               f"(band 0, {values['pixels']} pixels)")

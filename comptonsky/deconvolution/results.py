@@ -1,4 +1,11 @@
-"""Writing deconvolution results: maps as histpy HDF5, the iteration table as FITS."""
+"""Writing deconvolution results: maps as histpy HDF5 (and HEALPix FITS), the iteration table
+as FITS.
+
+``results.fits`` has an empty primary HDU whose header holds the run's settings (``ALGORITH``,
+``NITER``, one ``HIERARCH`` card per ``deconvolution:parameter`` setting, the whole parameter
+tree as ``COMMENT`` lines) and any provenance cards, and the ``ITERATIONS`` table: one row per
+iteration with units on its columns.
+"""
 
 from __future__ import annotations
 
@@ -9,51 +16,122 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from astropy import units as u
 from astropy.io import fits
 from astropy.table import Table
+from histpy import Histogram
 
 from ..errors import FileFormatError
 from ..io.atomic import atomic_path
+from ..io.healpix_fits import write_healpix_fits
 from ..io.histogram import write_histogram
 
-__all__ = ["save_results", "results_table", "read_results_table", "MAP_KEYS"]
+__all__ = ["save_results", "results_table", "read_results_table", "map_flux",
+           "parameter_cards", "MAP_KEYS"]
 
 logger = logging.getLogger(__name__)
 
 MAP_KEYS = ("model", "delta_model", "processed_delta_model")
+_ONE = u.dimensionless_unscaled
+
+
+def map_flux(image: Histogram) -> list[float]:
+    """Total flux per energy band, Σ_j λ_j ΔΩ_j (cm⁻² s⁻¹ for an intensity map)."""
+    values = np.asarray(getattr(image.contents, "value", image.contents), dtype=float)
+    pixarea = image.axes[0].pixarea().to_value("sr")
+    return [float(v) for v in values.sum(axis=0) * pixarea]
 
 
 def results_table(results: Sequence[dict[str, Any]],
                   dataset_names: Sequence[str] | None = None) -> Table:
-    """One row per iteration: iteration, accel_factor, background norms, log L per dataset.
+    """One row per iteration: iteration, accel_factor, background norms, log L, map flux.
 
     Columns: ``iteration``, ``accel_factor``, ``bkg_norm_<name>`` per background,
-    ``log-likelihood_<dataset>`` per dataset, and ``log-posterior`` when present.
+    ``log-likelihood_<dataset>`` per dataset, ``log-posterior`` when present (all
+    dimensionless) and ``flux_E<k>`` per energy band (Σ λ ΔΩ of the map, in the map's unit × sr:
+    cm⁻² s⁻¹ for an intensity map).
     """
     table = Table()
     table["iteration"] = np.array([r["iteration"] for r in results], dtype=np.int64)
-    table["accel_factor"] = np.array([r["accel_factor"] for r in results], dtype=np.float64)
+    table["accel_factor"] = u.Quantity([r["accel_factor"] for r in results], _ONE,
+                                       dtype=np.float64)
     names = list(results[0]["background_normalization"]) if results else []
     for key in names:
-        table[f"bkg_norm_{key}"] = np.array([r["background_normalization"][key]
-                                             for r in results])
+        table[f"bkg_norm_{key}"] = u.Quantity([r["background_normalization"][key]
+                                               for r in results], _ONE)
     n_data = len(results[0]["log-likelihood"]) if results else 0
     labels = list(dataset_names or [f"{k}" for k in range(n_data)])
     for k in range(n_data):
-        table[f"log-likelihood_{labels[k]}"] = np.array([r["log-likelihood"][k]
-                                                         for r in results])
+        table[f"log-likelihood_{labels[k]}"] = u.Quantity([r["log-likelihood"][k]
+                                                           for r in results], _ONE)
     if results and "log-posterior" in results[0]:
-        table["log-posterior"] = np.array([r["log-posterior"] for r in results])
+        table["log-posterior"] = u.Quantity([r["log-posterior"] for r in results], _ONE)
+    if results:
+        unit = (results[0]["model"].unit or _ONE) * u.sr
+        fluxes = np.array([map_flux(r["model"]) for r in results])
+        for k in range(fluxes.shape[1]):
+            table[f"flux_E{k}"] = u.Quantity(fluxes[:, k], unit)
     return table
+
+
+def parameter_cards(parameters) -> list[tuple[str, Any, str]]:
+    """Header cards of a run's settings: ``ALGORITH`` and one ``HIERARCH`` card per
+    ``deconvolution:parameter`` entry (``HIERARCH ACCELERATION ALPHA_MAX = 2.0``) and per
+    ``response`` option (``HIERARCH RESPONSE DTYPE = 'float32'``).
+
+    Parameters
+    ----------
+    parameters : comptonsky.config.Parameters
+    """
+    cards: list[tuple[str, Any, str]] = [
+        ("ALGORITH", str(parameters.get("deconvolution:algorithm", "RL")),
+         "deconvolution algorithm")]
+
+    def walk(node: Any, path: list[str]) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, path + [str(key)])
+            return
+        if node is None:
+            return
+        value = node if isinstance(node, (bool, int, float, str)) else str(node)
+        key = "HIERARCH " + " ".join(path).upper()
+        try:
+            str(fits.Card(key, value))
+        except ValueError:  # too long even for HIERARCH: the COMMENT copy has it
+            return
+        cards.append((key, value, ""))
+
+    walk(parameters.get("deconvolution:parameter") or {}, [])
+    walk(parameters.get("response") or {}, ["RESPONSE"])
+    return cards
 
 
 def save_results(results: Sequence[dict[str, Any]], directory: str | os.PathLike,
                  only_final_result: bool = True,
-                 dataset_names: Sequence[str] | None = None) -> list[Path]:
+                 dataset_names: Sequence[str] | None = None, parameters=None,
+                 cards: Sequence[tuple[str, Any, str]] = (),
+                 healpix_fits: bool = False) -> list[Path]:
     """Write maps and the iteration table into ``directory`` (atomically, file by file).
 
     Files: ``<key>_itr<N>.hdf5`` for each key of :data:`MAP_KEYS` (only the last iteration when
-    ``only_final_result``) and ``results.fits`` (one row per iteration).
+    ``only_final_result``), the same maps as HEALPix FITS ``<key>_itr<N>.fits`` when
+    ``healpix_fits``, and ``results.fits`` (one row per iteration).
+
+    Parameters
+    ----------
+    results : list of dict
+        ``ImageDeconvolution.results``.
+    directory : path-like
+    only_final_result : bool
+    dataset_names : list of str, optional
+        Names for the log-likelihood columns.
+    parameters : comptonsky.config.Parameters, optional
+        The run's parameters, recorded in the FITS headers (:func:`parameter_cards`).
+    cards : sequence of (keyword, value, comment)
+        Further header cards for every FITS file (provenance).
+    healpix_fits : bool
+        Also write each map as a HEALPix FITS file.
 
     Returns
     -------
@@ -66,17 +144,30 @@ def save_results(results: Sequence[dict[str, Any]], directory: str | os.PathLike
     if not results:
         logger.warning("no results to save")
         return written
+    header_cards = [*(parameter_cards(parameters) if parameters is not None else []), *cards]
     chosen = results[-1:] if only_final_result else results
     for result in chosen:
         for key in MAP_KEYS:
             path = directory / f"{key}_itr{result['iteration']}.hdf5"
             written.append(write_histogram(result[key], path))
+            if healpix_fits:
+                written.append(write_healpix_fits(
+                    result[key], path.with_suffix(".fits"),
+                    [*header_cards, ("ITER", int(result["iteration"]), "iteration of this map"),
+                     ("MAPKEY", key, "result entry")]))
     table = results_table(results, dataset_names)
     path = directory / "results.fits"
+    primary = fits.PrimaryHDU()
+    for key, value, comment in header_cards:
+        primary.header[key] = (value, comment)
+    primary.header["NITER"] = (int(results[-1]["iteration"]), "iterations made")
+    if parameters is not None:
+        for line in parameters.dump().splitlines():
+            primary.header.add_comment(line)
     with atomic_path(path) as tmp:
         hdu = fits.table_to_hdu(table)
         hdu.name = "ITERATIONS"
-        fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp)
+        fits.HDUList([primary, hdu]).writeto(tmp)
     written.append(path)
     logger.info("saved %d files into %s", len(written), directory)
     return written

@@ -6,7 +6,8 @@ algorithm, with the same parameters, ``iterations`` times. The spread of the B m
 sampling spread of the solution. Outputs:
 
 * per-pixel mean, standard deviation and significance (solution / standard deviation) maps,
-  histpy Histograms with axes (lb, Ei) — :func:`write_uncertainty` writes them as histpy HDF5;
+  histpy Histograms with axes (lb, Ei) — :func:`write_uncertainty` writes them as histpy HDF5
+  and HEALPix FITS;
 * fluxes with errors in regions (``bulge``, ``disk``, ``inner_galaxy`` of
   :mod:`comptonsky.regions`, plus user masks), per energy band, and the background norms.
 
@@ -28,7 +29,7 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InvalidParameterError, UnknownChoiceError
 from ..io.atomic import atomic_path
+from ..io.healpix_fits import write_healpix_fits
 from ..io.histogram import write_histogram
 from ..regions import region_mask
 from .joint import JointData
@@ -256,15 +258,23 @@ def summarize(solution: AllSkyImageModel, samples: np.ndarray, norms: Mapping[st
 
 
 def write_uncertainty(result: BootstrapResult, directory: str | os.PathLike,
-                      samples: bool = False) -> list[Path]:
-    """Write ``mean.hdf5``, ``std.hdf5``, ``significance.hdf5`` (histpy) and
+                      samples: bool = False,
+                      cards: Sequence[tuple[str, Any, str]] = ()) -> list[Path]:
+    """Write the maps ``mean``, ``std``, ``significance`` and ``solution`` (histpy ``.hdf5``
+    and HEALPix ``.fits``, whose headers get ``cards`` and the bootstrap settings),
     ``region_fluxes.json`` (and ``samples.npz`` if asked) into ``directory``, atomically."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    written = [write_histogram(result.mean, directory / "mean.hdf5"),
-               write_histogram(result.std, directory / "std.hdf5"),
-               write_histogram(result.significance, directory / "significance.hdf5"),
-               write_histogram(result.solution, directory / "solution.hdf5")]
+    settings = [("NSAMPLES", int(result.info.get("n_samples", len(result.samples))),
+                 "bootstrap replicates"),
+                ("BOOTITER", int(result.info.get("iterations", 0)), "iterations per replicate"),
+                ("BOOTSEED", int(result.info.get("seed", 0)), "seed of the replicates")]
+    written = []
+    for name in ("mean", "std", "significance", "solution"):
+        image = getattr(result, name)
+        written.append(write_histogram(image, directory / f"{name}.hdf5"))
+        written.append(write_healpix_fits(image, directory / f"{name}.fits",
+                                          [*cards, *settings, ("MAPKEY", name, "bootstrap map")]))
     summary = {"region_fluxes_cm-2_s-1": result.region_fluxes, "timing_s": result.timing_s,
                **result.info}
     path = directory / "region_fluxes.json"
