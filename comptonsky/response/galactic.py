@@ -254,7 +254,8 @@ def write_galactic_response(path: str | os.PathLike, det: DetectorResponse, bins
     The layout of ``psr_gal_511_DC2.h5``: axes ``NuLambda`` (HEALPix, galactic, RING), ``Ei``
     and ``Em`` (keV edges ``ei_edges_kev``, ``em_edges_kev``), ``Phi`` (deg, ``phi_edges_deg``),
     ``PsiChi`` (as NuLambda); unit ``cm2 s``; dense ``dtype`` contents without under/overflow
-    bins, one chunk per sky pixel. ``det``, ``bins``, ``nside`` and ``kwargs`` as in
+    bins, stored contiguously (unchunked, unfiltered), so that a dense run of the same ``dtype``
+    memory-maps the file itself instead of keeping a converted copy. ``det``, ``bins``, ``nside`` and ``kwargs`` as in
     :func:`iter_galactic_response`.
 
     Raises
@@ -278,8 +279,7 @@ def write_galactic_response(path: str | os.PathLike, det: DetectorResponse, bins
         g.attrs["unit"] = "cm2 s"
         axes.write(g.create_group("axes"))
         ds = g.create_dataset("contents", shape=(npix,) + tuple(det.shape_k) + (npix,),
-                              dtype=dtype, chunks=(1,) + tuple(det.shape_k) + (npix,),
-                              track_times=False)
+                              dtype=dtype, track_times=False)
         for pix, vals in iter_galactic_response(det, bins, nside, **kwargs):
             ds[int(pix[0]):int(pix[-1]) + 1] = vals.astype(dtype, copy=False)
     logger.info("wrote Galactic response %s to %s", (npix,) + tuple(det.shape_k) + (npix,), path)
