@@ -19,6 +19,7 @@ from comptonsky import (
 from comptonsky.attitude.samples import nearest_rotations
 from comptonsky.deconvolution.dataset import DetectorFrameDataset
 from comptonsky.deconvolution.joint import JointData
+from comptonsky.deconvolution.stopping import dataset_with_counts
 from comptonsky.errors import AxisMismatchError, InvalidParameterError
 from comptonsky.io.drm import write_full_detector_response
 from comptonsky.response.attitude import AttitudeBins
@@ -291,3 +292,40 @@ def test_expectations_agree_with_the_galactic_engine(problem):
     assert rel_total < 0.015  # measured 0.93 %
     assert per_phi.max() < 0.015  # 0.94 %
     assert l1 < 0.04  # 2.5 %
+
+
+def test_cross_validation_on_the_occupied_bins(problem, tmp_path):
+    p = problem
+    copy = dataset_with_counts(p.ds, p.ds.counts * 0 + np.round(p.ds.counts / 2), 0.5)
+    assert copy.response is p.ds.response and copy.counts.sum() < p.ds.counts.sum()
+    assert copy.background("albedo").sum() == pytest.approx(0.5 * p.bkg.contents.sum())
+    imdec = fit([p.ds], tmp_path, "RL", iterations=30, accel=True, overrides=(
+        "deconvolution:parameter:stopping_criteria:statistics = cross-validation",
+        "deconvolution:parameter:stopping_criteria:patience = 2"))
+    assert 1 <= imdec.algorithm.cross_validation["best_iteration"] <= 30
+
+
+def test_cosipy_03_flat_rl_parameters(caplog):
+    from comptonsky.config import Parameters
+
+    flat = {"deconvolution": {"algorithm": "RL", "parameter": {
+        "iteration_max": 3, "acceleration": True, "alpha_max": 10.0,
+        "response_weighting": True, "response_weighting_index": 0.5,
+        "smoothing": True, "smoothing_FWHM": {"value": 2.0, "unit": "deg"},
+        "background_normalization_optimization": True,
+        "background_normalization_range": {"albedo": [0.01, 10.0]},
+        "save_results": False, "save_results_directory": "./results"}}}
+    with caplog.at_level("INFO", logger="comptonsky.config"):
+        p = Parameters(flat, "flat.yml")
+    assert "flat parameters" in caplog.text
+    pre = "deconvolution:parameter:"
+    assert p[pre + "acceleration:activate"] is True and p[pre + "acceleration:alpha_max"] == 10
+    assert p[pre + "response_weighting:index"] == 0.5
+    assert p[pre + "smoothing:FWHM:value"] == 2.0
+    assert p[pre + "background_normalization_optimization:range"] == {"albedo": [0.01, 10.0]}
+    assert p[pre + "save_results:activate"] is False
+    assert p[pre + "save_results:directory"] == "./results"
+    both = {"deconvolution": {"parameter": {"acceleration": {"alpha_max": 2.0},
+                                            "alpha_max": 3.0}}}
+    with pytest.raises(InvalidParameterError, match="alpha_max"):
+        Parameters(both, "both.yml")

@@ -423,6 +423,23 @@ class DetectorFrameDataset(DataIF_COSI_DC2):
     def model_axes(self):
         return self.full_response.model_axes
 
+    def with_counts(self, counts: np.ndarray, background_scale: float = 1.0
+                    ) -> DetectorFrameDataset:
+        """A copy with other ``counts`` on the fit's data space (zero in the rest bins) and the
+        backgrounds scaled, sharing the responses (cross-validation, bootstrap)."""
+        counts = np.asarray(counts, dtype=np.float64).reshape(-1)
+        if counts.shape != self.counts.shape:
+            raise InvalidDataError(f"dataset {self.name!r}: {counts.size} counts for "
+                                   f"{self.counts.size} data bins")
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.counts = counts
+        rsp = self._response
+        new._full_counts = rsp.expand(counts) if self._offset is not None else counts
+        new._bkg_values = {k: v * background_scale for k, v in self._bkg_values.items()}
+        new._full_bkg = {k: v * background_scale for k, v in self._full_bkg.items()}
+        return new
+
     # --- numerics on the fit's data space ---------------------------------------------------
     def add_background(self, source, bkg_norm=None):
         """ε = s + Σ_b n_b B_b; a rest bin also gets the 1e-12 offset of each empty bin it sums."""
