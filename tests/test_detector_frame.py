@@ -329,3 +329,23 @@ def test_cosipy_03_flat_rl_parameters(caplog):
                                             "alpha_max": 3.0}}}
     with pytest.raises(InvalidParameterError, match="alpha_max"):
         Parameters(both, "both.yml")
+
+
+def test_time_binned_dataset(problem):
+    p = problem
+    o = random_orbit(1500)
+    edges = np.linspace(o.time[0], o.time[-1], 4) * u.s
+    ccm = CoordsysConversionMatrix.time_binning_ccm(p.fdr, o, edges, nside_model=NSIDE,
+                                                    earth_occ=False)
+    op = detector_frame_response(p.fdr, ccm, dtype=np.float64)
+    assert op.data_axes.labels[0] == "Time" and adjointness_test(op) < 1e-13
+    counts = np.random.default_rng(2).poisson(op.forward(p.sky).reshape(op.data_shape))
+    event = Histogram(op.data_axes, contents=counts.astype(float))
+    ds = DataIF_COSI_DC2.load("t", event, {}, p.fdr, coordsys_conv_matrix=ccm,
+                              dtype="float64")
+    assert adjointness_test(ds.response) < 1e-13
+    np.testing.assert_allclose(ds.response.exposure, op.exposure, rtol=1e-12)
+    shifted = Histogram(Axes([Axis(edges + 50 * u.s, label="Time"), *op.data_axes[1:]]),
+                        contents=counts.astype(float))
+    with pytest.raises(AxisMismatchError, match="Time"):
+        DataIF_COSI_DC2.load("t", shifted, {}, p.fdr, coordsys_conv_matrix=ccm)
