@@ -287,7 +287,7 @@ class OccupiedBinsResponse(ResponseOperator):
         return RestrictedResponse(self, np.concatenate([occ, rest]))
 
 
-@numba.njit(parallel=True, cache=True, fastmath=False)
+@numba.njit(parallel=True, cache=True, fastmath=True)
 def _sampled_products(columns, m, m_sum, col_ptr, col_s, col_pos, out, col_total):
     """out[pos] = R_k · M_s for the occupied (s, k); col_total[k] = R_k · Σ_s M_s minus them."""
     n_inner = columns.shape[1]
@@ -305,7 +305,7 @@ def _sampled_products(columns, m, m_sum, col_ptr, col_s, col_pos, out, col_total
         col_total[k] = total
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, fastmath=True)
 def _sampled_adjoint(columns, y_occ, y_rest, col_ptr, col_s, col_pos, z):
     """z[c, s] += (y[s, k] − y_rest[k]) R_k over the occupied (s, k), columns split in chunks c."""
     n_chunks = z.shape[0]
