@@ -136,6 +136,14 @@ def test_occupied_bins_equal_full_space(problem):
     for k in (0, 2):
         so, sf = occ.subset(k, 3, "PsiChi"), full.subset(k, 3, "PsiChi")
         np.testing.assert_allclose(so.exposure, sf.exposure, rtol=1e-12)
+        assert so.mode == "columns" and so.pass_fraction == pytest.approx(1 / 3, rel=0.1)
+        assert adjointness_test(so) < 1e-13
+        np.testing.assert_allclose(so.forward(lam), occ.forward(lam)[so.data_indices],
+                                   rtol=1e-12)
+        y = np.random.default_rng(k).random(so.n_data)
+        full_y = np.zeros(occ.n_data)
+        full_y[so.data_indices] = y
+        np.testing.assert_allclose(so.adjoint(y), occ.adjoint(full_y), rtol=1e-12)
 
 
 def fit(datasets, tmp_path, algorithm="RL", iterations=5, overrides=(), **settings):

@@ -28,9 +28,10 @@ from astropy import units as u
 from histpy import Axes, HealpixAxis
 
 from ..errors import AxisMismatchError, InvalidParameterError
-from .operator import ResponseOperator, RestrictedResponse, subset_indices
+from .operator import ResponseOperator, ResponseSubset, RestrictedResponse, subset_indices
 
-__all__ = ["DetectorFrameResponse", "OccupiedBinsResponse", "detector_frame_response",
+__all__ = ["DetectorFrameResponse", "OccupiedBinsResponse", "OccupiedColumns",
+           "detector_frame_response",
            "check_nulambda", "check_detector_frame_axes"]
 
 logger = logging.getLogger(__name__)
@@ -222,10 +223,9 @@ class OccupiedBinsResponse(ResponseOperator):
         self.rest_sizes = n_empty[rest_columns].astype(np.int64)
         self.n_occupied = len(occupied)
         s_of, k_of = np.divmod(occupied, parent.n_columns)
-        order = np.argsort(k_of, kind="stable")
-        self._col_ptr = np.searchsorted(k_of[order], np.arange(parent.n_columns + 1))
-        self._col_s = s_of[order].astype(np.int64)
-        self._col_pos = order.astype(np.int64)
+        slot = np.full(parent.n_columns, -1, dtype=np.int64)
+        slot[rest_columns] = self.n_occupied + np.arange(len(rest_columns))
+        self._plan = _column_plan(s_of, k_of, np.arange(parent.n_columns), slot)
         self.info = dict(parent.info, occupied_bins=self.n_occupied,
                          rest_bins=len(rest_columns), full_bins=parent.n_data)
 
@@ -254,67 +254,116 @@ class OccupiedBinsResponse(ResponseOperator):
         return np.concatenate([full.reshape(-1)[self.occupied], rest])
 
     def _matvec(self, x):
-        p = self.parent
-        m = p.rotated(x)
-        out = np.empty(self.n_data)
-        columns = np.empty(p.n_columns)
-        _sampled_products(p.columns, m, m.sum(axis=0), self._col_ptr, self._col_s,
-                          self._col_pos, out, columns)
-        out[self.n_occupied:] = columns[self.rest_columns]
-        return out
+        return _plan_forward(self.parent, self._plan, x, self.n_data)
 
     def _rmatvec(self, y):
-        p = self.parent
-        y_rest = np.zeros(p.n_columns)
-        y_rest[self.rest_columns] = y[self.n_occupied:]
-        common = np.asarray(y_rest.astype(p.dtype) @ p.columns, dtype=np.float64)
-        n_chunks = max(1, min(numba.get_num_threads(), p.n_columns))
-        z = np.zeros((n_chunks, p.n_bins, p.n_nu * p.n_e))
-        _sampled_adjoint(p.columns, np.ascontiguousarray(y[: self.n_occupied]), y_rest,
-                         self._col_ptr, self._col_s, self._col_pos, z)
-        back = p.back_rotated(z.sum(axis=0))
-        back += np.asarray(p.summed_conversion_t @ common.reshape(p.n_nu, p.n_e)).reshape(-1)
-        return back
+        return _plan_adjoint(self.parent, self._plan, y)
 
     def subset(self, k: int, n_subsets: int, axis: str = "Phi") -> ResponseOperator:
-        """The bins (occupied and rest) of the columns whose ``axis`` index is ≡ k
-        (mod n_subsets) (full products, ``mode='fallback'``)."""
+        """The bins (occupied and rest) of the data columns whose ``axis`` index is ≡ k
+        (mod n_subsets), with products over those columns only (``mode='columns'``)."""
         cols = subset_indices(self.parent.data_shape[1:], int(k), int(n_subsets), axis)
-        inside = np.zeros(self.parent.n_columns, dtype=bool)
-        inside[cols] = True
-        occ = np.flatnonzero(inside[self.occupied % self.parent.n_columns])
-        rest = self.n_occupied + np.flatnonzero(inside[self.rest_columns])
-        return RestrictedResponse(self, np.concatenate([occ, rest]))
+        return OccupiedColumns(self, np.sort(cols))
+
+
+class OccupiedColumns(ResponseSubset):
+    """An :class:`OccupiedBinsResponse` on the bins of some data columns (an OSEM subset):
+    data indices ascending, products reading only those columns of R (``mode='columns'``)."""
+
+    mode = "columns"
+
+    def __init__(self, parent: OccupiedBinsResponse, columns: np.ndarray):
+        n_cols = parent.parent.n_columns
+        inside = np.zeros(n_cols, dtype=bool)
+        inside[columns] = True
+        s_of, k_of = np.divmod(parent.occupied, n_cols)
+        occ = np.flatnonzero(inside[k_of])
+        rest = np.flatnonzero(inside[parent.rest_columns])
+        super().__init__(parent, np.concatenate([occ, parent.n_occupied + rest]))
+        slot = np.full(n_cols, -1, dtype=np.int64)
+        slot[parent.rest_columns[rest]] = len(occ) + np.arange(len(rest))
+        self._plan = _column_plan(s_of[occ], k_of[occ], np.asarray(columns, np.int64),
+                                  slot[columns])
+        self._share = len(columns) / n_cols
+
+    @property
+    def pass_fraction(self) -> float:
+        return self._share
+
+    def _matvec(self, x):
+        return _plan_forward(self.parent.parent, self._plan, x, self.n_data)
+
+    def _rmatvec(self, y):
+        return _plan_adjoint(self.parent.parent, self._plan, y)
+
+
+def _column_plan(s_of, k_of, columns, rest_slot):
+    """The work of a product over data ``columns`` (ascending): occupied bins (s_of, k_of)
+    written at output positions 0, 1, ... (all in ``columns``), and ``rest_slot`` (one per
+    column, -1 for none) where each column's rest bin goes."""
+    order = np.argsort(k_of, kind="stable")
+    ks = k_of[order]
+    ptr = np.append(np.searchsorted(ks, columns), len(ks)).astype(np.int64)
+    return (np.asarray(columns, np.int64), ptr, s_of[order].astype(np.int64),
+            order.astype(np.int64), np.asarray(rest_slot, np.int64))
+
+
+def _plan_forward(p: DetectorFrameResponse, plan, x, n_out):
+    m = p.rotated(x)
+    out = np.zeros(n_out)
+    _sampled_products(p.columns, m, m.sum(axis=0), *plan, out)
+    return out
+
+
+def _plan_adjoint(p: DetectorFrameResponse, plan, y):
+    n_chunks = max(1, min(numba.get_num_threads(), len(plan[0])))
+    z = np.zeros((n_chunks, p.n_bins, p.n_nu * p.n_e))
+    zc = np.zeros((n_chunks, p.n_nu * p.n_e))
+    _sampled_adjoint(p.columns, np.ascontiguousarray(y), *plan, z, zc)
+    back = p.back_rotated(z.sum(axis=0))
+    back += np.asarray(p.summed_conversion_t @ zc.sum(axis=0).reshape(p.n_nu, p.n_e)
+                       ).reshape(-1)
+    return back
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
-def _sampled_products(columns, m, m_sum, col_ptr, col_s, col_pos, out, col_total):
-    """out[pos] = R_k · M_s for the occupied (s, k); col_total[k] = R_k · Σ_s M_s minus them."""
+def _sampled_products(columns, m, m_sum, cols, ptr, col_s, col_pos, rest_slot, out):
+    """out[pos] = R_k · M_s for the occupied (s, k) of the planned columns; a column's rest bin
+    gets R_k · Σ_s M_s minus them."""
     n_inner = columns.shape[1]
-    for k in numba.prange(columns.shape[0]):
+    for i in numba.prange(cols.shape[0]):
+        k = cols[i]
         total = 0.0
-        for n in range(n_inner):
-            total += columns[k, n] * m_sum[n]
-        for q in range(col_ptr[k], col_ptr[k + 1]):
+        if rest_slot[i] >= 0:
+            for n in range(n_inner):
+                total += columns[k, n] * m_sum[n]
+        for q in range(ptr[i], ptr[i + 1]):
             s = col_s[q]
             acc = 0.0
             for n in range(n_inner):
                 acc += columns[k, n] * m[s, n]
             out[col_pos[q]] = acc
             total -= acc
-        col_total[k] = total
+        if rest_slot[i] >= 0:
+            out[rest_slot[i]] = total
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
-def _sampled_adjoint(columns, y_occ, y_rest, col_ptr, col_s, col_pos, z):
-    """z[c, s] += (y[s, k] − y_rest[k]) R_k over the occupied (s, k), columns split in chunks c."""
+def _sampled_adjoint(columns, y, cols, ptr, col_s, col_pos, rest_slot, z, zc):
+    """z[c, s] += (y[s, k] − y_rest[k]) R_k over the occupied (s, k), zc[c] += y_rest[k] R_k,
+    the planned columns split in chunks c."""
     n_chunks = z.shape[0]
-    n_cols, n_inner = columns.shape
+    n_cols, n_inner = cols.shape[0], columns.shape[1]
     step = (n_cols + n_chunks - 1) // n_chunks
     for c in numba.prange(n_chunks):
-        for k in range(c * step, min(n_cols, (c + 1) * step)):
-            for q in range(col_ptr[k], col_ptr[k + 1]):
-                w = y_occ[col_pos[q]] - y_rest[k]
+        for i in range(c * step, min(n_cols, (c + 1) * step)):
+            k = cols[i]
+            y_rest = y[rest_slot[i]] if rest_slot[i] >= 0 else 0.0
+            if y_rest != 0.0:
+                for n in range(n_inner):
+                    zc[c, n] += y_rest * columns[k, n]
+            for q in range(ptr[i], ptr[i + 1]):
+                w = y[col_pos[q]] - y_rest
                 if w != 0.0:
                     s = col_s[q]
                     for n in range(n_inner):
