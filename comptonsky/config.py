@@ -206,6 +206,46 @@ _UNIT_SUGGESTIONS = ("deg", "rad", "arcmin", "arcsec", "keV", "MeV", "eV", "cm-2
 # --------------------------------------------------------------------------------------------
 # Validation
 # --------------------------------------------------------------------------------------------
+#: cosipy 0.3.x's flat RL layout: a switch ``name: True`` and its settings ``name_setting: v``,
+#: mapped to ``name: {activate: True, setting: v}``.
+FLAT_SETTINGS: dict[str, tuple[str, str]] = {
+    "alpha_max": ("acceleration", "alpha_max"),
+    "response_weighting_index": ("response_weighting", "index"),
+    "smoothing_FWHM": ("smoothing", "FWHM"),
+    "background_normalization_range": ("background_normalization_optimization", "range"),
+    "save_results_directory": ("save_results", "directory"),
+    "save_results_only_final_result": ("save_results", "only_final_result"),
+}
+_FLAT_SWITCHES = ("acceleration", "response_weighting", "smoothing",
+                  "background_normalization_optimization", "save_results")
+
+
+def _nest_flat_parameters(data: dict, source: str) -> None:
+    """Rewrite cosipy 0.3.x's flat ``deconvolution:parameter`` keys into the nested layout, in
+    place, with an INFO line (a key given both ways is an error)."""
+    section = (data.get("deconvolution") or {}).get("parameter")
+    if not isinstance(section, dict):
+        return
+    moved = []
+    for switch in _FLAT_SWITCHES:
+        if isinstance(section.get(switch), bool):
+            section[switch] = {"activate": section[switch]}
+            moved.append(switch)
+    for flat, (parent, key) in FLAT_SETTINGS.items():
+        if flat not in section:
+            continue
+        target = section.setdefault(parent, {})
+        if not isinstance(target, dict) or key in target:
+            raise InvalidParameterError(f"{source}: deconvolution:parameter:{flat}: given "
+                                        f"together with {parent}:{key}")
+        target[key] = section.pop(flat)
+        moved.append(flat)
+    if moved:
+        logger.info("%s: cosipy 0.3 flat parameters %s read as the nested layout (%s)", source,
+                    ", ".join(moved), ", ".join(f"{k} → {':'.join(FLAT_SETTINGS[k])}"
+                                                for k in moved if k in FLAT_SETTINGS))
+
+
 def _canonical(key: str, section: Section) -> str:
     if key in section.fields:
         return key
@@ -370,8 +410,9 @@ class Parameters:
 
     def __init__(self, data: Mapping | None = None, source: str = "<parameters>"):
         self.source = source
-        self._data: dict[str, Any] = _validate(SCHEMA, copy.deepcopy(dict(data or {})), "",
-                                               source)
+        data = copy.deepcopy(dict(data or {}))
+        _nest_flat_parameters(data, source)
+        self._data: dict[str, Any] = _validate(SCHEMA, data, "", source)
         self.check_algorithm()
 
     @classmethod

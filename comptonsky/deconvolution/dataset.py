@@ -5,6 +5,15 @@ Compton data space ``(Em, Phi, PsiChi)``, background templates on the same axes,
 Galactic response. It validates everything before any work starts and exposes the numbers the
 algorithms need as flat float64 arrays (``counts``, ``background(name)``) plus the response
 operator (``response.forward/adjoint/exposure``).
+
+With a conversion matrix (``coordsys_conv_matrix``), ``load`` makes a
+:class:`DetectorFrameDataset` instead: events binned in the spacecraft frame per ScAtt or Time
+bin, the COSI team's ``FullDetectorResponse`` (docs/design.md §8). The fit sees its occupied bins
+only (:class:`~comptonsky.response.detector_frame.OccupiedBinsResponse`): ``counts`` and the
+backgrounds hold the occupied bins, then one rest bin per data column with the sum over its empty
+bins, so products cost in proportion to the counts while log L, the exposure and the EM updates
+equal those of the full data space. Its cosipy methods (``calc_expectation``, ...) take and
+return full-space histograms.
 """
 
 from __future__ import annotations
@@ -18,12 +27,19 @@ from astropy import units as u
 from histpy import Axes, HealpixAxis, Histogram
 
 from ..errors import AxisMismatchError, InvalidDataError, InvalidParameterError
+from ..io.drm import FullDetectorResponse
+from ..response.detector_frame import (
+    DetectorFrameResponse,
+    check_detector_frame_axes,
+    check_nulambda,
+    detector_frame_response,
+)
 from ..response.linear import LinearOperator
 from ..response.load import LazyResponse
 from ..response.options import ResponseOptions
 from .model import AllSkyImageModel
 
-__all__ = ["DataIF_COSI_DC2", "Dataset", "ALMOST_ZERO"]
+__all__ = ["DataIF_COSI_DC2", "Dataset", "DetectorFrameDataset", "ALMOST_ZERO"]
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +180,8 @@ class DataIF_COSI_DC2:  # noqa: N801  (the tutorial's name)
     def load(cls, name: str, event_binned_data: Histogram,
              dict_bkg_binned_data: Mapping[str, Histogram] | None = None,
              rsp: Histogram | str | os.PathLike | LinearOperator | None = None,
-             coordsys_conv_matrix=None, dtype: str | None = None, storage: str | None = None,
+             coordsys_conv_matrix=None, is_miniDC2_format: bool = False,  # noqa: N803
+             dtype: str | None = None, storage: str | None = None,
              **response_options) -> DataIF_COSI_DC2:
         """Build a dataset (the tutorial's entry point).
 
@@ -178,18 +195,30 @@ class DataIF_COSI_DC2:  # noqa: N801  (the tutorial's name)
             Background templates (expected counts) on the same axes, by name.
         rsp : histpy.Histogram, path or ResponseOperator
             Galactic response ``(NuLambda, Ei, Em, Phi, PsiChi)`` in cm² s, or its HDF5 file.
-        coordsys_conv_matrix : None
-            Only Galactic-CDS responses are supported; must be None.
+        coordsys_conv_matrix : CoordsysConversionMatrix or path, optional
+            For events binned in the spacecraft frame per ScAtt or Time bin: ``rsp`` is then
+            the ``FullDetectorResponse`` (or its file) and the dataset a
+            :class:`DetectorFrameDataset`.
+        is_miniDC2_format : bool
+            cosipy's flag for the mini-DC2 files; only False is supported.
         dtype, storage, **response_options
             How the response is held
-            (:class:`~comptonsky.response.options.ResponseOptions`).
+            (:class:`~comptonsky.response.options.ResponseOptions`; a detector-frame
+            response takes ``dtype`` and ``occupied_only``).
         """
+        if is_miniDC2_format:
+            raise InvalidParameterError("is_miniDC2_format: the mini-DC2 layout is not "
+                                        "supported; expected False")
         if coordsys_conv_matrix is not None:
-            raise InvalidParameterError(
-                "coordsys_conv_matrix: only Galactic-CDS responses (coordsys_conv_matrix=None) "
-                "are supported; bin the events with psichi_binning='galactic'")
+            return load_detector_frame(name, event_binned_data, dict_bkg_binned_data, rsp,
+                                       coordsys_conv_matrix, dtype=dtype, storage=storage,
+                                       **response_options)
         if rsp is None:
             raise InvalidParameterError("rsp: a response histogram or file is required")
+        if isinstance(rsp, FullDetectorResponse):
+            raise InvalidParameterError(
+                "rsp: a FullDetectorResponse is in the spacecraft frame; give "
+                "coordsys_conv_matrix too, or a Galactic response for Galactic-CDS events")
         options = ResponseOptions.from_mapping(
             {"dtype": dtype, "storage": storage, **response_options}, "DataIF_COSI_DC2.load")
         return cls(name, event_binned_data, dict(dict_bkg_binned_data or {}), rsp, options)
@@ -303,3 +332,250 @@ class DataIF_COSI_DC2:  # noqa: N801  (the tutorial's name)
 
 
 Dataset = DataIF_COSI_DC2
+
+
+# --- detector-frame datasets (docs/design.md §8) ---------------------------------------------
+_COLUMNS = ("Em", "Phi", "PsiChi")
+
+
+def _detector_values(hist: Histogram, what: str) -> np.ndarray:
+    values = _dense_values(hist)
+    bad = ~np.isfinite(values) | (values < 0)
+    if bad.any():
+        idx = tuple(int(i) for i in np.unravel_index(np.flatnonzero(bad)[0], values.shape))
+        raise InvalidDataError(f"{what}: {int(bad.sum())} bins are NaN, infinite or negative; "
+                               f"first at index {idx}; counts must be finite and ≥ 0")
+    return values.reshape(-1)
+
+
+class DetectorFrameDataset(DataIF_COSI_DC2):
+    """A detector-frame data partition (built by :func:`load_detector_frame`).
+
+    Attributes
+    ----------
+    full_response : DetectorFrameResponse
+        The response on every data bin (S, Em, Phi, PsiChi).
+    response : OccupiedBinsResponse or DetectorFrameResponse
+        What the fit multiplies with (the occupied bins unless ``occupied_only`` is False).
+    counts : ndarray, shape (n_data,)
+        Counts on the response's data space (zero in the rest bins).
+    """
+
+    def __init__(self, name: str, event: Histogram, backgrounds: Mapping[str, Histogram],
+                 response: DetectorFrameResponse, occupied_only: bool = True,
+                 reuse_products: bool = True):
+        self.name = str(name)
+        self._pending = None
+        self.reuse_products = bool(reuse_products)
+        self.full_response = response
+        self._data_axes = response.data_axes
+        what = f"dataset {name!r}: event"
+        check_detector_frame_axes(event.axes, response, what)
+        for label in _COLUMNS:
+            check_same_axis(event.axes[label], self._data_axes[label], label, what, "response")
+        self._event = event
+        full_counts = _detector_values(event, what + " counts")
+        self._full_bkg: dict[str, np.ndarray] = {}
+        self._bkg_hists: dict[str, Histogram] = {}
+        for key, hist in backgrounds.items():
+            bwhat = f"dataset {name!r}: background {key!r}"
+            check_detector_frame_axes(hist.axes, response, bwhat)
+            for label in _COLUMNS:
+                check_same_axis(hist.axes[label], self._data_axes[label], label, bwhat,
+                                "response")
+            values = _detector_values(hist, bwhat)
+            if not values.sum() > 0:
+                raise InvalidDataError(f"{bwhat}: the template is all zero")
+            self._bkg_hists[str(key)] = hist
+            self._full_bkg[str(key)] = values
+        self._full_counts = full_counts
+        if occupied_only:
+            self._response = response.occupied(full_counts)
+            restrict = self._response.restrict
+            extra = np.zeros(self._response.n_data)
+            extra[self._response.n_occupied:] = (self._response.rest_sizes - 1) * ALMOST_ZERO
+            self._offset = extra
+        else:
+            self._response = response
+
+            def restrict(v):
+                return v
+            self._offset = None
+        self.counts = restrict(full_counts)
+        self._bkg_values = {key: restrict(v) for key, v in self._full_bkg.items()}
+        if full_counts.sum() == 0:
+            logger.warning("dataset %r has no events", name)
+        logger.info("dataset %r: detector frame, %d of %d bins occupied, %d data bins in the "
+                    "fit", name, int((full_counts > 0).sum()), full_counts.size,
+                    self._response.n_data)
+
+    @property
+    def response(self):
+        return self._response
+
+    def set_response_options(self, options: Mapping, where: str = "response options") -> None:
+        if {k: v for k, v in dict(options).items() if v is not None}:
+            raise InvalidParameterError(
+                f"dataset {self.name!r}: a detector-frame response is held in memory as loaded; "
+                f"the {where} cannot change it (give dtype to DataIF_COSI_DC2.load)")
+
+    @property
+    def model_axes(self):
+        return self.full_response.model_axes
+
+    def with_counts(self, counts: np.ndarray, background_scale: float = 1.0
+                    ) -> DetectorFrameDataset:
+        """A copy with other ``counts`` on the fit's data space (zero in the rest bins) and the
+        backgrounds scaled, sharing the responses (cross-validation, bootstrap)."""
+        counts = np.asarray(counts, dtype=np.float64).reshape(-1)
+        if counts.shape != self.counts.shape:
+            raise InvalidDataError(f"dataset {self.name!r}: {counts.size} counts for "
+                                   f"{self.counts.size} data bins")
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.counts = counts
+        rsp = self._response
+        new._full_counts = rsp.expand(counts) if self._offset is not None else counts
+        new._bkg_values = {k: v * background_scale for k, v in self._bkg_values.items()}
+        new._full_bkg = {k: v * background_scale for k, v in self._full_bkg.items()}
+        return new
+
+    # --- numerics on the fit's data space ---------------------------------------------------
+    def add_background(self, source, bkg_norm=None):
+        """ε = s + Σ_b n_b B_b; a rest bin also gets the 1e-12 offset of each empty bin it sums."""
+        eps = super().add_background(source, bkg_norm)
+        if self._offset is not None:
+            eps += self._offset
+        return eps
+
+    def log_likelihood(self, expectation: np.ndarray) -> float:
+        """Σ X log ε − Σ ε (the log of bins without counts is not taken)."""
+        nz = self.counts > 0
+        return float(np.dot(self.counts[nz], np.log(expectation[nz])) - expectation.sum())
+
+    # --- cosipy methods on full-space histograms --------------------------------------------
+    def _full_expectation(self, model, dict_bkg_norm=None) -> np.ndarray:
+        values = np.asarray(getattr(model, "contents", model))
+        values = np.asarray(getattr(values, "value", values), dtype=np.float64).reshape(-1)
+        eps = self.full_response.forward(values) + ALMOST_ZERO
+        for key, b in self._full_bkg.items():
+            norm = 1.0 if dict_bkg_norm is None else float(dict_bkg_norm.get(key, 1.0))
+            eps += norm * b
+        return eps
+
+    def calc_expectation(self, model, dict_bkg_norm=None, almost_zero=ALMOST_ZERO) -> Histogram:
+        """Expected counts on (ScAtt | Time, Em, Phi, PsiChi) for a model map."""
+        eps = self._full_expectation(model, dict_bkg_norm) + (almost_zero - ALMOST_ZERO)
+        return Histogram(self._data_axes, contents=eps.reshape(self.full_response.data_shape))
+
+    def calc_log_likelihood(self, expectation) -> float:
+        """Σ X log ε − Σ ε over the full data space of ``expectation`` (Histogram or array)."""
+        eps = (_dense_values(expectation) if isinstance(expectation, Histogram)
+               else np.asarray(expectation, dtype=np.float64)).reshape(-1)
+        x = self._full_counts
+        nz = x > 0
+        return float(np.dot(x[nz], np.log(eps[nz])) - eps.sum())
+
+    calc_loglikelihood = calc_log_likelihood
+
+    def calc_T_product(self, dataIn) -> AllSkyImageModel:  # noqa: N802, N803
+        """Rᵀ applied to a full-space histogram: a map in cm² s sr × its unit."""
+        values = _dense_values(dataIn) if isinstance(dataIn, Histogram) else np.asarray(dataIn)
+        back = self.full_response.adjoint(values.reshape(-1))
+        return AllSkyImageModel.from_axes(self.model_axes, unit=u.cm ** 2 * u.s * u.sr,
+                                          contents=back.reshape(self.full_response.model_shape))
+
+    def calc_bkg_model_product(self, key: str, dataspace_histogram) -> float:
+        """Σ_i H_i B_i over the full data space."""
+        h = dataspace_histogram
+        values = _dense_values(h) if isinstance(h, Histogram) else np.asarray(h, np.float64)
+        return float(np.dot(values.reshape(-1), self._full_bkg[key]))
+
+    def __repr__(self) -> str:
+        return (f"DetectorFrameDataset(name={self.name!r}, events={self.counts.sum():.0f}, "
+                f"backgrounds={self.keys_bkg_models()}, bins={self.response.n_data} of "
+                f"{self.full_response.n_data})")
+
+
+def load_detector_frame(name: str, event_binned_data: Histogram,
+                        dict_bkg_binned_data: Mapping[str, Histogram] | None,
+                        rsp, coordsys_conv_matrix, dtype: str | None = None,
+                        storage: str | None = None, occupied_only: bool = True,
+                        **options) -> DetectorFrameDataset:
+    """A detector-frame dataset; every axis is checked before the response is read.
+
+    Parameters
+    ----------
+    rsp : FullDetectorResponse or path
+        The spacecraft-frame response (NuLambda, Ei, [Pol], Em, Phi, PsiChi).
+    coordsys_conv_matrix : CoordsysConversionMatrix or path
+        Axes (ScAtt | Time, lb, NuLambda).
+    dtype : {'float32', 'float64'}, optional
+        Precision R is held in (default float32).
+    storage : {'dense'}, optional
+        The response is held dense in memory.
+    occupied_only : bool
+        Fit on the occupied bins (default) or on every bin.
+    **options
+        Other response options: only ``reuse_products`` applies.
+
+    Raises
+    ------
+    InvalidParameterError, AxisMismatchError, InvalidDataError
+        For an unsupported option or input, and before any work for axes that disagree: nside
+        between response, matrix and data; the number of attitude or time bins; a Galactic
+        PsiChi axis; a matrix made for another response.
+    """
+    reuse = bool(options.pop("reuse_products", True))
+    unknown = [k for k, v in options.items() if v is not None]
+    if unknown or storage not in (None, "dense"):
+        bad = unknown[0] if unknown else f"storage={storage!r}"
+        raise InvalidParameterError(f"{bad}: not an option of a detector-frame response "
+                                    "(it takes dtype, occupied_only and reuse_products)")
+    from ..attitude import CoordsysConversionMatrix
+
+    ccm = coordsys_conv_matrix
+    if isinstance(ccm, (str, os.PathLike)):
+        ccm = CoordsysConversionMatrix.open(ccm)
+    if not isinstance(ccm, Histogram):
+        raise InvalidParameterError(
+            f"coordsys_conv_matrix: expected a CoordsysConversionMatrix or its file, found "
+            f"{type(ccm).__name__}")
+    if isinstance(rsp, (str, os.PathLike)):
+        rsp = FullDetectorResponse.open(rsp)
+    if not isinstance(rsp, FullDetectorResponse):
+        raise InvalidParameterError(
+            f"rsp: a detector-frame dataset needs a FullDetectorResponse or its file, found "
+            f"{type(rsp).__name__}")
+    labels = [str(lab) for lab in ccm.axes.labels]
+    if len(labels) != 3 or labels[1:] != ["lb", "NuLambda"]:
+        raise InvalidParameterError(f"coordsys_conv_matrix: axes {labels}, expected (ScAtt or "
+                                    "Time, lb, NuLambda)")
+    dtype = np.dtype(dtype or "float32")
+    if dtype not in (np.float32, np.float64):
+        raise InvalidParameterError(f"dtype: expected float32 or float64, found {dtype}")
+    # cheap axis checks first (the response's rows are read only after them)
+    probe = _AxesProbe(rsp, ccm)
+    for what, hist in [(f"dataset {name!r}: event", event_binned_data)] + [
+            (f"dataset {name!r}: background {k!r}", h)
+            for k, h in (dict_bkg_binned_data or {}).items()]:
+        if not isinstance(hist, Histogram):
+            raise InvalidDataError(f"{what}: expected a histpy Histogram, found "
+                                   f"{type(hist).__name__}")
+        check_detector_frame_axes(hist.axes, probe, what)
+        if str(hist.axes.labels[0]) == "Time":
+            check_same_axis(hist.axes[0], ccm.axes[0], "Time", what, "conversion matrix")
+        for label in _COLUMNS:
+            check_same_axis(hist.axes[label], rsp.axes[label], label, what, "response")
+    response = detector_frame_response(rsp, ccm, dtype=dtype)
+    return DetectorFrameDataset(name, event_binned_data, dict(dict_bkg_binned_data or {}),
+                                response, occupied_only=occupied_only, reuse_products=reuse)
+
+
+class _AxesProbe:
+    """The data axes a detector-frame response of ``fdr`` and ``ccm`` will have."""
+
+    def __init__(self, fdr, ccm):
+        check_nulambda(fdr, ccm)
+        self.data_axes = Axes([ccm.axes[0], fdr.axes["Em"], fdr.axes["Phi"],
+                               fdr.axes["PsiChi"]])

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InvalidParameterError
 from ..response.options import ResponseOptions
-from .dataset import DataIF_COSI_DC2
+from .dataset import DataIF_COSI_DC2, DetectorFrameDataset
 from .joint import JointData
 from .model import backprojection_map
 
@@ -72,6 +72,8 @@ def thin_counts(counts: np.ndarray, fraction: float,
 def dataset_with_counts(ds: DataIF_COSI_DC2, counts: np.ndarray,
                         background_scale: float = 1.0) -> DataIF_COSI_DC2:
     """A copy of ``ds`` with other counts (and backgrounds scaled), sharing its response."""
+    if isinstance(ds, DetectorFrameDataset):
+        return ds.with_counts(counts, background_scale)
     shape = ds.response.data_shape
     event = Histogram(ds.data_axes, contents=np.asarray(counts, dtype=np.float64).reshape(shape))
     backgrounds = {key: Histogram(ds.data_axes,
