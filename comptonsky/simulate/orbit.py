@@ -31,7 +31,6 @@ __all__ = [
     "OrbitProfile",
     "DC2_ORBIT",
     "DC3_ORBIT",
-    "ORBITS",
     "orbital_period",
     "horizon_angle_deg",
     "equatorial_to_galactic_matrix",
@@ -115,8 +114,6 @@ class OrbitProfile:
 DC2_ORBIT = OrbitProfile(name="dc2", altitude_km=550.0)
 #: DC3: 530 km, 0° inclination, ±22° north/south rocking every 12 h (docs/design.md §6).
 DC3_ORBIT = OrbitProfile(name="dc3", altitude_km=530.0, rocking_deg=22.0)
-#: Profiles by name.
-ORBITS = {"dc2": DC2_ORBIT, "dc3": DC3_ORBIT}
 
 
 def orbital_period(altitude_km: float) -> float:

@@ -157,11 +157,6 @@ def _background_rate(value: float | str | None, preset: Preset) -> float | None:
     return float(value)
 
 
-def _write_event_file(path: Path, events: dict, fmt: str) -> None:
-    """Write an event list atomically (``write_events`` writes reproducible gzip headers)."""
-    write_events(path, events, format=fmt)
-
-
 def _write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
@@ -312,7 +307,7 @@ def simulate_dataset(output_dir: str | os.PathLike, preset: str | Preset = "dc2-
     injected = sky if sky_sampling == "continuous" else SkyModel(
         [HealpixMapSource(lam, name=f"{sky.name} (pixelised)")], name=sky.name)
     src = simulate_sky_events(injected, inst, orbit, rng_src, progress=progress)
-    _write_event_file(paths["source_events"], src, fmt)
+    write_events(paths["source_events"], src, format=fmt)
     inwin = (src["Energies"] >= window[0]) & (src["Energies"] < window[1])
     summary["source_events"] = len(src["Energies"])
     summary["source_events_in_window"] = int(inwin.sum())
@@ -353,7 +348,7 @@ def simulate_dataset(output_dir: str | os.PathLike, preset: str | Preset = "dc2-
     for bkg in bkgs:
         ev = simulate_background_events(bkg, inst, orbit, rng_bkg, progress=progress)
         key = "albedo_events" if bkg.name == "albedo" else f"{bkg.name}_events"
-        _write_event_file(paths[key], ev, fmt)
+        write_events(paths[key], ev, format=fmt)
         summary[f"{bkg.name}_events"] = len(ev["Energies"])
         summary[f"{bkg.name}_events_in_window"] = int(
             ((ev["Energies"] >= window[0]) & (ev["Energies"] < window[1])).sum())

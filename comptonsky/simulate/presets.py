@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import UnknownChoiceError
 from .background import AlbedoBackground, EarthFixedBackground, IsotropicBackground
@@ -53,7 +53,6 @@ class Preset:
     isotropic_intensity: float | None = None
     background_rate_hz: float | None = None
     energy_window_kev: tuple[float, float] = (509.0, 513.0)
-    extra: dict = field(default_factory=dict)
 
     def backgrounds(self) -> list[EarthFixedBackground]:
         """The background photon fields of the preset (albedo first)."""
