@@ -4,9 +4,7 @@ The spacecraft moves on a circular orbit (altitude h, inclination i, node preces
 Earth's J2). Its z axis (boresight) points to the zenith, tilted by the rocking angle towards the
 orbit normal; its x axis lies along the velocity, turned by ``x_tilt_deg`` towards the orbit
 normal. Attitudes are computed in the equatorial (ICRS) frame and rotated to Galactic
-coordinates with a fixed matrix. Facts (docs/design.md §6): DC2 is 550 km, 0° inclination, pure zenith
-pointing, 3 months from t = 1835487300 s; DC3 is 530 km with ±22° north/south rocking switched
-every 12 h.
+coordinates with a fixed matrix.
 """
 
 from __future__ import annotations

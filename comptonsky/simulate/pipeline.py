@@ -22,6 +22,7 @@ import healpy as hp
 import numpy as np
 from histpy import Axis, HealpixAxis, Histogram
 
+from ..binning.spec import phi_bin_edges
 from ..errors import InvalidParameterError
 from ..io.atomic import atomic_path
 from ..io.events import write_events
@@ -193,24 +194,18 @@ def simulate_dataset(output_dir: str | os.PathLike, preset: str | Preset = "dc2-
     attitude_resolution_deg : float, optional
         Size of the attitude bins of the response; default half a HEALPix pixel.
     sky_sampling : {"pixel", "continuous"}
-        ``"pixel"`` (default): the injected sky *is* the truth map — source photons are drawn
-        uniformly inside each pixel with the pixel's flux, so binned events agree with the
-        response applied to the truth (χ²/dof ≈ 1). ``"continuous"``: photons are drawn from the
-        analytic components (point source, Gaussians); the truth map is then their pixel
-        average, and structure below the pixel size (the GC point source, the 2.5° bulge) makes
-        high-count bins deviate from response · truth.
+        ``"pixel"`` (default): source photons are drawn uniformly inside each pixel of the truth
+        map, so binned events agree with response · truth; ``"continuous"``: from the analytic
+        components, whose structure below the pixel size the truth map lacks (docs/simulator.md,
+        "Sky").
     psichi_oversample : int
-        The detector-frame response is tabulated with PsiChi at ``nside × 2**psichi_oversample``
-        before it is rotated onto the Galactic PsiChi grid. Rotating pixels of the output size
-        smears the Compton cone by up to a pixel; one level finer (the default) brings the
-        brightest bins back to χ²/dof ≈ 1 against the events, for about 3.7× the memory of the
-        detector-frame response and 2–3× the build time. 0 tabulates at ``nside``.
+        PsiChi of the detector-frame response is tabulated at ``nside × 2**psichi_oversample``
+        before it is rotated onto the Galactic grid (docs/simulator.md, "Instrument"); 0 is
+        faster but blurs the Compton cone by up to a pixel.
     background_rate_hz : float or str
-        Expected albedo count rate in the analysis window (counts s⁻¹); the albedo intensity is
-        scaled to give it. ``"preset"`` (default): the preset's (0.185 s⁻¹, the DC2 level of
-        all components, for the DC presets); ``"line"``: the physical albedo line flux alone
-        (4.4e-4 ph cm⁻² s⁻¹ from the Earth disk; about 6e-4 counts s⁻¹ through the bottom
-        shield); None is the same as ``"line"``.
+        Albedo count rate in the analysis window (counts s⁻¹) the albedo is scaled to;
+        ``"preset"`` (default): the preset's; ``"line"`` or None: the physical albedo line flux
+        alone (docs/simulator.md, "Backgrounds").
     force : bool
         Recompute even if a matching manifest is present.
     progress : bool
@@ -226,9 +221,7 @@ def simulate_dataset(output_dir: str | os.PathLike, preset: str | Preset = "dc2-
     pre = get_preset(preset)
     if nside < 1 or nside & (nside - 1):
         raise InvalidParameterError(f"nside must be a power of 2, got {nside}")
-    nphi = 180.0 / float(phi_bin_deg)
-    if not phi_bin_deg > 0 or abs(nphi - round(nphi)) > 1e-9:
-        raise InvalidParameterError(f"phi bin width must divide 180 deg, got {phi_bin_deg}")
+    phi_edges = phi_bin_edges(phi_bin_deg, "simulate_dataset")
     if sky_sampling not in ("pixel", "continuous"):
         raise InvalidParameterError(
             f"sky_sampling must be 'pixel' or 'continuous', got {sky_sampling!r}")
@@ -270,7 +263,6 @@ def simulate_dataset(output_dir: str | os.PathLike, preset: str | Preset = "dc2-
     t_start = time.perf_counter()
     inst = pre.instrument()
     window = pre.energy_window_kev
-    phi_edges = np.linspace(0.0, 180.0, int(round(nphi)) + 1)
     em_edges = np.asarray(window, dtype=float)
     ss = np.random.SeedSequence(int(seed))
     rng_src, rng_bkg = (np.random.default_rng(s) for s in ss.spawn(2))
