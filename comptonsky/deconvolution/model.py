@@ -53,8 +53,9 @@ class AllSkyImageModel(Histogram):
     def from_axes(cls, axes: Axes, unit=INTENSITY, contents=None) -> AllSkyImageModel:
         """Build from histpy axes ``(lb, Ei)`` (e.g. a response's model axes)."""
         lb, ei = axes[0], axes[1]
-        return cls(lb.nside, ei.edges, scheme=lb.scheme, coordsys=str(_frame_name(lb)),
-                   unit=unit, contents=contents)
+        frame = getattr(lb.coordsys, "name", None) or str(lb.coordsys or "galactic")
+        return cls(lb.nside, ei.edges, scheme=lb.scheme, coordsys=frame, unit=unit,
+                   contents=contents)
 
     @classmethod
     def instantiate_from_parameters(cls, parameter: Parameters) -> AllSkyImageModel:
@@ -132,11 +133,6 @@ class AllSkyImageModel(Histogram):
             raise AxisMismatchError(
                 f"model axis 'Ei' has edges {e_mine} keV, but the {what} has {e_theirs} keV; "
                 f"set model_definition:property:energy_edges to match")
-
-
-def _frame_name(axis: HealpixAxis) -> str:
-    frame = axis.coordsys
-    return getattr(frame, "name", None) or str(frame or "galactic")
 
 
 #: ``model_definition:class`` (the names of :data:`.registry.MODEL_CLASSES`) → class.

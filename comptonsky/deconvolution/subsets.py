@@ -97,11 +97,6 @@ class DataSubsets:
             start += n
         return out
 
-    @property
-    def extra_bytes(self) -> int:
-        """Bytes held in addition to the response (a permuted copy shared by the subsets)."""
-        return max(int(getattr(op, "extra_bytes", 0)) for op in self.operators)
-
 
 _SHARED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 

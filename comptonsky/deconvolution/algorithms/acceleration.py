@@ -185,7 +185,8 @@ class LineSearch:
             extra = None
             if fit.has_priors:
                 def extra(a: float, d=d, dn=dn) -> float:
-                    return fit.log_prior_total(start.model + a * d, shift_norms(start.norms, dn, a))
+                    return float(sum(fit.log_priors(start.model + a * d,
+                                                    shift_norms(start.norms, dn, a)).values()))
             alpha = line_maximum([ds.counts for ds in data.datasets], start.expectations,
                                  slope, alpha_hi, extra)
             if alpha <= 0:

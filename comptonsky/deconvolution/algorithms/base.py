@@ -181,9 +181,6 @@ class DeconvolutionAlgorithm(ABC):
         """Log-prior terms of the objective (none for ML algorithms)."""
         return {}
 
-    def log_prior_total(self, model: np.ndarray, norms: dict[str, float]) -> float:
-        return float(sum(self.log_priors(model, norms).values()))
-
     def evaluate(self, model: np.ndarray, norms: dict[str, float],
                  sources: list[np.ndarray] | None = None) -> FitState:
         """The state at (model, norms): E-step (one forward pass unless ``sources`` is given),
