@@ -1,11 +1,9 @@
 """Vectorised sampling of unbinned COSI events (DC2 columns) from sky and Earth-fixed photon fields.
 
-Photons are drawn as a Poisson process of *candidates* at the rate ``flux × candidate_area``
-(times an upper bound of the area factor over the field's directions for Earth-fixed fields),
-uniform in time over the live time, with directions from the photon field; each candidate is
-kept by the instrument model (:meth:`InstrumentModel.sample_events`) with the probability that
-makes the detected rate ``flux × A(ν)``, after removing those behind the Earth. The attitude at
-each event's time comes from the orbit profile, exactly.
+Candidate photons arrive as a Poisson process uniform in time, at ``flux × candidate_area`` (times
+a bound of the area factor for Earth-fixed fields); the instrument model keeps each with the
+probability that makes the detected rate ``flux × A(ν)`` (:meth:`InstrumentModel.sample_events`),
+occulted ones are dropped, and the attitude at each event's time is the orbit's, exactly.
 """
 
 from __future__ import annotations

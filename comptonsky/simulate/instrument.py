@@ -21,10 +21,10 @@ import numpy as np
 from scipy.special import erf
 
 from ..errors import InvalidParameterError
-from ..physics import ELECTRON_MASS_KEV, klein_nishina, scattered_energy
+from ..physics import klein_nishina, scattered_energy
 from ..response.galactic import DetectorResponse, _subpixels
 
-__all__ = ["ELECTRON_MASS_KEV", "InstrumentModel", "klein_nishina", "scattered_energy"]
+__all__ = ["InstrumentModel", "klein_nishina", "scattered_energy"]
 
 logger = logging.getLogger(__name__)
 
@@ -380,19 +380,6 @@ def _gauss_cdf(x, tab):
     return tab[k] * (1.0 - f) + tab[k + 1] * f
 
 
-@numba.njit(cache=True, inline="always")
-def _first_edge_above(edges, x):
-    """Index b of the last edge with edges[b] <= x (0 if none), by bisection."""
-    lo, hi = 0, edges.shape[0] - 1
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if edges[mid] <= x:
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
 @numba.njit(parallel=True, cache=True)
 def _band_kernel(nu, sub, lpath, sub_area, tphi, tq, tmu, edges, sigma, nsig, start, vals, cdf):
     nnu = nu.shape[0]
@@ -412,7 +399,9 @@ def _band_kernel(nu, sub, lpath, sub_area, tphi, tq, tmu, edges, sigma, nsig, st
                 a = math.acos(c)
                 ang[s] = a
                 amin = min(amin, a)
-            b0 = min(_first_edge_above(edges, amin - nsig * sigma), nbin - 1)
+            # the bin holding amin − nsig σ: the last edge at or below it
+            b0 = min(max(np.searchsorted(edges, amin - nsig * sigma, side="right") - 1, 0),
+                     nbin - 1)
             start[i, p] = b0
             for s in range(nsub):
                 a = ang[s]

@@ -1,11 +1,8 @@
 """One call from a preset to a complete DC2-like data set on disk.
 
-:func:`simulate_dataset` writes, into one directory, the Galactic point-source response, the
-source and albedo event lists, the noise-free albedo template, the truth map, the orientation
-file, the binning inputs and a ready image-deconvolution parameter file — the files the COSI
-511 keV tutorial uses, in the same formats. A manifest (``simulation.json``) records the
-parameters and headline numbers; calling again with the same parameters returns the existing
-files without recomputing (delete the directory or pass ``force=True`` to redo).
+:func:`simulate_dataset` writes the files the COSI 511 keV tutorial uses, in the same formats,
+and a manifest (``simulation.json``) of the parameters and headline numbers; calling again with
+the same parameters returns the existing files without recomputing (``force=True`` redoes them).
 """
 
 from __future__ import annotations

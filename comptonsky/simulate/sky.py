@@ -196,9 +196,7 @@ class HealpixMapSource(SkyComponent):
 
     def pixel_flux(self, nside: int) -> np.ndarray:
         f = self.values * hp.nside2pixarea(self.nside)
-        if nside == self.nside:
-            return f
-        return hp.ud_grade(f, nside, power=-2)
+        return f if nside == self.nside else hp.ud_grade(f, nside, power=-2)
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         p = self.values / self.values.sum()

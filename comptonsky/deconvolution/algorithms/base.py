@@ -152,9 +152,8 @@ class DeconvolutionAlgorithm(ABC):
             self.mask = exposed if self.mask is None else (self.mask & exposed)
             logger.info("%d model elements have zero exposure; they are masked (held at 0)",
                         int((~exposed).sum()))
-        self.weight = (response_weighting_filter(data.exposure,
-                                                 float(self.setting("response_weighting:index",
-                                                                    0.5)))
+        index = float(self.setting("response_weighting:index", 0.5))
+        self.weight = (response_weighting_filter(data.exposure, index)
                        if self.uses("response_weighting") else None)
 
     def for_data(self, data: JointData, intensity_scale: float = 1.0) -> DeconvolutionAlgorithm:
