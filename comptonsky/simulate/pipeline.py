@@ -135,24 +135,17 @@ def _parfile_yaml(nside: int, window, background_name: str = "albedo") -> str:
 
 def _background_rate(value: float | str | None, preset: Preset) -> float | None:
     """The albedo count rate (s⁻¹) to scale to, or None for the physical line flux."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        key = value.strip().lower()
-        if key == "preset":
-            return preset.background_rate_hz
-        if key == "line":
-            return None
-        try:
-            value = float(key)
-        except ValueError:
-            raise InvalidParameterError(
-                f"background rate must be a number of counts/s, 'preset' or 'line', got "
-                f"{value!r}") from None
-    if not (np.isfinite(value) and value > 0):
+    key = value.strip().lower() if isinstance(value, str) else value
+    if key in (None, "line", "preset"):
+        return preset.background_rate_hz if key == "preset" else None
+    try:
+        rate = float(key)
+    except (TypeError, ValueError):
+        rate = np.nan
+    if not (np.isfinite(rate) and rate > 0):
         raise InvalidParameterError(f"background rate must be a positive number of counts/s, "
-                                    f"got {value!r}")
-    return float(value)
+                                    f"'preset' or 'line', got {value!r}")
+    return rate
 
 
 def _write_text(path: Path, text: str) -> None:
