@@ -119,19 +119,19 @@ class AllSkyImageModel(Histogram):
         flat = (np.asarray(values) * unit).to_value(self.unit)
         self[:] = np.broadcast_to(flat, self.contents.shape) * self.unit
 
-    def check_axes(self, model_axes: Axes, what: str = "response") -> None:
+    def check_axes(self, model_axes: Axes) -> None:
         """Raise :class:`AxisMismatchError` unless ``lb`` and ``Ei`` match ``model_axes``."""
         mine, theirs = self.axes[0], model_axes[0]
         if mine.nside != theirs.nside or mine.scheme != theirs.scheme:
             raise AxisMismatchError(
-                f"model axis 'lb' is HEALPix nside={mine.nside} {mine.scheme}, but the {what} "
+                f"model axis 'lb' is HEALPix nside={mine.nside} {mine.scheme}, but the response "
                 f"has nside={theirs.nside} {theirs.scheme}; set model_definition:property:nside "
                 f"and scheme to match")
         e_mine = self.axes["Ei"].edges.to_value(u.keV)
         e_theirs = u.Quantity(model_axes["Ei"].edges, u.keV).to_value(u.keV)
         if e_mine.shape != e_theirs.shape or not np.allclose(e_mine, e_theirs, rtol=1e-9):
             raise AxisMismatchError(
-                f"model axis 'Ei' has edges {e_mine} keV, but the {what} has {e_theirs} keV; "
+                f"model axis 'Ei' has edges {e_mine} keV, but the response has {e_theirs} keV; "
                 f"set model_definition:property:energy_edges to match")
 
 
@@ -149,7 +149,7 @@ def model_from_parameters(parameter: Parameters, data=None,
     name = parameter.get("model_definition:class", "AllSkyImage")
     model = MODEL_CLASSES[name].instantiate_from_parameters(parameter)
     if data is not None:
-        model.check_axes(data.model_axes, "response")
+        model.check_axes(data.model_axes)
     model.set_values_from_parameters(parameter, data, mask)
     return model
 

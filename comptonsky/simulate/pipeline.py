@@ -87,7 +87,7 @@ def _inputs_yaml(events_name: str, fmt: str, tmin: float, tmax: float, window, p
     )
 
 
-def _parfile_yaml(nside: int, window, background_name: str = "albedo") -> str:
+def _parfile_yaml(nside: int, window) -> str:
     return (
         "author: comptonsky simulate\n"
         "model_definition:\n"
@@ -125,7 +125,7 @@ def _parfile_yaml(nside: int, window, background_name: str = "albedo") -> str:
         "        threshold: 0.01\n"
         "    background_normalization_optimization:\n"
         "        activate: True\n"
-        f'        range: {{"{background_name}": [0.01, 10.0]}}\n'
+        '        range: {"albedo": [0.01, 10.0]}\n'
         "    save_results:\n"
         "        activate: False\n"
         '        directory: "./results"\n'
