@@ -48,14 +48,11 @@ class EarthFixedBackground:
         if not self.intensity >= 0:
             raise InvalidParameterError(f"{self.name}: intensity must be ≥ 0")
 
-    def solid_angle(self, horizon_deg: float) -> float:
-        """Solid angle (sr) of the region for a limb at ``horizon_deg`` from the zenith."""
-        earth = _cap_solid_angle(np.radians(180.0 - horizon_deg))
-        return earth if self.region == "earth" else 4 * np.pi - earth
-
     def flux(self, horizon_deg: float) -> float:
-        """Photon flux (ph cm⁻² s⁻¹) from the whole region."""
-        return self.intensity * self.solid_angle(horizon_deg)
+        """Photon flux (ph cm⁻² s⁻¹) from the whole region, the limb at ``horizon_deg`` from the
+        zenith."""
+        earth = _cap_solid_angle(np.radians(180.0 - horizon_deg))
+        return self.intensity * (earth if self.region == "earth" else 4 * np.pi - earth)
 
     def max_cos_theta(self, orbit: OrbitProfile) -> float:
         """Largest cos θ (θ from the boresight) of the region's directions in the detector frame.
