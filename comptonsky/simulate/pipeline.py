@@ -17,6 +17,7 @@ from pathlib import Path
 import astropy.units as u
 import healpy as hp
 import numpy as np
+import yaml
 from histpy import Axis, HealpixAxis, Histogram
 
 from ..binning.spec import phi_bin_edges
@@ -88,49 +89,29 @@ def _inputs_yaml(events_name: str, fmt: str, tmin: float, tmax: float, window, p
 
 
 def _parfile_yaml(nside: int, window) -> str:
-    return (
-        "author: comptonsky simulate\n"
-        "model_definition:\n"
-        '  class: "AllSkyImage"\n'
-        "  property:\n"
-        '    coordinate: "galactic"\n'
-        f"    nside: {nside}\n"
-        '    scheme: "ring"\n'
-        "    energy_edges: # should be the same as the response matrix\n"
-        f"      value: [{window[0]!r}, {window[1]!r}]\n"
-        '      unit: "keV"\n'
-        '    unit: "cm-2 s-1 sr-1"\n'
-        "  initialization:\n"
-        '    algorithm: "flat"\n'
-        "    parameter:\n"
-        "      value: [1e-4]\n"
-        '      unit: "cm-2 s-1 sr-1"\n'
-        "deconvolution:\n"
-        '  algorithm: "RL"\n'
-        "  parameter:\n"
-        "    iteration_max: 30\n"
-        "    acceleration:\n"
-        "        activate: True\n"
-        "        alpha_max: 10.0\n"
-        "    response_weighting:\n"
-        "        activate: True\n"
-        "        index: 0.5\n"
-        "    smoothing:\n"
-        "        activate: False\n"
-        "        FWHM:\n"
-        "            value: 2.0\n"
-        '            unit: "deg"\n'
-        "    stopping_criteria:\n"
-        '        statistics: "log-likelihood"\n'
-        "        threshold: 0.01\n"
-        "    background_normalization_optimization:\n"
-        "        activate: True\n"
-        '        range: {"albedo": [0.01, 10.0]}\n'
-        "    save_results:\n"
-        "        activate: False\n"
-        '        directory: "./results"\n'
-        "        only_final_result: True\n"
-    )
+    """The tutorial's RL parameter file (reference layout) for this data set."""
+    intensity = "cm-2 s-1 sr-1"
+    tree = {
+        "author": "comptonsky simulate",
+        "model_definition": {
+            "class": "AllSkyImage",
+            "property": {"coordinate": "galactic", "nside": int(nside), "scheme": "ring",
+                         "energy_edges": {"value": [float(e) for e in window], "unit": "keV"},
+                         "unit": intensity},
+            "initialization": {"algorithm": "flat",
+                               "parameter": {"value": [1e-4], "unit": intensity}}},
+        "deconvolution": {"algorithm": "RL", "parameter": {
+            "iteration_max": 30,
+            "acceleration": {"activate": True, "alpha_max": 10.0},
+            "response_weighting": {"activate": True, "index": 0.5},
+            "smoothing": {"activate": False, "FWHM": {"value": 2.0, "unit": "deg"}},
+            "stopping_criteria": {"statistics": "log-likelihood", "threshold": 0.01},
+            "background_normalization_optimization": {"activate": True,
+                                                      "range": {"albedo": [0.01, 10.0]}},
+            "save_results": {"activate": False, "directory": "./results",
+                             "only_final_result": True}}},
+    }
+    return yaml.safe_dump(tree, sort_keys=False)
 
 
 def _background_rate(value: float | str | None, preset: Preset) -> float | None:
