@@ -110,9 +110,8 @@ def choose_iterations(algorithm, progress: bool = True) -> dict[str, Any]:
     q = (1.0 - p) / p
     history = [validation_log_likelihood(validation, state.expectations, q)]
     best = 0
-    bar = tqdm(total=algorithm.iteration_max, desc="cross-validation", unit="it",
-               disable=not progress, leave=False)
-    try:
+    with tqdm(total=algorithm.iteration_max, desc="cross-validation", unit="it",
+              disable=not progress, leave=False) as bar:
         for k in range(1, algorithm.iteration_max + 1):
             state = clone.iterate()
             history.append(validation_log_likelihood(validation, state.expectations, q))
@@ -121,8 +120,6 @@ def choose_iterations(algorithm, progress: bool = True) -> dict[str, Any]:
                 best = k
             elif k - best >= patience:
                 break
-    finally:
-        bar.close()
     logger.info("cross-validation: validation log L peaks at iteration %d (of %d tried, "
                 "fraction held out %.2f)", best, len(history) - 1, validation_fraction)
     return {"best_iteration": max(best, 1), "validation_log_likelihood": history,

@@ -274,9 +274,8 @@ class DeconvolutionAlgorithm(ABC):
             self.cross_validation = choose_iterations(self, progress)
             limit, threshold = self.cross_validation["best_iteration"], -math.inf
             key = self.default_statistic
-        bar = tqdm(total=limit, desc=f"{self.name} iterations", unit="it",
-                   disable=not progress, leave=False)
-        try:
+        with tqdm(total=limit, desc=f"{self.name} iterations", unit="it", disable=not progress,
+                  leave=False) as bar:
             while True:
                 self.iterate()
                 bar.update(1)
@@ -284,8 +283,6 @@ class DeconvolutionAlgorithm(ABC):
                                 alpha=f"{self.state.alpha:.3g}")
                 if self._should_stop(limit, threshold, key):
                     break
-        finally:
-            bar.close()
         if self.cross_validation is not None:
             history = self.cross_validation["validation_log_likelihood"]
             for record in self.results:
