@@ -90,7 +90,7 @@ class Leaf:
     """A leaf parameter: its type and constraints."""
 
     kind: str  # "int", "float", "bool", "str", "choice", "float_list", "unit", "any",
-    #            "str_or_none", "size" (bytes as an integer or a string such as "1 GiB")
+    #            "response" (checked by ResponseOptions, the value kept as written)
     choices: tuple[str, ...] = ()
     physical_type: u.UnitBase | None = None  # for "unit": must be convertible to this
     minimum: float | None = None
@@ -158,10 +158,7 @@ ALGORITHM_PARAMETERS = Section({
 })
 
 #: The ``response:`` section: the options of :class:`~comptonsky.response.options.ResponseOptions`.
-RESPONSE_SECTION = Section({
-    name: Leaf(spec["kind"], choices=tuple(spec["choices"] or ()),
-               minimum=0.0 if spec["kind"] == "float" else None)
-    for name, spec in ResponseOptions.fields().items()})
+RESPONSE_SECTION = Section({name: Leaf("response") for name in ResponseOptions.fields()})
 
 SCHEMA = Section({
     "author": Leaf("any"),
@@ -246,13 +243,19 @@ def _nest_flat_parameters(data: dict, source: str) -> None:
                                                 for k in moved if k in FLAT_SETTINGS))
 
 
-def _canonical(key: str, section: Section) -> str:
-    if key in section.fields:
-        return key
-    alias = ALIASES.get(key)
-    if alias is not None and alias in section.fields:
-        return alias
-    return key
+def _child(node: Section, key: str, prefix: str, source: str | None = None) -> tuple[str, Any]:
+    """The canonical name of ``key`` (an alias is mapped) in ``node`` and its schema node."""
+    if node.free is not None:
+        return key, node.free
+    canon = key if key in node.fields or ALIASES.get(key) not in node.fields else ALIASES[key]
+    if canon not in node.fields:
+        raise UnknownChoiceError("parameter key", f"{prefix}:{key}" if prefix else key,
+                                 _child_paths(node, prefix), source)
+    return canon, node.fields[canon]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_leaf(leaf: Leaf, value: Any, path: str, source: str) -> Any:
@@ -265,33 +268,27 @@ def _check_leaf(leaf: Leaf, value: Any, path: str, source: str) -> Any:
     kind = leaf.kind
     if kind == "any":
         return value
+    if kind == "response":
+        ResponseOptions.from_mapping({path.rsplit(":", 1)[-1]: value}, where)
+        return value
     if kind == "bool":
         if not isinstance(value, bool):
             raise bad("true or false")
         return value
     if kind == "int":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                (isinstance(value, float) and not value.is_integer()):
+        if not _is_number(value) or (isinstance(value, float) and not value.is_integer()):
             raise bad("an integer")
         value = int(value)
     elif kind == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not _is_number(value):
             raise bad("a number")
         value = float(value)
     elif kind == "float_list":
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, (list, tuple)) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        values = [value] if _is_number(value) else value
+        if not isinstance(values, (list, tuple)) or not all(_is_number(v) for v in values):
             raise bad("a list of numbers")
-        return [float(v) for v in value]
-    elif kind == "size":
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise bad("a size in bytes or a string such as '1 GiB'")
-        return value
-    elif kind in ("str", "str_or_none"):
-        if value is None and kind == "str_or_none":
-            return None
+        return [float(v) for v in values]
+    elif kind == "str":
         if not isinstance(value, str):
             raise bad("a string")
         return value
@@ -330,20 +327,11 @@ def _validate(node: Any, value: Any, path: str, source: str) -> Any:
                                     f"keys, found {value!r}")
     out: dict[str, Any] = {}
     for key, item in value.items():
-        key = str(key)
-        child_path = f"{path}:{key}" if path else key
-        if node.free is not None:
-            out[key] = _validate(node.free, item, child_path, source)
-            continue
-        canon = _canonical(key, node)
-        if canon not in node.fields:
-            raise UnknownChoiceError("parameter key", child_path, _child_paths(node, path),
-                                     source)
+        canon, child = _child(node, str(key), path, source)
         if canon in out:
-            raise InvalidParameterError(f"{source}: {child_path}: given twice (as {canon!r} "
-                                        f"and an alias of it)")
-        out[canon] = _validate(node.fields[canon], item, f"{path}:{canon}" if path else canon,
-                               source)
+            raise InvalidParameterError(f"{source}: {path + ':' if path else ''}{key}: given "
+                                        f"twice (as {canon!r} and an alias of it)")
+        out[canon] = _validate(child, item, f"{path}:{canon}" if path else canon, source)
     return out
 
 
@@ -358,21 +346,13 @@ def _resolve_path(path: str) -> tuple[list[str], Any]:
     if not keys:
         raise InvalidParameterError(f"empty parameter path {path!r}")
     node: Any = SCHEMA
-    out = []
+    out: list[str] = []
     for key in keys:
         prefix = ":".join(out)
         if isinstance(node, Leaf):
             raise InvalidParameterError(f"{path}: {prefix} is a value, not a section")
-        if node.free is not None:
-            out.append(key)
-            node = node.free
-            continue
-        canon = _canonical(key, node)
-        if canon not in node.fields:
-            raise UnknownChoiceError("parameter key", ":".join(out + [key]),
-                                     _child_paths(node, prefix))
+        canon, node = _child(node, key, prefix)
         out.append(canon)
-        node = node.fields[canon]
     return out, node
 
 
@@ -449,9 +429,6 @@ class Parameters:
                 raise
             return default
 
-    def __contains__(self, path: str) -> bool:
-        return self.get(path, _MISSING) is not _MISSING
-
     def __setitem__(self, path: str, value: Any) -> None:
         keys, node = _resolve_path(path)
         value = _validate(node, value, ":".join(keys), self.source)
@@ -516,6 +493,3 @@ class Parameters:
 
     def __repr__(self) -> str:
         return f"Parameters(source={self.source!r})\n{self.dump()}"
-
-
-_MISSING = object()

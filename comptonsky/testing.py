@@ -29,7 +29,7 @@ class ToyProblem:
     signal_expectation: np.ndarray  # (Em*Phi*PsiChi,)
 
 
-def toy_problem(nside: int = 4, data_nside: int | None = None, phi_bin_deg: float = 15.0,
+def toy_problem(nside: int = 4, phi_bin_deg: float = 15.0,
                 exposure_cm2s: float = 1e8, ring_width_deg: float = 8.0,
                 source_flux: float = 3e-3, background_counts: float = 2e4,
                 n_dead_pixels: int = 0, seed: int = 0) -> ToyProblem:
@@ -38,9 +38,7 @@ def toy_problem(nside: int = 4, data_nside: int | None = None, phi_bin_deg: floa
     Parameters
     ----------
     nside : int
-        Model HEALPix NSIDE (sky pixels).
-    data_nside : int, optional
-        PsiChi HEALPix NSIDE (default ``nside``).
+        HEALPix NSIDE of the sky pixels and of PsiChi.
     phi_bin_deg : float
         Compton-angle bin width (0–180°).
     exposure_cm2s : float
@@ -57,13 +55,12 @@ def toy_problem(nside: int = 4, data_nside: int | None = None, phi_bin_deg: floa
         Random seed for the counts.
     """
     rng = np.random.default_rng(seed)
-    data_nside = nside if data_nside is None else data_nside
-    npix, ndpix = hp.nside2npix(nside), hp.nside2npix(data_nside)
+    npix = hp.nside2npix(nside)
     phi_edges = np.arange(0.0, 180.0 + 1e-9, phi_bin_deg)
     phi_centres = np.radians(0.5 * (phi_edges[1:] + phi_edges[:-1]))
     sky = np.array(hp.pix2vec(nside, np.arange(npix)))  # (3, npix)
-    cds = np.array(hp.pix2vec(data_nside, np.arange(ndpix)))  # (3, ndpix)
-    cosd = np.clip(sky.T @ cds, -1, 1)  # (npix, ndpix)
+    cds = np.array(hp.pix2vec(nside, np.arange(npix)))  # PsiChi directions, (3, npix)
+    cosd = np.clip(sky.T @ cds, -1, 1)  # (npix, npix)
     dist = np.arccos(cosd)
     width = np.radians(ring_width_deg)
     # Klein-Nishina-like weight favouring small Compton angles; effective area ~ cos(zenith)
@@ -82,7 +79,7 @@ def toy_problem(nside: int = 4, data_nside: int | None = None, phi_bin_deg: floa
         [HealpixAxis(nside=nside, coordsys="galactic", label="NuLambda"),
          Axis(e_axis, label="Ei"), Axis(e_axis, label="Em"),
          Axis(phi_edges * u.deg, label="Phi"),
-         HealpixAxis(nside=data_nside, coordsys="galactic", label="PsiChi")],
+         HealpixAxis(nside=nside, coordsys="galactic", label="PsiChi")],
         contents=rsp, unit=u.cm**2 * u.s)
     # truth: thin disk + bulge (intensity in cm-2 s-1 sr-1)
     lwrap = np.where(lon > 180, lon - 360, lon)
@@ -94,7 +91,7 @@ def toy_problem(nside: int = 4, data_nside: int | None = None, phi_bin_deg: floa
     matrix = rsp.reshape(npix, -1)
     signal = (truth[:, 0] * pixarea) @ matrix
     data_axes = [Axis(e_axis, label="Em"), Axis(phi_edges * u.deg, label="Phi"),
-                 HealpixAxis(nside=data_nside, coordsys="galactic", label="PsiChi")]
+                 HealpixAxis(nside=nside, coordsys="galactic", label="PsiChi")]
     bshape = np.exp(-phi_centres)[:, None] * (1.5 + cds[2])[None, :]
     bkg_values = background_counts * bshape / bshape.sum()
     background = Histogram(data_axes, contents=bkg_values[None])

@@ -53,8 +53,9 @@ class AllSkyImageModel(Histogram):
     def from_axes(cls, axes: Axes, unit=INTENSITY, contents=None) -> AllSkyImageModel:
         """Build from histpy axes ``(lb, Ei)`` (e.g. a response's model axes)."""
         lb, ei = axes[0], axes[1]
-        return cls(lb.nside, ei.edges, scheme=lb.scheme, coordsys=str(_frame_name(lb)),
-                   unit=unit, contents=contents)
+        frame = getattr(lb.coordsys, "name", None) or str(lb.coordsys or "galactic")
+        return cls(lb.nside, ei.edges, scheme=lb.scheme, coordsys=frame, unit=unit,
+                   contents=contents)
 
     @classmethod
     def instantiate_from_parameters(cls, parameter: Parameters) -> AllSkyImageModel:
@@ -118,25 +119,20 @@ class AllSkyImageModel(Histogram):
         flat = (np.asarray(values) * unit).to_value(self.unit)
         self[:] = np.broadcast_to(flat, self.contents.shape) * self.unit
 
-    def check_axes(self, model_axes: Axes, what: str = "response") -> None:
+    def check_axes(self, model_axes: Axes) -> None:
         """Raise :class:`AxisMismatchError` unless ``lb`` and ``Ei`` match ``model_axes``."""
         mine, theirs = self.axes[0], model_axes[0]
         if mine.nside != theirs.nside or mine.scheme != theirs.scheme:
             raise AxisMismatchError(
-                f"model axis 'lb' is HEALPix nside={mine.nside} {mine.scheme}, but the {what} "
+                f"model axis 'lb' is HEALPix nside={mine.nside} {mine.scheme}, but the response "
                 f"has nside={theirs.nside} {theirs.scheme}; set model_definition:property:nside "
                 f"and scheme to match")
         e_mine = self.axes["Ei"].edges.to_value(u.keV)
         e_theirs = u.Quantity(model_axes["Ei"].edges, u.keV).to_value(u.keV)
         if e_mine.shape != e_theirs.shape or not np.allclose(e_mine, e_theirs, rtol=1e-9):
             raise AxisMismatchError(
-                f"model axis 'Ei' has edges {e_mine} keV, but the {what} has {e_theirs} keV; "
+                f"model axis 'Ei' has edges {e_mine} keV, but the response has {e_theirs} keV; "
                 f"set model_definition:property:energy_edges to match")
-
-
-def _frame_name(axis: HealpixAxis) -> str:
-    frame = axis.coordsys
-    return getattr(frame, "name", None) or str(frame or "galactic")
 
 
 #: ``model_definition:class`` (the names of :data:`.registry.MODEL_CLASSES`) → class.
@@ -153,7 +149,7 @@ def model_from_parameters(parameter: Parameters, data=None,
     name = parameter.get("model_definition:class", "AllSkyImage")
     model = MODEL_CLASSES[name].instantiate_from_parameters(parameter)
     if data is not None:
-        model.check_axes(data.model_axes, "response")
+        model.check_axes(data.model_axes)
     model.set_values_from_parameters(parameter, data, mask)
     return model
 

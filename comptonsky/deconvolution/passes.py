@@ -8,17 +8,19 @@ as the fraction of data bins they touch. Every fit counts its passes
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..response.linear import LinearOperator, OperatorWrapper
 
 __all__ = ["PassCounter", "CountedProducts"]
 
 
+@dataclass(eq=False)
 class PassCounter:
     """Running total of response passes."""
 
-    def __init__(self):
-        self.forward = 0.0
-        self.adjoint = 0.0
+    forward: float = 0.0
+    adjoint: float = 0.0
 
     @property
     def total(self) -> float:
@@ -26,8 +28,7 @@ class PassCounter:
 
     def reset(self) -> None:
         """Start counting from zero."""
-        self.forward = 0.0
-        self.adjoint = 0.0
+        self.forward = self.adjoint = 0.0
 
 
 class CountedProducts(OperatorWrapper):

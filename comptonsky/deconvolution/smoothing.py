@@ -1,14 +1,8 @@
 """Gaussian smoothing of HEALPix maps (per energy band) used to damp noise in the delta map.
 
-Two methods (``smoothing:method``):
-
-* ``healpy`` — :class:`HealpySmoothing`, spherical-harmonic Gaussian beam (``healpy.smoothing``),
-  the published behaviour. Band-limiting (ℓ ≤ 3 nside − 1) makes it ring around sharp, bright
-  features such as the Galactic Centre.
-* ``pixel`` — :class:`PixelSmoothing`, an exact Gaussian kernel in angular distance between pixel
-  centres, truncated at ``truncation`` σ, held as a sparse matrix built once. The kernel is
-  non-negative (no ringing), symmetric and balanced so that every row and column sums to 1:
-  a flat map stays flat and the total of any map is preserved.
+``smoothing:method`` chooses :class:`HealpySmoothing` (``healpy``, the published behaviour) or
+:class:`PixelSmoothing` (``pixel``, no ringing). A smoother is called on maps of shape
+(npix, n_energy) and returns a new array of that shape.
 """
 
 from __future__ import annotations
@@ -27,26 +21,24 @@ __all__ = ["HealpySmoothing", "PixelSmoothing", "make_smoother", "SMOOTHING_METH
 logger = logging.getLogger(__name__)
 
 
-class HealpySmoothing:
-    """Spherical-harmonic Gaussian smoothing (``healpy.smoothing``) of each energy band.
-
-    Parameters
-    ----------
-    fwhm : astropy.units.Quantity
-        Full width at half maximum of the Gaussian beam (angle).
-    nside : int
-        HEALPix NSIDE of the maps.
-    nested : bool
-        Whether the maps are in NESTED order (they are reordered to RING and back).
-    """
+class _Smoothing:
+    """Gaussian smoothing of full width at half maximum ``fwhm`` (an angle Quantity) of maps at
+    HEALPix ``nside``, in NESTED order if ``nested``."""
 
     def __init__(self, fwhm: u.Quantity, nside: int, nested: bool = False):
         self.fwhm_rad = float(u.Quantity(fwhm).to_value(u.rad))
         self.nside = int(nside)
         self.nested = bool(nested)
 
+
+class HealpySmoothing(_Smoothing):
+    """Spherical-harmonic Gaussian beam (``healpy.smoothing``) on each energy band, in RING order.
+
+    Band-limiting (ℓ ≤ 3 nside − 1) makes it ring around sharp, bright features such as the
+    Galactic Centre.
+    """
+
     def __call__(self, maps: np.ndarray) -> np.ndarray:
-        """Smooth ``maps`` of shape (npix, n_energy); returns a new array of the same shape."""
         out = np.empty_like(maps, dtype=np.float64)
         for k in range(maps.shape[1]):
             band = np.asarray(maps[:, k], dtype=np.float64)
@@ -59,24 +51,19 @@ class HealpySmoothing:
         return out
 
 
-class PixelSmoothing:
+class PixelSmoothing(_Smoothing):
     """Gaussian smoothing by an exact, sparse pixel-space kernel (no ringing).
 
     The weight between pixels p and q is w_pq = exp(−θ_pq² / 2σ²) for θ_pq ≤ ``truncation``·σ
     (θ: angle between pixel centres, σ = FWHM / √(8 ln 2)). W is symmetric; it is balanced as
     K = D W D with a positive diagonal D (symmetric Sinkhorn–Knopp) so that K is symmetric with
-    unit row and column sums. A kernel narrower than a pixel reduces to the identity.
+    unit row and column sums (a flat map stays flat, totals are preserved). A kernel narrower
+    than a pixel reduces to the identity.
 
     Parameters
     ----------
-    fwhm : astropy.units.Quantity
-        Full width at half maximum (angle).
-    nside : int
-        HEALPix NSIDE.
-    nested : bool
-        Pixel ordering of the maps.
     truncation : float
-        Kernel support in units of σ.
+        Kernel support in units of σ (``fwhm``, ``nside``, ``nested`` as for every smoother).
 
     Attributes
     ----------
@@ -85,9 +72,7 @@ class PixelSmoothing:
 
     def __init__(self, fwhm: u.Quantity, nside: int, nested: bool = False,
                  truncation: float = 4.0):
-        self.fwhm_rad = float(u.Quantity(fwhm).to_value(u.rad))
-        self.nside = int(nside)
-        self.nested = bool(nested)
+        super().__init__(fwhm, nside, nested)
         self.truncation = float(truncation)
         self.kernel = self._build()
 
@@ -127,7 +112,6 @@ class PixelSmoothing:
         return kernel
 
     def __call__(self, maps: np.ndarray) -> np.ndarray:
-        """Smooth ``maps`` of shape (npix, n_energy); returns a new array of the same shape."""
         return np.asarray(self.kernel @ np.asarray(maps, dtype=np.float64))
 
 

@@ -10,19 +10,9 @@ fitted map estimates p λ); after every iteration the fit's expected counts, res
 
 measures how well iteration k generalises. Early iterations fit the sky (L_val rises), late ones
 fit the noise of X_fit (L_val falls). The chosen iteration count k* is the peak of L_val (the
-search ends ``patience`` iterations after the best one, or at ``iteration_max``). The run on the
-full counts then stops at k* iterations.
-
-Parameters (``deconvolution:parameter:stopping_criteria``)::
-
-    statistics: "cross-validation"
-    validation_fraction: 0.5     # 1 − p, share of the counts held out
-    patience: 3                  # iterations without a new best before giving up
-    seed: 0                      # random split
-
-Caveat: the fit on p·X has fewer counts than the final run, so k* tends to be somewhat lower
-than the optimum for the full data (a conservative, less noisy choice). The cost is about twice
-that of a run of k* iterations.
+search ends ``patience`` iterations after the best one, or at ``iteration_max``); the run on the
+full counts then stops at k* iterations. ``stopping_criteria`` sets ``validation_fraction``
+(1 − p, default 0.5), ``patience`` (3) and ``seed`` (0) of the split (docs/algorithms.md).
 """
 
 from __future__ import annotations
@@ -122,9 +112,8 @@ def choose_iterations(algorithm, progress: bool = True) -> dict[str, Any]:
     q = (1.0 - p) / p
     history = [validation_log_likelihood(validation, state.expectations, q)]
     best = 0
-    bar = tqdm(total=algorithm.iteration_max, desc="cross-validation", unit="it",
-               disable=not progress, leave=False)
-    try:
+    with tqdm(total=algorithm.iteration_max, desc="cross-validation", unit="it",
+              disable=not progress, leave=False) as bar:
         for k in range(1, algorithm.iteration_max + 1):
             state = clone.iterate()
             history.append(validation_log_likelihood(validation, state.expectations, q))
@@ -133,8 +122,6 @@ def choose_iterations(algorithm, progress: bool = True) -> dict[str, Any]:
                 best = k
             elif k - best >= patience:
                 break
-    finally:
-        bar.close()
     logger.info("cross-validation: validation log L peaks at iteration %d (of %d tried, "
                 "fraction held out %.2f)", best, len(history) - 1, validation_fraction)
     return {"best_iteration": max(best, 1), "validation_log_likelihood": history,

@@ -15,7 +15,7 @@ import weakref
 
 import numpy as np
 
-from ..response.linear import LinearOperator
+from ..response.linear import BlockStack, LinearOperator
 from ..response.operator import SUBSET_AXES
 
 __all__ = ["DataSubsets", "SUBSET_AXES", "subsets_for"]
@@ -75,32 +75,17 @@ class DataSubsets:
 
     def forward_group(self, blocks, model: np.ndarray) -> np.ndarray:
         """:meth:`forward` over several subsets, concatenated in the order of ``blocks``."""
-        if len(blocks) == 1:
-            return self.forward(blocks[0], model)
-        if self.mode == "fallback":
+        if self.mode == "fallback" and len(blocks) > 1:
             return self.response.forward(model)[self.group_indices(blocks)]
-        return np.concatenate([self.forward(k, model) for k in blocks])
+        return BlockStack([self.operators[k] for k in blocks]).forward(model)
 
     def adjoint_group(self, blocks, data: np.ndarray) -> np.ndarray:
         """:meth:`adjoint` of data on the union of subsets ``blocks`` (ordered as given)."""
-        if len(blocks) == 1:
-            return self.adjoint(blocks[0], data)
-        if self.mode == "fallback":
+        if self.mode == "fallback" and len(blocks) > 1:
             full = np.zeros(self.response.n_data)
             full[self.group_indices(blocks)] = data
             return self.response.adjoint(full)
-        out = np.zeros(self.response.n_model)
-        start = 0
-        for k in blocks:
-            n = len(self.indices[k])
-            out += self.adjoint(k, data[start:start + n])
-            start += n
-        return out
-
-    @property
-    def extra_bytes(self) -> int:
-        """Bytes held in addition to the response (a permuted copy shared by the subsets)."""
-        return max(int(getattr(op, "extra_bytes", 0)) for op in self.operators)
+        return BlockStack([self.operators[k] for k in blocks]).adjoint(data)
 
 
 _SHARED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()

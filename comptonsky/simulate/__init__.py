@@ -18,7 +18,6 @@ from .instrument import InstrumentModel, klein_nishina, scattered_energy
 from .orbit import (
     DC2_ORBIT,
     DC3_ORBIT,
-    ORBITS,
     OrbitProfile,
     attitude_at,
     attitude_history,
@@ -41,7 +40,7 @@ __all__ = [
     "AlbedoBackground", "EarthFixedBackground", "IsotropicBackground",
     "events_to_columns", "simulate_background_events", "simulate_sky_events",
     "InstrumentModel", "klein_nishina", "scattered_energy",
-    "DC2_ORBIT", "DC3_ORBIT", "ORBITS", "OrbitProfile", "attitude_at", "attitude_history",
+    "DC2_ORBIT", "DC3_ORBIT", "OrbitProfile", "attitude_at", "attitude_history",
     "horizon_angle_deg", "orbital_period",
     "simulate_dataset", "PRESETS", "Preset", "get_preset",
     "EllipticalGaussianSource", "GaussianSource", "HealpixMapSource", "PointSource", "SkyModel",

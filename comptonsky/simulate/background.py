@@ -3,28 +3,22 @@
 Both are photon fields at the line energy defined relative to the Earth: albedo fills the Earth
 disk (zenith angle beyond the limb, ≈ 113° at 550 km) with a flat intensity; the cosmic
 component fills the visible sky. They go through the same instrument model and attitude history
-as the sky. docs/design.md §6: albedo ≈ 4.4e-4 ph cm⁻² s⁻¹ in 509–513 keV from the Earth disk only,
-flat over the disk (Earth disk ≈ 3.8 sr).
+as the sky.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import healpy as hp
 import numpy as np
 
 from ..errors import InvalidParameterError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..response.galactic import DetectorResponse
-    from .orbit import OrbitProfile
+from ..response.galactic import DetectorResponse, _subpixels
+from .instrument import _perp_basis
+from .orbit import OrbitProfile
 
 __all__ = ["EarthFixedBackground", "AlbedoBackground", "IsotropicBackground"]
-
-logger = logging.getLogger(__name__)
 
 
 def _cap_solid_angle(half_angle_rad: float) -> float:
@@ -54,14 +48,11 @@ class EarthFixedBackground:
         if not self.intensity >= 0:
             raise InvalidParameterError(f"{self.name}: intensity must be ≥ 0")
 
-    def solid_angle(self, horizon_deg: float) -> float:
-        """Solid angle (sr) of the region for a limb at ``horizon_deg`` from the zenith."""
-        earth = _cap_solid_angle(np.radians(180.0 - horizon_deg))
-        return earth if self.region == "earth" else 4 * np.pi - earth
-
     def flux(self, horizon_deg: float) -> float:
-        """Photon flux (ph cm⁻² s⁻¹) from the whole region."""
-        return self.intensity * self.solid_angle(horizon_deg)
+        """Photon flux (ph cm⁻² s⁻¹) from the whole region, the limb at ``horizon_deg`` from the
+        zenith."""
+        earth = _cap_solid_angle(np.radians(180.0 - horizon_deg))
+        return self.intensity * (earth if self.region == "earth" else 4 * np.pi - earth)
 
     def max_cos_theta(self, orbit: OrbitProfile) -> float:
         """Largest cos θ (θ from the boresight) of the region's directions in the detector frame.
@@ -92,11 +83,7 @@ class EarthFixedBackground:
         c = 1.0 - rng.random(n) * (1.0 - cmin)  # uniform in cos over the cap around ``axis``
         s = np.sqrt(np.clip(1.0 - c * c, 0.0, 1.0))
         az = rng.random(n) * 2 * np.pi
-        helper = np.where(np.abs(axis[:, 2:3]) < 0.9, np.array([0.0, 0.0, 1.0]),
-                          np.array([1.0, 0.0, 0.0]))
-        e1 = np.cross(axis, helper)
-        e1 /= np.linalg.norm(e1, axis=1, keepdims=True)
-        e2 = np.cross(axis, e1)
+        e1, e2 = _perp_basis(axis)
         return (c[:, None] * axis + s[:, None]
                 * (np.cos(az)[:, None] * e1 + np.sin(az)[:, None] * e2))
 
@@ -118,10 +105,7 @@ class EarthFixedBackground:
             Counts s⁻¹.
         """
         nside = det.nside_nu
-        npix = hp.nside2npix(nside)
-        nest = hp.ring2nest(nside, np.arange(npix))
-        ch = np.stack(hp.pix2vec(nside * 4, (nest[:, None] * 16 + np.arange(16)).ravel(),
-                                 nest=True), axis=-1).reshape(npix, 16, 3)
+        ch = _subpixels(nside, np.arange(hp.nside2npix(nside)), 2)
         zl = np.asarray(zenith_local, dtype=np.float64)
         zl = zl / np.linalg.norm(zl)
         frac = self.inside(ch, zl, horizon_deg).mean(axis=1)

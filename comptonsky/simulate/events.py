@@ -1,11 +1,9 @@
 """Vectorised sampling of unbinned COSI events (DC2 columns) from sky and Earth-fixed photon fields.
 
-Photons are drawn as a Poisson process of *candidates* at the rate ``flux × candidate_area``
-(times an upper bound of the area factor over the field's directions for Earth-fixed fields),
-uniform in time over the live time, with directions from the photon field; each candidate is
-kept by the instrument model (:meth:`InstrumentModel.sample_events`) with the probability that
-makes the detected rate ``flux × A(ν)``, after removing those behind the Earth. The attitude at
-each event's time comes from the orbit profile, exactly.
+Candidate photons arrive as a Poisson process uniform in time, at ``flux × candidate_area`` (times
+a bound of the area factor for Earth-fixed fields); the instrument model keeps each with the
+probability that makes the detected rate ``flux × A(ν)`` (:meth:`InstrumentModel.sample_events`),
+occulted ones are dropped, and the attitude at each event's time is the orbit's, exactly.
 """
 
 from __future__ import annotations
@@ -21,8 +19,7 @@ from .instrument import InstrumentModel
 from .orbit import OrbitProfile, attitude_at
 from .sky import SkyModel
 
-__all__ = ["simulate_sky_events", "simulate_background_events", "events_to_columns",
-           "EMPTY_COLUMNS"]
+__all__ = ["simulate_sky_events", "simulate_background_events", "events_to_columns"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,33 +61,19 @@ def events_to_columns(times: np.ndarray, rotation: np.ndarray, psichi_local: np.
     return cols
 
 
-def _empty() -> dict[str, np.ndarray]:
-    z = np.zeros(0)
-    return {"Energies": z, "TimeTags": z, "Xpointings": np.zeros((0, 2)),
-            "Ypointings": np.zeros((0, 2)), "Zpointings": np.zeros((0, 2)), "Phi": z,
-            "Chi local": z, "Psi local": z, "Distance": z, "Chi galactic": z,
-            "Psi galactic": z}
-
-
-EMPTY_COLUMNS = _empty
-
-
 def _run(n_candidates: int, draw, instrument: InstrumentModel, orbit: OrbitProfile,
          tmin: float, tmax: float, rng: np.random.Generator, desc: str,
          progress: bool, occult: bool, area_scale: float = 1.0) -> dict[str, np.ndarray]:
     parts = []
-    horizon = orbit.horizon_deg
-    cos_h = np.cos(np.radians(horizon))
+    cos_h = np.cos(np.radians(orbit.horizon_deg))
     with tqdm(total=n_candidates, desc=desc, unit="photon", disable=not progress) as bar:
         for c0 in range(0, n_candidates, _CHUNK):
             n = min(_CHUNK, n_candidates - c0)
             t = tmin + rng.random(n) * (tmax - tmin)
             att = attitude_at(orbit, t)
             d = draw(n, att["zenith"])
-            if occult:
-                visible = np.sum(d * att["zenith"], axis=1) >= cos_h
-            else:
-                visible = np.ones(n, dtype=bool)
+            visible = (np.sum(d * att["zenith"], axis=1) >= cos_h) if occult else \
+                np.ones(n, dtype=bool)
             nu = np.einsum("nji,nj->ni", att["rotation"], d)
             ev = instrument.sample_events(nu, rng, area_scale=area_scale)
             keep = ev["keep"]
@@ -101,8 +84,9 @@ def _run(n_candidates: int, draw, instrument: InstrumentModel, orbit: OrbitProfi
             parts.append(events_to_columns(t[sel], att["rotation"][sel], ev["psichi"][ok],
                                            ev["phi"][ok], ev["energy"][ok], ev["distance"][ok]))
             bar.update(n)
-    if not parts:
-        return _empty()
+    if not parts:  # no candidates: the columns of no events
+        z = np.zeros(0)
+        return events_to_columns(z, np.zeros((0, 3, 3)), np.zeros((0, 3)), z, z, z)
     cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     order = np.argsort(cols["TimeTags"], kind="stable")
     return {k: v[order] for k, v in cols.items()}

@@ -1,35 +1,19 @@
 """A detector-frame model of the COSI Compton telescope at a gamma-ray line.
 
-This is a *model* built from published numbers (docs/design.md §6), not the COSI team's Monte-Carlo
-response. For a photon of energy E₀ arriving from the detector-frame direction ν (unit vector
-towards the source, polar angle θ from the boresight +z):
-
-1. It yields a full-energy (photopeak) Compton event with probability per unit fluence
-   ``A(ν) = A₀ · c(θ) · η(ν) / η(ẑ)`` (cm²): ``A₀`` is the on-axis photopeak area, ``c(θ)`` the
-   geometric/shielding factor (cos^k θ in front, a small leak fraction from below), and ``η`` the
-   acceptance-weighted detection probability of step 3.
-2. The true Compton angle φ follows Klein–Nishina times a detection weighting (the first
-   deposit E₀ − E′(φ) must exceed a trigger threshold), ``E′ = E₀ / (1 + E₀/mₑc² (1 − cos φ))``
-   (at 511 keV, E′ = 511/(2 − cos φ)); the azimuth of the scatter around the incoming direction is
-   uniform.
-3. The scattered photon must be stopped in the germanium stack: the probability
-   ``1 − exp(−μ(E′) L)`` depends on the path L from the first interaction to the stack surface along
-   the scattered direction, a detector-frame dependence that makes the Galactic response depend on
-   the attitude history.
-4. The measured Compton angle is the true one plus Gaussian ARM noise (FWHM ≈ 4°); the measured
-   energy is E₀ plus Gaussian noise with σ = σ_hit √n_hits (σ_hit = 1.63 keV, two hits).
-
-The Compton-data-space direction PsiChi is the reverse of the scattered photon's flight direction
-(from the second interaction back to the first), so a source at ν is seen on the cone
-angle(ν, PsiChi) = φ, as in the DC2 files.
+A *model* built from published numbers (docs/design.md §6), not the COSI team's Monte-Carlo
+response: photopeak area A(ν) = A₀ c(θ) η(ν)/η(ẑ), Compton angle from Klein–Nishina times a
+trigger weight, stopping of the scattered photon in the germanium stack, Gaussian ARM and energy
+noise (docs/simulator.md, "Instrument", states the model; the attributes of
+:class:`InstrumentModel` hold its numbers). PsiChi is the reverse of the scattered photon's
+flight direction, so a source at ν is seen on the cone angle(ν, PsiChi) = φ, as in the DC2 files.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from functools import cached_property
 
 import healpy as hp
 import numba
@@ -37,12 +21,10 @@ import numpy as np
 from scipy.special import erf
 
 from ..errors import InvalidParameterError
-from ..physics import ELECTRON_MASS_KEV, klein_nishina, scattered_energy
+from ..physics import klein_nishina, scattered_energy
+from ..response.galactic import DetectorResponse, _subpixels
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..response.galactic import DetectorResponse
-
-__all__ = ["ELECTRON_MASS_KEV", "InstrumentModel", "klein_nishina", "scattered_energy"]
+__all__ = ["InstrumentModel", "klein_nishina", "scattered_energy"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +77,6 @@ class InstrumentModel:
     first_hit_depth_cm: float = 1.5
     mu_300_per_cm: float = 0.55
     mu_index: float = 0.45
-    _tables: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.line_energy_kev > 0:
@@ -174,27 +155,20 @@ class InstrumentModel:
     # ---------------------------------------------------------------------------------------
     # tabulated distributions
 
+    @cached_property
     def _table(self) -> dict:
-        if self._tables:
-            return self._tables
         phi = np.linspace(0.0, np.pi, _NTAB)
         q = klein_nishina(phi, self.line_energy_kev) * self.detection_weight(phi)
         pdf = q * 2.0 * np.pi * np.sin(phi)  # density in φ of the detected scatters
         cdf = np.concatenate([[0.0], np.cumsum(0.5 * (pdf[1:] + pdf[:-1]) * np.diff(phi))])
         norm = cdf[-1]
         mu2 = self.mu(scattered_energy(phi, self.line_energy_kev))
-        self._tables.update(phi=phi, q_per_sr=q / norm, cdf=cdf / norm, mu=mu2)
-        self._tables["eta0"] = float(self.eta(np.array([[0.0, 0.0, 1.0]]))[0])
-        return self._tables
-
-    def scatter_pdf(self, phi: np.ndarray) -> np.ndarray:
-        """Density per steradian of the scattered direction at angle ``phi`` (rad), ∫ dΩ = 1."""
-        t = self._table()
-        return np.interp(phi, t["phi"], t["q_per_sr"])
+        return {"phi": phi, "q_per_sr": q / norm, "cdf": cdf / norm, "mu": mu2,
+                "eta0": float(self.eta(np.array([[0.0, 0.0, 1.0]]))[0])}
 
     def sample_phi(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """Draw ``n`` true Compton angles (rad) from Klein–Nishina × detection weighting."""
-        t = self._table()
+        t = self._table
         return np.interp(rng.random(n), t["cdf"], t["phi"])
 
     def eta(self, nu: np.ndarray, n_phi: int = 360, n_az: int = 72) -> np.ndarray:
@@ -229,7 +203,7 @@ class InstrumentModel:
     @property
     def eta0(self) -> float:
         """η(ẑ): acceptance-weighted detection probability on axis."""
-        return self._table()["eta0"]
+        return self._table["eta0"]
 
     def effective_area(self, nu: np.ndarray, em_edges_kev: np.ndarray | None = None) -> np.ndarray:
         """Photopeak effective area (cm²) for sources at detector-frame directions ``nu``.
@@ -345,8 +319,6 @@ class InstrumentModel:
         -------
         comptonsky.response.galactic.DetectorResponse
         """
-        from ..response.galactic import DetectorResponse
-
         phi_edges = np.radians(np.asarray(phi_edges_deg, dtype=np.float64))
         em_frac = self.energy_fractions(em_edges_kev)
         sigma = self.arm_sigma_rad
@@ -355,13 +327,10 @@ class InstrumentModel:
             oversample = int(max(0, np.ceil(np.log2(pix_size / (0.7 * sigma)))))
         nsub = 4**oversample
         npix_p = hp.nside2npix(nside_psichi)
-        nest = hp.ring2nest(nside_psichi, np.arange(npix_p))
-        children = nest[:, None] * nsub + np.arange(nsub)[None, :]
-        sub = np.stack(hp.pix2vec(nside_psichi * 2**oversample, children.ravel(), nest=True),
-                       axis=-1).reshape(npix_p, nsub, 3)
+        sub = _subpixels(nside_psichi, np.arange(npix_p), oversample)
         lpath = self.path_length(-sub)  # flight direction is −PsiChi
         nu = np.stack(hp.pix2vec(nside_nu, np.arange(hp.nside2npix(nside_nu))), axis=-1)
-        tab = self._table()
+        tab = self._table
         scale = (self.on_axis_area_cm2 / self.eta0) * self.area_factor(nu[:, 2])
         dphi = np.min(np.diff(phi_edges))
         spread = 2.5 * pix_size
@@ -411,19 +380,6 @@ def _gauss_cdf(x, tab):
     return tab[k] * (1.0 - f) + tab[k + 1] * f
 
 
-@numba.njit(cache=True, inline="always")
-def _first_edge_above(edges, x):
-    """Index b of the last edge with edges[b] <= x (0 if none), by bisection."""
-    lo, hi = 0, edges.shape[0] - 1
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if edges[mid] <= x:
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
 @numba.njit(parallel=True, cache=True)
 def _band_kernel(nu, sub, lpath, sub_area, tphi, tq, tmu, edges, sigma, nsig, start, vals, cdf):
     nnu = nu.shape[0]
@@ -443,7 +399,9 @@ def _band_kernel(nu, sub, lpath, sub_area, tphi, tq, tmu, edges, sigma, nsig, st
                 a = math.acos(c)
                 ang[s] = a
                 amin = min(amin, a)
-            b0 = min(_first_edge_above(edges, amin - nsig * sigma), nbin - 1)
+            # the bin holding amin − nsig σ: the last edge at or below it
+            b0 = min(max(np.searchsorted(edges, amin - nsig * sigma, side="right") - 1, 0),
+                     nbin - 1)
             start[i, p] = b0
             for s in range(nsub):
                 a = ang[s]

@@ -4,9 +4,7 @@ The spacecraft moves on a circular orbit (altitude h, inclination i, node preces
 Earth's J2). Its z axis (boresight) points to the zenith, tilted by the rocking angle towards the
 orbit normal; its x axis lies along the velocity, turned by ``x_tilt_deg`` towards the orbit
 normal. Attitudes are computed in the equatorial (ICRS) frame and rotated to Galactic
-coordinates with a fixed matrix. Facts (docs/design.md §6): DC2 is 550 km, 0° inclination, pure zenith
-pointing, 3 months from t = 1835487300 s; DC3 is 530 km with ±22° north/south rocking switched
-every 12 h.
+coordinates with a fixed matrix.
 """
 
 from __future__ import annotations
@@ -31,7 +29,6 @@ __all__ = [
     "OrbitProfile",
     "DC2_ORBIT",
     "DC3_ORBIT",
-    "ORBITS",
     "orbital_period",
     "horizon_angle_deg",
     "equatorial_to_galactic_matrix",
@@ -115,8 +112,6 @@ class OrbitProfile:
 DC2_ORBIT = OrbitProfile(name="dc2", altitude_km=550.0)
 #: DC3: 530 km, 0° inclination, ±22° north/south rocking every 12 h (docs/design.md §6).
 DC3_ORBIT = OrbitProfile(name="dc3", altitude_km=530.0, rocking_deg=22.0)
-#: Profiles by name.
-ORBITS = {"dc2": DC2_ORBIT, "dc3": DC3_ORBIT}
 
 
 def orbital_period(altitude_km: float) -> float:

@@ -1,11 +1,8 @@
 """One call from a preset to a complete DC2-like data set on disk.
 
-:func:`simulate_dataset` writes, into one directory, the Galactic point-source response, the
-source and albedo event lists, the noise-free albedo template, the truth map, the orientation
-file, the binning inputs and a ready image-deconvolution parameter file — the files the COSI
-511 keV tutorial uses, in the same formats. A manifest (``simulation.json``) records the
-parameters and headline numbers; calling again with the same parameters returns the existing
-files without recomputing (delete the directory or pass ``force=True`` to redo).
+:func:`simulate_dataset` writes the files the COSI 511 keV tutorial uses, in the same formats,
+and a manifest (``simulation.json``) of the parameters and headline numbers; calling again with
+the same parameters returns the existing files without recomputing (``force=True`` redoes them).
 """
 
 from __future__ import annotations
@@ -20,8 +17,10 @@ from pathlib import Path
 import astropy.units as u
 import healpy as hp
 import numpy as np
+import yaml
 from histpy import Axis, HealpixAxis, Histogram
 
+from ..binning.spec import phi_bin_edges
 from ..errors import InvalidParameterError
 from ..io.atomic import atomic_path
 from ..io.events import write_events
@@ -89,77 +88,45 @@ def _inputs_yaml(events_name: str, fmt: str, tmin: float, tmax: float, window, p
     )
 
 
-def _parfile_yaml(nside: int, window, background_name: str = "albedo") -> str:
-    return (
-        "author: comptonsky simulate\n"
-        "model_definition:\n"
-        '  class: "AllSkyImage"\n'
-        "  property:\n"
-        '    coordinate: "galactic"\n'
-        f"    nside: {nside}\n"
-        '    scheme: "ring"\n'
-        "    energy_edges: # should be the same as the response matrix\n"
-        f"      value: [{window[0]!r}, {window[1]!r}]\n"
-        '      unit: "keV"\n'
-        '    unit: "cm-2 s-1 sr-1"\n'
-        "  initialization:\n"
-        '    algorithm: "flat"\n'
-        "    parameter:\n"
-        "      value: [1e-4]\n"
-        '      unit: "cm-2 s-1 sr-1"\n'
-        "deconvolution:\n"
-        '  algorithm: "RL"\n'
-        "  parameter:\n"
-        "    iteration_max: 30\n"
-        "    acceleration:\n"
-        "        activate: True\n"
-        "        alpha_max: 10.0\n"
-        "    response_weighting:\n"
-        "        activate: True\n"
-        "        index: 0.5\n"
-        "    smoothing:\n"
-        "        activate: False\n"
-        "        FWHM:\n"
-        "            value: 2.0\n"
-        '            unit: "deg"\n'
-        "    stopping_criteria:\n"
-        '        statistics: "log-likelihood"\n'
-        "        threshold: 0.01\n"
-        "    background_normalization_optimization:\n"
-        "        activate: True\n"
-        f'        range: {{"{background_name}": [0.01, 10.0]}}\n'
-        "    save_results:\n"
-        "        activate: False\n"
-        '        directory: "./results"\n'
-        "        only_final_result: True\n"
-    )
+def _parfile_yaml(nside: int, window) -> str:
+    """The tutorial's RL parameter file (reference layout) for this data set."""
+    intensity = "cm-2 s-1 sr-1"
+    tree = {
+        "author": "comptonsky simulate",
+        "model_definition": {
+            "class": "AllSkyImage",
+            "property": {"coordinate": "galactic", "nside": int(nside), "scheme": "ring",
+                         "energy_edges": {"value": [float(e) for e in window], "unit": "keV"},
+                         "unit": intensity},
+            "initialization": {"algorithm": "flat",
+                               "parameter": {"value": [1e-4], "unit": intensity}}},
+        "deconvolution": {"algorithm": "RL", "parameter": {
+            "iteration_max": 30,
+            "acceleration": {"activate": True, "alpha_max": 10.0},
+            "response_weighting": {"activate": True, "index": 0.5},
+            "smoothing": {"activate": False, "FWHM": {"value": 2.0, "unit": "deg"}},
+            "stopping_criteria": {"statistics": "log-likelihood", "threshold": 0.01},
+            "background_normalization_optimization": {"activate": True,
+                                                      "range": {"albedo": [0.01, 10.0]}},
+            "save_results": {"activate": False, "directory": "./results",
+                             "only_final_result": True}}},
+    }
+    return yaml.safe_dump(tree, sort_keys=False)
 
 
 def _background_rate(value: float | str | None, preset: Preset) -> float | None:
     """The albedo count rate (s⁻¹) to scale to, or None for the physical line flux."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        key = value.strip().lower()
-        if key == "preset":
-            return preset.background_rate_hz
-        if key == "line":
-            return None
-        try:
-            value = float(key)
-        except ValueError:
-            raise InvalidParameterError(
-                f"background rate must be a number of counts/s, 'preset' or 'line', got "
-                f"{value!r}") from None
-    if not (np.isfinite(value) and value > 0):
+    key = value.strip().lower() if isinstance(value, str) else value
+    if key in (None, "line", "preset"):
+        return preset.background_rate_hz if key == "preset" else None
+    try:
+        rate = float(key)
+    except (TypeError, ValueError):
+        rate = np.nan
+    if not (np.isfinite(rate) and rate > 0):
         raise InvalidParameterError(f"background rate must be a positive number of counts/s, "
-                                    f"got {value!r}")
-    return float(value)
-
-
-def _write_event_file(path: Path, events: dict, fmt: str) -> None:
-    """Write an event list atomically (``write_events`` writes reproducible gzip headers)."""
-    write_events(path, events, format=fmt)
+                                    f"'preset' or 'line', got {value!r}")
+    return rate
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -198,24 +165,18 @@ def simulate_dataset(output_dir: str | os.PathLike, preset: str | Preset = "dc2-
     attitude_resolution_deg : float, optional
         Size of the attitude bins of the response; default half a HEALPix pixel.
     sky_sampling : {"pixel", "continuous"}
-        ``"pixel"`` (default): the injected sky *is* the truth map — source photons are drawn
-        uniformly inside each pixel with the pixel's flux, so binned events agree with the
-        response applied to the truth (χ²/dof ≈ 1). ``"continuous"``: photons are drawn from the
-        analytic components (point source, Gaussians); the truth map is then their pixel
-        average, and structure below the pixel size (the GC point source, the 2.5° bulge) makes
-        high-count bins deviate from response · truth.
+        ``"pixel"`` (default): source photons are drawn uniformly inside each pixel of the truth
+        map, so binned events agree with response · truth; ``"continuous"``: from the analytic
+        components, whose structure below the pixel size the truth map lacks (docs/simulator.md,
+        "Sky").
     psichi_oversample : int
-        The detector-frame response is tabulated with PsiChi at ``nside × 2**psichi_oversample``
-        before it is rotated onto the Galactic PsiChi grid. Rotating pixels of the output size
-        smears the Compton cone by up to a pixel; one level finer (the default) brings the
-        brightest bins back to χ²/dof ≈ 1 against the events, for about 3.7× the memory of the
-        detector-frame response and 2–3× the build time. 0 tabulates at ``nside``.
+        PsiChi of the detector-frame response is tabulated at ``nside × 2**psichi_oversample``
+        before it is rotated onto the Galactic grid (docs/simulator.md, "Instrument"); 0 is
+        faster but blurs the Compton cone by up to a pixel.
     background_rate_hz : float or str
-        Expected albedo count rate in the analysis window (counts s⁻¹); the albedo intensity is
-        scaled to give it. ``"preset"`` (default): the preset's (0.185 s⁻¹, the DC2 level of
-        all components, for the DC presets); ``"line"``: the physical albedo line flux alone
-        (4.4e-4 ph cm⁻² s⁻¹ from the Earth disk; about 6e-4 counts s⁻¹ through the bottom
-        shield); None is the same as ``"line"``.
+        Albedo count rate in the analysis window (counts s⁻¹) the albedo is scaled to;
+        ``"preset"`` (default): the preset's; ``"line"`` or None: the physical albedo line flux
+        alone (docs/simulator.md, "Backgrounds").
     force : bool
         Recompute even if a matching manifest is present.
     progress : bool
@@ -231,9 +192,7 @@ def simulate_dataset(output_dir: str | os.PathLike, preset: str | Preset = "dc2-
     pre = get_preset(preset)
     if nside < 1 or nside & (nside - 1):
         raise InvalidParameterError(f"nside must be a power of 2, got {nside}")
-    nphi = 180.0 / float(phi_bin_deg)
-    if not phi_bin_deg > 0 or abs(nphi - round(nphi)) > 1e-9:
-        raise InvalidParameterError(f"phi bin width must divide 180 deg, got {phi_bin_deg}")
+    phi_edges = phi_bin_edges(phi_bin_deg, "simulate_dataset")
     if sky_sampling not in ("pixel", "continuous"):
         raise InvalidParameterError(
             f"sky_sampling must be 'pixel' or 'continuous', got {sky_sampling!r}")
@@ -275,7 +234,6 @@ def simulate_dataset(output_dir: str | os.PathLike, preset: str | Preset = "dc2-
     t_start = time.perf_counter()
     inst = pre.instrument()
     window = pre.energy_window_kev
-    phi_edges = np.linspace(0.0, 180.0, int(round(nphi)) + 1)
     em_edges = np.asarray(window, dtype=float)
     ss = np.random.SeedSequence(int(seed))
     rng_src, rng_bkg = (np.random.default_rng(s) for s in ss.spawn(2))
@@ -312,7 +270,7 @@ def simulate_dataset(output_dir: str | os.PathLike, preset: str | Preset = "dc2-
     injected = sky if sky_sampling == "continuous" else SkyModel(
         [HealpixMapSource(lam, name=f"{sky.name} (pixelised)")], name=sky.name)
     src = simulate_sky_events(injected, inst, orbit, rng_src, progress=progress)
-    _write_event_file(paths["source_events"], src, fmt)
+    write_events(paths["source_events"], src, format=fmt)
     inwin = (src["Energies"] >= window[0]) & (src["Energies"] < window[1])
     summary["source_events"] = len(src["Energies"])
     summary["source_events_in_window"] = int(inwin.sum())
@@ -353,7 +311,7 @@ def simulate_dataset(output_dir: str | os.PathLike, preset: str | Preset = "dc2-
     for bkg in bkgs:
         ev = simulate_background_events(bkg, inst, orbit, rng_bkg, progress=progress)
         key = "albedo_events" if bkg.name == "albedo" else f"{bkg.name}_events"
-        _write_event_file(paths[key], ev, fmt)
+        write_events(paths[key], ev, format=fmt)
         summary[f"{bkg.name}_events"] = len(ev["Energies"])
         summary[f"{bkg.name}_events_in_window"] = int(
             ((ev["Energies"] >= window[0]) & (ev["Energies"] < window[1])).sum())

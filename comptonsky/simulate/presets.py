@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import UnknownChoiceError
 from .background import AlbedoBackground, EarthFixedBackground, IsotropicBackground
@@ -37,9 +37,8 @@ class Preset:
     background_rate_hz : float or None
         Expected albedo count rate in the analysis window (counts s⁻¹) to which the albedo is
         scaled, or None to keep the albedo line flux ``albedo_flux`` as it is. The DC presets
-        use :data:`DC2_BACKGROUND_RATE_HZ` (0.185 s⁻¹, the DC2 level of all background
-        components, docs/design.md §6): the albedo then stands in, with its Earth-fixed angular shape,
-        for the whole background, as the albedo template does in the tutorial's fit.
+        use :data:`DC2_BACKGROUND_RATE_HZ`: the albedo then stands in, with its Earth-fixed
+        angular shape, for the whole background (docs/simulator.md, "Backgrounds").
     energy_window_kev : tuple of float
         Analysis window (Ei and Em edges).
     """
@@ -53,7 +52,6 @@ class Preset:
     isotropic_intensity: float | None = None
     background_rate_hz: float | None = None
     energy_window_kev: tuple[float, float] = (509.0, 513.0)
-    extra: dict = field(default_factory=dict)
 
     def backgrounds(self) -> list[EarthFixedBackground]:
         """The background photon fields of the preset (albedo first)."""

@@ -2,19 +2,15 @@
 
 Every component knows its total line flux (ph cm⁻² s⁻¹), its intensity (ph cm⁻² s⁻¹ sr⁻¹) at
 Galactic directions, and how to draw photon arrival directions from itself exactly, so that
-simulated events and the truth map describe the same sky.
-
-DC2 511 keV "thin disk" (docs/design.md §6; the bulge components follow Siegert et al. 2016, A&A 586,
-A84): point source at (0, 0) 1.2e-4; narrow bulge Gaussian σ 2.5° at (l, b) = (−0.25°, −1.25°)
-2.8e-4; broad bulge σ 8.7° at (0, 0) 7.3e-4; disk Gaussian σ_l 90°, σ_b 3° at (0, 0) 1.7e-3.
-The "thick disk" variant replaces the disk by σ_l 60°, σ_b 10.5° with the same flux (the thick
-disk fitted to SPI data by Siegert et al. 2016; not a docs/design.md §6 number).
+simulated events and the truth map describe the same sky. The DC2 511 keV components are those
+of docs/design.md §6 (the bulge follows Siegert et al. 2016, A&A 586, A84); the thick disk is the
+one Siegert et al. 2016 fitted to SPI data, not a docs/design.md §6 number.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import healpy as hp
 import numpy as np
@@ -33,7 +29,11 @@ __all__ = [
     "dc2_511_thick_disk",
 ]
 
-logger = logging.getLogger(__name__)
+
+def _cdf(x: np.ndarray, pdf: np.ndarray) -> tuple[np.ndarray, float]:
+    """Trapezoidal integral of ``pdf`` from ``x[0]`` at each ``x``: (that over the total, total)."""
+    c = np.concatenate([[0.0], np.cumsum(0.5 * (pdf[1:] + pdf[:-1]) * np.diff(x))])
+    return c / c[-1], c[-1]
 
 
 def _tangent_basis(center: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -104,27 +104,23 @@ class GaussianSource(SkyComponent):
     sigma_deg: float
     flux: float
     name: str = "gaussian"
-    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    def _tab(self):
-        if not self._cache:
-            if not self.sigma_deg > 0:
-                raise InvalidParameterError(f"{self.name}: sigma must be positive")
-            th = np.linspace(0.0, np.pi, 20001)
-            s = np.radians(self.sigma_deg)
-            pdf = np.exp(-0.5 * (th / s) ** 2) * np.sin(th)
-            cdf = np.concatenate([[0.0], np.cumsum(0.5 * (pdf[1:] + pdf[:-1]) * np.diff(th))])
-            self._cache.update(th=th, cdf=cdf / cdf[-1], norm=2 * np.pi * cdf[-1],
-                               center=lonlat_to_vec(self.l_deg, self.b_deg))
-        return self._cache
+    @cached_property
+    def _tab(self) -> dict:
+        if not self.sigma_deg > 0:
+            raise InvalidParameterError(f"{self.name}: sigma must be positive")
+        th = np.linspace(0.0, np.pi, 20001)
+        cdf, total = _cdf(th, np.exp(-0.5 * (th / np.radians(self.sigma_deg)) ** 2) * np.sin(th))
+        return {"th": th, "cdf": cdf, "norm": 2 * np.pi * total,
+                "center": lonlat_to_vec(self.l_deg, self.b_deg)}
 
     def intensity(self, vec: np.ndarray) -> np.ndarray:
-        t = self._tab()
+        t = self._tab
         th = np.arccos(np.clip(vec @ t["center"], -1.0, 1.0))
         return self.flux * np.exp(-0.5 * (th / np.radians(self.sigma_deg)) ** 2) / t["norm"]
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        t = self._tab()
+        t = self._tab
         th = np.interp(rng.random(n), t["cdf"], t["th"])
         az = rng.random(n) * 2 * np.pi
         c = t["center"]
@@ -146,25 +142,20 @@ class EllipticalGaussianSource(SkyComponent):
     sigma_b_deg: float
     flux: float
     name: str = "disk"
-    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    def _tab(self):
-        if not self._cache:
-            if not (self.sigma_l_deg > 0 and self.sigma_b_deg > 0):
-                raise InvalidParameterError(f"{self.name}: sigmas must be positive")
-            dl = np.linspace(-np.pi, np.pi, 20001)
-            pl = np.exp(-0.5 * (dl / np.radians(self.sigma_l_deg)) ** 2)
-            cl = np.concatenate([[0.0], np.cumsum(0.5 * (pl[1:] + pl[:-1]) * np.diff(dl))])
-            b = np.linspace(-np.pi / 2, np.pi / 2, 20001)
-            pb = (np.exp(-0.5 * ((b - np.radians(self.b_deg)) / np.radians(self.sigma_b_deg)) ** 2)
-                  * np.cos(b))
-            cb = np.concatenate([[0.0], np.cumsum(0.5 * (pb[1:] + pb[:-1]) * np.diff(b))])
-            self._cache.update(dl=dl, cl=cl / cl[-1], b=b, cb=cb / cb[-1],
-                               norm=cl[-1] * cb[-1])
-        return self._cache
+    @cached_property
+    def _tab(self) -> dict:
+        if not (self.sigma_l_deg > 0 and self.sigma_b_deg > 0):
+            raise InvalidParameterError(f"{self.name}: sigmas must be positive")
+        dl = np.linspace(-np.pi, np.pi, 20001)
+        cl, total_l = _cdf(dl, np.exp(-0.5 * (dl / np.radians(self.sigma_l_deg)) ** 2))
+        b = np.linspace(-np.pi / 2, np.pi / 2, 20001)
+        cb, total_b = _cdf(b, np.exp(-0.5 * ((b - np.radians(self.b_deg))
+                                             / np.radians(self.sigma_b_deg)) ** 2) * np.cos(b))
+        return {"dl": dl, "cl": cl, "b": b, "cb": cb, "norm": total_l * total_b}
 
     def intensity(self, vec: np.ndarray) -> np.ndarray:
-        t = self._tab()
+        t = self._tab
         lon, lat = vec_to_lonlat(vec)
         dl = np.radians((lon - self.l_deg + 180.0) % 360.0 - 180.0)
         db = np.radians(lat - self.b_deg)
@@ -173,7 +164,7 @@ class EllipticalGaussianSource(SkyComponent):
         return self.flux * g / t["norm"]
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        t = self._tab()
+        t = self._tab
         dl = np.interp(rng.random(n), t["cl"], t["dl"])
         b = np.interp(rng.random(n), t["cb"], t["b"])
         return lonlat_to_vec(self.l_deg + np.degrees(dl), np.degrees(b))
@@ -205,9 +196,7 @@ class HealpixMapSource(SkyComponent):
 
     def pixel_flux(self, nside: int) -> np.ndarray:
         f = self.values * hp.nside2pixarea(self.nside)
-        if nside == self.nside:
-            return f
-        return hp.ud_grade(f, nside, power=-2)
+        return f if nside == self.nside else hp.ud_grade(f, nside, power=-2)
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         p = self.values / self.values.sum()

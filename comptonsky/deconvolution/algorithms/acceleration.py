@@ -8,23 +8,15 @@
   ε(α) = ε⁰ + α (R·(d ΔΩ) + Σ_b δn_b B_b), so once u = R·(d ΔΩ) is known (one forward pass) the
   objective along the line is a cheap, concave data-space function of α.
 
-``line_search``: one adjoint pass (the EM direction) and one forward pass (u) per iteration, as
-plain RL; α maximises the objective exactly on [0, α_hi], where α_hi keeps the map ≥ 0 and the
-norms in their ranges (capped at ``alpha_max``); α ≥ 1 whenever the EM step improves.
-
-``SQUAREM`` (Varadhan & Roland 2008, scheme S3): two EM steps x¹ = F(x⁰), x² = F(x¹), then
-x' = x⁰ − 2α r + α² v (r = x¹ − x⁰, v = x² − 2x¹ + x⁰, α = −‖r‖/‖v‖ in [−alpha_max, −1]). x' is
-an affine combination of x⁰, x¹, x², so are its expected counts: no extra pass unless the
-constraints (minimum flux, masks, norm ranges) change x'. x' is kept if its objective is not below
-that of x², else α is halved towards −1 (α = −1 gives x²). Passes per cycle (two EM steps): 4,
-plus 1 when the constraints act, plus 1 per backtrack.
-
-Safety net, both: if the objective still fell (the processed direction need not ascend, e.g. with
-smoothing or MAP_RL's one-step-late prior filter), the plain EM step is used instead (for ML-EM
-with clipping a generalised EM step, which cannot lower the likelihood), or else the state is
-kept. Each takes the algorithm ``fit`` (:class:`~.base.DeconvolutionAlgorithm`: ``direction``,
-``constrain``, ``project``, ``evaluate``, options) and a :class:`~..state.FitState`, and returns
-the next state with its ``direction`` and ``alpha``.
+``line_search`` maximises the objective exactly on [0, α_hi] (α_hi keeps the map ≥ 0 and the
+norms in their ranges, capped at ``alpha_max``), at the cost of plain RL. ``SQUAREM``
+(Varadhan & Roland 2008, scheme S3) extrapolates x' = x⁰ − 2α r + α² v from two EM steps
+(r = x¹ − x⁰, v = x² − 2x¹ + x⁰); x' is an affine combination of x⁰, x¹, x², so are its expected
+counts, and no extra pass is needed unless the constraints change x' (docs/algorithms.md). If the
+objective still fell (the processed direction need not ascend, e.g. with smoothing or MAP_RL's
+prior filter), both fall back to the plain EM step, or else keep the state. Each takes the
+algorithm ``fit`` (:class:`~.base.DeconvolutionAlgorithm`) and a :class:`~..state.FitState`, and
+returns the next state with its ``direction`` and ``alpha``.
 """
 
 from __future__ import annotations
@@ -185,7 +177,8 @@ class LineSearch:
             extra = None
             if fit.has_priors:
                 def extra(a: float, d=d, dn=dn) -> float:
-                    return fit.log_prior_total(start.model + a * d, shift_norms(start.norms, dn, a))
+                    return float(sum(fit.log_priors(start.model + a * d,
+                                                    shift_norms(start.norms, dn, a)).values()))
             alpha = line_maximum([ds.counts for ds in data.datasets], start.expectations,
                                  slope, alpha_hi, extra)
             if alpha <= 0:
@@ -208,11 +201,7 @@ class SQUAREM:
 
     @staticmethod
     def _em(fit, state: FitState) -> tuple[FitState, tuple[np.ndarray, dict[str, float]]]:
-        """One (processed) EM step from ``state``; returns the new state and the plain step.
-
-        (Using the line-searched step as the base map instead was tried: its step length
-        varies from point to point, which spoils the extrapolation, and it was slower.)
-        """
+        """One (processed) EM step from ``state``; returns the new state and the plain step."""
         direction = fit.direction(state)
         model, norms, _ = fit.project(state.model + direction.processed,
                                       shift_norms(state.norms, direction.norm_step))

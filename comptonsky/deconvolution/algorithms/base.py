@@ -152,9 +152,8 @@ class DeconvolutionAlgorithm(ABC):
             self.mask = exposed if self.mask is None else (self.mask & exposed)
             logger.info("%d model elements have zero exposure; they are masked (held at 0)",
                         int((~exposed).sum()))
-        self.weight = (response_weighting_filter(data.exposure,
-                                                 float(self.setting("response_weighting:index",
-                                                                    0.5)))
+        index = float(self.setting("response_weighting:index", 0.5))
+        self.weight = (response_weighting_filter(data.exposure, index)
                        if self.uses("response_weighting") else None)
 
     def for_data(self, data: JointData, intensity_scale: float = 1.0) -> DeconvolutionAlgorithm:
@@ -180,9 +179,6 @@ class DeconvolutionAlgorithm(ABC):
     def log_priors(self, model: np.ndarray, norms: dict[str, float]) -> dict[str, float]:
         """Log-prior terms of the objective (none for ML algorithms)."""
         return {}
-
-    def log_prior_total(self, model: np.ndarray, norms: dict[str, float]) -> float:
-        return float(sum(self.log_priors(model, norms).values()))
 
     def evaluate(self, model: np.ndarray, norms: dict[str, float],
                  sources: list[np.ndarray] | None = None) -> FitState:
@@ -278,9 +274,8 @@ class DeconvolutionAlgorithm(ABC):
             self.cross_validation = choose_iterations(self, progress)
             limit, threshold = self.cross_validation["best_iteration"], -math.inf
             key = self.default_statistic
-        bar = tqdm(total=limit, desc=f"{self.name} iterations", unit="it",
-                   disable=not progress, leave=False)
-        try:
+        with tqdm(total=limit, desc=f"{self.name} iterations", unit="it", disable=not progress,
+                  leave=False) as bar:
             while True:
                 self.iterate()
                 bar.update(1)
@@ -288,8 +283,6 @@ class DeconvolutionAlgorithm(ABC):
                                 alpha=f"{self.state.alpha:.3g}")
                 if self._should_stop(limit, threshold, key):
                     break
-        finally:
-            bar.close()
         if self.cross_validation is not None:
             history = self.cross_validation["validation_log_likelihood"]
             for record in self.results:

@@ -1,14 +1,9 @@
 """Maximum-a-posteriori Richardson–Lucy (``MAP_RL``) with gamma, TSV and entropy priors.
 
-One iteration (the published algorithm; see ``docs/reference-algorithms.md`` §6):
-
-1. r = X/ε, T = Rᵀ r;
-2. EM map with the gamma prior: λᴱᴹ = (λ T + k − 1) / (E + 1/θ), clipped at minimum_flux;
-3. smoothness/entropy priors: G = Σ ∂log P/∂λ at λᴱᴹ, filter F = exp(G / (E + 1/θ));
-   δλ = F λᴱᴹ − λ;
-4. backgrounds: n'_b = (n_b Σ r B_b + k_b − 1) / (Σ B_b + 1/θ_b);
-5. response weighting of δλ; λ ← λ + δλ, clipped and masked; n_b ← n'_b clipped to range;
-6. ε, log L, log-priors and the log-posterior; stop on the log-posterior (default).
+One iteration is the published algorithm of docs/reference-algorithms.md §6: the EM map under the
+gamma prior (:func:`~..steps.map_em`), the one-step-late filter F = exp(G / (E + 1/θ)) of the
+smoothness and entropy priors at it, δλ = F λᴱᴹ − λ, MAP background norms, response weighting and
+the constraints; it stops on the log-posterior by default.
 """
 
 from __future__ import annotations

@@ -13,15 +13,10 @@ S_k its bins:
 4. λ ← max(λ + δλ, minimum_flux), masked 0; n_b ← n_b + δn_b clipped to its range.
 
 After the cycle, ε and log L are computed on all bins (one full forward product, whose first
-subset is reused by the next cycle). A cycle streams the response 3 − 1/K times (adjoint once,
-forward once in pieces, once for the likelihood), against 2 for plain RL, and gains roughly K RL
-iterations early on. With K = 1 an OSEM iteration is an RL iteration without acceleration.
-OSEM does not converge to the maximum-likelihood point for K > 1 (it approaches a limit cycle).
-With ``subset_schedule: adaptive`` (default) K is halved (nested subsets: no new response copy)
-when a cycle loses, gains less than a quarter of the previous one or less than 2 % of the first
-cycle at this K, or after 5 cycles at one K, down to 1; at K = 1 the configured safe accelerator
-(``line_search`` or ``SQUAREM``) is used if acceleration is active, else plain RL steps.
-``subset_schedule: constant`` keeps K.
+subset is reused by the next cycle). With K = 1 an OSEM iteration is an RL iteration without
+acceleration. ``subset_schedule: adaptive`` (default; ``constant`` keeps K) halves K down to 1,
+where the configured safe accelerator takes over (:meth:`OrderedSubsetsEM.step`; costs and
+convergence: docs/algorithms.md).
 """
 
 from __future__ import annotations

@@ -1,19 +1,9 @@
-"""Richardson–Lucy (``RL``) and plain ML-EM (``RLsimple``), as in cosipy 0.4.3 (docs/design.md §4).
+"""Richardson–Lucy (``RL``) and plain ML-EM (``RLsimple``), as in cosipy 0.4.3.
 
-One iteration, with r = X/ε:
-
-1. δλ = λ (Rᵀr / E − 1) (masked and zero-exposure elements 0); δn_b = n_b (Σ r B_b / Σ B_b − 1)
-   when the norms are fitted (:func:`em_direction`);
-2. response weighting δλ *= (E / max E)^β, then smoothing (``RL`` only, when activated);
-3. step length (``acceleration:method``): ``max_step`` takes the largest α ≤ α_max keeping
-   λ ≥ 0 if log L at α is not below log L at α = 1 (cosipy 0.4.3), ``max_step_unchecked``
-   always takes it (the older rule); ``line_search`` and ``SQUAREM`` replace the iteration with
-   the safe accelerators of :mod:`.acceleration` (the objective can never fall);
-4. λ ← max(λ, minimum_flux), masked elements 0; n_b ← n_b + δn_b clipped to its range;
-5. ε and log L at the new state; stop at ``iteration_max`` or when log L rises by less than
-   the threshold (a fall only warns).
-
-``RLsimple`` takes none of the options of steps 2–3 and does not fit background norms
+One iteration is that of docs/design.md §4: the EM direction (:func:`em_direction`; masked and
+zero-exposure elements 0, background norms when fitted), response weighting and smoothing, a step
+length of :mod:`.acceleration` (``acceleration:method``), the constraints, then ε and log L.
+``RLsimple`` takes no weighting, smoothing or acceleration and does not fit background norms
 (backgrounds enter at norm 1); it stops at ``iteration_max`` unless a threshold is given.
 """
 
