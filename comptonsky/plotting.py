@@ -354,7 +354,7 @@ def plot_comparison(model: Histogram, truth: Histogram, energy_index: int = 0,
         raise InvalidParameterError(f"plot_comparison: the model has {m.size} pixels, the "
                                     f"truth {t.size}")
     shared = image_norm([m, t], scale, vmin, None, band=band)
-    fig = plt.figure(figsize=(18, 4.3))
+    fig = plt.figure(figsize=(18, 4.6), layout="constrained")
     axes = [fig.add_subplot(1, 3, k + 1, projection="mollweide") for k in range(3)]
     residual = Histogram(model.axes, contents=np.asarray(
         getattr(model.contents, "value", model.contents)) - np.asarray(
