@@ -154,7 +154,7 @@ def _stage_printer(enabled: bool):
 def _compare_with_truth(summary: dict[str, Any], output: Path, truth_path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from .plotting import plot_image
+    from .plotting import image_norm, plot_image
 
     truth = open_histogram(truth_path)
     model = open_histogram(output / "results" / f"model_itr{summary['iterations']}.hdf5")
@@ -168,9 +168,9 @@ def _compare_with_truth(summary: dict[str, Any], output: Path, truth_path: Path)
     summary["residual_rms_relative_to_truth_max"] = float(np.sqrt(np.mean((m - t) ** 2)) /
                                                           t.max())
     residual = AllSkyImageModel.from_axes(truth.axes, contents=m - t)
-    for name, image, scale in (("truth", truth, "log"), ("model", model, "log"),
-                               ("residual", residual, "linear")):
-        fig = plot_image(image, scale=scale, title=name, output=output / f"{name}.png",
-                         cmap="RdBu_r" if name == "residual" else "magma",
-                         vmin=1e-3 * t.max() if scale == "log" else None)
-        plt.close(fig)
+    shared = image_norm([m[:, 0], t[:, 0]], "log", band="band 0")   # one scale for both
+    for name, image, title in (("truth", truth, "truth"), ("model", model, "model")):
+        plt.close(plot_image(image, scale="log", title=title, norm=shared,
+                             output=output / f"{name}.png"))
+    plt.close(plot_image(residual, title="residual model − truth", symmetric=True,
+                         output=output / "residual.png"))

@@ -5,7 +5,8 @@ The page has no outside references: images are PNGs embedded as base64 ``data:``
 can be mailed or archived alone. It reads what :func:`comptonsky.jobs.run_files` (and
 ``comptonsky uncertainty``) write: ``summary.json``, ``results.fits``, ``model_itr<N>.hdf5``,
 ``parameters.yml`` and, when present, ``std.hdf5``, ``significance.hdf5`` and
-``region_fluxes.json``.
+``region_fluxes.json``; the bootstrap maps are also written as ``std_E<k>.png`` and
+``significance_E<k>.png`` beside them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from .deconvolution.model import AllSkyImageModel
 from .deconvolution.results import read_results_table
 from .errors import FileFormatError
 from .io.atomic import atomic_path
@@ -56,7 +56,12 @@ def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return _img(buf.getvalue())
+
+
+def _img(png: bytes) -> str:
+    """An ``<img>`` holding the PNG bytes ``png`` (base64 ``data:`` URI)."""
+    data = base64.b64encode(png).decode("ascii")
     return f'<img src="data:image/png;base64,{data}" alt="">'
 
 
@@ -79,14 +84,22 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _map_images(image, label: str, scale: str, cmap: str = "magma",
-                vmin: float | None = None, vmax: float | None = None) -> list[str]:
+def _map_images(image, label: str, scale: str, symmetric: bool = False) -> list[str]:
     from .plotting import plot_image
 
-    return [_figure(_png(plot_image(image, energy_index=k, scale=scale, title=label, cmap=cmap,
-                                    vmin=vmin, vmax=vmax, sources={"GC": (0.0, 0.0)})),
+    return [_figure(_png(plot_image(image, energy_index=k, scale=scale, title=label,
+                                    symmetric=symmetric, sources={"GC": (0.0, 0.0)})),
                     f"{label}, band {k} ({scale})")
             for k in range(image.axes["Ei"].nbins)]
+
+
+def _comparison_images(model, truth) -> list[str]:
+    from .plotting import plot_comparison
+
+    return [_figure(_png(plot_comparison(model, truth, energy_index=k, scale="log",
+                                         sources={"GC": (0.0, 0.0)})),
+                    f"model, truth (one colour scale) and model − truth, band {k}")
+            for k in range(model.axes["Ei"].nbins)]
 
 
 def _final_model(run_dir: Path, summary: Mapping[str, Any]) -> Path:
@@ -214,30 +227,29 @@ def write_report(run_dir: str | os.PathLike, truth: str | os.PathLike | None = N
     images = _map_images(model, f"model ({model_path.name})", "log")
     images += _map_images(model, "model", "linear")
     if truth_map is not None:
-        t = np.asarray(truth_map.contents.value)
-        vmin = 1e-3 * float(t.max()) if t.max() > 0 else None
-        images += _map_images(truth_map, "truth", "log", vmin=vmin)
-        m = np.asarray(model.contents.value)
+        t, m = truth_map.contents, model.contents
         if m.shape == t.shape:
-            residual = AllSkyImageModel.from_axes(truth_map.axes, contents=m - t)
-            limit = float(np.abs(m - t).max()) or None
-            images += _map_images(residual, "model − truth", "linear", cmap="RdBu_r",
-                                  vmin=-limit if limit else None, vmax=limit)
+            images += _comparison_images(model, truth_map)
         else:
             warnings.append(f"the truth map has shape {t.shape}, the model {m.shape}: no "
                             f"residual map")
-    for name, label in (("std.hdf5", "bootstrap standard deviation"),
-                        ("significance.hdf5", "significance (model / std)")):
-        if (run_dir / name).exists():
-            images += _map_images(open_histogram(run_dir / name), label, "linear")
+    from .plotting import UNCERTAINTY_MAPS, write_uncertainty_images
+
+    for path in write_uncertainty_images(run_dir, sources={"GC": (0.0, 0.0)}):
+        name, band = path.stem.rsplit("_E", 1)
+        images.append(_figure(_img(path.read_bytes()),
+                              f"{UNCERTAINTY_MAPS[name][0]}, band {band} ({path.name})"))
     sections.append(("Maps", "".join(images)))
 
     fits_table = run_dir / "results.fits"
     if fits_table.exists():
         from .plotting import plot_convergence
 
+        algorithm = summary.get("algorithm")
+        step = "subsets" if str(algorithm).upper() == "OSEM" else "acceleration"
         sections.append(("Convergence", _figure(_png(plot_convergence(
-            read_results_table(fits_table))), "log-likelihood, acceleration, background norms")))
+            read_results_table(fits_table), algorithm=algorithm)),
+            f"log-likelihood, {step}, background norms")))
 
     errors = None
     if (run_dir / "region_fluxes.json").exists():

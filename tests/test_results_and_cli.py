@@ -158,3 +158,52 @@ def test_response_section_options_are_validated():
         p.override("response:storage = sparce")
     with pytest.raises(UnknownChoiceError, match="sparse_threshold"):
         p.override("response:sparse_treshold = 1e-3")
+
+
+def _aged(path, days: float, size: int = 100):
+    import os
+    import time
+
+    path.write_bytes(b"\0" * size)
+    t = time.time() - days * 86400
+    os.utime(path, (t, t))
+    return path
+
+
+def test_cache_command_lists_and_cleans(tmp_path, capsys, monkeypatch):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    old = _aged(cache / "rsp.h5.comptonsky-dense-float32-0123456789abcdef0123.cache", 10, 3000)
+    new = _aged(cache / "rsp.h5.comptonsky-sparse-float64-aaaaaaaaaaaaaaaaaaaa.cache", 0.5)
+    orphan = _aged(cache / ".rsp.h5.comptonsky-dense-float32-bbbbbbbbbbbbbbbbbbbb.cache.x1.part",
+                   2, 500)
+    writing = _aged(cache / ".rsp.h5.comptonsky-dense-float32-cccccccccccccccccccc.cache.x2"
+                            ".part", 0.0)
+    other = _aged(cache / "rsp.h5", 30)
+    assert main(["cache", "list", "--cache-dir", str(cache)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:4] == ["3.0", "kB", "10.0", "d"] and out[0].endswith(".cache")
+    assert sum(".part" in line and "(unfinished)" in line for line in out) == 2
+    assert out[-1].startswith("2 cache file(s), 3.1 kB; 2 .part file(s)")
+    assert not [line for line in out if line.endswith(str(other))]
+
+    assert main(["cache", "list", "--cache-dir", str(cache), "--older-than", "5"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and str(old) in out[0]
+
+    assert main(["cache", "clean", "--cache-dir", str(cache), "--older-than", "1"]) == 0
+    assert capsys.readouterr().out.startswith("removed 2 file(s), 3.5 kB freed")
+    assert not old.exists() and not orphan.exists() and new.exists() and writing.exists()
+
+    assert main(["cache", "clean", "--cache-dir", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("removed 1 file(s), 100 B freed") and "kept 1" in out
+    assert sorted(p.name for p in cache.iterdir()) == sorted(["rsp.h5", writing.name])
+
+    monkeypatch.delenv("COMPTONSKY_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert main(["cache", "list"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"0 cache file(s), 0 B; 0 .part file(s), 0 B in {tmp_path / 'xdg' / 'comptonsky'}")
+    with pytest.raises(SystemExit):
+        main(["cache", "clean", "--older-than", "-1"])

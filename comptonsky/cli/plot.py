@@ -19,6 +19,16 @@ def _source(text: str) -> tuple[str, tuple[float, float]]:
     return name, (lon, lat)
 
 
+def _algorithm(path: Path) -> str | None:
+    """The ``ALGORITH`` card of a results table's primary header (None without one)."""
+    from astropy.io import fits
+
+    try:
+        return fits.getheader(path, 0).get("ALGORITH")
+    except (OSError, KeyError, IndexError):
+        return None
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("plot", help=HELP, description=HELP + ".")
     p.add_argument("file", help="map file (.hdf5/.h5) or results table (.fits)")
@@ -49,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if path.suffix.lower() in (".fits", ".fit"):
         from ..deconvolution.results import read_results_table
 
-        plot_convergence(read_results_table(path), output=output)
+        plot_convergence(read_results_table(path), output=output, algorithm=_algorithm(path))
     else:
         from ..io.histogram import open_histogram
 
