@@ -320,7 +320,8 @@ def _plots(deconv: ImageDeconvolution, output: Path) -> list[str]:
                              sources={"GC": (0.0, 0.0)}, output=path)
             plt.close(fig)
             files.append(str(path))
-    fig = plot_convergence(deconv.results, output=output / "convergence.png")
+    fig = plot_convergence(deconv.results, output=output / "convergence.png",
+                           algorithm=deconv.parameter.get("deconvolution:algorithm", "RL"))
     plt.close(fig)
     files.append(str(output / "convergence.png"))
     return files
