@@ -10,6 +10,7 @@ source in row blocks, writing the cache as it goes. Dense and out-of-core share 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -348,7 +349,9 @@ class LazyResponse:
         new = ResponseOptions.from_mapping(mapping, where, base=self.options)
         if new == self.options:
             return False
-        if self._operator is not None:
+        # reuse_products is applied by the fit, not by loading: it alone needs no new load
+        same_load = dataclasses.replace(new, reuse_products=self.options.reuse_products)
+        if self._operator is not None and same_load != self.options:
             logger.info("response %s: options changed to %s; it will be loaded again",
                         self.name, new)
             self._operator = None
