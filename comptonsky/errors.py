@@ -18,6 +18,7 @@ __all__ = [
     "FileFormatError",
     "OutputError",
     "OutputExistsError",
+    "DistributedError",
 ]
 
 
@@ -85,3 +86,8 @@ class OutputError(ComptonskyError, OSError):
 
 class OutputExistsError(OutputError, FileExistsError):
     """An output file exists and overwriting was not asked for."""
+
+
+class DistributedError(ComptonskyError, RuntimeError):
+    """Work on a Dask cluster failed beyond recovery (a block lost with no worker left to
+    re-create it, a task that raised); the message names the block or task."""

@@ -21,7 +21,7 @@ LAYERS = [
     ("io", ["io"]),
     ("binning", ["binning", "attitude"]),
     ("response", ["response"]),
-    ("deconvolution", ["config", "deconvolution", "testing"]),
+    ("deconvolution", ["config", "deconvolution", "testing", "distributed"]),
     ("outputs", ["plotting", "jobs", "report"]),
     ("applications", ["demo", "cli", "__main__"]),
 ]

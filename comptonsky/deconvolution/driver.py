@@ -47,6 +47,7 @@ class ImageDeconvolution:
         self._initial_model: AllSkyImageModel | None = None
         self._algorithm: DeconvolutionAlgorithm | None = None
         self._data: JointData | None = None
+        self._client: Any = None
 
     # --- set-up ---------------------------------------------------------------------------
     def set_dataset(self, dataset: Sequence[DataIF_COSI_DC2]) -> None:
@@ -103,8 +104,12 @@ class ImageDeconvolution:
         return self._parameter
 
     # --- run ------------------------------------------------------------------------------
-    def initialize(self) -> None:
-        """Build and initialise the model and the algorithm from the parameters and datasets."""
+    def initialize(self, client: Any = None, n_blocks: int | None = None) -> None:
+        """Build and initialise the model and the algorithm from the parameters and datasets.
+
+        With ``client`` (a ``dask.distributed.Client``) each dataset is split into ``n_blocks``
+        blocks held by its workers (:mod:`comptonsky.distributed.fit`; docs/scaling.md).
+        """
         if not self._dataset:
             raise InvalidParameterError("no dataset: call set_dataset([...]) before initialize()")
         if self._parameter.get("model_definition") is None:
@@ -114,7 +119,14 @@ class ImageDeconvolution:
         if response_options:
             for ds in self._dataset:
                 ds.set_response_options(response_options, "parameter file response section")
-        self._data = JointData(self._dataset)
+        if client is None:
+            self._data = JointData(self._dataset)
+        else:
+            from ..distributed.fit import DistributedJointData, check_algorithm
+
+            check_algorithm(self._parameter)
+            self._data = DistributedJointData(self._dataset, client, n_blocks)
+        self._client = client
         name = self._parameter.get("deconvolution:algorithm", "RL")
         mask = None
         shape = self._data.model_shape
@@ -133,10 +145,14 @@ class ImageDeconvolution:
         self._algorithm.start()
         logger.info("initialised %s on %d dataset(s)", name, len(self._dataset))
 
-    def run_deconvolution(self, progress: bool = True) -> list[dict[str, Any]]:
-        """Iterate until the stopping criteria; results are in :attr:`results`."""
-        if self._algorithm is None:
-            self.initialize()
+    def run_deconvolution(self, progress: bool = True, client: Any = None,
+                          n_blocks: int | None = None) -> list[dict[str, Any]]:
+        """Iterate until the stopping criteria; results are in :attr:`results`.
+
+        ``client`` and ``n_blocks``: run on a Dask cluster (see :meth:`initialize`).
+        """
+        if self._algorithm is None or (client is not None and client is not self._client):
+            self.initialize(client, n_blocks)
         self._data.counter.reset()
         results = self._algorithm.run(progress=progress)
         prefix = "deconvolution:parameter:save_results"
