@@ -169,7 +169,8 @@ def run_files(parfile: str | os.PathLike, event: str | os.PathLike | Histogram,
               dtype: str | None = None, storage: str | None = None,
               only_final_result: bool = True, progress: bool = True, plots: bool = True,
               response_options: Mapping[str, Any] | None = None, report: bool = True,
-              truth: str | os.PathLike | None = None) -> DeconvolutionRun:
+              truth: str | os.PathLike | None = None, client: Any = None,
+              n_blocks: int | None = None) -> DeconvolutionRun:
     """Run a deconvolution from files and write maps (histpy HDF5 and HEALPix FITS), the FITS
     table, PNGs, ``parameters.yml``, ``summary.json`` and ``report.html``.
 
@@ -203,6 +204,8 @@ def run_files(parfile: str | os.PathLike, event: str | os.PathLike | Histogram,
         Write ``report.html`` (:func:`comptonsky.report.write_report`).
     truth : path-like, optional
         A true map (histpy HDF5, axes lb, Ei) the report compares with.
+    client : dask.distributed.Client, optional
+        Fit on this cluster, the data in ``n_blocks`` blocks per dataset (docs/scaling.md).
 
     Returns
     -------
@@ -247,7 +250,7 @@ def run_files(parfile: str | os.PathLike, event: str | os.PathLike | Histogram,
                                                         if v is not None)
                if any(v is not None for v in given.values()) else "")
             + f"\nwritten by comptonsky {provenance['versions']['comptonsky']}")
-        deconv.initialize()
+        deconv.initialize(client, n_blocks)
         t0 = time.perf_counter()
         try:
             deconv.run_deconvolution(progress=progress)

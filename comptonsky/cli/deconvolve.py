@@ -6,6 +6,7 @@ import argparse
 
 from ..errors import InvalidParameterError
 from . import COMMANDS
+from ._dask import add_dask_options, client_from_args
 
 HELP = COMMANDS["deconvolve"]
 
@@ -59,6 +60,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--truth", default=None, metavar="MAP",
                    help="true map (histpy HDF5, axes lb, Ei) for the report to compare with")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_dask_options(p, blocks=True)
     p.set_defaults(func=run)
 
 
@@ -79,12 +81,14 @@ def run(args: argparse.Namespace) -> int:
     names = [name for name, _ in args.background]
     if len(set(names)) != len(names):
         raise InvalidParameterError(f"--background: a name is given twice in {names}")
-    summary = deconvolve_files(
-        args.parfile, args.event, dict(args.background), args.response, args.output,
-        overrides=args.override, name=args.name, dtype=args.dtype, storage=args.storage,
-        response_options=_response_options(args),
-        only_final_result=not args.all_iterations, progress=not args.no_progress,
-        plots=not args.no_plots, report=not args.no_report, truth=args.truth)
+    with client_from_args(args) as client:
+        summary = deconvolve_files(
+            args.parfile, args.event, dict(args.background), args.response, args.output,
+            overrides=args.override, name=args.name, dtype=args.dtype, storage=args.storage,
+            response_options=_response_options(args),
+            only_final_result=not args.all_iterations, progress=not args.no_progress,
+            plots=not args.no_plots, report=not args.no_report, truth=args.truth,
+            client=client, n_blocks=args.blocks)
     print(f"{summary['algorithm']}: {summary['iterations']} iterations, "
           f"log L = {sum(summary['log_likelihood']):.6g}, "
           f"background norms {summary['background_normalization']} "

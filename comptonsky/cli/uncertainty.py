@@ -6,6 +6,7 @@ import argparse
 
 from ..errors import InvalidParameterError
 from . import COMMANDS
+from ._dask import add_dask_options, client_from_args
 from .deconvolve import _background
 
 HELP = COMMANDS["uncertainty"]
@@ -40,8 +41,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--output", required=True, help="output directory")
     p.add_argument("--samples", type=int, default=50, help="bootstrap replicates (default 50)")
     p.add_argument("--workers", type=int, default=2, help="parallel replicates (default 2)")
-    p.add_argument("--executor", choices=("process", "thread"), default="process",
-                   help="parallel replicates as forked processes (default) or threads")
+    p.add_argument("--executor", choices=("process", "thread", "dask"), default="process",
+                   help="parallel replicates as forked processes (default), threads, or tasks "
+                   "on a local Dask cluster of --workers processes (the main fit runs there "
+                   "too)")
     p.add_argument("--iterations", type=int, default=None,
                    help="iterations per replicate (default: as many as the main run)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -57,6 +60,7 @@ def add_parser(subparsers) -> None:
                    help="how the response is held: dense, sparse, out-of-core, auto")
     p.add_argument("--save-samples", action="store_true", help="also write samples.npz")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_dask_options(p, workers=False)
     p.set_defaults(func=run)
 
 
@@ -72,18 +76,23 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidParameterError(f"--samples: expected at least 2, found {args.samples}")
     if args.workers < 1:
         raise InvalidParameterError(f"--workers: expected at least 1, found {args.workers}")
-    job = run_files(args.parfile, args.event, dict(args.background), args.response, args.output,
-                    overrides=args.override, name=args.name, dtype=args.dtype,
-                    storage=args.storage, progress=not args.no_progress, plots=False,
-                    report=False)
-    lb = job.dataset.model_axes[0]
-    nest = str(lb.scheme).lower() == "nested"
-    regions = {name: disc_region(lb.nside, lon, lat, radius, nest)
-               for name, (lon, lat, radius) in args.region}
-    result = bootstrap_uncertainty(job.deconvolution, n_samples=args.samples,
-                                   iterations=args.iterations, workers=args.workers,
-                                   executor=args.executor, seed=args.seed, regions=regions,
-                                   progress=not args.no_progress)
+    dask = argparse.Namespace(workers=None, scheduler=args.scheduler)
+    if args.executor == "dask" and args.scheduler is None:
+        dask.workers = args.workers
+    with client_from_args(dask) as client:
+        job = run_files(args.parfile, args.event, dict(args.background), args.response,
+                        args.output, overrides=args.override, name=args.name, dtype=args.dtype,
+                        storage=args.storage, progress=not args.no_progress, plots=False,
+                        report=False, client=client)
+        lb = job.dataset.model_axes[0]
+        nest = str(lb.scheme).lower() == "nested"
+        regions = {name: disc_region(lb.nside, lon, lat, radius, nest)
+                   for name, (lon, lat, radius) in args.region}
+        result = bootstrap_uncertainty(job.deconvolution, n_samples=args.samples,
+                                       iterations=args.iterations, workers=args.workers,
+                                       executor="process" if client else args.executor,
+                                       seed=args.seed, regions=regions,
+                                       progress=not args.no_progress, client=client)
     files = write_uncertainty(result, args.output, samples=args.save_samples, cards=job.cards)
     summary = job.summary
     summary["uncertainty"] = {"timing_s": result.timing_s, **result.info}

@@ -109,6 +109,12 @@ def _replicate(index: int, seed: np.random.SeedSequence, context: Mapping[str, A
     return index, state.model, dict(state.norms)
 
 
+def _replicate_task(item: tuple[int, np.random.SeedSequence], context: Mapping[str, Any]
+                    ) -> tuple[int, np.ndarray, dict[str, float]]:
+    """One replicate as a task on a Dask worker (single-threaded BLAS)."""
+    return _replicate(item[0], item[1], context, single_thread=True)
+
+
 def _flux_table(maps: np.ndarray, regions: Mapping[str, np.ndarray], pixarea: float
                 ) -> dict[str, np.ndarray]:
     """Σ over region pixels × ΔΩ, per map and band: {region: (n_maps, n_energy)}."""
@@ -118,7 +124,7 @@ def _flux_table(maps: np.ndarray, regions: Mapping[str, np.ndarray], pixarea: fl
 def bootstrap_uncertainty(deconvolution, n_samples: int = 50, iterations: int | None = None,
                           workers: int = 1, executor: str = "process", seed: int = 0,
                           regions: Mapping[str, np.ndarray] | None = None,
-                          progress: bool = True) -> BootstrapResult:
+                          progress: bool = True, client: Any = None) -> BootstrapResult:
     """Poisson-bootstrap uncertainty of a finished deconvolution.
 
     Parameters
@@ -140,6 +146,9 @@ def bootstrap_uncertainty(deconvolution, n_samples: int = 50, iterations: int | 
         Extra regions (pixel masks in the map's ordering) besides :data:`DEFAULT_REGIONS`.
     progress : bool
         Show a progress bar.
+    client : dask.distributed.Client, optional
+        Run the replicates as tasks on this cluster instead (``workers`` and ``executor`` are
+        then not used); each worker gets the datasets once. The samples are the same.
 
     Returns
     -------
@@ -179,7 +188,18 @@ def bootstrap_uncertainty(deconvolution, n_samples: int = 50, iterations: int | 
         bar.update(1)
 
     try:
-        if workers <= 1 or executor == "thread":
+        if client is not None:
+            import copy
+
+            from ..distributed.tasks import map_ordered
+
+            shipped = copy.copy(algo)           # the fit's state stays here
+            shipped.state, shipped.results, shipped.cross_validation = None, [], None
+            for out in map_ordered(client, _replicate_task,
+                                   [(k, seeds[k]) for k in range(n_samples)],
+                                   dict(context, algorithm=shipped), name="bootstrap"):
+                store(out)
+        elif workers <= 1 or executor == "thread":
             with cf.ThreadPoolExecutor(max(workers, 1)) as pool:
                 for out in pool.map(lambda k: _replicate(k, seeds[k], context), range(n_samples)):
                     store(out)
