@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from ..deconvolution.dataset import ALMOST_ZERO, DataIF_COSI_DC2, DetectorFrameDataset
 from ..errors import InvalidParameterError
 from ..response.dense import DenseResponse
 from ..response.detector_frame import DetectorFrameResponse, OccupiedBinsResponse
 from ..response.linear import LinearOperator
+from ..response.operator import ResponseOperator
 
 __all__ = ["BlockSpec", "Block", "BlockActor", "split_dataset", "default_n_blocks",
            "BLOCK_TARGET_BYTES", "evaluate_expression"]
@@ -69,27 +71,36 @@ class DenseColumns(LinearOperator):
         return int(self.matrix.nbytes)
 
 
-def detector_frame_slice(parent: DetectorFrameResponse, s0: int, s1: int
-                         ) -> DetectorFrameResponse:
-    """``parent`` on its attitude (ScAtt or Time) bins s0:s1: the same detector response R
-    (shared, not copied), the conversion matrix rows of those bins."""
-    sub = object.__new__(DetectorFrameResponse)
-    n_bins = int(s1 - s0)
-    LinearOperator.__init__(sub, parent.model_shape, (n_bins,) + tuple(parent.data_shape[1:]),
-                            parent.dtype)
-    sub.model_axes, sub.data_axes, sub.unit = parent.model_axes, None, parent.unit
-    sub.pixel_solid_angle = parent.pixel_solid_angle
-    sub._known_row_sums = None
-    import weakref
+def detector_frame_parts(parent: DetectorFrameResponse, s0: int, s1: int) -> dict[str, Any]:
+    """What :func:`detector_frame_slice` needs of ``parent`` for its attitude bins s0:s1: the
+    detector response R (shared), the conversion matrix rows of those bins, the model axes."""
+    return {"columns": parent.columns,
+            "conversion": parent.conversion[s0 * parent.n_nu:s1 * parent.n_nu],
+            "n_bins": int(s1 - s0), "n_sky": parent.n_sky, "n_nu": parent.n_nu,
+            "n_e": parent.n_e, "n_columns": parent.n_columns,
+            "model_axes": parent.model_axes, "solid": parent.pixel_solid_angle,
+            "unit": parent.unit, "data_shape": tuple(parent.data_shape[1:]),
+            "info": dict(parent.info, attitude_bins=(int(s0), int(s1)))}
 
-    sub._shared = weakref.WeakValueDictionary()
-    sub.n_bins, sub.n_sky, sub.n_nu, sub.n_e = n_bins, parent.n_sky, parent.n_nu, parent.n_e
-    sub.n_columns = parent.n_columns
-    sub.columns = parent.columns
-    sub.conversion = parent.conversion[s0 * parent.n_nu:s1 * parent.n_nu]
+
+def detector_frame_slice(parts: dict[str, Any]) -> DetectorFrameResponse:
+    """A :class:`DetectorFrameResponse` on some attitude bins from
+    :func:`detector_frame_parts` (R not copied)."""
+    sub = object.__new__(DetectorFrameResponse)
+    n_bins = parts["n_bins"]
+    ResponseOperator.__init__(sub, parts["model_axes"], None, parts["solid"], parts["unit"],
+                              dtype=parts["columns"].dtype,
+                              data_shape=(n_bins,) + parts["data_shape"])
+    sub.n_bins, sub.n_sky, sub.n_nu, sub.n_e = n_bins, parts["n_sky"], parts["n_nu"], \
+        parts["n_e"]
+    sub.n_columns = parts["n_columns"]
+    sub.columns = parts["columns"]
+    sub.conversion = parts["conversion"]
     sub.conversion_t = sub.conversion.T.tocsr()
-    sub.summed_conversion_t = None
-    sub.info = dict(parent.info, attitude_bins=(int(s0), int(s1)))
+    coo = sub.conversion.tocoo()                      # Σ_s C over the block's bins, (j, ν)
+    sub.summed_conversion_t = sp.csr_matrix((coo.data, (coo.col, coo.row % sub.n_nu)),
+                                            shape=(sub.n_sky, sub.n_nu))
+    sub.info = parts["info"]
     return sub
 
 
@@ -166,7 +177,7 @@ class BlockSpec:
         elif self.kind == "file":
             op = DenseColumns(_read_columns(p["path"], p["c0"], p["c1"], p["dtype"]), p["solid"])
         elif self.kind == "detector":
-            sub = detector_frame_slice(p["response"], p["s0"], p["s1"])
+            sub = detector_frame_slice(p["parts"])
             if p["occupied"]:
                 occ = OccupiedBinsResponse(sub, self.counts > 0)
                 offset = np.zeros(occ.n_data)
@@ -293,7 +304,8 @@ def _split_detector(ds: DetectorFrameDataset, n_blocks: int | None) -> list[Bloc
     for k, (s0, s1) in enumerate(_ranges(n_bins, n)):
         sl = slice(s0 * cols, s1 * cols)
         specs.append(BlockSpec(ds.name, k, n, f"{label0} {s0}:{s1}", "detector",
-                               {"response": full, "s0": s0, "s1": s1, "occupied": occupied},
+                               {"parts": detector_frame_parts(full, s0, s1),
+                                "occupied": occupied},
                                ds._full_counts[sl],
                                {key: v[sl] for key, v in ds._full_bkg.items()},
                                nonzero_log=True, span=(sl.start, sl.stop)))

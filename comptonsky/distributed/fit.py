@@ -305,7 +305,8 @@ class DistributedJointData:
                     pure=False, key=f"block-{spec.dataset}-{b}-{id(self):x}")))
         for r, b, w, fut in futures:
             try:
-                r.actors[b] = fut.result(timeout=self.recovery_timeout_s)
+                with self.client.as_current():    # the actor handle binds to this client
+                    r.actors[b] = fut.result(timeout=self.recovery_timeout_s)
             except Exception as exc:  # noqa: BLE001 - named below
                 raise DistributedError(f"block {r.specs[b].name}: could not be built on a "
                                        f"worker: {exc}") from exc
@@ -314,10 +315,17 @@ class DistributedJointData:
     def _call(self, r: _RemoteDataset, method: str, args) -> list:
         """``method(*args(b))`` on every block of ``r`` at once; the results in block order.
         A block whose worker is lost is re-created and the call repeated."""
-        pending = [getattr(actor, method)(*args(b)) for b, actor in enumerate(r.actors)]
+        pending = []
+        for b, actor in enumerate(r.actors):
+            try:
+                pending.append(getattr(actor, method)(*args(b)))
+            except Exception as exc:  # noqa: BLE001 - the actor knows its worker is gone
+                pending.append(exc)
         out = []
         for b, fut in enumerate(pending):
             try:
+                if isinstance(fut, Exception):
+                    raise fut
                 out.append(fut.result())
             except Exception as exc:  # noqa: BLE001 - a lost worker, or a block that raised
                 if not self._lost(r, b, exc):
@@ -355,7 +363,8 @@ class DistributedJointData:
         fut = self.client.submit(BlockActor, spec, actor=True, pure=False,
                                  key=f"block-{spec.dataset}-{b}-{id(self):x}-r{self.recoveries}")
         try:
-            actor = fut.result(timeout=max(1.0, deadline - time.monotonic()))
+            with self.client.as_current():
+                actor = fut.result(timeout=max(1.0, deadline - time.monotonic()))
             for key, stored in sorted(r.live.items()):
                 actor.forward(key, stored.z).result()
         except Exception as exc2:  # noqa: BLE001

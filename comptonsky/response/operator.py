@@ -94,6 +94,16 @@ class ResponseOperator(LinearOperator):
         self._known_row_sums = None if row_sums is None else np.asarray(row_sums, np.float64)
         self._shared: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
+    def __getstate__(self) -> dict:
+        # copies derived from this operator (OSEM's permuted matrix) are not sent along
+        state = dict(self.__dict__)
+        state["_shared"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._shared = weakref.WeakValueDictionary()
+
     @abstractmethod
     def _matvec(self, x: np.ndarray) -> np.ndarray: ...
 
