@@ -45,6 +45,8 @@ def open_client(workers: int | None = None, scheduler: str | None = None,
                                     "scheduler=ADDRESS (a running one)")
     from dask.distributed import Client, LocalCluster
 
+    if not logging.getLogger("comptonsky").isEnabledFor(logging.DEBUG):
+        logging.getLogger("distributed").setLevel(logging.WARNING)   # Dask's own chatter
     if scheduler is not None:
         logger.info("connecting to the Dask scheduler at %s", scheduler)
         return Client(scheduler, timeout=timeout_s), None
