@@ -15,6 +15,7 @@ inputs are in the task), so results do not depend on faults or on the number of 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -129,6 +130,10 @@ def map_pixel_blocks(client: Any, make_block: Callable[[int, int], np.ndarray], 
             bar.update(p1 - p0)
 
 
+#: push tables of the engines used in this process, by token (a few kept)
+_TABLES: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+
 class EngineBlock:
     """Sky pixels [p0, p1) of the Galactic response of ``det`` and ``bins`` by the in-process
     engine (:mod:`comptonsky.response.galactic`), shape (p1 − p0, n_Ei, n_Em, n_Phi, N_PsiChi),
@@ -140,12 +145,7 @@ class EngineBlock:
         self.nside = int(nside or det.nside_psichi)
         self.occultation, self.interpolation = bool(occultation), interpolation
         self.sky_oversample = int(sky_oversample)
-        self._tables = None
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_tables"] = None
-        return state
+        self.token = uuid.uuid4().hex      # the push tables of this engine, per process
 
     @property
     def n_pix(self) -> int:
@@ -155,10 +155,13 @@ class EngineBlock:
         from ..response import galactic as g
 
         det, npix = self.det, self.n_pix
-        if self._tables is None:
-            self._tables = g._push_tables(self.bins.rotations, det.nside_psichi, self.nside,
-                                          self.interpolation)
-        push_pix, push_w = self._tables
+        tables = _TABLES.get(self.token)
+        if tables is None:
+            tables = _TABLES[self.token] = g._push_tables(self.bins.rotations, det.nside_psichi,
+                                                          self.nside, self.interpolation)
+            while len(_TABLES) > 4:
+                _TABLES.pop(next(iter(_TABLES)))
+        push_pix, push_w = tables
         pix = np.arange(int(p0), int(p1))
         nu_idx, weight = g._sky_lookup(self.bins, self.nside, pix, det.nside_nu,
                                        self.occultation, self.sky_oversample)
