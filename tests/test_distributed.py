@@ -228,19 +228,30 @@ def test_galactic_response_blocks_equal_the_engine(clients):
 
 
 def test_a_killed_worker_is_replaced_and_the_map_is_the_same(small_problem, tmp_path):
-    par = _parfile(tmp_path, "RL", {"accel": True}, iterations=8)
+    import threading
+
+    par = _parfile(tmp_path, "RL", {"accel": True}, iterations=12)
     ref = prepared_deconvolution(small_problem, par)
     ref.run_deconvolution(progress=False)
     with _cluster(2, processes=True) as cluster, Client(cluster, timeout=60) as client:
         d = prepared_deconvolution(small_problem, par)
         d.initialize(client=client, n_blocks=4)
-        d.algorithm.iterate(3)
         pids = client.run(os.getpid)
         victim = sorted(pids)[0]
-        os.kill(pids[victim], signal.SIGKILL)           # its blocks are lost mid-fit
-        d.algorithm.iterate(5)
-        assert d._data.recoveries >= 1
+
+        def kill_mid_run():                              # while the fit iterates
+            deadline = time.monotonic() + 60
+            while len(d.results) < 3 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            os.kill(pids[victim], signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_mid_run)
+        killer.start()
+        d.run_deconvolution(progress=False)
+        killer.join()
+        assert d._data.recoveries >= 1                   # its blocks were built again
         assert victim not in client.scheduler_info()["workers"]
+    assert d.results[-1]["iteration"] == 12
     assert _close(_map(d), _map(ref)) < TOL
 
 
@@ -299,3 +310,22 @@ def test_cli_options():
     with pytest.raises(InvalidParameterError, match="give one of them"):
         with client_from_args(argparse.Namespace(workers=2, scheduler="tcp://x:1")):
             pass
+
+
+@pytest.mark.slow  # end-to-end: a local cluster of processes for one command
+def test_deconvolve_command_with_workers(small_problem, tmp_path):
+    import json
+
+    from comptonsky.cli import main
+
+    from .test_results_and_cli import _deconvolve_args
+
+    args = _deconvolve_args(small_problem, tmp_path)
+    assert main([*args, "--no-progress", "--no-plots", "--no-report", "--dtype", "float64"]) == 0
+    one = json.loads((tmp_path / "out" / "summary.json").read_text())
+    args[-1] = str(tmp_path / "out2")
+    assert main([*args, "--no-progress", "--no-plots", "--no-report", "--dtype", "float64",
+                 "--workers", "2", "--blocks", "3"]) == 0
+    two = json.loads((tmp_path / "out2" / "summary.json").read_text())
+    assert sum(two["log_likelihood"]) == pytest.approx(sum(one["log_likelihood"]), rel=1e-12)
+    assert main([*args, "--workers", "1", "--scheduler", "tcp://127.0.0.1:1"]) == 1
