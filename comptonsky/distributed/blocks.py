@@ -265,8 +265,7 @@ def split_dataset(ds: DataIF_COSI_DC2, n_blocks: int | None = None) -> list[Bloc
     if not from_file:
         op = ds.response
         matrix = getattr(op, "matrix", None)
-        if not isinstance(op, DenseResponse) or not isinstance(matrix, np.ndarray) \
-                or type(op).__name__ != "DenseResponse":
+        if type(op) is not DenseResponse or not isinstance(matrix, np.ndarray):
             raise InvalidParameterError(
                 f"dataset {ds.name!r}: a response held as {op.storage!r} ({type(op).__name__}) "
                 "cannot be cut into blocks for a Dask fit; load it dense (storage: dense)")

@@ -310,7 +310,7 @@ class DistributedJointData:
             except Exception as exc:  # noqa: BLE001 - named below
                 raise DistributedError(f"block {r.specs[b].name}: could not be built on a "
                                        f"worker: {exc}") from exc
-            r.workers[b] = w
+            r.workers[b] = getattr(r.actors[b], "_address", w)   # where it runs
 
     def _call(self, r: _RemoteDataset, method: str, args) -> list:
         """``method(*args(b))`` on every block of ``r`` at once; the results in block order.
@@ -371,7 +371,7 @@ class DistributedJointData:
             raise DistributedError(f"block {spec.name} was lost with worker {r.workers[b]} "
                                    f"and could not be re-created: {exc2}") from exc
         r.actors[b] = actor
-        r.workers[b] = _actor_worker(self.client, fut)
+        r.workers[b] = getattr(actor, "_address", None)
         logger.warning("block %s re-created on %s", spec.name, r.workers[b])
 
     # --- what the algorithms call -------------------------------------------------------------
@@ -501,13 +501,6 @@ def _ordered_sum(parts: Sequence[np.ndarray]) -> np.ndarray:
     for p in parts[1:]:
         total += p
     return total
-
-
-def _actor_worker(client, fut) -> str | None:
-    try:
-        return next(iter(client.who_has(fut).get(fut.key, ())), None)
-    except Exception:  # noqa: BLE001 - informational only
-        return None
 
 
 def check_algorithm(parameter) -> None:
