@@ -197,6 +197,9 @@ def test_backprojection_start_and_reduction(small_problem, clients):
     assert data.log_likelihoods(eps)[0] == pytest.approx(ds.log_likelihood(direct), rel=1e-13)
     with pytest.raises(InvalidParameterError, match="element by element"):
         eps[0][3]
+    with pytest.raises(DistributedError, match=r"block toy\[0/4\] \(Phi 0:3\): forward "
+                       "failed: ValueError"):           # a block that raises is named
+        data._call(data._remote[0], "forward", lambda b: (10**6, np.zeros(3), ()))
 
 
 def test_bootstrap_replicates_as_tasks(small_problem, tmp_path, clients):
@@ -266,7 +269,8 @@ def test_a_lost_block_with_no_worker_left_stops_the_run(small_problem, tmp_path)
         deadline = time.monotonic() + 30
         while client.scheduler_info()["workers"] and time.monotonic() < deadline:
             time.sleep(0.1)
-        with pytest.raises(DistributedError, match=r"block toy\[0/2\] \(Phi 0:6\)"):
+        with pytest.raises(DistributedError, match=r"blocks toy\[0/2\] \(Phi 0:6\), "
+                           r"toy\[1/2\] \(Phi 6:12\) lost with worker"):
             d.algorithm.iterate(1)
 
 

@@ -28,7 +28,7 @@ from ..response.detector_frame import DetectorFrameResponse, OccupiedBinsRespons
 from ..response.linear import LinearOperator
 from ..response.operator import ResponseOperator
 
-__all__ = ["BlockSpec", "Block", "BlockActor", "split_dataset", "default_n_blocks",
+__all__ = ["BlockSpec", "Block", "BlockActor", "BlockGroup", "split_dataset", "default_n_blocks",
            "BLOCK_TARGET_BYTES", "evaluate_expression"]
 
 logger = logging.getLogger(__name__)
@@ -406,3 +406,29 @@ class BlockActor:
     def exposure(self) -> np.ndarray:
         """R_bᵀ 1 (n_model,)."""
         return np.asarray(self.block.op.exposure, dtype=np.float64)
+
+
+class BlockGroup:
+    """The blocks of one dataset held by one worker (a Dask actor): one message per worker and
+    step instead of one per block. Each block computes alone; the client sums the results in
+    block order."""
+
+    def __init__(self, specs: list[BlockSpec]):
+        self.members = [BlockActor(spec) for spec in specs]
+
+    def call(self, method: str, per_block_args) -> list:
+        """``method(*args)`` on each member with its own ``args``; a member that raises gives
+        ``("error", block name, message)`` in its place."""
+        out = []
+        for member, args in zip(self.members, per_block_args):
+            try:
+                out.append(getattr(member, method)(*args))
+            except Exception as exc:  # noqa: BLE001 - sent back named
+                out.append(_BlockFailure(member.spec.name, f"{type(exc).__name__}: {exc}"))
+        return out
+
+
+@dataclass
+class _BlockFailure:
+    block: str
+    message: str

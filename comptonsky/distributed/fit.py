@@ -34,7 +34,7 @@ import numpy as np
 from ..deconvolution.dataset import ALMOST_ZERO, DataIF_COSI_DC2
 from ..deconvolution.passes import PassCounter
 from ..errors import DistributedError, InvalidParameterError
-from .blocks import BlockActor, BlockSpec, split_dataset
+from .blocks import BlockGroup, BlockSpec, _BlockFailure, split_dataset
 
 __all__ = ["DistributedJointData", "RemoteVector", "check_algorithm", "SUPPORTED"]
 
@@ -165,18 +165,40 @@ class _Ratio:
         self.products: tuple[np.ndarray, dict[str, float]] | None = None
 
 
+class _Group:
+    """Blocks ``members`` (indices, ascending) of one dataset held by one actor on ``worker``."""
+
+    __slots__ = ("members", "worker", "actor")
+
+    def __init__(self, members: list[int], worker: str | None):
+        self.members, self.worker, self.actor = list(members), worker, None
+
+
 class _RemoteDataset:
     """The blocks of one dataset: their actors, the stored vectors, product reuse."""
 
     def __init__(self, fit: DistributedJointData, ds: DataIF_COSI_DC2, specs: list[BlockSpec]):
         self.fit, self.ds, self.name, self.specs = fit, ds, ds.name, specs
-        self.actors: list[Any] = [None] * len(specs)
-        self.workers: list[str | None] = [None] * len(specs)
+        self.groups: list[_Group] = []
         self._keys = itertools.count(1)
         self._released: list[int] = []
         self.live: weakref.WeakValueDictionary[int, _Stored] = weakref.WeakValueDictionary()
         self.history: list[tuple[np.ndarray, _Stored]] = []
         self.reuse = bool(ds.reuse_products)
+
+    @property
+    def workers(self) -> list[str | None]:
+        """The worker holding each block."""
+        out: list[str | None] = [None] * len(self.specs)
+        for group in self.groups:
+            for b in group.members:
+                out[b] = group.worker
+        return out
+
+    def names(self, group: _Group) -> str:
+        """``block a`` or ``blocks a, b, ...``: the group's blocks for messages."""
+        names = [self.specs[b].name for b in group.members]
+        return ("block " if len(names) == 1 else "blocks ") + ", ".join(names)
 
     # stored vectors
     def _new(self, z: np.ndarray) -> _Stored:
@@ -260,6 +282,7 @@ class DistributedJointData:
         self.n_model = int(np.prod(self.model_shape))
         self.counter = PassCounter() if counter is None else counter
         self.recoveries = 0
+        self._submitted = 0
         self._remote = [_RemoteDataset(self, ds, split_dataset(ds, n_blocks))
                         for ds in self.datasets]
         self.blocks = [r.specs for r in self._remote]
@@ -290,89 +313,105 @@ class DistributedJointData:
         return sorted(self.client.scheduler_info()["workers"])
 
     def _place(self) -> None:
-        """Blocks of all datasets dealt round-robin over the workers (in block order)."""
+        """Blocks of all datasets dealt round-robin over the workers (in block order); the
+        blocks of one dataset on one worker form one group (one actor)."""
         workers = self._worker_list()
         if not workers:
             raise DistributedError("the Dask cluster has no workers")
-        futures = []
         slot = 0
+        pending = []
         for r in self._remote:
-            for b, spec in enumerate(r.specs):
-                w = workers[slot % len(workers)]
+            members: dict[str, list[int]] = {}
+            for b in range(len(r.specs)):
+                members.setdefault(workers[slot % len(workers)], []).append(b)
                 slot += 1
-                futures.append((r, b, w, self.client.submit(
-                    BlockActor, spec, actor=True, workers=[w], allow_other_workers=True,
-                    pure=False, key=f"block-{spec.dataset}-{b}-{id(self):x}")))
-        for r, b, w, fut in futures:
+            for w, blocks in members.items():
+                group = _Group(blocks, w)
+                r.groups.append(group)
+                pending.append((r, group, self._submit_group(r, group, [w])))
+        for r, group, fut in pending:
             try:
                 with self.client.as_current():    # the actor handle binds to this client
-                    r.actors[b] = fut.result(timeout=self.recovery_timeout_s)
+                    group.actor = fut.result(timeout=self.recovery_timeout_s)
             except Exception as exc:  # noqa: BLE001 - named below
-                raise DistributedError(f"block {r.specs[b].name}: could not be built on a "
-                                       f"worker: {exc}") from exc
-            r.workers[b] = getattr(r.actors[b], "_address", w)   # where it runs
+                raise DistributedError(f"{r.names(group)}: could not be built on a worker: "
+                                       f"{exc}") from exc
+            group.worker = getattr(group.actor, "_address", group.worker)
+
+    def _submit_group(self, r: _RemoteDataset, group: _Group, workers=None):
+        self._submitted += 1
+        return self.client.submit(
+            BlockGroup, [r.specs[b] for b in group.members], actor=True, workers=workers,
+            allow_other_workers=workers is not None, pure=False,
+            key=f"blocks-{r.name}-{group.members[0]}-{id(self):x}-{self._submitted}")
 
     def _call(self, r: _RemoteDataset, method: str, args) -> list:
-        """``method(*args(b))`` on every block of ``r`` at once; the results in block order.
-        A block whose worker is lost is re-created and the call repeated."""
+        """``method(*args(b))`` on every block of ``r`` at once (one message per group); the
+        results in block order. A group whose worker is lost is re-created and the call
+        repeated."""
         pending = []
-        for b, actor in enumerate(r.actors):
+        for group in r.groups:
             try:
-                pending.append(getattr(actor, method)(*args(b)))
+                pending.append(group.actor.call(method, [args(b) for b in group.members]))
             except Exception as exc:  # noqa: BLE001 - the actor knows its worker is gone
                 pending.append(exc)
-        out = []
-        for b, fut in enumerate(pending):
+        out: list = [None] * len(r.specs)
+        for group, fut in zip(r.groups, pending):
             try:
                 if isinstance(fut, Exception):
                     raise fut
-                out.append(fut.result())
-            except Exception as exc:  # noqa: BLE001 - a lost worker, or a block that raised
-                if not self._lost(r, b, exc):
-                    raise DistributedError(f"block {r.specs[b].name}: {method} failed: "
+                results = fut.result()
+            except Exception as exc:  # noqa: BLE001 - a lost worker
+                if not self._lost(group):
+                    raise DistributedError(f"{r.names(group)}: {method} failed: "
                                            f"{type(exc).__name__}: {exc}") from exc
-                self._recover(r, b, exc)
-                out.append(getattr(r.actors[b], method)(*args(b)).result())
+                self._recover(r, group, exc)
+                results = group.actor.call(method, [args(b) for b in group.members]).result()
+            for b, value in zip(group.members, results):
+                if isinstance(value, _BlockFailure):
+                    raise DistributedError(f"block {value.block}: {method} failed: "
+                                           f"{value.message}")
+                out[b] = value
         return out
 
-    def _lost(self, r: _RemoteDataset, b: int, exc: Exception) -> bool:
-        """Whether block b's worker has left the cluster."""
-        if isinstance(exc, (KeyError, ValueError, ArithmeticError, TypeError)) and \
-                r.workers[b] in self._worker_list():
-            return False
+    def _lost(self, group: _Group) -> bool:
+        """Whether the group's worker has left the cluster (waits up to 10 s to be told)."""
         deadline = time.monotonic() + 10.0
         while time.monotonic() < deadline:
-            if r.workers[b] not in self._worker_list():
+            if group.worker not in self._worker_list():
                 return True
             time.sleep(0.2)
         return False
 
-    def _recover(self, r: _RemoteDataset, b: int, exc: Exception) -> None:
-        """Build block b again on a live worker and recompute its stored vectors."""
-        spec = r.specs[b]
-        logger.warning("block %s: worker %s lost (%s); re-creating the block", spec.name,
-                       r.workers[b], type(exc).__name__)
+    def _recover(self, r: _RemoteDataset, group: _Group, exc: Exception) -> None:
+        """Build the group's blocks again on a live worker and recompute their stored
+        vectors."""
+        names = r.names(group)
+        logger.warning("%s: worker %s lost (%s); re-creating", names, group.worker,
+                       type(exc).__name__)
         deadline = time.monotonic() + self.recovery_timeout_s
         while not self._worker_list():
             if time.monotonic() > deadline:
                 raise DistributedError(
-                    f"block {spec.name} was lost with worker {r.workers[b]} and no worker "
-                    f"joined within {self.recovery_timeout_s:g} s to re-create it") from exc
+                    f"{names} lost with worker {group.worker} and no worker joined within "
+                    f"{self.recovery_timeout_s:g} s to re-create them") from exc
             time.sleep(0.5)
         self.recoveries += 1
-        fut = self.client.submit(BlockActor, spec, actor=True, pure=False,
-                                 key=f"block-{spec.dataset}-{b}-{id(self):x}-r{self.recoveries}")
+        fut = self._submit_group(r, group)
         try:
             with self.client.as_current():
                 actor = fut.result(timeout=max(1.0, deadline - time.monotonic()))
             for key, stored in sorted(r.live.items()):
-                actor.forward(key, stored.z).result()
+                replay = actor.call("forward", [(key, stored.z)] * len(group.members)).result()
+                failed = [v for v in replay if isinstance(v, _BlockFailure)]
+                if failed:
+                    raise DistributedError(f"block {failed[0].block}: {failed[0].message}")
         except Exception as exc2:  # noqa: BLE001
-            raise DistributedError(f"block {spec.name} was lost with worker {r.workers[b]} "
-                                   f"and could not be re-created: {exc2}") from exc
-        r.actors[b] = actor
-        r.workers[b] = getattr(actor, "_address", None)
-        logger.warning("block %s re-created on %s", spec.name, r.workers[b])
+            raise DistributedError(f"{names} lost with worker {group.worker} and could not "
+                                   f"be re-created: {exc2}") from exc
+        group.actor = actor
+        group.worker = getattr(actor, "_address", None)
+        logger.warning("%s re-created on %s", names, group.worker)
 
     # --- what the algorithms call -------------------------------------------------------------
     def expectations(self, model: np.ndarray, bkg_norm: Mapping[str, float]
