@@ -8,8 +8,9 @@ over blocks taken in block order give the same numbers on any cluster.
 Each block is described by a :class:`BlockSpec`: picklable, it carries what re-creates the block
 (the slice of an in-memory matrix, the file and columns to read, or the detector response and the
 attitude bins), so a block lost with its worker is built again on another one from the same
-description. :class:`BlockActor` holds the built block on a worker for the whole run together
-with the data-space vectors the fit keeps there (expected counts), each stored under a key.
+description. :class:`BlockActor` holds the built block for the whole run together with the
+data-space vectors the fit keeps there (expected counts), each stored under a key;
+:class:`BlockGroup`, the actor on a worker, holds its blocks of one dataset.
 """
 
 from __future__ import annotations
