@@ -34,6 +34,14 @@ def _map(values_per_band) -> Histogram:
     return Histogram(axes, contents=np.stack(values_per_band, axis=1), unit=UNIT)
 
 
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
 @pytest.fixture
 def maps():
     lon, lat = hp.pix2ang(NSIDE, np.arange(hp.nside2npix(NSIDE)), lonlat=True)
