@@ -132,7 +132,8 @@ class ScAttAxis:
     def out_text(self) -> str:
         text = "with a pointing in no ScAtt bin of the exposure table"
         if self.time_range is not None:
-            text += (f" or a time outside [{self.time_range[0]!r}, {self.time_range[1]!r}) s")
+            t0, t1 = (float(t) for t in self.time_range)
+            text += f" or a time outside [{t0!r}, {t1!r}) s"
         return text
 
     nan_text = "with non-finite pointings"
@@ -202,7 +203,7 @@ class IntervalAxis:
         return out
 
     def out_text(self) -> str:
-        return (f"outside the {self.nbins} time interval(s) [{self.tstart[0]!r}, "
-                f"{self.tstop[-1]!r}] s")
+        return (f"outside the {self.nbins} time interval(s) in [{float(self.tstart[0])!r}, "
+                f"{float(self.tstop[-1])!r}] s")
 
     nan_text = "with non-finite TimeTags"
