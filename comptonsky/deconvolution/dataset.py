@@ -67,6 +67,11 @@ def _data_histogram(hist: Histogram, what: str) -> Histogram:
     if set(labels) == set(DATA_LABELS) | {"Time"} or set(labels) == set(DATA_LABELS):
         logger.info("%s: projecting axes %s onto %s", what, list(labels), list(DATA_LABELS))
         return hist.project(list(DATA_LABELS))
+    if "ScAtt" in labels:
+        raise AxisMismatchError(
+            f"{what}: axes are {list(labels)}, binned per ScAtt bin in the detector frame; "
+            "a Galactic response expects ['Em', 'Phi', 'PsiChi'] (optionally with 'Time'): give "
+            "the FullDetectorResponse with coordsys_conv_matrix (comptonsky deconvolve --ccm)")
     raise AxisMismatchError(f"{what}: axes are {list(labels)}, expected {list(DATA_LABELS)} "
                             f"(optionally with a 'Time' axis, which is summed)")
 
@@ -215,6 +220,11 @@ class DataIF_COSI_DC2:  # noqa: N801  (the tutorial's name)
                                        **response_options)
         if rsp is None:
             raise InvalidParameterError("rsp: a response histogram or file is required")
+        if isinstance(rsp, (str, os.PathLike)) and _is_drm_file(rsp):
+            raise InvalidParameterError(
+                f"rsp: {rsp} is a FullDetectorResponse (spacecraft frame); give "
+                "coordsys_conv_matrix too (comptonsky deconvolve --ccm), or a Galactic response "
+                "for Galactic-CDS events")
         if isinstance(rsp, FullDetectorResponse):
             raise InvalidParameterError(
                 "rsp: a FullDetectorResponse is in the spacecraft frame; give "
@@ -542,6 +552,11 @@ def load_detector_frame(name: str, event_binned_data: Histogram,
             f"coordsys_conv_matrix: expected a CoordsysConversionMatrix or its file, found "
             f"{type(ccm).__name__}")
     if isinstance(rsp, (str, os.PathLike)):
+        if not _is_drm_file(rsp) and os.path.exists(rsp):
+            raise InvalidParameterError(
+                f"rsp: {rsp} is not a FullDetectorResponse (no 'DRM' group): a detector-frame "
+                "dataset (coordsys_conv_matrix given) needs the spacecraft-frame response; a "
+                "Galactic response goes without coordsys_conv_matrix")
         rsp = FullDetectorResponse.open(rsp)
     if not isinstance(rsp, FullDetectorResponse):
         raise InvalidParameterError(
@@ -570,6 +585,17 @@ def load_detector_frame(name: str, event_binned_data: Histogram,
     response = detector_frame_response(rsp, ccm, dtype=dtype)
     return DetectorFrameDataset(name, event_binned_data, dict(dict_bkg_binned_data or {}),
                                 response, occupied_only=occupied_only, reuse_products=reuse)
+
+
+def _is_drm_file(path) -> bool:
+    """Whether ``path`` is an HDF5 file with a ``DRM`` group (a FullDetectorResponse)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return "DRM" in f and "hist" not in f
+    except (OSError, ValueError):
+        return False
 
 
 class _AxesProbe:
