@@ -289,3 +289,49 @@ def test_cli_bin_scatt_and_time_bins(tmp_path, capsys):
                      "--scatt", str(tmp_path / "missing.fits"), "-o", str(t_out),
                      "--no-progress"]) != 0
     assert "missing.fits: no such file" in capsys.readouterr().err
+
+
+def test_assignment_by_time_agrees_with_pointing_rule(tmp_path):
+    """Events whose pointing columns hold their interval's midpoint attitude fall in the same
+    bins by either rule; by time, events outside the orientation are left out."""
+    from comptonsky.attitude.samples import lonlat_deg, pair_midpoints
+
+    from .test_exposure_table import random_orbit
+
+    o = random_orbit(2000, seed=3)
+    full = SpacecraftAttitudeExposureTable.from_orientation(o, nside=2)
+    table = SpacecraftAttitudeExposureTable.from_orientation(
+        o, nside=2, min_exposure=float(np.median(full["exposure"])))
+    assert 0 < len(table) < len(full)
+    s = pair_midpoints(o)
+    rng = np.random.default_rng(9)
+    n = 5000
+    k = rng.integers(0, len(s), n)
+    t = s.time[k] + rng.uniform(0, 1, n) * (o.time[k + 1] - o.time[k])
+    ev = random_events(n=n, seed=9)
+    ev["TimeTags"] = t
+    ev["Zpointings"] = np.radians(lonlat_deg(s.z[k]))
+    ev["Xpointings"] = np.radians(lonlat_deg(s.x[k]))
+    b = parameters(tmp_path)
+    b.cosi_dataset = ev
+    by_pointing = table.get_binned_data(b)
+    by_time = table.get_binned_data(b, orientation=o)
+    np.testing.assert_array_equal(by_time.contents, by_pointing.contents)
+    assert by_time.contents.sum() < ((ev["Energies"] >= 100) & (ev["Energies"] < 600)).sum()
+    late = dict(ev, TimeTags=t + 1e6)   # after the last time stamp: in no bin
+    b.cosi_dataset = late
+    with pytest.raises(InvalidDataError, match="at a time in no ScAtt bin"):
+        table.get_binned_data(b, orientation=o)
+    # the command line: --scatt with --ori
+    ori_path = tmp_path / "o.ori"
+    from comptonsky.io.orientation import write_ori
+
+    write_ori(ori_path, o)
+    events = write_events(tmp_path / "ev.hdf5", {c: v for c, v in ev.items()
+                                                 if c not in ("Zpointings", "Xpointings")})
+    table.save_as_fits(tmp_path / "t.fits")
+    out = tmp_path / "by_time.hdf5"
+    assert cli_main(["bin", str(tmp_path / "inputs_ring.yaml"), str(events), "--psichi", "local",
+                     "--scatt", str(tmp_path / "t.fits"), "--ori", str(ori_path), "-o", str(out),
+                     "--no-progress"]) == 0
+    np.testing.assert_array_equal(open_histogram(out).to_dense().contents, by_time.contents)

@@ -445,7 +445,8 @@ class SpacecraftAttitudeExposureTable(_AttitudeTable):
     def get_binned_data(self, unbinned_event, psichi_binning: str = "local",
                         sparse: bool = False, unbinned_data=None,
                         tmin: float | None = None, tmax: float | None = None,
-                        chunk_size: int | None = None, progress: bool = False) -> Histogram:
+                        chunk_size: int | None = None, progress: bool = False,
+                        orientation=None) -> Histogram:
         """Bin events per ScAtt bin of this table (cosipy's ``get_binned_data``).
 
         Each event goes to the bin whose (z, x) pixel pair is that of its own ``Zpointings``
@@ -466,6 +467,10 @@ class SpacecraftAttitudeExposureTable(_AttitudeTable):
             Bin these events instead of those of ``unbinned_event``.
         tmin, tmax : float, optional
             Count only events with ``tmin <= TimeTags < tmax`` (s); cosipy applies no time cut.
+        orientation : SpacecraftFile, Orientation or path, optional
+            Assign bins by time instead of by pointing (for events without pointing columns):
+            an event goes to the bin this table's rule gives the orientation interval holding
+            it (:meth:`scatt_by_time`). ``tmin``/``tmax`` do not apply then.
 
         Returns
         -------
@@ -475,6 +480,10 @@ class SpacecraftAttitudeExposureTable(_AttitudeTable):
         from ..binning import ScAttAxis, bin_by_first_axis
         from ..io.events import DEFAULT_CHUNK_SIZE
 
+        if orientation is not None:
+            return bin_by_first_axis(unbinned_event, self.scatt_by_time(orientation),
+                                     psichi_binning, sparse, unbinned_data,
+                                     chunk_size or DEFAULT_CHUNK_SIZE, progress)
         time_range = None
         if tmin is not None or tmax is not None:
             time_range = (-np.inf if tmin is None else float(tmin),
@@ -488,6 +497,32 @@ class SpacecraftAttitudeExposureTable(_AttitudeTable):
 
     #: cosipy 0.3's name
     get_binned_data_scatt = get_binned_data
+
+    def scatt_by_time(self, orientation):
+        """The ScAtt bin of every interval of ``orientation`` under this table's rule (pixel pair
+        of the interval's midpoint attitude; -1 for a pair not in the table), as a
+        :class:`~comptonsky.binning.ScAttByTimeAxis` that bins events by time."""
+        from ..binning import ScAttByTimeAxis
+        from ..io.spacecraft import SpacecraftFile
+
+        if isinstance(orientation, (str, os.PathLike)):
+            orientation = SpacecraftFile.parse_from_file(orientation)
+        o = as_orientation(orientation)
+        s = pair_midpoints(o)
+        nest = _scheme(self.scheme or "ring") == "nested"
+        nside = int(self.nside)
+        npix = hp.nside2npix(nside)
+        keys = vec2pix(nside, s.z, nest) * npix + vec2pix(nside, s.x, nest)
+        pairs = np.array([tuple(p) for p in self["healpix_index"]],
+                         dtype=np.int64).reshape(-1, 2)
+        table_keys = pairs[:, 0] * npix + pairs[:, 1]
+        order = np.argsort(table_keys)
+        codes = np.full(len(keys), -1, dtype=np.int64)
+        if len(table_keys):
+            i = np.minimum(np.searchsorted(table_keys[order], keys), len(order) - 1)
+            hit = table_keys[order][i] == keys
+            codes[hit] = order[i[hit]]
+        return ScAttByTimeAxis(o.time[:-1], o.time[1:], codes, len(self))
 
     def calc_pointing_trajectory_map(self) -> Histogram:
         """Exposure (s) per (z pixel, x pixel): a sparse Histogram on axes 'z' and 'x'."""

@@ -28,12 +28,12 @@ Modules: :mod:`.spec` (parameters, :class:`CDSBinning`), :mod:`.psichi` (frames)
 """
 
 from .binned_data import BinnedData, UnBinnedData, bin_by_first_axis, hdf5_output_path
-from .first_axis import IntervalAxis, ScAttAxis
+from .first_axis import IntervalAxis, ScAttAxis, ScAttByTimeAxis
 from .psichi import PSICHI_FRAMES
 from .spec import BINNING_KEYS, CDSBinning, phi_bin_edges, read_binning_parameters, time_bin_edges
 from .stream import bin_events
 
 __all__ = [
-    "BINNING_KEYS", "BinnedData", "CDSBinning", "IntervalAxis", "PSICHI_FRAMES", "ScAttAxis",
+    "BINNING_KEYS", "BinnedData", "CDSBinning", "IntervalAxis", "PSICHI_FRAMES", "ScAttAxis", "ScAttByTimeAxis",
     "UnBinnedData", "bin_by_first_axis", "bin_events", "hdf5_output_path", "phi_bin_edges", "read_binning_parameters", "time_bin_edges",
 ]

@@ -16,6 +16,11 @@ Two rules, both cosipy's:
 - **Time intervals** (:class:`IntervalAxis`): an event at time t goes to the last interval k with
   ``tstart[k] <= t <= tstop[k]`` (both ends included; where one interval ends and the next starts,
   the later one takes the event), as cosipy's time-binned table does.
+
+For events without pointing columns, :class:`ScAttByTimeAxis` assigns ScAtt bins by time instead:
+an event at t goes to the bin of the orientation interval ``[t_i, t_{i+1})`` holding it, the bin
+the exposure table gave that interval (its midpoint attitude), so counts and exposure are grouped
+by the same rule.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from histpy import Axis
 
 from ..errors import InvalidParameterError
 
-__all__ = ["IntervalAxis", "POINTING_ALIASES", "ScAttAxis"]
+__all__ = ["IntervalAxis", "POINTING_ALIASES", "ScAttAxis", "ScAttByTimeAxis"]
 
 #: cosipy's newer names of the pointing columns → the names the event readers give.
 POINTING_ALIASES = {"Xpointings (glon,glat)": "Xpointings",
@@ -205,5 +210,60 @@ class IntervalAxis:
     def out_text(self) -> str:
         return (f"outside the {self.nbins} time interval(s) in [{float(self.tstart[0])!r}, "
                 f"{float(self.tstop[-1])!r}] s")
+
+    nan_text = "with non-finite TimeTags"
+
+
+@dataclass(frozen=True, eq=False)
+class ScAttByTimeAxis:
+    """ScAtt bins looked up by event time: interval k = [starts[k], stops[k]) is in bin
+    ``codes[k]`` (-1: in no bin).
+
+    Parameters
+    ----------
+    starts, stops : ndarray, shape (K,)
+        Orientation intervals (s), sorted.
+    codes : ndarray of int, shape (K,)
+        ScAtt bin of each interval, -1 for none.
+    nbins : int
+        Number of ScAtt bins of the table.
+    """
+
+    starts: np.ndarray
+    stops: np.ndarray
+    codes: np.ndarray
+    nbins: int
+    label: str = field(default="ScAtt", init=False)
+
+    def __post_init__(self):
+        for name in ("starts", "stops"):
+            object.__setattr__(self, name, np.asarray(getattr(self, name), dtype=np.float64))
+        object.__setattr__(self, "codes", np.asarray(self.codes, dtype=np.int64))
+        if not (self.starts.shape == self.stops.shape == self.codes.shape):
+            raise InvalidParameterError("ScAtt by time: starts, stops and codes differ in length")
+        if self.starts.size > 1 and np.any(np.diff(self.starts) < 0):
+            raise InvalidParameterError("ScAtt by time: the orientation times must increase")
+
+    columns = ("TimeTags",)
+
+    def edges(self) -> np.ndarray:
+        return np.arange(self.nbins + 1, dtype=np.float64)
+
+    def axis(self) -> Axis:
+        return Axis(np.arange(self.nbins + 1), label="ScAtt")
+
+    def positions(self, chunk) -> np.ndarray:
+        t = np.asarray(chunk["TimeTags"], dtype=np.float64)
+        k = np.searchsorted(self.starts, t, side="right") - 1
+        kk = np.clip(k, 0, max(self.starts.size - 1, 0))
+        out = np.full(t.shape, -1.0)
+        if self.starts.size:
+            ok = (k >= 0) & (t < self.stops[kk]) & (self.codes[kk] >= 0)
+            out[ok] = self.codes[kk[ok]] + 0.5
+        out[~np.isfinite(t)] = np.nan
+        return out
+
+    def out_text(self) -> str:
+        return "at a time in no ScAtt bin of the exposure table (outside the orientation or in a dropped bin)"
 
     nan_text = "with non-finite TimeTags"

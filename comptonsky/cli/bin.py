@@ -49,6 +49,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        help="bin per ScAtt bin of this exposure table (SpacecraftAttitudeExposure"
                        "Table FITS): axes ScAtt, Em, Phi, PsiChi; the parameter file's tmin/tmax, "
                        "if given, cut the events' times")
+    p.add_argument("--ori", type=Path, default=None, metavar="FILE.ori",
+                   help="with --scatt: assign events to ScAtt bins by their time in this "
+                   "orientation file instead of by their pointing columns (for events without "
+                   "pointings)")
     first.add_argument("--time-bins", nargs="+", default=None, metavar="T",
                        help="bin per time interval: a TimeBinnedExposureTable FITS file, bin "
                        "edges T0 T1 ... (s), or intervals START:STOP ... (s; gaps allowed); axes "
@@ -128,12 +132,18 @@ def _first_axis(args: argparse.Namespace, binned):
         from ..attitude import SpacecraftAttitudeExposureTable
 
         table = SpacecraftAttitudeExposureTable.from_fits(args.scatt)
+        if args.ori is not None:
+            return table.scatt_by_time(args.ori)
         pairs = np.array([tuple(p) for p in table["healpix_index"]], dtype=np.int64)
         tmin, tmax = binned.tmin, binned.tmax
         time_range = None if tmin is None and tmax is None else (
             -np.inf if tmin is None else float(tmin), np.inf if tmax is None else float(tmax))
         return ScAttAxis(pairs.reshape(-1, 2), nside=int(table.nside),
                          scheme=str(table.scheme), time_range=time_range)
+    if args.ori is not None:
+        from ..errors import InvalidParameterError
+
+        raise InvalidParameterError("--ori assigns ScAtt bins by time: give it with --scatt")
     if args.time_bins is not None:
         values = list(args.time_bins)
         if len(values) == 1 and Path(values[0]).is_file():
