@@ -153,3 +153,37 @@ def test_python_errors_for_ccm_mismatches(files):
     with pytest.raises(AxisMismatchError, match="ScAtt bins, the conversion matrix has"):
         DataIF_COSI_DC2.load("x", event, {}, fdr, coordsys_conv_matrix=small)
     assert ccm.axes["ScAtt"].nbins == len(table)
+
+
+def test_time_binned_histogram_fits_its_matrix(files, tmp_path):
+    """Events binned per time interval of a table load with the matrix of the same intervals;
+    intervals that differ from the matrix's are refused."""
+    import pandas as pd
+
+    from comptonsky import BinnedData, TimeBinnedExposureTable
+
+    o = random_orbit(1500)
+    edges = np.linspace(o.time[0], o.time[-1], 4)
+    table = TimeBinnedExposureTable(pd.DataFrame({"time_binning_index": np.arange(3),
+                                                  "tstart": edges[:-1], "tstop": edges[1:]}))
+    ccm = CoordsysConversionMatrix.time_binning_ccm(files["fdr"], o, edges, nside_model=NSIDE,
+                                                    earth_occ=False)
+    ax = files["data_axes"]
+    rng = np.random.default_rng(4)
+    n = 3000
+    ev = {"TimeTags": rng.uniform(edges[0], edges[-1], n), "Energies": rng.uniform(509, 513, n),
+          "Phi": rng.uniform(0, np.pi, n), "Chi local": rng.uniform(0, 2 * np.pi, n),
+          "Psi local": np.arccos(rng.uniform(-1, 1, n))}
+    params = BinnedData(energy_bins=ax["Em"].edges.value, phi_pix_size=30.0, nside=NSIDE)
+    params.cosi_dataset = ev
+    hist = table.get_binned_data(params, psichi_binning="local")
+    assert hist.contents.sum() == n
+    bkg = Histogram(hist.axes, contents=np.ones(hist.contents.shape))
+    ds = DataIF_COSI_DC2.load("t", hist, {"albedo": bkg}, files["fdr"], coordsys_conv_matrix=ccm)
+    assert ds.counts.sum() == n
+    shifted = TimeBinnedExposureTable(pd.DataFrame({
+        "time_binning_index": np.arange(3), "tstart": edges[:-1] + 1.0,
+        "tstop": np.append(edges[1:-1] + 1.0, edges[-1])}))
+    other = shifted.get_binned_data(params)
+    with pytest.raises(AxisMismatchError, match="Time"):
+        DataIF_COSI_DC2.load("t", other, {}, files["fdr"], coordsys_conv_matrix=ccm)

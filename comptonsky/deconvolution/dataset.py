@@ -579,12 +579,38 @@ def load_detector_frame(name: str, event_binned_data: Histogram,
                                    f"{type(hist).__name__}")
         check_detector_frame_axes(hist.axes, probe, what)
         if str(hist.axes.labels[0]) == "Time":
-            check_same_axis(hist.axes[0], ccm.axes[0], "Time", what, "conversion matrix")
+            _check_time_edges(hist.axes[0], ccm.axes[0], what)
         for label in _COLUMNS:
             check_same_axis(hist.axes[label], rsp.axes[label], label, what, "response")
     response = detector_frame_response(rsp, ccm, dtype=dtype)
     return DetectorFrameDataset(name, event_binned_data, dict(dict_bkg_binned_data or {}),
                                 response, occupied_only=occupied_only, reuse_products=reuse)
+
+
+def _check_time_edges(data_axis, ccm_axis, what: str) -> None:
+    """Raise :class:`AxisMismatchError` unless the Time edges agree to 1e-6 of the narrowest
+    bin (absolute times are ~1e9 s, so a relative tolerance would accept seconds)."""
+    def seconds(axis):
+        edges = axis.edges
+        if isinstance(edges, u.Quantity):
+            try:
+                return edges.to_value(u.s), True
+            except u.UnitConversionError:
+                return np.asarray(edges.value, dtype=float), False
+        return np.asarray(edges, dtype=float), False
+
+    a, a_s = seconds(data_axis)
+    b, b_s = seconds(ccm_axis)
+    same = a.shape == b.shape and a_s == b_s
+    if same:
+        tol = 1e-6 * float(np.min(np.diff(b))) if b.size > 1 else 0.0
+        same = bool(np.all(np.abs(a - b) <= tol))
+    if not same:
+        def show(edges, in_s):
+            text = np.array2string(edges, precision=3, threshold=6, floatmode="fixed")
+            return text + (" s" if in_s else " (interval numbers, no unit)")
+        raise AxisMismatchError(f"axis 'Time' differs: {what} has edges {show(a, a_s)}, the "
+                                f"conversion matrix has edges {show(b, b_s)}")
 
 
 def _is_drm_file(path) -> bool:
