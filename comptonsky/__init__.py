@@ -19,6 +19,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "BinnedData": "comptonsky.binning",
+    "UnBinnedData": "comptonsky.binning",
+    "SpacecraftFrame": "comptonsky.frames",
     "DataIF_COSI_DC2": "comptonsky.deconvolution.dataset",
     "ImageDeconvolution": "comptonsky.deconvolution.driver",
     "AllSkyImageModel": "comptonsky.deconvolution.model",
