@@ -165,6 +165,14 @@ def main(argv: list[str] | None = None) -> int:
                      f"nnz {det.nnz:.3g} ({det.nnz * 12 / 2**20:.0f} MiB held; measured "
                      "apart, the command reads it again)"))
         del det
+        t0 = time.perf_counter()
+        _, bins, _ = galactic_inputs(DetectorResponse(fdr.nside, fdr.nside, (1, 1, 1),
+                                                      np.zeros(fdr.npix + 1, np.int64),
+                                                      *(np.zeros(0, dt) for dt in
+                                                        (np.int32, np.int32, np.float32))),
+                                     ori, nside_scatt_map=args.nside, method=args.method)
+        rows.append(("  of which: attitude bins", time.perf_counter() - t0,
+                     f"{len(bins)} bins ({args.method}, measured apart)"))
         t_write = time.perf_counter()
         write_extended_source_response(out, fdr, ori, nside_image=args.nside,
                                        nside_scatt_map=args.nside, method=args.method,

@@ -259,3 +259,26 @@ def test_cli_round_trip(tmp_path, capsys):
                  "--output", str(tmp_path / "x.h5")]) == 1
     assert "power of 2" in capsys.readouterr().err
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_blocks_written_in_any_order_and_missing_pixels_refused(tmp_path):
+    from comptonsky.response.extended import extended_response_axes
+    from comptonsky.response.galactic import write_response_blocks
+
+    _, det = _det(4)
+    bins = AttitudeBins(_random_rotations(3, 8), _random_rotations(3, 9)[:, :, 2],
+                        np.full(3, 110.0), np.array([1.0, 2.0, 3.0]))
+    with FullDetectorResponse.open(reference_file(DENSE)) as fdr:
+        axes = extended_response_axes(fdr, 1)
+        det = DetectorResponse.from_full_detector_response(fdr)
+    starts = [8, 0, 4]  # blocks arrive out of order (as from workers)
+    blocks = [(np.arange(b, b + 4), galactic_response_block(det, bins, np.arange(b, b + 4), 1))
+              for b in starts]
+    path = write_response_blocks(tmp_path / "r.h5", axes, iter(blocks), dtype="float64")
+    whole = galactic_response_block(det, bins, np.arange(12), 1)
+    np.testing.assert_array_equal(Histogram.open(path).contents.value, whole)
+    with pytest.raises(InvalidParameterError, match="never written"):
+        write_response_blocks(tmp_path / "bad.h5", axes, iter(blocks[:2]))
+    assert not (tmp_path / "bad.h5").exists()
+    with pytest.raises(InvalidParameterError, match="consecutive"):
+        write_response_blocks(tmp_path / "bad.h5", axes, iter([(np.array([0, 2]), whole[:2])]))

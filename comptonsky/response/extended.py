@@ -39,7 +39,7 @@ from .attitude import AttitudeBins, bin_attitudes
 from .detector import DetectorResponse
 from .galactic import _check_nside, galactic_response_block, push_tables, write_galactic_response
 
-__all__ = ["FullDetectorResponse", "scatt_map_bins", "galactic_inputs",
+__all__ = ["FullDetectorResponse", "scatt_map_bins", "galactic_inputs", "extended_response_axes",
            "get_extended_source_response", "write_extended_source_response", "METHODS",
            "EARTH_RADIUS_COSIPY_KM"]
 
@@ -176,15 +176,18 @@ def galactic_inputs(fdr, orientation, nside_image: int | None = None,
                            occultation=bool(Earth_occ), interpolation=interp)
 
 
-def _output_axes(fdr, nside: int) -> list[Axis]:
+def extended_response_axes(fdr: FullDetectorResponse, nside: int) -> Axes:
+    """Axes of the Galactic response made from ``fdr`` at sky resolution ``nside``:
+    NuLambda (galactic, RING), the response's Ei, Em and Phi, PsiChi (galactic, the response's
+    nside)."""
     if isinstance(fdr, FullDetectorResponse):
         mid = [Axis(fdr.axes[a].edges, label=a, scale=fdr.axes[a].axis_scale)
                for a in ("Ei", "Em", "Phi")]
         nside_psichi = int(fdr.axes["PsiChi"].nside)
     else:
         raise InvalidParameterError("the output axes need a FullDetectorResponse")
-    return [HealpixAxis(nside=nside, coordsys="galactic", label="NuLambda"), *mid,
-            HealpixAxis(nside=nside_psichi, coordsys="galactic", label="PsiChi")]
+    return Axes([HealpixAxis(nside=nside, coordsys="galactic", label="NuLambda"), *mid,
+                 HealpixAxis(nside=nside_psichi, coordsys="galactic", label="PsiChi")])
 
 
 def get_extended_source_response(fdr: FullDetectorResponse, orientation,
@@ -241,7 +244,7 @@ def get_extended_source_response(fdr: FullDetectorResponse, orientation,
             pix = np.arange(b0, min(npix, b0 + int(block)))
             out[pix] = galactic_response_block(det, bins, pix, dtype=dtype, push=push, **opt)
             bar.update(len(pix))
-    return Histogram(Axes(_output_axes(fdr, opt["nside"])), contents=out, unit=u.cm**2 * u.s,
+    return Histogram(extended_response_axes(fdr, opt["nside"]), contents=out, unit=u.cm**2 * u.s,
                      copy_contents=False)
 
 
@@ -267,7 +270,7 @@ def write_extended_source_response(path: str | os.PathLike, fdr: FullDetectorRes
     """
     det, bins, opt = galactic_inputs(fdr, orientation, nside_image, nside_scatt_map, Earth_occ,
                                      method, resolution_deg, interpolation)
-    axes = _output_axes(fdr, opt["nside"])
+    axes = extended_response_axes(fdr, opt["nside"])
     return write_galactic_response(path, det, bins, axes[1], axes[2], axes[3],
                                    nside=opt["nside"], nside_psichi=opt["nside_psichi"],
                                    occultation=opt["occultation"],

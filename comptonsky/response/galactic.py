@@ -38,6 +38,7 @@ __all__ = [
     "bin_attitudes",
     "iter_galactic_response",
     "galactic_response_block",
+    "write_response_blocks",
     "push_tables",
     "INTERPOLATIONS",
     "galactic_response",
@@ -437,17 +438,51 @@ def write_galactic_response(path: str | os.PathLike, det: DetectorResponse, bins
                                 f" bins but the detector response has {det.shape_k}")
     axes = Axes([HealpixAxis(nside=nside, coordsys="galactic", label="NuLambda"), *mid,
                  HealpixAxis(nside=nside_psichi, coordsys="galactic", label="PsiChi")])
+    blocks = iter_galactic_response(det, bins, nside, nside_psichi=nside_psichi, dtype=dtype,
+                                    **kwargs)
+    return write_response_blocks(path, axes, blocks, dtype=dtype, overwrite=overwrite)
+
+
+def write_response_blocks(path: str | os.PathLike, axes: Axes, blocks,
+                          dtype: str = "float32", overwrite: bool = True) -> Path:
+    """Write blocks of sky pixels, as they come, into a dense histpy HDF5 file, atomically.
+
+    Parameters
+    ----------
+    path : path-like
+    axes : histpy Axes
+        NuLambda, Ei, Em, Phi, PsiChi of the whole response.
+    blocks : iterable of (pixels, values)
+        ``pixels`` (J_b,) consecutive sky pixels, ``values`` (J_b, n_Ei, n_Em, n_Phi, N_PsiChi)
+        in cm² s; any order of blocks; every sky pixel must come exactly once.
+    dtype : str
+        Stored precision.
+
+    Raises
+    ------
+    InvalidParameterError
+        If a block's pixels are not consecutive, or some sky pixels never came.
+    """
     path = Path(path)
-    shape = (hp.nside2npix(nside),) + tuple(det.shape_k) + (hp.nside2npix(nside_psichi),)
+    shape = tuple(int(n) for n in axes.nbins)
+    done = np.zeros(shape[0], dtype=bool)
     with atomic_path(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
         g = f.create_group("hist")
         g.attrs["format"] = "dense"
         g.attrs["unit"] = "cm2 s"
         axes.write(g.create_group("axes"))
         ds = g.create_dataset("contents", shape=shape, dtype=dtype, track_times=False)
-        for pix, vals in iter_galactic_response(det, bins, nside, nside_psichi=nside_psichi,
-                                                dtype=dtype, **kwargs):
-            ds[int(pix[0]):int(pix[-1]) + 1] = vals
+        for pix, vals in blocks:
+            pix = np.asarray(pix)
+            lo, hi = int(pix[0]), int(pix[-1]) + 1
+            if hi - lo != len(pix) or np.any(np.diff(pix) != 1):
+                raise InvalidParameterError(f"block of sky pixels {lo}..{hi - 1} is not "
+                                            "consecutive")
+            ds[lo:hi] = vals
+            done[lo:hi] = True
+        if not done.all():
+            raise InvalidParameterError(f"{int((~done).sum())} sky pixels were never written "
+                                        f"(first {int(np.argmin(done))})")
     logger.info("wrote Galactic response %s to %s", shape, path)
     return path
 
