@@ -24,7 +24,7 @@ _LAZY = {
     "DataIF_COSI_DC2": "comptonsky.deconvolution.dataset",
     "ImageDeconvolution": "comptonsky.deconvolution.driver",
     "AllSkyImageModel": "comptonsky.deconvolution.model",
-    "FullDetectorResponse": "comptonsky.io.drm",
+    "FullDetectorResponse": "comptonsky.response.extended",  # adds get_extended_source_response
     "SpacecraftFile": "comptonsky.io.spacecraft",
     "SpacecraftAttitudeExposureTable": "comptonsky.attitude.exposure_table",
     "TimeBinnedExposureTable": "comptonsky.attitude.exposure_table",
