@@ -30,9 +30,9 @@ from tqdm.auto import tqdm
 
 from ...config import Parameters
 from ...errors import InvalidParameterError, UnknownChoiceError
+from ..checkpoint import Committed, capture, reuse_wrapper
 from ..joint import JointData
 from ..model import AllSkyImageModel
-from ..checkpoint import Committed, reuse_wrapper, capture
 from ..registry import ACCELERATION_METHODS, ALGORITHM_SPECS
 from ..results import IterationRecord, strip_maps
 from ..smoothing import make_smoother
