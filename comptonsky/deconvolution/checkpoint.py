@@ -32,6 +32,7 @@ from histpy import Histogram
 from ..errors import CheckpointError
 from ..io.atomic import atomic_path
 from ..response.reuse import ReusedProducts
+from .dataset import ALMOST_ZERO
 from .state import Direction, FitState
 
 __all__ = ["Committed", "capture", "reuse_wrapper", "fingerprint", "write_checkpoint", "read_checkpoint",
@@ -328,6 +329,16 @@ def restore_checkpoint(algorithm, checkpoint: Checkpoint) -> None:
     try:
         model = arrays["model"]
         sources = [arrays[f"sources_{k}"] for k in range(len(algorithm.data.datasets))]
+        for ds, s in zip(algorithm.data.datasets, sources):
+            # one plain pass (not counted, not remembered): the map gives the stored products
+            direct = ds.response.forward(model)
+            scale = float(np.max(np.abs(s))) if s.size else 0.0
+            if direct.shape != s.shape or not np.all(np.abs(direct + ALMOST_ZERO - s)
+                                                     <= 1e-8 * scale):
+                raise CheckpointError(
+                    f"{where}: the checkpoint's map does not give its expected counts for "
+                    f"dataset {ds.name!r} with this response; the checkpoint is damaged or the "
+                    "response changed since it was written")
         state = algorithm.evaluate(model, {k: float(v) for k, v in meta["norms"].items()},
                                    sources)
         if not (_same(state.log_likelihoods, meta["log_likelihoods"])

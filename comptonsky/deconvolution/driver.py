@@ -232,12 +232,13 @@ class ImageDeconvolution:
         if every < 0:
             raise InvalidParameterError(f"checkpoint_every: expected 0 or more iterations, "
                                         f"found {checkpoint_every}")
-        self._data.counter.reset()
         if resume:
             if checkpoint is None:
                 raise InvalidParameterError("resume=True needs the checkpoint file "
                                             "(checkpoint=...)")
-            restore_checkpoint(algo, read_checkpoint(checkpoint))
+            self.resume_from(checkpoint)
+        if not algo.resumed:
+            self._data.counter.reset()
 
         def write(fit) -> None:
             with _signals_deferred() as arrived:
@@ -270,6 +271,21 @@ class ImageDeconvolution:
             self.save_results(self._parameter.resolve_path(directory, f"{prefix}:directory"),
                               self._parameter.get(f"{prefix}:only_final_result", True))
         return results
+
+    def resume_from(self, checkpoint: str | os.PathLike) -> int:
+        """Put the initialised fit at the iteration saved in ``checkpoint``; the next
+        :meth:`run_deconvolution` continues from there. Returns that iteration.
+
+        Raises
+        ------
+        CheckpointError
+            If the file is missing or damaged, or was written with other parameters or data
+            (the message names what differs).
+        """
+        if self._algorithm is None:
+            self.initialize()
+        restore_checkpoint(self._algorithm, read_checkpoint(checkpoint))
+        return self._algorithm.state.iteration
 
     def save_results(self, directory: str | os.PathLike,
                      only_final_result: bool = True) -> list[Path]:
