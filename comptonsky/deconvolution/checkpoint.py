@@ -170,7 +170,8 @@ def _table_record(record: dict) -> dict:
     return out
 
 
-def write_checkpoint(path: str | os.PathLike, algorithm, extra: dict | None = None) -> Path:
+def write_checkpoint(path: str | os.PathLike, algorithm, extra: dict | None = None,
+                     prints: dict[str, str] | None = None) -> Path:
     """Write the last completed iteration of ``algorithm`` to ``path`` (atomically).
 
     Parameters
@@ -181,6 +182,9 @@ def write_checkpoint(path: str | os.PathLike, algorithm, extra: dict | None = No
         A started fit.
     extra : dict, optional
         JSON-representable entries kept in the checkpoint (``meta["extra"]``).
+    prints : dict, optional
+        :func:`fingerprint` of ``algorithm`` when already known (it does not change during a
+        fit).
 
     Returns
     -------
@@ -226,7 +230,7 @@ def write_checkpoint(path: str | os.PathLike, algorithm, extra: dict | None = No
         "comptonsky": __version__,
         "algorithm": algorithm.name,
         "iteration": state.iteration,
-        "fingerprint": fingerprint(algorithm),
+        "fingerprint": fingerprint(algorithm) if prints is None else prints,
         "norms": state.norms,
         "log_likelihoods": state.log_likelihoods,
         "objective": state.objective,

@@ -18,7 +18,7 @@ from ..config import Parameters
 from ..errors import InvalidParameterError, RunInterrupted
 from .algorithms import ALGORITHMS
 from .algorithms.base import DeconvolutionAlgorithm
-from .checkpoint import read_checkpoint, restore_checkpoint, write_checkpoint
+from .checkpoint import fingerprint, read_checkpoint, restore_checkpoint, write_checkpoint
 from .dataset import DataIF_COSI_DC2
 from .joint import JointData
 from .model import AllSkyImageModel, model_from_parameters
@@ -240,9 +240,11 @@ class ImageDeconvolution:
         if not algo.resumed:
             self._data.counter.reset()
 
+        prints = None if checkpoint is None else fingerprint(algo)
+
         def write(fit) -> None:
             with _signals_deferred() as arrived:
-                write_checkpoint(checkpoint, fit)
+                write_checkpoint(checkpoint, fit, prints=prints)
             if arrived:
                 raise RunInterrupted(arrived[0])
 
@@ -261,7 +263,7 @@ class ImageDeconvolution:
                 written = None
                 if checkpoint is not None and algo.committed is not None:
                     with _signals_deferred():
-                        written = write_checkpoint(checkpoint, algo)
+                        written = write_checkpoint(checkpoint, algo, prints=prints)
                 done = algo.committed.state.iteration if algo.committed is not None else None
                 raise RunInterrupted(getattr(exc, "signum", signal.SIGINT), done,
                                      written) from None
