@@ -18,7 +18,7 @@ from histpy import Histogram
 from comptonsky.deconvolution.algorithms import base
 from comptonsky.deconvolution.checkpoint import read_checkpoint
 from comptonsky.deconvolution.results import map_flux
-from comptonsky.errors import CheckpointError, MapsNotKeptError, RunInterrupted
+from comptonsky.errors import CheckpointError, MapsNotKeptError, OutputError, RunInterrupted
 from comptonsky.io.histogram import open_histogram, write_histogram
 from comptonsky.jobs import run_files
 from comptonsky.response.reuse import ReusedProducts
@@ -259,6 +259,8 @@ def test_tampered_damaged_or_missing_checkpoints_are_refused(problem, written, t
     with pytest.raises(CheckpointError, match="none.npz: no checkpoint there"):
         _fit(problem, parfile).run_deconvolution(progress=False,
                                                  checkpoint=tmp_path / "none.npz", resume=True)
+    with pytest.raises(OutputError, match="is a folder"):
+        _fit(problem, parfile).run_deconvolution(progress=False, checkpoint=tmp_path)
     junk = tmp_path / "junk.npz"
     np.savez(junk, model=np.zeros(3))
     with pytest.raises(CheckpointError, match="junk.npz"):

@@ -16,6 +16,7 @@ from histpy import Histogram
 
 from ..config import Parameters
 from ..errors import InvalidParameterError, RunInterrupted
+from ..io.atomic import check_output_path
 from .algorithms import ALGORITHMS
 from .algorithms.base import DeconvolutionAlgorithm
 from .checkpoint import fingerprint, read_checkpoint, restore_checkpoint, write_checkpoint
@@ -232,6 +233,8 @@ class ImageDeconvolution:
         if every < 0:
             raise InvalidParameterError(f"checkpoint_every: expected 0 or more iterations, "
                                         f"found {checkpoint_every}")
+        if checkpoint is not None and not resume:
+            check_output_path(checkpoint)   # a folder or an unwritable place: before any work
         if resume:
             if checkpoint is None:
                 raise InvalidParameterError("resume=True needs the checkpoint file "
