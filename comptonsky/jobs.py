@@ -10,7 +10,11 @@ A run directory holds (see docs/outputs.md):
   ``results.fits`` (one row per iteration), PNG images;
 * ``summary.json``: headline numbers, timings, the stopping reason, warnings and provenance
   (versions, host, input checksums);
-* ``report.html``: one self-contained page of all of the above.
+* ``report.html``: one self-contained page of all of the above;
+* ``checkpoint.npz`` while the run is unfinished (``--resume`` continues from it).
+
+The folder itself (new, replaced or resumed; ``summary.json``'s ``status``) is handled by
+:mod:`comptonsky.rundir`.
 """
 
 from __future__ import annotations
