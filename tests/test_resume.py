@@ -261,6 +261,9 @@ def test_tampered_damaged_or_missing_checkpoints_are_refused(problem, written, t
                                                  checkpoint=tmp_path / "none.npz", resume=True)
     with pytest.raises(OutputError, match="is a folder"):
         _fit(problem, parfile).run_deconvolution(progress=False, checkpoint=tmp_path)
+    with pytest.raises(CheckpointError, match="keeps only the last iteration's maps"):
+        _fit(problem, parfile).run_deconvolution(progress=False, checkpoint=checkpoint,
+                                                 resume=True, keep_maps="all")
     junk = tmp_path / "junk.npz"
     np.savez(junk, model=np.zeros(3))
     with pytest.raises(CheckpointError, match="junk.npz"):

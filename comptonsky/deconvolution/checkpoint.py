@@ -326,6 +326,11 @@ def restore_checkpoint(algorithm, checkpoint: Checkpoint) -> None:
             f"{where}: the checkpoint (iteration {checkpoint.iteration}) was made with other "
             f"{', '.join(differ)}; resume with the parameters and inputs of that run, or start "
             "again without resuming")
+    if algorithm.keep_maps == "all" and meta.get("keep_maps") != "all" \
+            and len(meta.get("records", [])) > 1:
+        raise CheckpointError(
+            f"{where}: the checkpoint keeps only the last iteration's maps; resume without "
+            "keeping every iteration's maps (no --all-iterations, keep_maps='final')")
     if meta.get("comptonsky") != __version__:
         logger.warning("%s: written by comptonsky %s, resumed by %s: the result may differ in "
                        "the last bits from an uninterrupted run", where, meta.get("comptonsky"),
