@@ -108,7 +108,7 @@ def run_demo(output: str | os.PathLike = "demo-output", nside: int | None = None
     parfile = write_demo_parameters(sim["parfile"], output / DEMO_PARFILE, iterations)
     say(f"deconvolution: RL, {int(iterations)} iterations, parameters {parfile}")
     job = run_files(parfile, event_path, {"albedo": sim["albedo_model"]}, sim["response"],
-                    output / "results", progress=progress, truth=sim["truth"])
+                    output / "results", progress=progress, truth=sim["truth"], overwrite=True)
     summary = job.summary
     info = summary["response"].get("load_info") or {}
     say(f"response: {summary['response']['storage']} {summary['response']['dtype']}, "

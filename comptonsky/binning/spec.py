@@ -14,6 +14,7 @@ from histpy import Axis, HealpixAxis
 
 from ..errors import FileFormatError, InvalidParameterError, UnknownChoiceError
 from ..frames import register_spacecraft_frame
+from ..io.yamlfile import UniqueKeyLoader, yaml_problem
 from .psichi import PSICHI_COLUMNS, PSICHI_FRAMES
 
 __all__ = ["BINNING_KEYS", "CDSBinning", "phi_bin_edges", "read_binning_parameters",
@@ -170,15 +171,6 @@ def _check_edges(edges: np.ndarray, name: str, where: str) -> None:
             f"{where}: {name} edges must increase strictly: {_short(edges)}")
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """One line saying what is wrong in a YAML text and where."""
-    problem = getattr(exc, "problem", None)
-    mark = getattr(exc, "problem_mark", None)
-    if problem and mark is not None:
-        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
-    return " ".join(str(exc).split())
-
-
 def load_yaml_mapping(path: str | os.PathLike, what: str) -> dict:
     """The top-level mapping of a YAML file.
 
@@ -193,13 +185,13 @@ def load_yaml_mapping(path: str | os.PathLike, what: str) -> dict:
         raise FileFormatError(f"{path}: no such {what}")
     try:
         with open(path, encoding="utf-8") as fh:
-            pars = yaml.safe_load(fh)
+            pars = yaml.load(fh, Loader=UniqueKeyLoader)  # noqa: S506 (safe loader subclass)
     except UnicodeDecodeError as exc:
         raise FileFormatError(
             f"{path}: not a text file (byte {exc.start} is not UTF-8); expected a {what} in "
             "YAML") from exc
     except yaml.YAMLError as exc:
-        raise FileFormatError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from exc
+        raise FileFormatError(f"{path}: not valid YAML ({yaml_problem(exc)})") from exc
     except RecursionError as exc:
         raise FileFormatError(f"{path}: YAML nested too deeply") from exc
     except OSError as exc:

@@ -64,6 +64,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--storage", default=None,
                    help="how the response is held: dense, sparse, out-of-core, auto")
     p.add_argument("--save-samples", action="store_true", help="also write samples.npz")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the comptonsky run in --output (its files are removed first)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     job = run_files(args.parfile, args.event, dict(args.background), args.response, args.output,
                     overrides=args.override, name=args.name, dtype=args.dtype,
                     storage=args.storage, progress=not args.no_progress, plots=False,
-                    report=False)
+                    report=False, overwrite=args.overwrite)
     lb = job.dataset.model_axes[0]
     nest = str(lb.scheme).lower() == "nested"
     regions = {name: disc_region(lb.nside, lon, lat, radius, nest)
