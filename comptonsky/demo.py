@@ -234,8 +234,8 @@ def bin_per_attitude_bin(table, binner, events, first_axis, progress: bool = Tru
     if (~found).any():
         logger.info("%d of %d events of %s are in no ScAtt bin of the table", int((~found).sum()),
                     len(keys), events)
-    cols = dict(cols)
-    cols["TimeTags"] = index + 0.5  # the attitude bin stands in for the time axis
+    cols = {k: np.asarray(v)[found] for k, v in cols.items()}
+    cols["TimeTags"] = index[found] + 0.5  # the attitude bin stands in for the time axis
     scatt = CDSBinning(time_edges=np.arange(len(table) + 1, dtype=float),
                        energy_edges=spec.energy_edges, phi_edges=spec.phi_edges,
                        nside=spec.nside, scheme=spec.scheme, psichi_binning="local")
