@@ -169,7 +169,8 @@ def run_files(parfile: str | os.PathLike, event: str | os.PathLike | Histogram,
               dtype: str | None = None, storage: str | None = None,
               only_final_result: bool = True, progress: bool = True, plots: bool = True,
               response_options: Mapping[str, Any] | None = None, report: bool = True,
-              truth: str | os.PathLike | None = None) -> DeconvolutionRun:
+              truth: str | os.PathLike | None = None,
+              coordsys_conv_matrix: str | os.PathLike | None = None) -> DeconvolutionRun:
     """Run a deconvolution from files and write maps (histpy HDF5 and HEALPix FITS), the FITS
     table, PNGs, ``parameters.yml``, ``summary.json`` and ``report.html``.
 
@@ -203,6 +204,9 @@ def run_files(parfile: str | os.PathLike, event: str | os.PathLike | Histogram,
         Write ``report.html`` (:func:`comptonsky.report.write_report`).
     truth : path-like, optional
         A true map (histpy HDF5, axes lb, Ei) the report compares with.
+    coordsys_conv_matrix : path-like or CoordsysConversionMatrix, optional
+        Image in the detector frame: ``response`` is then the FullDetectorResponse and the
+        event and background histograms are binned per ScAtt or Time bin (local PsiChi).
 
     Returns
     -------
@@ -218,6 +222,8 @@ def run_files(parfile: str | os.PathLike, event: str | os.PathLike | Histogram,
     start = time.perf_counter()
     inputs = {"parameter file": parfile, "event": event,
               **{f"background {k}": v for k, v in backgrounds.items()}, "response": response}
+    if coordsys_conv_matrix is not None:
+        inputs["conversion matrix"] = coordsys_conv_matrix
     provenance = collect(inputs)
     given = {"dtype": dtype, "storage": storage, **dict(response_options or {})}
 
@@ -231,6 +237,7 @@ def run_files(parfile: str | os.PathLike, event: str | os.PathLike | Histogram,
         dataset = DataIF_COSI_DC2.load(name, as_hist(event),
                                        {k: as_hist(v) for k, v in backgrounds.items()},
                                        response, dtype=dtype, storage=storage,
+                                       coordsys_conv_matrix=coordsys_conv_matrix,
                                        **dict(response_options or {}))
         load_s = time.perf_counter() - t0
         deconv = ImageDeconvolution()
@@ -279,6 +286,7 @@ def run_files(parfile: str | os.PathLike, event: str | os.PathLike | Histogram,
         "log_likelihood": final["log-likelihood"],
         "log_likelihood_per_iteration": [float(np.sum(r["log-likelihood"])) for r in results],
         "accel_factor": final["accel_factor"],
+        **({"n_subsets": final["n_subsets"]} if "n_subsets" in final else {}),
         "background_normalization": final["background_normalization"],
         "model_flux_per_band_cm-2_s-1": map_flux(final["model"]),
         "events": float(dataset.counts.sum()),

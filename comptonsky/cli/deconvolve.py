@@ -30,7 +30,12 @@ def add_parser(subparsers) -> None:
                    metavar="NAME=FILE", help="background template (repeatable); NAME is the "
                    "key used in background_normalization_optimization:range")
     p.add_argument("--response", required=True,
-                   help="Galactic response, histpy HDF5 (NuLambda, Ei, Em, Phi, PsiChi)")
+                   help="Galactic response, histpy HDF5 (NuLambda, Ei, Em, Phi, PsiChi); with "
+                   "--ccm the detector response (FullDetectorResponse file)")
+    p.add_argument("--ccm", default=None, metavar="FILE",
+                   help="coordinate conversion matrix (CoordsysConversionMatrix HDF5): image in "
+                   "the detector frame, --event and --background binned per ScAtt or Time bin "
+                   "with a local PsiChi axis")
     p.add_argument("--output", required=True, help="output directory")
     p.add_argument("--override", action="append", default=[], metavar="'a:b:c = v'",
                    help="override a parameter (repeatable), e.g. "
@@ -83,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         args.parfile, args.event, dict(args.background), args.response, args.output,
         overrides=args.override, name=args.name, dtype=args.dtype, storage=args.storage,
         response_options=_response_options(args),
-        only_final_result=not args.all_iterations, progress=not args.no_progress,
+        coordsys_conv_matrix=args.ccm, only_final_result=not args.all_iterations, progress=not args.no_progress,
         plots=not args.no_plots, report=not args.no_report, truth=args.truth)
     print(f"{summary['algorithm']}: {summary['iterations']} iterations, "
           f"log L = {sum(summary['log_likelihood']):.6g}, "

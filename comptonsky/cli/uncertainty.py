@@ -26,10 +26,14 @@ def _region(text: str) -> tuple[str, tuple[float, float, float]]:
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "uncertainty", help=HELP, description=HELP + ". Runs the deconvolution of the parameter "
-        "file, then N bootstrap replicates (counts redrawn from Poisson(X), warm-started from the "
-        "solution) in parallel. Writes mean, std, significance and solution maps (histpy .hdf5 and "
-        "HEALPix .fits, axes lb, Ei), region_fluxes.json, the main run's results, "
-        "parameters.yml, summary.json and report.html into --output.")
+        "file, then N bootstrap replicates (counts redrawn from Poisson(X)), each fitted like the "
+        "main run (same initial map, settings and number of iterations), in parallel. Prints "
+        "each region's flux ± the replicates' std, their bias (mean − flux) and, with enough "
+        "replicates, percentile intervals (68 % from 20, 95 % from 100); warns when the bias "
+        "exceeds the std. Writes mean, std, significance (from 20 replicates) and solution maps "
+        "(histpy .hdf5, HEALPix .fits and PNG), region_fluxes.json, profiles.json, the main "
+        "run's results, parameters.yml, summary.json and report.html into --output. These are "
+        "statistical errors at fixed settings (iteration count, prior), not of the sky itself.")
     p.add_argument("parfile", help="parameter file (YAML, the tutorial's layout)")
     p.add_argument("--event", required=True,
                    help="binned events, histpy HDF5 with axes [Time,] Em, Phi, PsiChi")
@@ -43,7 +47,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--executor", choices=("process", "thread"), default="process",
                    help="parallel replicates as forked processes (default) or threads")
     p.add_argument("--iterations", type=int, default=None,
-                   help="iterations per replicate (default: as many as the main run)")
+                   help="iterations per replicate (default: as many as the main run; another "
+                   "count defines another estimator, whose value is then quoted)")
+    p.add_argument("--start", choices=("initial", "solution"), default="initial",
+                   help="replicates start from the initial map like the main run (default), or "
+                   "from its solution (the estimate is then the main run continued)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--region", action="append", type=_region, default=[],
                    metavar="NAME=L,B,RADIUS", help="extra disc region for fluxes, degrees "
@@ -63,6 +71,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..deconvolution.uncertainty import bootstrap_uncertainty, disc_region, write_uncertainty
     from ..jobs import run_files, write_summary
+    from ..plotting import write_uncertainty_images
     from ..report import write_report
 
     names = [name for name, _ in args.background]
@@ -70,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidParameterError(f"--background: a name is given twice in {names}")
     if args.samples < 2:
         raise InvalidParameterError(f"--samples: expected at least 2, found {args.samples}")
+    if args.iterations is not None and args.iterations < 1:
+        raise InvalidParameterError(f"--iterations: expected at least 1, found {args.iterations}")
     if args.workers < 1:
         raise InvalidParameterError(f"--workers: expected at least 1, found {args.workers}")
     job = run_files(args.parfile, args.event, dict(args.background), args.response, args.output,
@@ -83,16 +94,54 @@ def run(args: argparse.Namespace) -> int:
     result = bootstrap_uncertainty(job.deconvolution, n_samples=args.samples,
                                    iterations=args.iterations, workers=args.workers,
                                    executor=args.executor, seed=args.seed, regions=regions,
-                                   progress=not args.no_progress)
+                                   progress=not args.no_progress, start=args.start)
     files = write_uncertainty(result, args.output, samples=args.save_samples, cards=job.cards)
+    files += write_uncertainty_images(job.output, sources={"GC": (0.0, 0.0)})
     summary = job.summary
     summary["uncertainty"] = {"timing_s": result.timing_s, **result.info}
+    summary["warnings"] = list(summary.get("warnings", [])) + [
+        f"warning: {text}" for text in result.warnings]
     summary["files"] += [str(p) for p in files] + [str(job.output / "report.html")]
     summary["timing_s"]["bootstrap"] = result.timing_s
     write_summary(summary, job.output / "summary.json")
     write_report(job.output)
-    for region, values in result.region_fluxes.items():
-        print(f"{region}: flux {values['flux'][0]:.4g} ± {values['std'][0]:.2g} cm-2 s-1 "
-              f"(band 0, {values['pixels']} pixels)")
+    print(f"{result.info['estimator']}; {args.samples} replicates of {result.info['iterations']} "
+          f"iterations (start: {args.start}):")
+    for line in flux_lines(result):
+        print(line)
+    print(significance_line(result))
+    if result.warnings:
+        print(f"{len(result.warnings)} warning(s), also in summary.json")
     print(f"{args.samples} replicates in {result.timing_s:.1f} s; outputs in {args.output}")
     return 0
+
+
+def flux_lines(result) -> list[str]:
+    """One line per region and band: flux ± std, the replicates' bias and the intervals given."""
+    lines = []
+    for region, values in result.region_fluxes.items():
+        for k, (flux, std) in enumerate(zip(values["flux"], values["std"])):
+            ratio = values["bias_over_std"][k]
+            text = (f"{region}: flux {flux:.4g} ± {std:.2g} cm-2 s-1 (band {k}, "
+                    f"{values['pixels']} pixels); bias {values['bias'][k]:+.2g}"
+                    + (f" ({ratio:+.2f} σ)" if ratio is not None else ""))
+            for key in ("interval_68", "interval_95"):
+                if key in values:
+                    lo, hi = values[key][k]
+                    text += f"; {key[-2:]} % interval [{lo:.4g}, {hi:.4g}]"
+            lines.append(text)
+    return lines
+
+
+def significance_line(result) -> str:
+    """The largest pixel significance, or why none is quoted (too few replicates)."""
+    from ..deconvolution.uncertainty import MIN_SAMPLES_SIGNIFICANCE
+
+    n = len(result.samples)
+    if not result.info.get("significance_map", n >= MIN_SAMPLES_SIGNIFICANCE):
+        return (f"pixel significance: not quoted with {n} replicates (at least "
+                f"{MIN_SAMPLES_SIGNIFICANCE})")
+    values = result.significance.contents
+    values = getattr(values, "value", values)
+    return (f"pixel significance (estimate / std): max {float(values.max()):.3g} over "
+            f"{values.shape[0]} pixels, {n} replicates")

@@ -46,7 +46,9 @@ def results_table(results: Sequence[dict[str, Any]],
                   dataset_names: Sequence[str] | None = None) -> Table:
     """One row per iteration: iteration, accel_factor, background norms, log L, map flux.
 
-    Columns: ``iteration``, ``accel_factor``, ``bkg_norm_<name>`` per background,
+    Columns: ``iteration``, ``accel_factor`` (the acceleration factor α; 1 without
+    acceleration), ``n_subsets`` (OSEM only: the subsets of each cycle), ``bkg_norm_<name>`` per
+    background,
     ``log-likelihood_<dataset>`` per dataset, ``log-posterior`` when present (all
     dimensionless) and ``flux_E<k>`` per energy band (Σ λ ΔΩ of the map, in the map's unit × sr:
     cm⁻² s⁻¹ for an intensity map).
@@ -55,6 +57,8 @@ def results_table(results: Sequence[dict[str, Any]],
     table["iteration"] = np.array([r["iteration"] for r in results], dtype=np.int64)
     table["accel_factor"] = u.Quantity([r["accel_factor"] for r in results], _ONE,
                                        dtype=np.float64)
+    if results and "n_subsets" in results[0]:
+        table["n_subsets"] = np.array([r["n_subsets"] for r in results], dtype=np.int64)
     names = list(results[0]["background_normalization"]) if results else []
     for key in names:
         table[f"bkg_norm_{key}"] = u.Quantity([r["background_normalization"][key]
@@ -177,7 +181,7 @@ def read_results_table(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Read ``results.fits`` back into per-iteration dicts (no maps).
 
     Keys: ``iteration``, ``accel_factor``, ``background_normalization`` and ``log-likelihood``
-    (one entry per dataset), plus ``log-posterior`` when stored.
+    (one entry per dataset), plus ``n_subsets`` and ``log-posterior`` when stored.
     """
     try:
         table = Table.read(path, hdu="ITERATIONS")
@@ -193,5 +197,7 @@ def read_results_table(path: str | os.PathLike) -> list[dict[str, Any]]:
                  "log-likelihood": [float(row[c]) for c in logls]}
         if "log-posterior" in table.colnames:
             entry["log-posterior"] = float(row["log-posterior"])
+        if "n_subsets" in table.colnames:
+            entry["n_subsets"] = int(row["n_subsets"])
         rows.append(entry)
     return rows

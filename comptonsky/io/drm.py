@@ -356,6 +356,20 @@ class FullDetectorResponse:
     def __len__(self) -> int:
         return self.npix
 
+    # --- Galactic responses -----------------------------------------------------------------
+    def get_extended_source_response(self, orientation, coordsys="galactic", nside_image=None,
+                                     nside_scatt_map=None, Earth_occ=True,  # noqa: N803
+                                     **kwargs):
+        """The Galactic response of every sky pixel (cosipy's name and arguments).
+
+        Provided by :mod:`comptonsky.response.extended`, which replaces this method when it is
+        imported (``comptonsky.FullDetectorResponse`` imports it); see
+        :func:`comptonsky.response.extended.get_extended_source_response`.
+        """
+        raise InvalidParameterError(
+            "get_extended_source_response needs comptonsky.response.extended: use "
+            "comptonsky.FullDetectorResponse or import comptonsky.response.extended first")
+
     # --- lifetime ---------------------------------------------------------------------------
     def close(self) -> None:
         """Close the HDF5 file."""

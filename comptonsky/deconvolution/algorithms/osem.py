@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -119,7 +120,8 @@ class OrderedSubsetsEM(DeconvolutionAlgorithm):
         gains = list(state.memory.get("cycle_gains", []))
         K = self.levels[level]
         if K == 1 and self.accelerator is not None:
-            return self.accelerator.step(self, state)
+            after = self.accelerator.step(self, state)
+            return replace(after, memory={**after.memory, "n_subsets": 1})
         model, norms = state.model, state.norms
         for k in range(K):
             if k == 0:  # the full expectations of the previous cycle are still current
@@ -139,5 +141,11 @@ class OrderedSubsetsEM(DeconvolutionAlgorithm):
                 or (len(gains) >= 2 and gain < 0.25 * gains[-2]) or gain < 0.02 * gains[0]):
             level, gains = level + 1, []
             logger.debug("OSEM: %d subsets from the next cycle", self.levels[level])
-        return replace(new, direction=direction, alpha=float(K),
-                       memory={"level": level, "cycle_gains": gains})
+        return replace(new, direction=direction, alpha=1.0,
+                       memory={"level": level, "cycle_gains": gains, "n_subsets": K})
+
+    def make_result(self) -> dict[str, Any]:
+        """The record of the current state, with ``n_subsets``: the subsets of its cycle."""
+        record = super().make_result()
+        record["n_subsets"] = int(self.state.memory.get("n_subsets", self.current_subsets))
+        return record
