@@ -181,11 +181,12 @@ def _compare_with_truth(summary: dict[str, Any], output: Path, truth_path: Path)
 
 # --- the detector-frame (ScAtt) path ------------------------------------------------------------
 def bin_per_attitude_bin(table, binner, events, first_axis, progress: bool = True):
-    """Bin events per ScAtt bin of ``table``, PsiChi in the spacecraft frame.
+    """Bin events per ScAtt bin of ``table``, PsiChi in the spacecraft frame, as dense counts
+    on the conversion matrix's ScAtt axis.
 
-    Each event goes to the bin whose (z, x) HEALPix pixel pair, at the table's nside and
-    scheme, is that of the event's own ``Zpointings`` and ``Xpointings``; events in no bin are
-    left out (and counted in the log).
+    ``table.get_binned_data`` does the binning (streamed): each event goes to the bin whose
+    (z, x) HEALPix pixel pair, at the table's nside and scheme, is that of the event's own
+    ``Zpointings`` and ``Xpointings``; events in no bin are left out (and counted in the log).
 
     Parameters
     ----------
@@ -203,43 +204,8 @@ def bin_per_attitude_bin(table, binner, events, first_axis, progress: bool = Tru
     histpy.Histogram
         Dense counts on (ScAtt, Em, Phi, PsiChi local).
     """
-    # Exposure tables that bin events themselves (streamed) take over here.
-    if hasattr(table, "get_binned_data"):
-        hist = table.get_binned_data(binner, psichi_binning="local", unbinned_data=events,
-                                     progress=progress)
-        return _on_axis(hist, first_axis)
-    import healpy as hp
-
-    from .binning.spec import CDSBinning
-    from .binning.stream import bin_events
-    from .geometry import lonlat_to_vec
-    from .io.events import read_events
-
-    spec = binner.binning("local")
-    cols = read_events(events)
-    nest = str(table.scheme).lower().startswith("nest")
-    npix = hp.nside2npix(int(table.nside))
-
-    def pixels(name):
-        lon, lat = np.degrees(cols[name][:, 0]), np.degrees(cols[name][:, 1])
-        return hp.vec2pix(int(table.nside), *lonlat_to_vec(lon, lat).T, nest=nest)
-
-    keys = pixels("Zpointings").astype(np.int64) * npix + pixels("Xpointings")
-    pairs = np.array([tuple(p) for p in table["healpix_index"]], dtype=np.int64).reshape(-1, 2)
-    table_keys = pairs[:, 0] * npix + pairs[:, 1]
-    order = np.argsort(table_keys)
-    pos = np.clip(np.searchsorted(table_keys[order], keys), 0, len(order) - 1)
-    found = table_keys[order][pos] == keys
-    index = np.where(found, order[pos], -1)
-    if (~found).any():
-        logger.info("%d of %d events of %s are in no ScAtt bin of the table", int((~found).sum()),
-                    len(keys), events)
-    cols = {k: np.asarray(v)[found] for k, v in cols.items()}
-    cols["TimeTags"] = index[found] + 0.5  # the attitude bin stands in for the time axis
-    scatt = CDSBinning(time_edges=np.arange(len(table) + 1, dtype=float),
-                       energy_edges=spec.energy_edges, phi_edges=spec.phi_edges,
-                       nside=spec.nside, scheme=spec.scheme, psichi_binning="local")
-    (hist,) = bin_events(cols, [scatt], progress=progress)
+    hist = table.get_binned_data(binner, psichi_binning="local", unbinned_data=events,
+                                 progress=progress)
     return _on_axis(hist, first_axis)
 
 
