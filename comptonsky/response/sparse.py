@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numba
@@ -20,10 +21,11 @@ from numba import prange
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from .._numba import njit
-from ..errors import InvalidDataError
+from ..errors import InvalidDataError, InvalidParameterError
 from .operator import ResponseOperator, ResponseSubset
 
-__all__ = ["SegmentedCSR", "SparseResponse", "SparseSubset", "build_rows", "index_dtype"]
+__all__ = ["SegmentedCSR", "SparseResponse", "SparseSubset", "build_rows", "index_dtype",
+           "kernel_threads", "set_kernel_threads", "row_splits"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,28 +66,31 @@ class SegmentedCSR:
 
 # numba kernels: accumulation in the value dtype within a row segment, in float64 across them.
 
-@njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _gather(start, end, idx, val, vec, stride, n_vec, n_chunks, out):  # pragma: no cover
+@njit(fastmath=True, cache=True, nogil=True)
+def _gather(start, end, idx, val, vec, stride, n_vec, q0, q1, out):  # pragma: no cover
     """out[k, r] = Σ_n val[n] · v_k[idx[n]] over n in start[k, r]:end[k, r], with
-    v_k = vec[k·stride:][:n_vec]; ``out`` zero-filled on entry (its dtype is the accumulator's).
+    v_k = vec[k·stride:][:n_vec], for the rows q0 ≤ q < q1 of the flattened (k, r) grid
+    (q = k · n_rows + r); ``out`` zero-filled on entry, its dtype the accumulator's.
 
     Each row is a slice of ``idx`` and ``val``: indexing a slice with its own range (n ≥ 0 by
     construction) lets LLVM drop numba's negative-index wraparound and turn the loop into
     AVX gathers (``vgatherdps``) with fused multiply-adds, 5× the scalar loop it compiles to
-    when the loop runs over absolute offsets read from an array."""
-    n_seg, n_rows = start.shape
-    chunk = (n_rows + n_chunks - 1) // n_chunks
-    for task in prange(n_seg * n_chunks):
-        k = task // n_chunks
-        r0 = (task % n_chunks) * chunk
-        r1 = min(r0 + chunk, n_rows)
+    when the loop runs over absolute offsets read from an array. Serial and ``nogil``: the
+    callers run one row range per thread (:func:`_run_rows`), which compiles in a third of the
+    time of a ``parallel=True`` kernel."""
+    n_rows = start.shape[1]
+    if q1 <= q0:
+        return
+    for k in range(q0 // n_rows, (q1 - 1) // n_rows + 1):
         v = vec[k * stride:k * stride + n_vec]
+        r0 = max(q0 - k * n_rows, 0)
+        r1 = min(q1 - k * n_rows, n_rows)
         for r in range(r0, r1):
             s = start[k, r]
             e = end[k, r]
             ii = idx[s:e]
             vv = val[s:e]
-            a = out[k, r]  # zero, typed like out (a literal 0 would promote float32)
+            a = out[k, r]  # zero-filled on entry, typed like out (a literal 0 would promote float32)
             for n in range(vv.shape[0]):
                 a += vv[n] * v[ii[n]]
             out[k, r] = a
@@ -206,17 +211,64 @@ def transpose(rows: SegmentedCSR) -> SegmentedCSR:
 
 
 _BLAS_LIMITED = False
+_THREADS: int | None = None
+_POOL: ThreadPoolExecutor | None = None
+
+
+def kernel_threads() -> int:
+    """Threads the sparse products run on: :func:`set_kernel_threads`, else numba's configured
+    number (``$NUMBA_NUM_THREADS``, default the CPU count)."""
+    return _THREADS if _THREADS is not None else int(numba.config.NUMBA_NUM_THREADS)
+
+
+def set_kernel_threads(n: int | None) -> None:
+    """Run the sparse products on ``n`` threads (None: the default of :func:`kernel_threads`)."""
+    global _THREADS
+    if n is not None and int(n) < 1:
+        raise InvalidParameterError(f"sparse kernel threads: expected ≥ 1, found {n}")
+    _THREADS = None if n is None else int(n)
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None or _POOL._max_workers != workers:
+        if _POOL is not None:
+            _POOL.shutdown(wait=True)
+        _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="comptonsky-sparse")
+    return _POOL
+
+
+def row_splits(start: np.ndarray, end: np.ndarray, n_parts: int) -> np.ndarray:
+    """Boundaries (n_parts + 1,) of ``n_parts`` ranges of the flattened rows with about equal
+    numbers of stored elements."""
+    lengths = (end - start).reshape(-1)
+    cum = np.cumsum(lengths)
+    total = int(cum[-1]) if cum.size else 0
+    cuts = np.searchsorted(cum, total * np.arange(1, n_parts) / n_parts, side="left")
+    return np.concatenate([[0], cuts, [lengths.size]]).astype(np.int64)
+
+
+def _run_rows(splits: np.ndarray, start, end, idx, val, vec, stride, n_vec, out) -> None:
+    """:func:`_gather` over the row ranges ``splits``: the first in this thread, the others on
+    the pool's threads (the kernel releases the GIL)."""
+    n = len(splits) - 1
+    futures = [_pool(n - 1).submit(_gather, start, end, idx, val, vec, stride, n_vec,
+                                   int(splits[i]), int(splits[i + 1]), out)
+               for i in range(1, n)]
+    _gather(start, end, idx, val, vec, stride, n_vec, int(splits[0]), int(splits[1]), out)
+    for f in futures:
+        f.result()
 
 
 def limit_blas_threads() -> bool:
     """Run BLAS single-threaded from now on in this process (once; logged); True if done.
 
     OpenBLAS workers busy-wait after each threaded call, and in an RL iteration the vector
-    operations right before the sparse kernels leave them spinning on the numba threads' cores
+    operations right before the sparse kernels leave them spinning on the kernel threads' cores
     (docs/performance.md). Undo with ``threadpoolctl.threadpool_limits(n, user_api="blas")``.
     """
     global _BLAS_LIMITED
-    if _BLAS_LIMITED or numba.get_num_threads() < 2:
+    if _BLAS_LIMITED or kernel_threads() < 2:
         return False
     _BLAS_LIMITED = True
     if not any(i.get("user_api") == "blas" and i.get("num_threads", 1) > 1
@@ -224,13 +276,8 @@ def limit_blas_threads() -> bool:
         return False
     threadpool_limits(1, user_api="blas")
     logger.info("sparse response: BLAS limited to 1 thread so that its spinning worker threads "
-                "do not take cores from the %d numba kernel threads", numba.get_num_threads())
+                "do not take cores from the %d sparse kernel threads", kernel_threads())
     return True
-
-
-def _n_chunks(n_seg: int) -> int:
-    threads = numba.get_num_threads()
-    return max(1, -(-4 * threads // max(n_seg, 1)))
 
 
 def build_rows(blocks: Iterable[tuple[int, int, np.ndarray]], n_model: int, n_seg: int,
@@ -295,19 +342,33 @@ class _SparseProducts:
 
     _start = _end = None
 
+    def _fwd_rows(self):
+        """(start, end) of the forward rows: views of one int64 array, so that every operator
+        calls the kernel with one signature."""
+        if self._start is None:
+            return self._fwd_ptr[:, :-1], self._fwd_ptr[:, 1:]
+        return self._start, self._end
+
+    def _splits(self, which: str, start, end) -> np.ndarray:
+        n = kernel_threads()
+        cache = self.__dict__.setdefault("_split_cache", {})
+        if (which, n) not in cache:
+            cache[(which, n)] = row_splits(start, end, n)
+        return cache[(which, n)]
+
     def _matvec(self, x):
-        start = self._fwd_ptr[:, :-1] if self._start is None else self._start
-        end = self._fwd_ptr[:, 1:] if self._end is None else self._end
+        start, end = self._fwd_rows()
         out = np.zeros(start.shape, dtype=self.dtype)
-        _gather(start, end, self._fwd.idx, self._fwd.val, x.astype(self.dtype), 0,
-                self.n_model, _n_chunks(start.shape[0]), out)
+        _run_rows(self._splits("fwd", start, end), start, end, self._fwd.idx, self._fwd.val,
+                  x.astype(self.dtype), 0, self.n_model, out)
         return out.reshape(-1).astype(np.float64)
 
     def _rmatvec(self, y):
         ptr = self._adj_ptr
-        out = np.zeros((ptr.shape[0], ptr.shape[1] - 1), dtype=self.dtype)
-        _gather(ptr[:, :-1], ptr[:, 1:], self._adj.idx, self._adj.val, y.astype(self.dtype),
-                self._width, self._width, _n_chunks(ptr.shape[0]), out)
+        start, end = ptr[:, :-1], ptr[:, 1:]
+        out = np.zeros(start.shape, dtype=self.dtype)
+        _run_rows(self._splits("adj", start, end), start, end, self._adj.idx, self._adj.val,
+                  y.astype(self.dtype), self._width, self._width, out)
         return out.sum(axis=0, dtype=np.float64)
 
     def _matvec_rows(self, rows, coef):
@@ -420,5 +481,7 @@ class SparseSubset(_SparseProducts, ResponseSubset):
             p = np.arange(k, n_psi, n_subsets)
             self._width = len(p)
             self._fwd_ptr = parent.cols.ptr
-            self._start = np.ascontiguousarray(parent.cols.ptr[:, p])
-            self._end = np.ascontiguousarray(parent.cols.ptr[:, p + 1])
+            bounds = np.empty((parent.n_seg, len(p), 2), dtype=np.int64)
+            bounds[:, :, 0] = parent.cols.ptr[:, p]
+            bounds[:, :, 1] = parent.cols.ptr[:, p + 1]
+            self._start, self._end = bounds[:, :, 0], bounds[:, :, 1]
