@@ -108,22 +108,24 @@ def _scatter_rows(ptr, idx, val, rows, coef, out):  # pragma: no cover - compile
                 out[k, idx[n]] += val[n] * c
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _regroup(ptr, idx, n_groups, counts, fill, gptr, gidx, gval, val):  # pragma: no cover
-    """Split each segment's columns p into groups p mod n_groups (local column p // n_groups):
-    pass 1 (not ``fill``) counts into ``counts[g·n_seg + k, r]``, pass 2 writes at ``gptr``."""
+@njit(cache=True, nogil=True)
+def _regroup(ptr, idx, val, n_groups, widths, j0, j1, fill, gptr, counts, gidx,
+             gval):  # pragma: no cover - compiled
+    """Rows j0 ≤ j < j1 of the rows orientation regrouped by PsiChi column p mod n_groups:
+    group g's row j holds the elements of every segment k with p ≡ g at column
+    k · widths[g] + p // n_groups (its place in the subset's data vector). Pass 1 (not
+    ``fill``) counts into ``counts[g, j]``, pass 2 writes at ``gptr``."""
     n_seg = ptr.shape[0]
-    n_rows = ptr.shape[1] - 1
-    for k in prange(n_seg):
-        for r in range(n_rows):
-            for n in range(ptr[k, r], ptr[k, r + 1]):
-                g = idx[n] % n_groups
-                s = g * n_seg + k
+    for j in range(j0, j1):
+        for k in range(n_seg):
+            for n in range(ptr[k, j], ptr[k, j + 1]):
+                p = idx[n]
+                g = p % n_groups
                 if fill:
-                    o = gptr[s, r] + counts[s, r]
-                    gidx[o] = idx[n] // n_groups
+                    o = gptr[g, j] + counts[g, j]
+                    gidx[o] = k * widths[g] + p // n_groups
                     gval[o] = val[n]
-                counts[s, r] += 1
+                counts[g, j] += 1
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -231,7 +233,7 @@ def set_kernel_threads(n: int | None) -> None:
 
 def _pool(workers: int) -> ThreadPoolExecutor:
     global _POOL
-    if _POOL is None or _POOL._max_workers != workers:
+    if _POOL is None or _POOL._max_workers < workers:
         if _POOL is not None:
             _POOL.shutdown(wait=True)
         _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="comptonsky-sparse")
@@ -256,6 +258,20 @@ def _run_rows(splits: np.ndarray, start, end, idx, val, vec, stride, n_vec, out)
                                    int(splits[i]), int(splits[i + 1]), out)
                for i in range(1, n)]
     _gather(start, end, idx, val, vec, stride, n_vec, int(splits[0]), int(splits[1]), out)
+    for f in futures:
+        f.result()
+
+
+def _in_row_ranges(kernel, n_rows: int, *args, **kwargs) -> None:
+    """``kernel(*args, j0, j1, **kwargs)`` (keywords passed by position, in order) over
+    :func:`kernel_threads` equal ranges of 0 ≤ j < n_rows, one per thread; for kernels whose
+    ranges write disjoint outputs."""
+    n = max(1, min(kernel_threads(), n_rows))
+    cuts = np.linspace(0, n_rows, n + 1).astype(np.int64)
+    tail = tuple(kwargs.values())
+    futures = [_pool(n - 1).submit(kernel, *args, int(cuts[i]), int(cuts[i + 1]), *tail)
+               for i in range(1, n)]
+    kernel(*args, int(cuts[0]), int(cuts[1]), *tail)
     for f in futures:
         f.result()
 
@@ -438,21 +454,27 @@ class SparseResponse(_SparseProducts, ResponseOperator):
     def regrouped(self, n_groups: int) -> SegmentedCSR:
         """The rows orientation split by PsiChi column p mod ``n_groups`` (made once, shared).
 
-        Segment g · n_seg + k holds the elements of segment k with p ≡ g (mod n_groups), at
-        local column p // n_groups: one more copy of :attr:`rows` in memory.
+        Segment g is PsiChi subset g's adjoint: row j holds every element R_ij of the data bins
+        i with p ≡ g (mod n_groups), at column i's place in the subset's data vector, so a
+        subset's adjoint is one gather per row over that vector (in cache) and costs the
+        subset's share of a pass. One more copy of :attr:`rows` in memory.
         """
         def make():
             r = self.rows
-            counts = np.zeros((n_groups * r.n_seg, r.n_rows), dtype=np.int64)
-            _regroup(r.ptr, r.idx, n_groups, counts, False, counts, r.idx, r.val, r.val)
+            widths = np.array([len(range(g, r.n_cols, n_groups)) for g in range(n_groups)],
+                              dtype=np.int64)
+            counts = np.zeros((n_groups, r.n_rows), dtype=np.int64)
+            _in_row_ranges(_regroup, r.n_rows, r.ptr, r.idx, r.val, n_groups, widths,
+                           fill=False, gptr=counts, counts=counts, gidx=r.idx, gval=r.val)
             gptr = _ptr_from_counts(counts)
-            gidx = np.empty(r.nnz, dtype=r.idx.dtype)
+            gidx = np.empty(r.nnz, dtype=index_dtype(int(widths.max()) * r.n_seg))
             gval = np.empty(r.nnz, dtype=r.val.dtype)
             counts[:] = 0
-            _regroup(r.ptr, r.idx, n_groups, counts, True, gptr, gidx, gval, r.val)
+            _in_row_ranges(_regroup, r.n_rows, r.ptr, r.idx, r.val, n_groups, widths,
+                           fill=True, gptr=gptr, counts=counts, gidx=gidx, gval=gval)
             logger.info("OSEM PsiChi subsets: holding the sparse response regrouped by subset "
                         "(%.2f GB extra)", (gidx.nbytes + gval.nbytes + gptr.nbytes) / 1e9)
-            return SegmentedCSR(gptr, gidx, gval, -(-r.n_cols // n_groups))
+            return SegmentedCSR(gptr, gidx, gval, int(widths.max()) * r.n_seg)
         return self._shared_copy(("regrouped", n_groups), make)
 
 
@@ -477,9 +499,9 @@ class SparseSubset(_SparseProducts, ResponseSubset):
             self.mode = "regrouped"
             self._adj = parent.regrouped(n_subsets)
             self.extra_bytes = self._adj.nbytes
-            self._adj_ptr = self._adj.ptr[k * parent.n_seg:(k + 1) * parent.n_seg]
+            self._adj_ptr = self._adj.ptr[k:k + 1]
             p = np.arange(k, n_psi, n_subsets)
-            self._width = len(p)
+            self._width = parent.n_seg * len(p)
             self._fwd_ptr = parent.cols.ptr
             bounds = np.empty((parent.n_seg, len(p), 2), dtype=np.int64)
             bounds[:, :, 0] = parent.cols.ptr[:, p]
