@@ -25,7 +25,7 @@ from ..errors import InvalidDataError, InvalidParameterError
 from .operator import ResponseOperator, ResponseSubset
 
 __all__ = ["SegmentedCSR", "SparseResponse", "SparseSubset", "build_rows", "index_dtype",
-           "kernel_threads", "set_kernel_threads", "row_splits"]
+           "kernel_threads", "set_kernel_threads", "row_splits", "RegroupedCSR"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,23 +109,36 @@ def _scatter_rows(ptr, idx, val, rows, coef, out):  # pragma: no cover - compile
 
 
 @njit(cache=True, nogil=True)
-def _regroup(ptr, idx, val, n_groups, widths, j0, j1, fill, gptr, counts, gidx,
+def _regroup(ptr, idx, val, group, local, widths, j0, j1, fill, gptr, counts, gidx,
              gval):  # pragma: no cover - compiled
-    """Rows j0 ≤ j < j1 of the rows orientation regrouped by PsiChi column p mod n_groups:
-    group g's row j holds the elements of every segment k with p ≡ g at column
-    k · widths[g] + p // n_groups (its place in the subset's data vector). Pass 1 (not
-    ``fill``) counts into ``counts[g, j]``, pass 2 writes at ``gptr``."""
+    """Rows j0 ≤ j < j1 of the rows orientation regrouped by PsiChi column p: group g =
+    ``group[p]`` (p mod n_groups)'s row j holds the elements of every segment k with that
+    group at column k · widths[g] + ``local[p]`` (p // n_groups: its place in the subset's
+    data vector; tables, not divisions, per element). Pass 1 (not ``fill``) counts into
+    ``counts[g, j]``, pass 2 writes at ``gptr``."""
     n_seg = ptr.shape[0]
     for j in range(j0, j1):
         for k in range(n_seg):
             for n in range(ptr[k, j], ptr[k, j + 1]):
                 p = idx[n]
-                g = p % n_groups
+                g = group[p]
                 if fill:
                     o = gptr[g, j] + counts[g, j]
-                    gidx[o] = k * widths[g] + p // n_groups
+                    gidx[o] = k * widths[g] + local[p]
                     gval[o] = val[n]
                 counts[g, j] += 1
+
+
+@njit(cache=True, nogil=True)
+def _copy_runs(start, end, idx, val, dst, gidx, gval, q0, q1):  # pragma: no cover - compiled
+    """Row q0 ≤ q < q1 of a reordered copy: the elements start[q]:end[q] of (idx, val) go to
+    dst[q]:dst[q + 1] of (gidx, gval)."""
+    for q in range(q0, q1):
+        o = dst[q]
+        for n in range(start[q], end[q]):
+            gidx[o] = idx[n]
+            gval[o] = val[n]
+            o += 1
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -352,18 +365,10 @@ def build_rows(blocks: Iterable[tuple[int, int, np.ndarray]], n_model: int, n_se
 
 
 class _SparseProducts:
-    """Products through the forward orientation ``_fwd`` (segments ``_fwd_ptr``, or the row
-    ranges ``_start:_end``) and the adjoint orientation ``_adj`` (segments ``_adj_ptr`` of
-    ``_width`` columns)."""
-
-    _start = _end = None
-
-    def _fwd_rows(self):
-        """(start, end) of the forward rows: views of one int64 array, so that every operator
-        calls the kernel with one signature."""
-        if self._start is None:
-            return self._fwd_ptr[:, :-1], self._fwd_ptr[:, 1:]
-        return self._start, self._end
+    """Products through the forward orientation ``_fwd`` (segments ``_fwd_ptr``) and the
+    adjoint orientation ``_adj`` (segments ``_adj_ptr`` of ``_width`` columns). The kernel gets
+    the row bounds as views ``ptr[:, :-1]``, ``ptr[:, 1:]`` of one int64 array, so every
+    operator calls it with one signature per dtype."""
 
     def _splits(self, which: str, start, end) -> np.ndarray:
         n = kernel_threads()
@@ -373,7 +378,7 @@ class _SparseProducts:
         return cache[(which, n)]
 
     def _matvec(self, x):
-        start, end = self._fwd_rows()
+        start, end = self._fwd_ptr[:, :-1], self._fwd_ptr[:, 1:]
         out = np.zeros(start.shape, dtype=self.dtype)
         _run_rows(self._splits("fwd", start, end), start, end, self._fwd.idx, self._fwd.val,
                   x.astype(self.dtype), 0, self.n_model, out)
@@ -451,39 +456,72 @@ class SparseResponse(_SparseProducts, ResponseOperator):
     def _subset(self, k, n_subsets, axis, indices):
         return SparseSubset(self, k, n_subsets, axis, indices)
 
-    def regrouped(self, n_groups: int) -> SegmentedCSR:
-        """The rows orientation split by PsiChi column p mod ``n_groups`` (made once, shared).
+    def regrouped(self, n_groups: int) -> RegroupedCSR:
+        """Both orientations reordered by PsiChi subset p mod ``n_groups`` (made once, shared
+        by the subsets while any is alive; one more copy of the response in memory).
 
-        Segment g is PsiChi subset g's adjoint: row j holds every element R_ij of the data bins
-        i with p ≡ g (mod n_groups), at column i's place in the subset's data vector, so a
-        subset's adjoint is one gather per row over that vector (in cache) and costs the
-        subset's share of a pass. One more copy of :attr:`rows` in memory.
+        ``adj`` segment g is PsiChi subset g's adjoint: row j holds every element R_ij of the
+        data bins i with p ≡ g, at column i's place in the subset's data vector, so the adjoint
+        is one gather per row over that vector (in cache). ``fwd`` holds the forward rows
+        (k, p) ordered by subset, then k, then p: subset g's rows ``fwd_start[g]:
+        fwd_start[g + 1]`` are contiguous, so a subset's products stream its share of the bytes
+        in order and cost its share of a pass.
         """
         def make():
-            r = self.rows
+            r, c = self.rows, self.cols
             widths = np.array([len(range(g, r.n_cols, n_groups)) for g in range(n_groups)],
                               dtype=np.int64)
             counts = np.zeros((n_groups, r.n_rows), dtype=np.int64)
-            _in_row_ranges(_regroup, r.n_rows, r.ptr, r.idx, r.val, n_groups, widths,
-                           fill=False, gptr=counts, counts=counts, gidx=r.idx, gval=r.val)
+            idx_dtype = index_dtype(int(widths.max()) * r.n_seg)
+            cols = np.arange(r.n_cols, dtype=np.int64)
+            group, local = cols % n_groups, cols // n_groups
+            _in_row_ranges(_regroup, r.n_rows, r.ptr, r.idx, r.val, group, local, widths,
+                           fill=False, gptr=counts, counts=counts,
+                           gidx=np.empty(0, idx_dtype), gval=np.empty(0, r.val.dtype))
             gptr = _ptr_from_counts(counts)
-            gidx = np.empty(r.nnz, dtype=index_dtype(int(widths.max()) * r.n_seg))
+            gidx = np.empty(r.nnz, dtype=idx_dtype)
             gval = np.empty(r.nnz, dtype=r.val.dtype)
             counts[:] = 0
-            _in_row_ranges(_regroup, r.n_rows, r.ptr, r.idx, r.val, n_groups, widths,
+            _in_row_ranges(_regroup, r.n_rows, r.ptr, r.idx, r.val, group, local, widths,
                            fill=True, gptr=gptr, counts=counts, gidx=gidx, gval=gval)
+            adj = SegmentedCSR(gptr, gidx, gval, int(widths.max()) * r.n_seg)
+            # forward rows by subset: (g, k, p // n_groups)
+            start = np.concatenate([c.ptr[:, g:-1:n_groups].reshape(-1)
+                                    for g in range(n_groups)])
+            end = np.concatenate([c.ptr[:, g + 1::n_groups].reshape(-1)
+                                  for g in range(n_groups)])
+            dst = np.zeros((1, start.size + 1), dtype=np.int64)
+            np.cumsum(end - start, out=dst[0, 1:])
+            fidx = np.empty(c.nnz, dtype=c.idx.dtype)
+            fval = np.empty(c.nnz, dtype=c.val.dtype)
+            _in_row_ranges(_copy_runs, start.size, start, end, c.idx, c.val, dst[0], fidx,
+                           fval)
+            fwd = SegmentedCSR(dst, fidx, fval, c.n_cols)
+            fwd_start = np.concatenate([[0], np.cumsum(widths * r.n_seg)])
+            made = RegroupedCSR(adj, fwd, fwd_start)
             logger.info("OSEM PsiChi subsets: holding the sparse response regrouped by subset "
-                        "(%.2f GB extra)", (gidx.nbytes + gval.nbytes + gptr.nbytes) / 1e9)
-            return SegmentedCSR(gptr, gidx, gval, int(widths.max()) * r.n_seg)
+                        "(%.2f GB extra)", made.nbytes / 1e9)
+            return made
         return self._shared_copy(("regrouped", n_groups), make)
+
+
+class RegroupedCSR:
+    """The sparse response reordered by PsiChi subset (:meth:`SparseResponse.regrouped`)."""
+
+    def __init__(self, adj: SegmentedCSR, fwd: SegmentedCSR, fwd_start: np.ndarray):
+        self.adj, self.fwd, self.fwd_start = adj, fwd, fwd_start
+
+    @property
+    def nbytes(self) -> int:
+        return self.adj.nbytes + self.fwd.nbytes
 
 
 class SparseSubset(_SparseProducts, ResponseSubset):
     """A sparse response restricted to an interleaved data subset.
 
     Phi subsets (``mode='segments'``) gather from the parent's (Em, φ) segments of the subset
-    directly. PsiChi subsets (``mode='regrouped'``) run the forward product on the selected
-    rows of the forward orientation and the adjoint on :meth:`SparseResponse.regrouped`.
+    directly. PsiChi subsets (``mode='regrouped'``) run both on the copy reordered by subset,
+    :meth:`SparseResponse.regrouped`.
     """
 
     def __init__(self, parent: SparseResponse, k: int, n_subsets: int, axis: str,
@@ -497,13 +535,11 @@ class SparseSubset(_SparseProducts, ResponseSubset):
             self._adj, self._width = parent.rows, n_psi
         else:
             self.mode = "regrouped"
-            self._adj = parent.regrouped(n_subsets)
-            self.extra_bytes = self._adj.nbytes
+            self._keep = parent.regrouped(n_subsets)
+            self.extra_bytes = self._keep.nbytes
+            self._adj = self._keep.adj
             self._adj_ptr = self._adj.ptr[k:k + 1]
-            p = np.arange(k, n_psi, n_subsets)
-            self._width = parent.n_seg * len(p)
-            self._fwd_ptr = parent.cols.ptr
-            bounds = np.empty((parent.n_seg, len(p), 2), dtype=np.int64)
-            bounds[:, :, 0] = parent.cols.ptr[:, p]
-            bounds[:, :, 1] = parent.cols.ptr[:, p + 1]
-            self._start, self._end = bounds[:, :, 0], bounds[:, :, 1]
+            self._width = self.n_data
+            self._fwd = self._keep.fwd
+            q0, q1 = (int(q) for q in self._keep.fwd_start[k:k + 2])
+            self._fwd_ptr = self._fwd.ptr[:, q0:q1 + 1]
