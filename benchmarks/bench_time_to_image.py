@@ -163,14 +163,13 @@ def main() -> int:
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(HERE.parent))
     import bench_deconvolution as bd
-    from comptonsky.regions import REGIONS
+    import healpy as hp
+
+    from comptonsky.regions import REGIONS, region_mask
 
     args.workdir = Path(args.workdir)
     args.rsp = bd.build_inputs(args.workdir)
     truth = bd.dc2_sky(bd.NSIDE)
-    import healpy as hp
-
-    from comptonsky.regions import region_mask
     omega = hp.nside2pixarea(bd.NSIDE)
     injected = {name: float(truth[region_mask(name, bd.NSIDE, False)].sum() * omega)
                 for name in REGIONS}
@@ -183,10 +182,11 @@ def main() -> int:
           f"one product {ref['pass_s']:.4f} s", flush=True)
     rows = []
     for name in args.methods:
-        r = ref if name == "RL (tutorial)" else best_of(args, args.repeats,
-                                                         overrides=METHODS[name], target=target,
-                                                         tag=name.replace(" ", "_"))
-        m = np.load(args.workdir / f"tti-map-{'ref' if name == 'RL (tutorial)' else name.replace(' ', '_')}.npy")
+        r = ref if name == "RL (tutorial)" else best_of(
+            args, args.repeats, overrides=METHODS[name], target=target,
+            tag=name.replace(" ", "_"))
+        tag = "ref" if name == "RL (tutorial)" else name.replace(" ", "_")
+        m = np.load(args.workdir / f"tti-map-{tag}.npy")
         r["rms"] = float(np.sqrt(np.mean((m - truth) ** 2)) / np.sqrt(np.mean(truth ** 2)))
         r["method"] = name
         rows.append(r)
