@@ -109,24 +109,31 @@ def _scatter_rows(ptr, idx, val, rows, coef, out):  # pragma: no cover - compile
 
 
 @njit(cache=True, nogil=True)
-def _regroup(ptr, idx, val, group, local, widths, j0, j1, fill, gptr, counts, gidx,
-             gval):  # pragma: no cover - compiled
-    """Rows j0 ≤ j < j1 of the rows orientation regrouped by PsiChi column p: group g =
-    ``group[p]`` (p mod n_groups)'s row j holds the elements of every segment k with that
-    group at column k · widths[g] + ``local[p]`` (p // n_groups: its place in the subset's
-    data vector; tables, not divisions, per element). Pass 1 (not ``fill``) counts into
-    ``counts[g, j]``, pass 2 writes at ``gptr``."""
-    n_seg = ptr.shape[0]
-    for j in range(j0, j1):
-        for k in range(n_seg):
-            for n in range(ptr[k, j], ptr[k, j + 1]):
-                p = idx[n]
-                g = group[p]
-                if fill:
-                    o = gptr[g, j] + counts[g, j]
-                    gidx[o] = k * widths[g] + local[p]
-                    gval[o] = val[n]
-                counts[g, j] += 1
+def _group_counts(fptr, fidx, first_row, g0, g1, counts):  # pragma: no cover - compiled
+    """counts[g, j]: elements of column j in the rows first_row[g]:first_row[g + 1] of a CSR
+    (``fptr`` flat), for the groups g0 ≤ g < g1."""
+    for g in range(g0, g1):
+        for n in range(fptr[first_row[g]], fptr[first_row[g + 1]]):
+            counts[g, fidx[n]] += 1
+
+
+@njit(cache=True, nogil=True)
+def _transpose_groups(fptr, fidx, fval, first_row, g0, g1, gptr, gidx,
+                      gval):  # pragma: no cover - compiled
+    """The transpose of each group g0 ≤ g < g1 of rows (first_row[g]:first_row[g + 1]) of a
+    CSR: row j of group g (``gptr[g, j]`` on) gets, in order, the rows r holding column j, at
+    column r − first_row[g]. The writes of a group stay within its own share of the output
+    (cache-resident for many groups), unlike a scatter of the whole matrix."""
+    for g in range(g0, g1):
+        nxt = gptr[g, :-1].copy()
+        r0 = first_row[g]
+        for r in range(r0, first_row[g + 1]):
+            for n in range(fptr[r], fptr[r + 1]):
+                j = fidx[n]
+                o = nxt[j]
+                gidx[o] = r - r0
+                gval[o] = fval[n]
+                nxt[j] = o + 1
 
 
 @njit(cache=True, nogil=True)
@@ -468,24 +475,10 @@ class SparseResponse(_SparseProducts, ResponseOperator):
         in order and cost its share of a pass.
         """
         def make():
-            r, c = self.rows, self.cols
-            widths = np.array([len(range(g, r.n_cols, n_groups)) for g in range(n_groups)],
+            c = self.cols
+            widths = np.array([len(range(g, self.n_psi, n_groups)) for g in range(n_groups)],
                               dtype=np.int64)
-            counts = np.zeros((n_groups, r.n_rows), dtype=np.int64)
-            idx_dtype = index_dtype(int(widths.max()) * r.n_seg)
-            cols = np.arange(r.n_cols, dtype=np.int64)
-            group, local = cols % n_groups, cols // n_groups
-            _in_row_ranges(_regroup, r.n_rows, r.ptr, r.idx, r.val, group, local, widths,
-                           fill=False, gptr=counts, counts=counts,
-                           gidx=np.empty(0, idx_dtype), gval=np.empty(0, r.val.dtype))
-            gptr = _ptr_from_counts(counts)
-            gidx = np.empty(r.nnz, dtype=idx_dtype)
-            gval = np.empty(r.nnz, dtype=r.val.dtype)
-            counts[:] = 0
-            _in_row_ranges(_regroup, r.n_rows, r.ptr, r.idx, r.val, group, local, widths,
-                           fill=True, gptr=gptr, counts=counts, gidx=gidx, gval=gval)
-            adj = SegmentedCSR(gptr, gidx, gval, int(widths.max()) * r.n_seg)
-            # forward rows by subset: (g, k, p // n_groups)
+            # forward rows by subset: (g, k, p // n_groups), copied run by run
             start = np.concatenate([c.ptr[:, g:-1:n_groups].reshape(-1)
                                     for g in range(n_groups)])
             end = np.concatenate([c.ptr[:, g + 1::n_groups].reshape(-1)
@@ -497,8 +490,17 @@ class SparseResponse(_SparseProducts, ResponseOperator):
             _in_row_ranges(_copy_runs, start.size, start, end, c.idx, c.val, dst[0], fidx,
                            fval)
             fwd = SegmentedCSR(dst, fidx, fval, c.n_cols)
-            fwd_start = np.concatenate([[0], np.cumsum(widths * r.n_seg)])
-            made = RegroupedCSR(adj, fwd, fwd_start)
+            first_row = np.concatenate([[0], np.cumsum(widths * self.n_seg)]).astype(np.int64)
+            # adjoint rows: each group's forward rows transposed
+            counts = np.zeros((n_groups, self.n_model), dtype=np.int64)
+            _in_row_ranges(_group_counts, n_groups, dst[0], fidx, first_row, counts=counts)
+            gptr = _ptr_from_counts(counts)
+            n_cols = int(widths.max()) * self.n_seg
+            gidx = np.empty(c.nnz, dtype=index_dtype(n_cols))
+            gval = np.empty(c.nnz, dtype=c.val.dtype)
+            _in_row_ranges(_transpose_groups, n_groups, dst[0], fidx, fval, first_row,
+                           gptr=gptr, gidx=gidx, gval=gval)
+            made = RegroupedCSR(SegmentedCSR(gptr, gidx, gval, n_cols), fwd, first_row)
             logger.info("OSEM PsiChi subsets: holding the sparse response regrouped by subset "
                         "(%.2f GB extra)", made.nbytes / 1e9)
             return made
