@@ -266,7 +266,9 @@ def row_splits(start: np.ndarray, end: np.ndarray, n_parts: int) -> np.ndarray:
     lengths = (end - start).reshape(-1)
     cum = np.cumsum(lengths)
     total = int(cum[-1]) if cum.size else 0
-    cuts = np.searchsorted(cum, total * np.arange(1, n_parts) / n_parts, side="left")
+    # range i ends after the first row where the running count reaches i/n of the total
+    cuts = np.searchsorted(cum, total * np.arange(1, n_parts) / n_parts, side="left") + 1
+    cuts = np.minimum(cuts, lengths.size)
     return np.concatenate([[0], cuts, [lengths.size]]).astype(np.int64)
 
 
