@@ -87,6 +87,43 @@ def test_file_with_overflow_bins_and_chunked_gzip(cone, reference, tmp_path):
                             cache=False), reference, 2e-6)
 
 
+def _multiband(cone, n_e=3):
+    """The cone response with ``n_e`` Ei and Em bands (a lower-triangular redistribution),
+    axes (NuLambda, Ei, Em, Phi, PsiChi)."""
+    from astropy import units as u
+    from histpy import Axes, Axis
+
+    edges = np.geomspace(100.0, 1000.0, n_e + 1) * u.keV
+    axes = Axes([cone.axes["NuLambda"], Axis(edges, label="Ei", scale="log"),
+                 Axis(edges, label="Em", scale="log"), cone.axes["Phi"], cone.axes["PsiChi"]])
+    redist = np.tril(np.full((n_e, n_e), 0.2)) + 0.5 * np.eye(n_e)
+    values = np.asarray(cone.contents.value)[:, 0, 0]             # (pix, phi, psi)
+    contents = redist[None, :, :, None, None] * values[:, None, None]
+    return Histogram(axes, contents=contents, unit=cone.unit)
+
+
+@pytest.mark.parametrize("chunks", [None, (5, 1, 3, 12, 192)], ids=["contiguous", "chunked"])
+def test_multiband_file_loads_match_histogram(cone, tmp_path, chunks):
+    hist = _multiband(cone)
+    ref = load_response(hist)
+    path = tmp_path / "multiband.h5"
+    hist.write(path, h5_dataset_kw={} if chunks is None else {"chunks": chunks})
+    src = open_source(path)
+    try:
+        assert src.row_align % 3 == 0                       # blocks hold whole sky pixels
+        rows = np.empty((4, src.n_data))
+        src.read(4, 8, rows)                                # splits pixels 1 and 2
+        np.testing.assert_array_equal(rows, np.asarray(hist.contents.value).reshape(
+            ref.n_model, ref.n_data)[4:8])
+    finally:
+        src.close()
+    for storage in ("dense", "sparse", "out-of-core", "auto"):
+        op = load_response(path, storage=storage, dtype="float32", sparse_threshold=0,
+                           cache=False)
+        assert op.model_shape == (192, 3)
+        _same(op, ref, 2e-6)
+
+
 def test_sparse_histogram_contents(cone, reference):
     sparse_hist = Histogram(cone.axes, contents=cone.contents, sparse=True)
     op = load_response(sparse_hist, storage="sparse", sparse_threshold=0.0)

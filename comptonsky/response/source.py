@@ -187,8 +187,10 @@ class HDF5Source(ResponseSource):
         self.sel_template = [slice(p, p + n) for p, n in zip(pad, nbins)]
         self.pad0 = pad[0]
         self.row_shape = tuple(nbins[1:])
-        if self.ds.chunks is not None:
-            self.row_align = int(self.ds.chunks[0])
+        # a matrix row is one (sky pixel, Ei) pair: the file's first two axes
+        self.n_ei = int(nbins[1])
+        self.row_align = self.n_ei * (int(self.ds.chunks[0]) if self.ds.chunks is not None
+                                      else 1)
 
     def contiguous_offset(self):
         # the matrix as stored: contiguous, unfiltered, no overflow bins, native byte order
@@ -202,9 +204,19 @@ class HDF5Source(ResponseSource):
         return None if offset is None else int(offset)
 
     def read(self, j0, j1, out):
-        nb = j1 - j0
-        sel = tuple([slice(self.pad0 + j0, self.pad0 + j1)] + self.sel_template[1:])
-        self.ds.read_direct(out[:nb].reshape((nb,) + self.row_shape), source_sel=sel)
+        n_ei, nb = self.n_ei, j1 - j0
+        if j0 % n_ei == 0 and j1 % n_ei == 0:      # whole sky pixels: one hyperslab
+            p0, p1 = j0 // n_ei, j1 // n_ei
+            sel = tuple([slice(self.pad0 + p0, self.pad0 + p1)] + self.sel_template[1:])
+            self.ds.read_direct(out[:nb].reshape((p1 - p0,) + self.row_shape), source_sel=sel)
+            return
+        for j in range(j0, j1):                    # rows that split a pixel's energy bands
+            p, e = divmod(j, n_ei)
+            ei = self.sel_template[1].start + e
+            sel = tuple([slice(self.pad0 + p, self.pad0 + p + 1), slice(ei, ei + 1)]
+                        + self.sel_template[2:])
+            self.ds.read_direct(out[j - j0].reshape((1, 1) + self.row_shape[1:]),
+                                source_sel=sel)
 
     def close(self):
         self.file.close()
