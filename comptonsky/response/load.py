@@ -37,7 +37,7 @@ from .options import ResponseOptions
 from .outofcore import DEFAULT_MEMORY_BUDGET, OutOfCoreResponse
 from .source import LOAD_BLOCK_BYTES, ResponseSource, open_source, probe_response
 from .sparse import SegmentedCSR, SparseResponse, build_rows, index_dtype
-from .validate import check_csr
+from .validate import ValueCheck, check_csr
 
 __all__ = ["load_response", "LazyResponse", "choose_storage"]
 
@@ -271,13 +271,26 @@ def _check_row_sums(cf: CacheFile, row_sums: np.ndarray) -> None:
         raise InvalidCacheError(f"{cf.path}: row sums not all finite and ≥ 0")
 
 
-def _check_dense_cache(cf: CacheFile, src: ResponseSource, dt: np.dtype) -> np.ndarray:
-    """Check a dense-layout cache against ``src``; returns its row sums."""
+def _check_values(cf: CacheFile, src: ResponseSource, name: str, matrix: np.ndarray) -> None:
+    """Array ``name`` finite and ≥ 0 (a forged checksum would not catch a NaN)."""
+    try:
+        ValueCheck(f"{cf.path}: {name}", src.axes.labels, src.axes.nbins).matrix(
+            matrix.reshape(src.n_model, -1) if name == "matrix" else matrix.reshape(1, -1))
+    except InvalidDataError as exc:
+        raise InvalidCacheError(str(exc)) from None
+
+
+def _check_dense_cache(cf: CacheFile, src: ResponseSource, dt: np.dtype,
+                       matrix: np.ndarray | None = None) -> np.ndarray:
+    """Check a dense-layout cache against ``src`` (and ``matrix``, its values, when held);
+    returns its row sums."""
     _check_meta(cf, src)
     _expect(cf, "matrix", (src.n_model, src.n_data), [dt])
     _expect(cf, "row_sums", (src.n_model,), [np.float64])
     row_sums = np.array(cf["row_sums"])
     _check_row_sums(cf, row_sums)
+    if matrix is not None:
+        _check_values(cf, src, "matrix", matrix)
     buf = np.empty((1, src.n_data), dtype=dt)
     for j in _sample_rows(src.n_model):
         src.read(j, j + 1, buf)
@@ -312,8 +325,10 @@ class DenseStorage(Storage):
         return op
 
     def open_cache(self, cf, src, dt, opts):
-        row_sums = _check_dense_cache(cf, src, dt)
-        return DenseResponse(cf["matrix"], *src.operator_args, row_sums=row_sums)
+        _expect(cf, "matrix", (src.n_model, src.n_data), [dt])
+        matrix = cf["matrix"]
+        row_sums = _check_dense_cache(cf, src, dt, matrix)
+        return DenseResponse(matrix, *src.operator_args, row_sums=row_sums)
 
     def build(self, src, dt, opts, cache, info):
         matrix = np.empty((src.n_model, src.n_data), dtype=dt)
@@ -384,6 +399,7 @@ class SparseStorage(Storage):
             _expect(cf, f"{name}_val", cf.shape(f"{name}_idx"), [dt])
             check_csr(cf[f"{name}_ptr"], cf[f"{name}_idx"], cf[f"{name}_val"], n_seg, n_rows,
                       n_cols, f"{cf.path}: {name}")
+            _check_values(cf, src, f"{name}_val", cf[f"{name}_val"])
         _expect(cf, "row_sums", (n_model,), [np.float64])
         row_sums = np.array(cf["row_sums"])
         _check_row_sums(cf, row_sums)
