@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from comptonsky.response import cache as cache_mod
 from comptonsky.response.cache import _TRAILER, CacheFile, part_in_use, sweep_orphans
@@ -448,3 +450,51 @@ def test_writer_lock_is_held_while_writing(tmp_path):
     assert part_in_use(w.tmp)
     w.close()
     assert not list(tmp_path.glob("*.part")) and (tmp_path / "x.cache").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_caches(tmp_path_factory):
+    """A small response file with its dense and sparse caches (bytes kept to restore them)."""
+    root = tmp_path_factory.mktemp("tiny")
+    rsp = cone_response(nside=2, n_phi=6, ring_width_deg=20.0)
+    path = root / "rsp.h5"
+    rsp.write(path)
+    out = {"path": path, "root": root, "reference": load_response(rsp)}
+    for storage in ("dense", "sparse"):
+        cpath = _cache_path(_load(path, root / "c", storage))
+        out[storage] = (cpath, cpath.read_bytes())
+    return out
+
+
+MUTATION = st.tuples(st.sampled_from(["dense", "sparse"]),
+                     st.sampled_from(["flip", "truncate", "zero-block", "append"]),
+                     st.floats(0.0, 1.0), st.integers(1, 255))
+
+
+@given(MUTATION)
+@settings(max_examples=40, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_damaged_cache_gives_the_right_operator(tiny_caches, mutation):
+    """A byte changed, the file cut short, a block zeroed or junk appended, anywhere: the load
+    either uses a cache that is still right or converts again; never a crash or a wrong map."""
+    storage, kind, where, byte = mutation
+    cpath, good = tiny_caches[storage]
+    data = bytearray(good)
+    pos = min(int(where * len(data)), len(data) - 1)
+    if kind == "flip":
+        data[pos] ^= byte
+    elif kind == "truncate":
+        data = data[:pos]
+    elif kind == "zero-block":
+        data[pos:pos + 4096] = bytes(len(data[pos:pos + 4096]))
+    else:
+        data += bytes([byte]) * 100
+    if cpath.exists():
+        cpath.chmod(0o644)
+    cpath.write_bytes(bytes(data))
+    cache_mod._VERIFIED.clear()
+    op = _load(tiny_caches["path"], tiny_caches["root"] / "c", storage)
+    _same(op, tiny_caches["reference"])
+    if cpath.exists():
+        cpath.chmod(0o644)
+    cpath.write_bytes(good)                        # the next example starts from a good cache
