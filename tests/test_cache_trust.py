@@ -400,6 +400,18 @@ def test_files_changed_under_a_running_job_give_no_signal(cone, tmp_path, storag
     assert "same True" in out
 
 
+@pytest.mark.parametrize("dtype", ["-", "float32"])
+def test_out_of_core_file_truncated_under_a_job_is_a_clear_error(cone, tmp_path, dtype):
+    """Out-of-core reads the file at each product: a truncation there is a one-line error."""
+    rsp_file = tmp_path / "rsp.h5"
+    cone.write(rsp_file)
+    cdir = tmp_path / "c"
+    if dtype != "-":
+        _load(rsp_file, cdir, "out-of-core")
+    rc, out, err = _run_and_change(rsp_file, cone, cdir, "out-of-core", dtype, "-")
+    assert rc == 1 and "truncated while in use" in err, (rc, err[-2000:])
+
+
 def test_mapping_anyway_would_die_with_sigbus(cone, tmp_path):
     """What the default protects against: ``map_files='always'`` and an in-place truncation."""
     rsp_file = tmp_path / "rsp.h5"
