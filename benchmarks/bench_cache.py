@@ -10,6 +10,7 @@ dense float32 cache and times each step of opening it again, in this process::
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import tempfile
 import time
@@ -23,6 +24,18 @@ from comptonsky.response import cache as cache_mod
 from comptonsky.response.load import load_response
 from comptonsky.response.source import open_source
 from comptonsky.response.synthetic import cone_axes, fill_cone_rows
+
+
+def _crc(m: np.ndarray) -> int:
+    mv = memoryview(m).cast("B")
+    crc = 0
+    for i in range(0, mv.nbytes, 2 ** 25):
+        crc = zlib.crc32(mv[i:i + 2 ** 25], crc)
+    return crc
+
+
+def _minmax(m: np.ndarray) -> tuple:
+    return m.min(), m.max()
 
 
 def _t(f, repeat=3):
@@ -59,19 +72,17 @@ def main() -> None:
     gb = op.nbytes / 1e9
     print(f"matrix {op.n_model} x {op.n_data} float32, {gb:.2f} GB")
     print(f"convert (first load) {convert:.2f} s; cache written after {written:.2f} s")
-    m = np.asarray(op.matrix)
-    mv = memoryview(m).cast("B")
-    t_crc, _ = _t(lambda: [zlib.crc32(mv[i:i + 2 ** 25]) for i in range(0, mv.nbytes, 2 ** 25)])
-    t_val, _ = _t(lambda: (m.min(), m.max()))
+    t_crc, _ = _t(functools.partial(_crc, np.asarray(op.matrix)))
+    t_val, _ = _t(functools.partial(_minmax, np.asarray(op.matrix)))
     print(f"CRC-32 of the matrix {t_crc:.3f} s ({t_crc / gb:.3f} s/GB); "
           f"value check (min, max) {t_val:.3f} s ({t_val / gb:.3f} s/GB)")
     with open_source(path) as src:
         t_fp, _ = _t(src.fingerprint)
     print(f"content fingerprint (8 rows of the file) {t_fp * 1e3:.1f} ms")
-    del op, m, mv
+    del op
     for verify in ("full", "quick"):
         for map_files in ("never", "always"):
-            def load():
+            def load(verify=verify, map_files=map_files):
                 cache_mod._VERIFIED.clear()          # as a fresh process
                 return load_response(path, dtype="float32", cache_dir=cdir, verify_cache=verify,
                                      map_files=map_files)
@@ -83,7 +94,7 @@ def main() -> None:
                                         cache_dir=cdir), 1)
     op.load_info["cache_pending"].result()
     for verify in ("full", "quick"):
-        def sload():
+        def sload(verify=verify):
             cache_mod._VERIFIED.clear()
             return load_response(path, dtype="float32", storage="sparse", cache_dir=cdir,
                                  verify_cache=verify, map_files="never")
@@ -92,7 +103,7 @@ def main() -> None:
         print(f"sparse ({sp.nbytes / 1e9:.2f} GB held) convert {t_sp:.2f} s, cached load "
               f"verify_cache={verify} {t:.3f} s")
     for map_files in ("always", "never"):
-        t, op = _t(lambda: load_response(path, map_files=map_files))
+        t, op = _t(functools.partial(load_response, path, map_files=map_files))
         print(f"float64 file in place ({op.nbytes / 1e9:.2f} GB) map_files={map_files}: "
               f"{t:.3f} s (mapped: {op.load_info['mapped_source']})")
         del op
