@@ -134,6 +134,15 @@ def test_bad_units_are_refused(cone, tmp_path, unit, words):
         assert words in msg and str(path) in msg and "\n" not in msg
 
 
+def test_bad_unit_of_a_sparse_file_is_refused(cone, tmp_path):
+    path = tmp_path / "coo.h5"
+    Histogram(cone.axes, contents=cone.contents, sparse=True).write(path)
+    with h5py.File(path, "r+") as f:
+        f["hist"].attrs["unit"] = "furlong"
+    with pytest.raises(FileFormatError, match="response unit 'furlong' cannot be parsed"):
+        load_response(path, storage="sparse")
+
+
 def test_cli_reports_a_bad_unit_in_one_line(cone, tmp_path, capsys):
     from comptonsky.cli import main as cli_main
     from tests.conftest import write_parfile

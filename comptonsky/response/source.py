@@ -263,7 +263,8 @@ def open_source(rsp: Histogram | str | os.PathLike) -> ResponseSource:
     path = _existing(rsp)
     f = open_hdf5(path, rdcc_nbytes=256 * 2 ** 20, rdcc_nslots=100003)
     try:
-        g = _header(f, path)[0]
+        g, _, unit = _header(f, path)
+        unit_factor(unit, str(path))       # refused before any other reader sees it
         fmt = g.attrs.get("format", "dense")
         fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
         if fmt == "dense" and isinstance(g.get("contents"), h5py.Dataset):
