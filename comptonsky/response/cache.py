@@ -92,8 +92,10 @@ def part_in_use(path: str | os.PathLike) -> bool:
     ``flock``; without ``flock``: modified within :data:`ORPHAN_AGE_S`)."""
     try:
         fd = os.open(path, os.O_RDONLY)
-    except OSError:
+    except FileNotFoundError:
         return False
+    except OSError:                         # cannot tell (another user's file): leave it
+        return True
     try:
         if fcntl is None:  # pragma: no cover - not POSIX
             return time.time() - os.fstat(fd).st_mtime < ORPHAN_AGE_S
