@@ -362,8 +362,9 @@ class OutOfCoreStorage(Storage):
         return op
 
     def open_cache(self, cf, src, dt, opts):
-        row_sums = _check_dense_cache(cf, src, dt)
+        _expect(cf, "matrix", (src.n_model, src.n_data), [dt])
         cf.check("matrix")
+        row_sums = _check_dense_cache(cf, src, dt)
         return OutOfCoreResponse(cf.path, cf.offset("matrix"), dt, *src.operator_args,
                                  memory_budget=opts.memory_budget, row_sums=row_sums)
 
