@@ -115,7 +115,7 @@ def run_demo(output: str | os.PathLike = "demo-output", nside: int | None = None
     summary = job.summary
     info = summary["response"].get("load_info") or {}
     say(f"response: {summary['response']['storage']} {summary['response']['dtype']}, "
-        f"{'mapped from the file itself' if info.get('mapped_source') else 'from the cache' if info.get('cached') else 'converted'} "
+        f"{'mapped from the file itself' if info.get('mapped_source') else 'read from the file itself' if info.get('in_place') else 'from the cache' if info.get('cached') else 'converted'} "
         f"({info.get('seconds', 0.0):.1f} s); {summary['iterations']} iterations in "
         f"{summary['timing_s']['iterations']:.1f} s, stopped: {summary['stopping']['reason']}")
     summary["preset"] = preset

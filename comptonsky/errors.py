@@ -16,6 +16,7 @@ __all__ = [
     "AxisMismatchError",
     "InvalidDataError",
     "FileFormatError",
+    "InvalidCacheError",
     "OutputError",
     "OutputExistsError",
     "CheckpointError",
@@ -78,6 +79,11 @@ class FileFormatError(ComptonskyError, ValueError):
     Not an :class:`OSError`: an ``except OSError`` around file access catches real I/O failures
     (a full disk, a lost mount) and not a file whose contents are wrong.
     """
+
+
+class InvalidCacheError(FileFormatError):
+    """A converted-response cache failed a check (checksum, sizes, index ranges, contents against
+    its response file): it is discarded and the response converted again."""
 
 
 class OutputError(ComptonskyError, OSError):

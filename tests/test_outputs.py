@@ -370,7 +370,7 @@ def test_demo_runs_the_parameter_file_it_writes(tmp_path, capsys):
     run_demo(out, nside=4, phi_bin_deg=30.0, iterations=3, duration_s=2e5, progress=False)
     err = capsys.readouterr().err
     assert "found in the cache" in err
-    assert "from the cache" in err or "mapped from the file itself" in err  # no conversion again
+    assert "from the cache" in err or "from the file itself" in err  # no conversion again
 
 
 def test_osem_subsets_are_named_n_subsets_not_an_acceleration_factor(small_problem, tmp_path):

@@ -143,7 +143,11 @@ def test_cache_is_written_then_memory_mapped(rsp_file, reference, tmp_path):
         assert second.load_info["cached"] is True
         _same(second, reference, 2e-6)
         arr = second.matrix if storage == "dense" else second.rows.val
-        assert not arr.flags.writeable and not arr.flags.owndata      # a read-only map
+        assert not arr.flags.writeable
+        cache_path = second.load_info["cache_path"]
+        assert os.stat(cache_path).st_mode & 0o222 == 0                 # written read-only
+        # mapped unless this process could truncate it anyway (root): then read into memory
+        assert second.load_info["mapped"] is (not os.access(cache_path, os.W_OK))
     # out-of-core shares the dense cache file
     ooc = load_response(rsp_file, dtype="float32", storage="out-of-core", cache_dir=cdir)
     assert ooc.load_info["cached"] is True
@@ -194,14 +198,20 @@ def test_corrupt_cache_is_ignored(rsp_file, reference, tmp_path, caplog):
     _same(again, reference, 2e-6)
 
 
-def test_float64_contiguous_file_is_mapped_in_place(rsp_file, reference, tmp_path):
-    op = load_response(rsp_file, cache_dir=tmp_path)
-    assert op.load_info["mapped_source"] is True
-    assert not op.matrix.flags.writeable
-    _same(op, reference)
+def test_float64_contiguous_file_is_used_in_place(rsp_file, reference, tmp_path):
+    writable = os.access(rsp_file, os.W_OK)
+    for map_files, mapped in (("always", True), ("never", False), ("read-only", False)):
+        op = load_response(rsp_file, cache_dir=tmp_path, map_files=map_files)
+        assert op.load_info["in_place"] is True and op.load_info["mapped_source"] is mapped
+        assert not op.matrix.flags.writeable
+        _same(op, reference)
+    rsp_file.chmod(0o444)
+    op = load_response(rsp_file, cache_dir=tmp_path)          # mapped unless we are root
+    assert op.load_info["mapped_source"] is (not os.access(rsp_file, os.W_OK))
+    rsp_file.chmod(0o644 if writable else 0o444)
     ooc = load_response(rsp_file, storage="out-of-core", memory_budget="200 kB",
                         cache_dir=tmp_path)
-    assert ooc.load_info["mapped_source"] is True and ooc.path == str(rsp_file)
+    assert ooc.load_info["in_place"] is True and ooc.path == str(rsp_file)
     _same(ooc, reference)
     assert _caches(tmp_path) == []
 

@@ -333,10 +333,8 @@ def build_rows(blocks: Iterable[tuple[int, int, np.ndarray]], n_model: int, n_se
     dropped_flux_fraction, max_row_dropped_fraction : float
         As :class:`SparseResponse`'s.
 
-    Raises
-    ------
-    InvalidDataError
-        For non-finite values.
+    The blocks are checked before they get here (:meth:`~.source.ResponseSource.blocks`:
+    finite values ≥ 0).
     """
     dtype = np.dtype(dtype)
     row_total = np.zeros(n_model)
@@ -344,8 +342,6 @@ def build_rows(blocks: Iterable[tuple[int, int, np.ndarray]], n_model: int, n_se
     counts = np.empty((n_seg, n_model), dtype=np.int64)
     pieces = []
     for j0, j1, block in blocks:
-        if not np.all(np.isfinite(block)):
-            raise InvalidDataError(f"response rows {j0}..{j1}: non-finite values")
         thr = (block.max(axis=1).astype(np.float64) * threshold).astype(dtype)
         if threshold == 0.0:
             thr[:] = 0
