@@ -8,12 +8,21 @@ non-zero) and writes it in the histpy format with ``Histogram.write``. Counts ar
 the DC2 511 keV sky (point source, two bulges, thin disk; docs/design.md §6) plus a 1.5e6-count background
 whose template is the response summed over the sky.
 
+``--shape continuum`` builds the multi-band continuum shape of the Crab tutorial instead
+(768 × 10 × 10 × 36 × 768: nside 8, 10 energy bands, 36 Phi bins; float32, 8.5 GB; the cone model
+times an energy redistribution, :func:`build_continuum_inputs`) and runs the sparse modes and
+``auto`` (dense float32 would hold 8.5 GB).
+
 Then, each in a fresh process (peak memory = VmHWM, the peak resident set), for each mode:
 
 1. first load (no cache: HDF5 read block-wise into the mode's dtype and storage, cache written),
    the tutorial's RL run (50 iterations; acceleration α_max 2, background normalisation on,
    smoothing and response weighting off) timed per iteration;
-2. cached load (memory-mapped cache) and a few iterations.
+2. cached load (memory-mapped cache) and a few iterations: the *fixed cost* of a run with warm
+   caches (load, initialisation and the first iteration's excess over the median, after the
+   imports);
+3. the same with an empty numba cache (``$NUMBA_CACHE_DIR`` a new folder): the fixed cost of the
+   first run after an install (``--no-cold-kernels`` skips it).
 
 Also: the machine's memory bandwidth (best BLAS sgemv over a 1 GiB matrix), the bandwidth floor
 of each mode (2 products × bytes streamed ÷ bandwidth), a numba-vs-scipy.sparse kernel comparison,
@@ -23,8 +32,8 @@ shape on the 2-core machine.
 
 Usage::
 
-    python benchmarks/bench_deconvolution.py [--workdir DIR] [--iterations 50] [--modes ...]
-        [--response FILE]
+    python benchmarks/bench_deconvolution.py [--shape dc2|continuum] [--workdir DIR]
+        [--iterations 50] [--modes ...] [--response FILE]
 
 ``--response`` benchmarks an existing DC2-shape response instead (for instance the simulator's
 ``psr_gal_511.h5`` from ``comptonsky simulate --preset dc2-511-thin-disk``); counts are drawn
@@ -38,6 +47,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -184,6 +194,88 @@ def build_inputs(workdir: Path) -> Path:
     return rsp_path
 
 
+CONTINUUM = dict(nside=8, n_phi=36, ei_edges=(100.0, 158.5, 251.2, 398.1, 631.0, 1000.0, 1585.0,
+                                              2512.0, 3981.0, 6310.0, 10000.0))
+CONTINUUM_MODES = ["auto-float32", "sparse-float32", "sparse-float64"]
+
+
+def build_continuum_inputs(workdir: Path) -> Path:
+    """The multi-band continuum shape (the Crab tutorial's: 768 × 10 × 10 × 36 × 768, float32
+    8.5 GB), written row block by row block: the cone model of each sky pixel and Phi bin times
+    an energy redistribution (60 % photopeak Em = Ei, 40 % spread evenly over Em < Ei); counts
+    from a Crab-like point source (power law, index 2.2) plus a 5e6-count background."""
+    import h5py
+    import healpy as hp
+    from astropy import units as u
+    from histpy import Axes, Axis, HealpixAxis, Histogram
+
+    from comptonsky.response.synthetic import fill_cone_rows
+
+    rsp_path = workdir / "continuum_768x10x10x36x768.h5"
+    done = workdir / "inputs.done"
+    if done.exists() and rsp_path.exists():
+        return rsp_path
+    workdir.mkdir(parents=True, exist_ok=True)
+    nside, n_phi, edges = CONTINUUM["nside"], CONTINUUM["n_phi"], np.array(CONTINUUM["ei_edges"])
+    n_e, npix = len(edges) - 1, hp.nside2npix(nside)
+    axes = Axes([HealpixAxis(nside=nside, coordsys="galactic", label="NuLambda"),
+                 Axis(edges * u.keV, label="Ei", scale="log"),
+                 Axis(edges * u.keV, label="Em", scale="log"),
+                 Axis(np.linspace(0.0, 180.0, n_phi + 1) * u.deg, label="Phi", scale="linear"),
+                 HealpixAxis(nside=nside, coordsys="galactic", label="PsiChi")])
+    redistribution = np.tril(np.full((n_e, n_e), 0.4), -1)
+    redistribution /= np.maximum(redistribution.sum(axis=1, keepdims=True), 1e-300) / 0.4
+    redistribution[0, :] = 0.0
+    redistribution += np.diag(np.where(np.arange(n_e) == 0, 1.0, 0.6))
+    efficiency = np.linspace(1.0, 0.3, n_e)                       # falls with energy
+    crab_l, crab_b = 184.56, -5.78
+    src = hp.ang2pix(nside, crab_l, crab_b, lonlat=True)
+    spectrum = edges[:-1] ** -1.2 - edges[1:] ** -1.2            # ∝ ∫ E^-2.2 dE
+    spectrum *= 3e-2 / spectrum.sum()                             # ph cm⁻² s⁻¹ in all bands
+    signal = np.zeros((n_e, n_phi, npix))
+    template = np.zeros((n_e, n_phi, npix))
+    t0 = time.perf_counter()
+    step = 16
+    with h5py.File(rsp_path, "w") as f:
+        g = f.create_group("hist")
+        g.attrs["format"] = "dense"
+        g.attrs["unit"] = "cm2 s"
+        axes.write(g.create_group("axes"))
+        ds = g.create_dataset("contents", shape=(npix, n_e, n_e, n_phi, npix), dtype="float32",
+                              track_times=False)
+        cone = np.empty((step, n_phi, npix))
+        block = np.empty((step, n_e, n_e, n_phi, npix), dtype=np.float32)
+        for j0 in range(0, npix, step):
+            m = min(step, npix - j0)
+            fill_cone_rows(cone[:m], slice(j0, j0 + m), nside, n_phi, ring_width_deg=6.0,
+                           cutoff=3.0, exposure_cm2s=1.0e8)
+            np.multiply((redistribution * efficiency[:, None])[None, :, :, None, None],
+                        cone[:m, None, None], out=block[:m])
+            ds[j0:j0 + m] = block[:m]
+            b64 = block[:m].astype(np.float64)
+            template += b64.sum(axis=(0, 1))
+            if j0 <= src < j0 + m:
+                signal += np.tensordot(spectrum, b64[src - j0], axes=(0, 0))
+    print(f"built the continuum response {(npix, n_e, n_e, n_phi, npix)} float32 "
+          f"({rsp_path.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - t0:.1f} s",
+          flush=True)
+    bkg = template * (5e6 / template.sum())
+    counts = np.random.default_rng(1).poisson(signal + bkg).astype(np.float64)
+    print(f"expected signal {signal.sum():.4g} counts, background {bkg.sum():.4g}", flush=True)
+    data_axes = Axes([axes["Em"], axes["Phi"], axes["PsiChi"]])
+    Histogram(data_axes, contents=counts).write(workdir / "event.h5", overwrite=True)
+    Histogram(data_axes, contents=bkg).write(workdir / "bkg.h5", overwrite=True)
+    flat = ", ".join(["1e-4"] * n_e)
+    edge_text = ", ".join(f"{e:g}" for e in edges)
+    (workdir / "parfile.yml").write_text(
+        PARAMETERS.replace("nside: 16", f"nside: {nside}")
+        .replace("energy_edges: {value: [509.0, 513.0], unit: \"keV\"}",
+                 f"energy_edges: {{value: [{edge_text}], unit: \"keV\"}}")
+        .replace("parameter: {value: [1e-4]", f"parameter: {{value: [{flat}]"))
+    done.write_text("ok\n")
+    return rsp_path
+
+
 def peak_rss_gib() -> float:
     """This process's peak resident memory (GiB): VmHWM, which, unlike ``ru_maxrss``, is not
     inherited from the parent across fork and exec."""
@@ -218,10 +310,16 @@ def memory_bandwidth() -> float:
 # Child: one mode, one process
 # ------------------------------------------------------------------------------------------
 
+IMPORT_S = 0.0
+
+
 def child(args) -> None:
+    global IMPORT_S
+    t = time.perf_counter()
     from histpy import Histogram
 
     from comptonsky import DataIF_COSI_DC2, ImageDeconvolution
+    IMPORT_S = time.perf_counter() - t
 
     workdir = Path(args.workdir)
     opts = dict(MODES[args.mode])
@@ -241,6 +339,7 @@ def child(args) -> None:
     fit_op = alg.data.operators[0]        # what the fit multiplies with (reuse + counting)
     passes = deco.passes
     passes.reset()
+    setup_s = time.perf_counter() - t_load0
     computed0 = fit_op.products_computed
     times: list[float] = []
     t0 = time.perf_counter()
@@ -258,7 +357,10 @@ def child(args) -> None:
         if res["iteration"] in (COMPARE_AT, len(deco.results)):
             np.save(workdir / f"map-{args.mode}-{args.phase}-it{res['iteration']}.npy",
                     np.asarray(res["model"].contents.value).reshape(-1))
+    steady = float(np.median(times[1:])) if len(times) > 1 else times[0]
     out = {"mode": args.mode, "phase": args.phase, "load_s": load_s, "run_s": run_s,
+           "setup_s": setup_s, "fixed_s": setup_s + times[0] - steady,
+           "import_s": IMPORT_S,
            "iterations": len(times), "iter_s": times, "cache_written_s": cache_done_s,
            "mapped_source": bool(info.get("mapped_source")),
            "products_per_iteration":
@@ -277,10 +379,10 @@ def child(args) -> None:
 
 def kernels_child(args) -> None:
     """Time numba gathers against scipy.sparse CSR on the sparse float32 cache."""
-    import numba
     import scipy.sparse as sp
 
     from comptonsky.response.load import load_response
+    from comptonsky.response.sparse import kernel_threads, set_kernel_threads
     op = load_response(args.rsp, dtype="float32", storage="sparse",
                        cache_dir=str(Path(args.workdir) / "cache"))
     rng = np.random.default_rng(0)
@@ -296,13 +398,13 @@ def kernels_child(args) -> None:
             ts.append(time.perf_counter() - t)
         return min(ts)
 
-    res = {"threads": numba.get_num_threads(),
+    res = {"threads": kernel_threads(),
            "numba_forward_s": best(lambda: op._matvec(x)),
            "numba_adjoint_s": best(lambda: op._rmatvec(y))}
-    numba.set_num_threads(1)
+    set_kernel_threads(1)
     res["numba_1thread_forward_s"] = best(lambda: op._matvec(x))
     res["numba_1thread_adjoint_s"] = best(lambda: op._rmatvec(y))
-    numba.set_num_threads(res["threads"])
+    set_kernel_threads(None)
     r = op.rows
     counts = np.diff(r.ptr, axis=1)                       # (n_seg, n_model)
     j = np.repeat(np.tile(np.arange(op.n_model), op.n_seg), counts.reshape(-1))
@@ -349,7 +451,14 @@ def run_child(args, mode: str, phase: str, iterations: int, kind: str = "mode") 
     cmd = [sys.executable, __file__, "--child", kind, "--mode", mode, "--phase", phase,
            "--iterations", str(iterations), "--workdir", str(args.workdir), "--rsp",
            str(args.rsp)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ)
+    if phase == "cold-kernels":                       # as after an install: nothing compiled
+        env["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="comptonsky-bench-numba-")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    finally:
+        if phase == "cold-kernels":
+            shutil.rmtree(env["NUMBA_CACHE_DIR"], ignore_errors=True)
     wall = time.time() - t0
     j1, i1 = _cpu_jiffies()
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -368,16 +477,23 @@ def run_child(args, mode: str, phase: str, iterations: int, kind: str = "mode") 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "comptonsky-bench"))
+    p.add_argument("--shape", choices=("dc2", "continuum"), default="dc2",
+                   help="dc2: 3072 x 1 x 1 x 60 x 3072 (default); continuum: the multi-band "
+                        "768 x 10 x 10 x 36 x 768")
+    p.add_argument("--workdir", default=None,
+                   help="default $TMPDIR/comptonsky-bench (dc2) or comptonsky-bench-continuum")
     p.add_argument("--iterations", type=int, default=50)
     p.add_argument("--ooc-iterations", type=int, default=10,
                    help="iterations of the (slow) out-of-core mode")
-    p.add_argument("--modes", nargs="*", default=list(MODES))
+    p.add_argument("--modes", nargs="*", default=None,
+                   help=f"default: all (dc2) or {CONTINUUM_MODES} (continuum)")
     p.add_argument("--response", default=None,
                    help="benchmark this DC2-shape response file (e.g. the simulator's "
                         "psr_gal_511.h5) instead of building the synthetic cone model")
     p.add_argument("--max-wait", type=float, default=60.0,
                    help="seconds to wait for idle CPUs before each measured process")
+    p.add_argument("--no-cold-kernels", action="store_true",
+                   help="skip the run with an empty numba cache (the first run after install)")
     p.add_argument("--child", default=None)
     p.add_argument("--mode", default=None)
     p.add_argument("--phase", default="first")
@@ -388,23 +504,32 @@ def main() -> None:
     if args.child == "kernels":
         return kernels_child(args)
 
-    args.workdir = Path(args.workdir)
+    suffix = "" if args.shape == "dc2" else "-continuum"
+    args.workdir = Path(args.workdir or os.path.join(tempfile.gettempdir(),
+                                                     f"comptonsky-bench{suffix}"))
+    if args.modes is None:
+        args.modes = list(MODES) if args.shape == "dc2" else list(CONTINUUM_MODES)
     if args.response:
         args.rsp = inputs_from_response(args.workdir, Path(args.response).resolve())
+    elif args.shape == "continuum":
+        args.rsp = build_continuum_inputs(args.workdir)
     else:
         args.rsp = build_inputs(args.workdir)
+    print(f"load average: {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
     wait_idle(args.max_wait)
     bw = memory_bandwidth()
     print(f"memory bandwidth (BLAS sgemv, 1 GiB): {bw / 1e9:.1f} GB/s; "
           f"CPU cores: {os.cpu_count()}", flush=True)
-    t0 = time.perf_counter()
-    import h5py
-    with h5py.File(args.rsp, "r") as f:
-        raw = f["hist/contents"][()]
-    read_s = time.perf_counter() - t0
-    print(f"plain h5py read of the whole response ({raw.dtype}, {raw.nbytes / 1e9:.2f} GB): "
-          f"{read_s:.2f} s", flush=True)
-    del raw
+    read_s = float("nan")
+    if args.shape == "dc2":
+        t0 = time.perf_counter()
+        import h5py
+        with h5py.File(args.rsp, "r") as f:
+            raw = f["hist/contents"][()]
+        read_s = time.perf_counter() - t0
+        print(f"plain h5py read of the whole response ({raw.dtype}, {raw.nbytes / 1e9:.2f} GB): "
+              f"{read_s:.2f} s", flush=True)
+        del raw
     cache = args.workdir / "cache"
     rows = []
     for mode in args.modes:
@@ -412,13 +537,17 @@ def main() -> None:
             old.unlink()
         n_it = args.ooc_iterations if mode.startswith("out-of-core") else args.iterations
         first = run_child(args, mode, "first", n_it)
-        cached = run_child(args, mode, "cached", min(5, n_it))
-        rows.append((mode, first, cached))
+        cached = run_child(args, mode, "cached", min(10, n_it))
+        cold = None if args.no_cold_kernels else run_child(args, mode, "cold-kernels",
+                                                            min(5, n_it))
+        rows.append((mode, first, cached, cold))
         it = np.array(first["iter_s"])
         print(f"{mode:>20}: {np.median(it):.4f} s/iteration (median of {len(it)}, min "
-              f"{it.min():.4f}), load {first['load_s']:.2f} s first / {cached['load_s']:.2f} s "
+              f"{it.min():.4f}), floor {2 * first['bytes_per_product'] / bw:.4f} s; fixed cost "
+              f"{cached['fixed_s']:.3f} s warm, "
+              f"{'-' if cold is None else format(cold['fixed_s'], '.3f')} s with nothing "
+              f"compiled; load {first['load_s']:.2f} s first / {cached['load_s']:.2f} s "
               f"cached, peak {first['peak_rss_gib']:.2f} / {cached['peak_rss_gib']:.2f} GiB, "
-              f"floor {2 * first['bytes_per_product'] / bw:.4f} s, "
               f"{first['products_per_iteration']:.2f} products/iteration, other processes used "
               f"{100 * first['other_cpu_load']:.0f} % of the CPUs", flush=True)
     kern = None
@@ -429,60 +558,69 @@ def main() -> None:
         kern = run_child(args, "sparse-float32", "kernels", 1, kind="kernels")
 
     def deviation(mode: str, iteration: int) -> float:
-        """max |map − float64 dense map| / max(float64 dense map) at ``iteration``."""
-        ref = args.workdir / f"map-dense-float64-first-it{iteration}.npy"
+        """max |map − float64 map| / max(float64 map) at ``iteration``: against sparse float64
+        for the sparse modes (the same stored elements: the precision alone), else against
+        dense float64."""
+        order = ("sparse-float64", "dense-float64") if ("sparse" in mode or "auto" in mode) \
+            and mode != "sparse-float64" else ("dense-float64",)
+        for ref_mode in order:
+            ref = args.workdir / f"map-{ref_mode}-first-it{iteration}.npy"
+            if ref.exists():
+                break
         mine = args.workdir / f"map-{mode}-first-it{iteration}.npy"
         if not (ref.exists() and mine.exists()):
             return float("nan")
         a, b = np.load(mine), np.load(ref)
         return float(np.abs(a - b).max() / np.abs(b).max())
 
+    shape = "3072 x 1 x 1 x 60 x 3072" if args.shape == "dc2" else "768 x 10 x 10 x 36 x 768"
     print()
-    print(f"DC2 shape 3072 x 1 x 1 x 60 x 3072; RL, tutorial settings; {os.cpu_count()} cores; "
-          f"bandwidth {bw / 1e9:.1f} GB/s; reference tool: {REFERENCE['iteration_s']} s/it, "
-          f"load {REFERENCE['load_s']} s, peak {REFERENCE['peak_gib']} GiB; plain HDF5 read "
-          f"{read_s:.2f} s")
+    print(f"shape {shape}; RL, tutorial settings; {os.cpu_count()} cores; bandwidth "
+          f"{bw / 1e9:.1f} GB/s; load average now {os.getloadavg()[0]:.2f}"
+          + (f"; reference tool: {REFERENCE['iteration_s']} s/it, load {REFERENCE['load_s']} s, "
+             f"peak {REFERENCE['peak_gib']} GiB; plain HDF5 read {read_s:.2f} s"
+             if args.shape == "dc2" else ""))
     print("s/iter: median over the run (min in brackets); floor: 2 products x bytes streamed / "
-          "bandwidth; prod: response products per iteration measured; map dev: max |map - "
-          "float64 dense map| / max, final iteration; other: CPU share used by other processes "
-          "during the run")
-    print("achieved: bytes streamed per iteration / median iteration time (the products' "
-          "effective bandwidth)")
-    hdr = (f"{'mode':>20} {'s/iter':>17} {'floor':>7} {'prod':>5} {'GB/s':>5} {'speedup':>8} "
-           f"{'load 1st':>9} {'cached':>7} {'peak GiB':>9} {'cached':>7} {'held GB':>8} "
-           f"{'map dev':>9} {'other':>6}")
+          "bandwidth; x floor: s/iter / floor; fixed: per-run cost beyond the iterations (load, "
+          "initialise, first-iteration excess; after the imports) with warm caches, and with "
+          "nothing compiled (first run after install; response cache warm); peak: VmHWM with "
+          "the response cache cold / warm; map dev: max |map - float64 map| / max, final "
+          "iteration (sparse modes against sparse float64, the others against dense float64); other: CPU share used by other processes during the run")
+    hdr = (f"{'mode':>20} {'s/iter':>17} {'floor':>7} {'x floor':>7} {'prod':>5} "
+           f"{'fixed':>6} {'cold':>6} {'import':>6} {'load 1st':>9} {'peak GiB':>9} "
+           f"{'cached':>7} {'held GB':>8} {'map dev':>9} {'other':>6}")
     print(hdr)
     print("-" * len(hdr))
     summary = []
-    for mode, first, cached in rows:
+    for mode, first, cached, cold in rows:
         it = float(np.median(first["iter_s"]))
         floor = 2 * first["bytes_per_product"] / bw
         dev = deviation(mode, len(first["iter_s"]))
         dev10 = deviation(mode, COMPARE_AT)
         it_min = float(np.min(first["iter_s"]))
-        print(f"{mode:>20} {it:8.4f} ({it_min:6.4f}) {floor:7.4f} "
-              f"{first['products_per_iteration']:5.2f} "
-              f"{first['products_per_iteration'] * first['bytes_per_product'] / it / 1e9:5.1f} "
-              f"{REFERENCE['iteration_s'] / it:7.1f}x "
-              f"{first['load_s']:8.2f}s {cached['load_s']:6.2f}s {first['peak_rss_gib']:9.2f} "
+        cold_s = float("nan") if cold is None else cold["fixed_s"]
+        print(f"{mode:>20} {it:8.4f} ({it_min:6.4f}) {floor:7.4f} {it / floor:7.2f} "
+              f"{first['products_per_iteration']:5.2f} {cached['fixed_s']:6.3f} {cold_s:6.3f} "
+              f"{cached['import_s']:6.2f} {first['load_s']:8.2f}s {first['peak_rss_gib']:9.2f} "
               f"{cached['peak_rss_gib']:7.2f} {first['held_bytes'] / 1e9:8.2f} {dev:9.2e} "
               f"{100 * first['other_cpu_load']:5.0f}%")
-        print(f"{'':>20} map deviation from float64 dense: {dev10:.2e} at iteration "
-              f"{COMPARE_AT}, {dev:.2e} at iteration {len(first['iter_s'])}; first-load cache "
-              f"written after {first['cache_written_s'] or 0:.2f} s"
+        print(f"{'':>20} storage {first['storage']} {first['dtype']}; map deviation from "
+              f"float64: {dev10:.2e} at iteration {COMPARE_AT}, {dev:.2e} at iteration "
+              f"{len(first['iter_s'])}; first-load cache written after "
+              f"{first['cache_written_s'] or 0:.2f} s"
               f"{' (HDF5 matrix mapped in place, no cache)' if first['mapped_source'] else ''}")
         summary.append({"mode": mode, "iter_s_median": it, "floor_s": floor,
-                        "first": first, "cached": cached, "map_max_dev_final": dev,
-                        f"map_max_dev_it{COMPARE_AT}": dev10})
+                        "first": first, "cached": cached, "cold_kernels": cold,
+                        "map_max_dev_final": dev, f"map_max_dev_it{COMPARE_AT}": dev10})
         if "nnz" in first:
             print(f"{'':>20} sparse: threshold {first['threshold']:g}, density "
                   f"{first['density']:.4f}, dropped flux fraction "
                   f"{first['dropped_flux_fraction']:.3g} (worst pixel "
                   f"{first['max_row_dropped_fraction']:.3g})")
     if kern:
-        print(f"\nsparse float32 kernels (best of 5, per product): numba {kern['threads']} threads "
+        print(f"\nsparse float32 kernels (best of 5, per product): {kern['threads']} threads "
               f"forward {kern['numba_forward_s']:.4f} s / adjoint {kern['numba_adjoint_s']:.4f} s; "
-              f"numba 1 thread {kern['numba_1thread_forward_s']:.4f} / "
+              f"1 thread {kern['numba_1thread_forward_s']:.4f} / "
               f"{kern['numba_1thread_adjoint_s']:.4f} s; scipy.sparse CSR (1 thread) forward "
               f"{kern['scipy_forward_scatter_s']:.4f} s (Rᵀx scatter) or "
               f"{kern['scipy_forward_csrT_s']:.4f} s (transposed copy), adjoint "

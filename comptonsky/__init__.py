@@ -19,10 +19,12 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "BinnedData": "comptonsky.binning",
+    "UnBinnedData": "comptonsky.binning",
+    "SpacecraftFrame": "comptonsky.frames",
     "DataIF_COSI_DC2": "comptonsky.deconvolution.dataset",
     "ImageDeconvolution": "comptonsky.deconvolution.driver",
     "AllSkyImageModel": "comptonsky.deconvolution.model",
-    "FullDetectorResponse": "comptonsky.io.drm",
+    "FullDetectorResponse": "comptonsky.response.extended",  # adds get_extended_source_response
     "SpacecraftFile": "comptonsky.io.spacecraft",
     "SpacecraftAttitudeExposureTable": "comptonsky.attitude.exposure_table",
     "TimeBinnedExposureTable": "comptonsky.attitude.exposure_table",

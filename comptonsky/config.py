@@ -48,6 +48,7 @@ from .deconvolution.registry import (
     SUBSET_SCHEDULES,
 )
 from .errors import FileFormatError, InvalidParameterError, UnknownChoiceError
+from .io.yamlfile import UniqueKeyLoader, yaml_problem
 from .response.options import ResponseOptions
 
 __all__ = ["Parameters", "load_yaml", "parse_override", "SCHEMA"]
@@ -57,9 +58,11 @@ logger = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------
 # YAML with numbers that look like numbers (PyYAML's YAML 1.1 reads "1e-4" as a string)
+# and no key given twice
 # --------------------------------------------------------------------------------------------
-class _NumberLoader(yaml.SafeLoader):
-    """SafeLoader that reads ``1e-4``, ``1.e+6`` and ``.inf`` as floats."""
+class _NumberLoader(UniqueKeyLoader):
+    """SafeLoader that reads ``1e-4``, ``1.e+6`` and ``.inf`` as floats and refuses a key given
+    twice in one mapping (:class:`~comptonsky.io.yamlfile.DuplicateKeyError`)."""
 
 
 _FLOAT_RE = re.compile(
@@ -406,10 +409,48 @@ class Parameters:
         try:
             data = load_yaml(text)
         except yaml.YAMLError as exc:
-            raise FileFormatError(f"{path}: not valid YAML ({exc})") from exc
+            raise FileFormatError(f"{path}: not valid YAML ({yaml_problem(exc)})") from exc
         if data is not None and not isinstance(data, Mapping):
             raise FileFormatError(f"{path}: expected a YAML mapping at the top level")
-        return cls(data, source=str(path))
+        parameters = cls(data, source=str(path))
+        parameters.directory = path.resolve().parent
+        return parameters
+
+    #: Folder of the parameter file (relative paths in it are read from there); None when the
+    #: parameters were not read from a file.
+    directory: Path | None = None
+
+    def require_section(self, name: str) -> None:
+        """Raise :class:`InvalidParameterError` naming the file unless section ``name`` is set
+        (a parameter file without ``deconvolution:`` would run a default fit)."""
+        if not self.get(name):
+            raise InvalidParameterError(f"{self.source}: no {name}: section; expected the "
+                                        f"tutorial's layout with a {name}: section")
+
+    def resolve_path(self, value: str | os.PathLike, key: str) -> Path:
+        """A path given in the parameters: relative paths are taken from the parameter file's
+        folder (the working directory for parameters not read from a file).
+
+        Raises
+        ------
+        InvalidParameterError
+            If ``value`` is empty.
+        """
+        text = os.fspath(value)
+        if not text.strip():
+            raise InvalidParameterError(f"{self.source}: {key}: expected a folder, found an "
+                                        "empty string")
+        path = Path(text).expanduser()
+        base = self.directory
+        if base is None and Path(self.source).is_file():
+            base = Path(self.source).resolve().parent
+        if path.is_absolute() or base is None:
+            return path
+        resolved = base / path
+        if resolved.resolve() != path.resolve():
+            logger.warning("%s: %s %r is read from the parameter file's folder: %s (not the "
+                           "working directory)", self.source, key, text, resolved)
+        return resolved
 
     def __getitem__(self, path: str) -> Any:
         keys, _ = _resolve_path(path)

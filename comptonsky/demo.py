@@ -17,7 +17,8 @@ from .io.histogram import open_histogram, write_histogram
 from .jobs import run_files, write_parameters, write_summary
 from .regions import region_fluxes
 
-__all__ = ["run_demo", "write_demo_parameters", "DEMO_PARFILE"]
+__all__ = ["run_demo", "run_detector_demo", "write_demo_parameters", "bin_per_attitude_bin",
+           "DEMO_PARFILE", "DEMO_SCATT_NSIDE"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,8 @@ DEMO_NSIDE = 16
 DEMO_PHI_BIN_DEG = 6.0
 #: The parameter file the demo writes into its output directory and runs.
 DEMO_PARFILE = "imagedeconvolution_parfile_demo.yml"
+#: HEALPix nside of the attitude (ScAtt) bins of the detector-frame demo (the tutorial's).
+DEMO_SCATT_NSIDE = 16
 
 #: The tutorial's overrides (section 3-3), applied to the simulator's parameter file to make the
 #: demo's (:func:`write_demo_parameters`).
@@ -108,11 +111,11 @@ def run_demo(output: str | os.PathLike = "demo-output", nside: int | None = None
     parfile = write_demo_parameters(sim["parfile"], output / DEMO_PARFILE, iterations)
     say(f"deconvolution: RL, {int(iterations)} iterations, parameters {parfile}")
     job = run_files(parfile, event_path, {"albedo": sim["albedo_model"]}, sim["response"],
-                    output / "results", progress=progress, truth=sim["truth"])
+                    output / "results", progress=progress, truth=sim["truth"], overwrite=True)
     summary = job.summary
     info = summary["response"].get("load_info") or {}
     say(f"response: {summary['response']['storage']} {summary['response']['dtype']}, "
-        f"{'mapped from the file itself' if info.get('mapped_source') else 'from the cache' if info.get('cached') else 'converted'} "
+        f"{'mapped from the file itself' if info.get('mapped_source') else 'read from the file itself' if info.get('in_place') else 'from the cache' if info.get('cached') else 'converted'} "
         f"({info.get('seconds', 0.0):.1f} s); {summary['iterations']} iterations in "
         f"{summary['timing_s']['iterations']:.1f} s, stopped: {summary['stopping']['reason']}")
     summary["preset"] = preset
@@ -174,3 +177,200 @@ def _compare_with_truth(summary: dict[str, Any], output: Path, truth_path: Path)
                              output=output / f"{name}.png"))
     plt.close(plot_image(residual, title="residual model − truth", symmetric=True,
                          output=output / "residual.png"))
+
+
+# --- the detector-frame (ScAtt) path ------------------------------------------------------------
+def bin_per_attitude_bin(table, binner, events, first_axis, progress: bool = True):
+    """Bin events per ScAtt bin of ``table``, PsiChi in the spacecraft frame, as dense counts
+    on the conversion matrix's ScAtt axis.
+
+    ``table.get_binned_data`` does the binning (streamed): each event goes to the bin whose
+    (z, x) HEALPix pixel pair, at the table's nside and scheme, is that of the event's own
+    ``Zpointings`` and ``Xpointings``; events in no bin are left out (and counted in the log).
+
+    Parameters
+    ----------
+    table : SpacecraftAttitudeExposureTable
+    binner : BinnedData
+        The binning parameters (the tutorial's ``inputs.yaml``).
+    events : path-like
+        Event file.
+    first_axis : histpy Axis
+        The ScAtt axis of the conversion matrix (``ccm.axes[0]``).
+    progress : bool
+
+    Returns
+    -------
+    histpy.Histogram
+        Dense counts on (ScAtt, Em, Phi, PsiChi local).
+    """
+    hist = table.get_binned_data(binner, psichi_binning="local", unbinned_data=events,
+                                 progress=progress)
+    return _on_axis(hist, first_axis)
+
+
+def _on_axis(hist, first_axis):
+    """``hist`` (dense) with ``first_axis`` as its first axis (the counts unchanged)."""
+    from histpy import Histogram
+
+    from .errors import AxisMismatchError
+
+    contents = hist.contents
+    contents = contents.todense() if hasattr(contents, "todense") else np.asarray(contents)
+    contents = np.asarray(getattr(contents, "value", contents), dtype=np.float64)
+    if contents.shape[0] != first_axis.nbins:
+        raise AxisMismatchError(f"axis {first_axis.label!r}: the binned data have "
+                                f"{contents.shape[0]} attitude bins, the conversion matrix "
+                                f"{first_axis.nbins}")
+    return Histogram([first_axis, *hist.axes[1:]], contents=contents)
+
+
+def run_detector_demo(output: str | os.PathLike = "demo-output", nside: int | None = None,
+                      iterations: int = 50, seed: int = 1, progress: bool = True,
+                      preset: str = "dc2-511-thin-disk", phi_bin_deg: float | None = None,
+                      duration_s: float | None = None, scatt_nside: int | None = None,
+                      ori_cadence_s: float = 1.0, messages: bool = True) -> dict[str, Any]:
+    """The detector-frame (ScAtt) analysis of the demo's simulated data, end to end.
+
+    The steps of the COSI ScAtt tutorials: ``SpacecraftFile.parse_from_file`` →
+    ``SpacecraftAttitudeExposureTable.from_orientation`` →
+    ``CoordsysConversionMatrix.spacecraft_attitude_binning_ccm`` (Earth occultation on) →
+    events binned per ScAtt bin with PsiChi in the spacecraft frame →
+    ``DataIF_COSI_DC2.load(rsp=FullDetectorResponse, coordsys_conv_matrix=ccm)`` → RL with the
+    demo's parameters; then the recovered fluxes (bulge, disk, inner Galaxy) beside the
+    injected ones, and the fitted albedo normalisation (simulated at 1). The background
+    template is the simulation's albedo model per ScAtt bin in the spacecraft frame, noise free
+    (:func:`comptonsky.simulate.detector.albedo_detector_model`).
+
+    Parameters
+    ----------
+    output : path-like
+        Output directory: the simulation is shared with :func:`run_demo`
+        (``output/simulation``); this run writes into ``output/detector``.
+    nside, iterations, seed, progress, preset, phi_bin_deg, duration_s, messages
+        As for :func:`run_demo`.
+    scatt_nside : int, optional
+        nside of the ScAtt bins (default :data:`DEMO_SCATT_NSIDE`).
+    ori_cadence_s : float
+        Cadence of the simulated ``orientation.ori`` (1 s, as the COSI files).
+
+    Returns
+    -------
+    dict
+        The summary (also in ``output/detector/summary.json``).
+    """
+    from .attitude import CoordsysConversionMatrix, SpacecraftAttitudeExposureTable
+    from .binning import BinnedData
+    from .deconvolution.dataset import DataIF_COSI_DC2
+    from .deconvolution.driver import ImageDeconvolution
+    from .io.drm import FullDetectorResponse
+    from .io.spacecraft import SpacecraftFile
+    from .simulate.detector import albedo_detector_model, simulated_albedo
+    from .simulate.pipeline import simulate_dataset
+
+    say = _stage_printer(messages)
+    output = Path(output)
+    work = output / "detector"
+    work.mkdir(parents=True, exist_ok=True)
+    start = t0 = time.perf_counter()
+    nside, phi_bin_deg = nside or DEMO_NSIDE, phi_bin_deg or DEMO_PHI_BIN_DEG
+    scatt_nside = int(scatt_nside or DEMO_SCATT_NSIDE)
+    timing: dict[str, float] = {}
+    say(f"simulation: preset {preset}, nside {nside}, Phi bins {phi_bin_deg:g} deg, seed {seed} "
+        f"-> {output / 'simulation'}")
+    sim = simulate_dataset(output / "simulation", preset=preset, nside=nside,
+                           phi_bin_deg=phi_bin_deg, seed=seed, duration_s=duration_s,
+                           ori_cadence_s=ori_cadence_s, progress=progress)
+    timing["simulate_or_cache"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    ori = SpacecraftFile.parse_from_file(sim["orientation"])
+    timing["ori_parse"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    table = SpacecraftAttitudeExposureTable.from_orientation(ori, nside=scatt_nside,
+                                                             min_exposure=0,
+                                                             min_num_pointings=1)
+    timing["exposure_table"] = time.perf_counter() - t0
+    table.save_as_fits(work / "exposure_table.fits", overwrite=True)
+    say(f"orientation: {len(ori)} rows -> {len(table)} ScAtt bins (nside {scatt_nside}) in "
+        f"{timing['ori_parse'] + timing['exposure_table']:.1f} s")
+    fdr = FullDetectorResponse.open(sim["detector_response"])
+    try:
+        t0 = time.perf_counter()
+        ccm = CoordsysConversionMatrix.spacecraft_attitude_binning_ccm(
+            fdr, table, nside_model=nside, use_averaged_pointing=True, earth_occ=True)
+        timing["conversion_matrix"] = time.perf_counter() - t0
+        say(f"conversion matrix: {len(table)} x {12 * nside ** 2} x {fdr.npix}, Earth "
+            f"occultation on ({timing['conversion_matrix']:.1f} s)")
+        t0 = time.perf_counter()
+        binner = BinnedData(input_yaml=sim["inputs"])
+        binned = {}
+        for key in ("source_events", "albedo_events"):
+            say(f"binning {Path(sim[key]).name} per ScAtt bin (spacecraft-frame PsiChi)")
+            binned[key] = bin_per_attitude_bin(table, binner, sim[key], ccm.axes[0],
+                                               progress=progress)
+        event = binned["source_events"] + binned["albedo_events"]
+        write_histogram(event, work / "511keV_scatt_event.hdf5")
+        timing["bin"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        bkg = albedo_detector_model(fdr, table, ccm.axes[0],
+                                    simulated_albedo(Path(sim["manifest"])))
+        timing["background_template"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        dataset = DataIF_COSI_DC2.load("scatt", event, {"albedo": bkg}, fdr,
+                                       coordsys_conv_matrix=ccm)
+        timing["load"] = time.perf_counter() - t0
+    finally:
+        fdr.close()
+    say(f"binned {float(event.contents.sum()):.0f} events; dataset: {dataset!r}")
+    parfile = write_demo_parameters(sim["parfile"], work / DEMO_PARFILE, iterations)
+    say(f"deconvolution: RL, {int(iterations)} iterations, parameters {parfile}")
+    deconv = ImageDeconvolution()
+    deconv.set_dataset([dataset])
+    deconv.read_parameterfile(parfile)
+    deconv.initialize()
+    t0 = time.perf_counter()
+    deconv.run_deconvolution(progress=progress)
+    timing["iterations"] = time.perf_counter() - t0
+    final = deconv.results[-1]
+    model = final["model"]
+    write_histogram(model, work / f"model_itr{final['iteration']}.hdf5")
+    truth = open_histogram(sim["truth"])
+    recovered, injected = region_fluxes(model), region_fluxes(truth)
+    summary: dict[str, Any] = {
+        "frame": "detector", "preset": preset, "nside": nside, "scatt_nside": scatt_nside,
+        "scatt_bins": len(table), "orientation_rows": len(ori),
+        "iterations": final["iteration"], "parameter_file": str(parfile),
+        "counts": {"source": float(binned["source_events"].contents.sum()),
+                   "albedo": float(binned["albedo_events"].contents.sum()),
+                   "albedo_expected": float(bkg.contents.sum())},
+        "occupied_bins": int(np.count_nonzero(dataset.counts)),
+        "data_bins": int(np.prod(event.axes.nbins)),
+        "log_likelihood": float(np.sum(final["log-likelihood"])),
+        "background_normalization": {k: float(v) for k, v in
+                                     final["background_normalization"].items()},
+        "regions": {name: {"recovered": recovered[name], "injected": injected[name],
+                           "ratio": recovered[name] / injected[name] if injected[name] else None}
+                    for name in recovered},
+        "data": {k: str(v) for k, v in sim.items()},
+        "timing_s": timing,
+    }
+    summary["timing_s"]["demo_total"] = time.perf_counter() - start
+    write_summary(summary, work / "summary.json")
+    _detector_images(work, model, truth)
+    say(f"done in {summary['timing_s']['demo_total']:.0f} s; outputs in {work}")
+    return summary
+
+
+def _detector_images(work: Path, model, truth) -> None:
+    import matplotlib.pyplot as plt
+
+    from .plotting import image_norm, plot_image
+
+    t = np.asarray(truth.contents.value)
+    m = np.asarray(getattr(model.contents, "value", model.contents))
+    shared = image_norm([m[:, 0], t[:, 0]], "log", band="band 0")
+    for name, image in (("truth", truth), ("model", model)):
+        plt.close(plot_image(image, scale="log", title=f"{name} (detector-frame fit)"
+                             if name == "model" else name, norm=shared,
+                             output=work / f"{name}.png"))

@@ -16,8 +16,12 @@ __all__ = [
     "AxisMismatchError",
     "InvalidDataError",
     "FileFormatError",
+    "InvalidCacheError",
     "OutputError",
     "OutputExistsError",
+    "CheckpointError",
+    "MapsNotKeptError",
+    "RunInterrupted",
     "DistributedError",
 ]
 
@@ -78,6 +82,11 @@ class FileFormatError(ComptonskyError, ValueError):
     """
 
 
+class InvalidCacheError(FileFormatError):
+    """A converted-response cache failed a check (checksum, sizes, index ranges, contents against
+    its response file): it is discarded and the response converted again."""
+
+
 class OutputError(ComptonskyError, OSError):
     """An output file cannot be written: a directory in the way, a full disk, a read-only file
     system... Also an :class:`OSError`, so ``except OSError`` still catches it; nothing is left
@@ -86,6 +95,52 @@ class OutputError(ComptonskyError, OSError):
 
 class OutputExistsError(OutputError, FileExistsError):
     """An output file exists and overwriting was not asked for."""
+
+
+class CheckpointError(ComptonskyError, ValueError):
+    """A checkpoint is missing, unreadable, or was written for other parameters or data."""
+
+
+class MapsNotKeptError(ComptonskyError, KeyError):
+    """A per-iteration map was asked for that the fit did not keep (only the last iteration's
+    maps are held unless all of them are to be saved)."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return self.args[0]
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A fit was stopped by SIGINT (Ctrl-C) or SIGTERM.
+
+    Still a :class:`KeyboardInterrupt`, so ``except KeyboardInterrupt`` catches it.
+
+    Parameters
+    ----------
+    signum : int
+        The signal (``signal.SIGINT`` or ``signal.SIGTERM``).
+    iteration : int, optional
+        The last iteration completed.
+    checkpoint : path-like, optional
+        Where the checkpoint of that iteration was written (None: none was written).
+    """
+
+    def __init__(self, signum: int, iteration: int | None = None, checkpoint=None):
+        super().__init__(signum, iteration, checkpoint)
+        self.signum = int(signum)
+        self.iteration = iteration
+        self.checkpoint = checkpoint
+
+    @property
+    def exit_status(self) -> int:
+        """The shell's status for a process ended by this signal: 128 + signal number."""
+        return 128 + self.signum
+
+    def __str__(self) -> str:
+        text = f"interrupted at iteration {self.iteration}" if self.iteration is not None \
+            else "interrupted"
+        if self.checkpoint is not None:
+            text += f"; checkpoint written to {self.checkpoint}"
+        return text
 
 
 class DistributedError(ComptonskyError, RuntimeError):

@@ -10,13 +10,16 @@ A run directory holds (see docs/outputs.md):
   ``results.fits`` (one row per iteration), PNG images;
 * ``summary.json``: headline numbers, timings, the stopping reason, warnings and provenance
   (versions, host, input checksums);
-* ``report.html``: one self-contained page of all of the above.
+* ``report.html``: one self-contained page of all of the above;
+* ``checkpoint.npz`` while the run is unfinished (``--resume`` continues from it).
+
+The folder itself (new, replaced or resumed; ``summary.json``'s ``status``) is handled by
+:mod:`comptonsky.rundir`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
@@ -31,11 +34,13 @@ from histpy import Histogram
 
 from .config import Parameters
 from .deconvolution.dataset import DataIF_COSI_DC2
-from .deconvolution.driver import ImageDeconvolution
+from .deconvolution.driver import DEFAULT_CHECKPOINT_EVERY, ImageDeconvolution
 from .deconvolution.results import map_flux, save_results
+from .errors import RunInterrupted
 from .io.atomic import atomic_path
 from .io.histogram import open_histogram
 from .provenance import collect, fits_cards
+from .rundir import RunDirectory, write_summary
 
 __all__ = ["deconvolve_files", "run_files", "DeconvolutionRun", "write_summary", "map_flux",
            "write_parameters", "effective_parameters", "stopping_reason", "PARAMETER_FILE"]
@@ -46,14 +51,6 @@ logger = logging.getLogger(__name__)
 PARAMETER_FILE = "parameters.yml"
 
 
-def write_summary(summary: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``summary`` as indented JSON, atomically."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
-    return path
-
-
 def _plain(info: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The JSON-representable entries of a mapping (numbers, strings, paths, flags)."""
     if info is None:
@@ -61,16 +58,6 @@ def _plain(info: Mapping[str, Any] | None) -> dict[str, Any] | None:
     keep = (str, int, float, bool, type(None), Path, np.generic)
     return {str(k): (str(v) if isinstance(v, Path) else v) for k, v in info.items()
             if isinstance(v, keep)}
-
-
-def _json_default(obj):
-    if isinstance(obj, (np.floating, np.integer, np.bool_)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def effective_parameters(parameters: Parameters,
@@ -169,10 +156,20 @@ def run_files(parfile: str | os.PathLike, event: str | os.PathLike | Histogram,
               dtype: str | None = None, storage: str | None = None,
               only_final_result: bool = True, progress: bool = True, plots: bool = True,
               response_options: Mapping[str, Any] | None = None, report: bool = True,
-              truth: str | os.PathLike | None = None, client: Any = None,
+              truth: str | os.PathLike | None = None, overwrite: bool = False,
+              resume: bool = False,
+              checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+              coordsys_conv_matrix: str | os.PathLike | None = None, client: Any = None,
               n_blocks: int | None = None) -> DeconvolutionRun:
     """Run a deconvolution from files and write maps (histpy HDF5 and HEALPix FITS), the FITS
     table, PNGs, ``parameters.yml``, ``summary.json`` and ``report.html``.
+
+    The run directory is checked before any work (:class:`~comptonsky.rundir.RunDirectory`):
+    it must be new or empty unless ``overwrite`` (the earlier run's files are removed) or
+    ``resume`` (the run continues from its ``checkpoint.npz``) is given. ``summary.json`` is
+    written first with ``status: running`` and last with ``complete``, ``interrupted`` or
+    ``failed``; a checkpoint is written every ``checkpoint_every`` iterations and when the
+    fit is interrupted, and removed once the run is complete.
 
     Parameters
     ----------
@@ -204,6 +201,16 @@ def run_files(parfile: str | os.PathLike, event: str | os.PathLike | Histogram,
         Write ``report.html`` (:func:`comptonsky.report.write_report`).
     truth : path-like, optional
         A true map (histpy HDF5, axes lb, Ei) the report compares with.
+    overwrite : bool
+        Replace the comptonsky run found in ``output``.
+    resume : bool
+        Continue the interrupted run in ``output`` from its checkpoint (same inputs and
+        parameters, else :class:`~comptonsky.errors.CheckpointError`).
+    checkpoint_every : int
+        Iterations between checkpoints (0: only when interrupted).
+    coordsys_conv_matrix : path-like or CoordsysConversionMatrix, optional
+        Image in the detector frame: ``response`` is then the FullDetectorResponse and the
+        event and background histograms are binned per ScAtt or Time bin (local PsiChi).
     client : dask.distributed.Client, optional
         Fit on this cluster, the data in ``n_blocks`` blocks per dataset (docs/scaling.md).
 
@@ -213,14 +220,17 @@ def run_files(parfile: str | os.PathLike, event: str | os.PathLike | Histogram,
 
     Raises
     ------
-    KeyboardInterrupt
-        After writing the outputs of the iterations made, when the run was interrupted.
+    RunInterrupted
+        After writing the checkpoint, the outputs of the iterations made and the summary
+        (``status: interrupted``), when SIGINT or SIGTERM stopped the fit.
     """
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    run_dir = RunDirectory.check(output, overwrite=overwrite, resume=resume)
+    output = run_dir.path
     start = time.perf_counter()
     inputs = {"parameter file": parfile, "event": event,
               **{f"background {k}": v for k, v in backgrounds.items()}, "response": response}
+    if coordsys_conv_matrix is not None:
+        inputs["conversion matrix"] = coordsys_conv_matrix
     provenance = collect(inputs)
     given = {"dtype": dtype, "storage": storage, **dict(response_options or {})}
 
@@ -228,12 +238,13 @@ def run_files(parfile: str | os.PathLike, event: str | os.PathLike | Histogram,
         return obj if isinstance(obj, Histogram) else open_histogram(obj)
 
     messages: list[str] = []
-    interrupted = False
+    interrupted: RunInterrupted | None = None
     with _collect_warnings(messages):
         t0 = time.perf_counter()
         dataset = DataIF_COSI_DC2.load(name, as_hist(event),
                                        {k: as_hist(v) for k, v in backgrounds.items()},
                                        response, dtype=dtype, storage=storage,
+                                       coordsys_conv_matrix=coordsys_conv_matrix,
                                        **dict(response_options or {}))
         load_s = time.perf_counter() - t0
         deconv = ImageDeconvolution()
@@ -242,68 +253,96 @@ def run_files(parfile: str | os.PathLike, event: str | os.PathLike | Histogram,
         for text in overrides:
             deconv.override_parameter(text)
         parameters = effective_parameters(deconv.parameter, given)
-        parameter_path = write_parameters(
-            parameters, output / PARAMETER_FILE,
-            f"Effective parameters of this run: {parfile}"
-            + "".join(f"\n  with override {text}" for text in overrides)
-            + ("\n  with response options " + ", ".join(f"{k}={v}" for k, v in given.items()
-                                                        if v is not None)
-               if any(v is not None for v in given.values()) else "")
-            + f"\nwritten by comptonsky {provenance['versions']['comptonsky']}")
         deconv.initialize(client, n_blocks)
-        t0 = time.perf_counter()
+        deconv.algorithm.keep_maps = "final" if only_final_result else "all"
+        if resume:  # checked in full (parameters, inputs, log L) before anything is written
+            deconv.resume_from(run_dir.checkpoint)
+        resumed_at = deconv.algorithm.state.iteration if resume else None
+        run_dir.begin({"command": "deconvolve", "parameter_file": str(output / PARAMETER_FILE),
+                       "resumed_from_iteration": resumed_at,
+                       "checkpoint": str(run_dir.checkpoint)})
         try:
-            deconv.run_deconvolution(progress=progress)
-        except KeyboardInterrupt:
-            if not deconv.results:
-                raise
-            interrupted = True
-            logger.warning("interrupted after %d iterations; writing their results",
-                           deconv.results[-1]["iteration"])
-        run_s = time.perf_counter() - t0
-        results = deconv.results
-        stopping = stopping_reason(deconv, interrupted)
-        cards = [*fits_cards(provenance), ("STOPREAS", stopping["reason"], "why the fit stopped")]
-        files = [str(parameter_path)] + [str(p) for p in save_results(
-            results, output, only_final_result, [ds.name for ds in deconv.dataset],
-            parameters=parameters, cards=cards, healpix_fits=True)]
-        final = results[-1]
-        if plots:
-            files += _plots(deconv, output)
-    response_info = {"shape": list(dataset.response.shape),
-                     "dtype": str(getattr(dataset.response, "dtype", "")),
-                     "storage": dataset.response.backend,
-                     "options": parameters.get("response") or {},
-                     "load_info": _plain(getattr(dataset.response, "load_info", None))}
-    summary = {
-        "algorithm": parameters.get("deconvolution:algorithm", "RL"),
-        "iterations": final["iteration"],
-        "stopping": stopping,
-        "log_likelihood": final["log-likelihood"],
-        "log_likelihood_per_iteration": [float(np.sum(r["log-likelihood"])) for r in results],
-        "accel_factor": final["accel_factor"],
-        "background_normalization": final["background_normalization"],
-        "model_flux_per_band_cm-2_s-1": map_flux(final["model"]),
-        "events": float(dataset.counts.sum()),
-        "response": response_info,
-        "parameter_file": str(parameter_path),
-        "timing_s": {"hash_inputs": provenance["hash_seconds"], "load": load_s,
-                     "iterations": run_s, "per_iteration": run_s / max(len(results), 1),
-                     "total": time.perf_counter() - start},
-        "warnings": messages,
-        "provenance": provenance,
-        "files": files,
-    }
-    if report:
-        summary["files"].append(str(output / "report.html"))
-    write_summary(summary, output / "summary.json")
-    if report:
-        from .report import write_report
+            parameter_path = write_parameters(
+                parameters, output / PARAMETER_FILE,
+                f"Effective parameters of this run: {parfile}"
+                + "".join(f"\n  with override {text}" for text in overrides)
+                + ("\n  with response options " + ", ".join(
+                    f"{k}={v}" for k, v in given.items() if v is not None)
+                   if any(v is not None for v in given.values()) else "")
+                + f"\nwritten by comptonsky {provenance['versions']['comptonsky']}")
+            t0 = time.perf_counter()
+            try:
+                deconv.run_deconvolution(progress=progress, checkpoint=run_dir.checkpoint,
+                                         checkpoint_every=checkpoint_every, save=False)
+            except RunInterrupted as exc:
+                interrupted = exc
+                logger.warning("%s; writing the results of the iterations made", exc)
+            run_s = time.perf_counter() - t0
+            results = deconv.results
+            if not results:
+                run_dir.update("interrupted", stopping={"reason": "interrupted",
+                                                        "iterations": 0})
+                raise interrupted
+            stopping = stopping_reason(deconv, interrupted is not None)
+            cards = [*fits_cards(provenance),
+                     ("STOPREAS", stopping["reason"], "why the fit stopped")]
+            files = [str(parameter_path)] + [str(p) for p in save_results(
+                results, output, only_final_result, [ds.name for ds in deconv.dataset],
+                parameters=parameters, cards=cards, healpix_fits=True)]
+            final = results[-1]
+            if plots and interrupted is None:
+                files += _plots(deconv, output)
+            response_info = {"shape": list(dataset.response.shape),
+                             "dtype": str(getattr(dataset.response, "dtype", "")),
+                             "storage": dataset.response.backend,
+                             "options": parameters.get("response") or {},
+                             "load_info": _plain(getattr(dataset.response, "load_info", None))}
+            summary = {
+                **run_dir.summary,
+                "algorithm": parameters.get("deconvolution:algorithm", "RL"),
+                "iterations": final["iteration"],
+                "stopping": stopping,
+                "log_likelihood": final["log-likelihood"],
+                "log_likelihood_per_iteration": [float(np.sum(r["log-likelihood"]))
+                                                 for r in results],
+                "accel_factor": final["accel_factor"],
+                **({"n_subsets": final["n_subsets"]} if "n_subsets" in final else {}),
+                "background_normalization": final["background_normalization"],
+                "model_flux_per_band_cm-2_s-1": map_flux(final["model"]),
+                "events": float(dataset.counts.sum()),
+                "response": response_info,
+                "parameter_file": str(parameter_path),
+                "timing_s": {"hash_inputs": provenance["hash_seconds"], "load": load_s,
+                             "iterations": run_s,
+                             "per_iteration": run_s / max(len(results) - (resumed_at or 0), 1),
+                             "total": time.perf_counter() - start},
+                "warnings": messages,
+                "provenance": provenance,
+                "files": files,
+            }
+            if interrupted is not None:
+                summary["checkpoint"] = str(interrupted.checkpoint)
+                run_dir.summary = summary
+                run_dir.update("interrupted")
+                raise interrupted
+            summary.pop("checkpoint", None)
+            if report:
+                summary["files"].append(str(output / "report.html"))
+            run_dir.summary = summary
+            run_dir.write(summary)       # status running: the report reads it
+            if report:
+                from .report import write_report
 
-        write_report(output, truth=truth)
+                write_report(output, truth=truth)
+            summary = run_dir.update("complete")
+        except RunInterrupted:
+            raise
+        except BaseException as exc:
+            run_dir.fail(exc)
+            raise
+    with contextlib.suppress(FileNotFoundError):
+        run_dir.checkpoint.unlink()
     logger.info("wrote %d files into %s", len(files) + 1, output)
-    if interrupted:
-        raise KeyboardInterrupt
     return DeconvolutionRun(deconv, dataset, summary, output, cards, parameters)
 
 

@@ -17,7 +17,7 @@ from histpy import HealpixAxis, Histogram
 from .errors import InvalidDataError, InvalidParameterError, UnknownChoiceError
 
 __all__ = ["colour_limits", "image_format", "image_norm", "plot_image", "plot_comparison",
-           "plot_convergence", "write_uncertainty_images", "save_figure"]
+           "plot_profiles", "plot_convergence", "write_uncertainty_images", "save_figure"]
 
 logger = logging.getLogger(__name__)
 
@@ -318,9 +318,12 @@ def plot_image(image: Histogram, energy_index: int = 0, scale: str = "linear",
 def plot_comparison(model: Histogram, truth: Histogram, energy_index: int = 0,
                     scale: str = "log", vmin: float | None = None,
                     sources: Mapping[str, tuple[float, float]] | None = None,
-                    output: str | os.PathLike | None = None):
+                    output: str | os.PathLike | None = None,
+                    profile_errors: Mapping[str, Mapping[str, Any]] | None = None,
+                    profiles: bool = True):
     """Model, truth (one shared colour scale) and the residual model − truth (diverging scale
-    centred on zero) of one energy band, side by side.
+    centred on zero) of one energy band, side by side; below them the longitude and latitude
+    profiles of model and truth (:func:`plot_profiles`).
 
     Parameters
     ----------
@@ -336,11 +339,17 @@ def plot_comparison(model: Histogram, truth: Histogram, energy_index: int = 0,
         Positions to mark on every panel.
     output : path-like, optional
         Save the figure there.
+    profile_errors : dict, optional
+        Bootstrap profiles (``profiles.json``'s ``profiles_cm-2_s-1``): error bars on the
+        model's profiles.
+    profiles : bool
+        Draw the profile row.
 
     Returns
     -------
     matplotlib.figure.Figure
-        Axes 0, 1, 2: model, truth, residual maps; then their colour bars.
+        Axes 0, 1, 2: model, truth, residual maps; then their colour bars; then the longitude
+        and latitude profiles.
 
     Raises
     ------
@@ -354,8 +363,9 @@ def plot_comparison(model: Histogram, truth: Histogram, energy_index: int = 0,
         raise InvalidParameterError(f"plot_comparison: the model has {m.size} pixels, the "
                                     f"truth {t.size}")
     shared = image_norm([m, t], scale, vmin, None, band=band)
-    fig = plt.figure(figsize=(18, 4.6), layout="constrained")
-    axes = [fig.add_subplot(1, 3, k + 1, projection="mollweide") for k in range(3)]
+    fig = plt.figure(figsize=(18, 8.6 if profiles else 4.6), layout="constrained")
+    grid = fig.add_gridspec(2 if profiles else 1, 6, height_ratios=[1.15, 1] if profiles else None)
+    axes = [fig.add_subplot(grid[0, 2 * k:2 * k + 2], projection="mollweide") for k in range(3)]
     residual = Histogram(model.axes, contents=np.asarray(
         getattr(model.contents, "value", model.contents)) - np.asarray(
         getattr(truth.contents, "value", truth.contents)), unit=model.unit)
@@ -364,6 +374,115 @@ def plot_comparison(model: Histogram, truth: Histogram, energy_index: int = 0,
                    norm=shared)
     plot_image(residual, energy_index, "linear", title="residual model − truth", fig=fig,
                ax=axes[2], sources=sources, symmetric=True)
+    if profiles:
+        plot_profiles(model, truth, profile_errors, energy_index, fig=fig,
+                      axes=(fig.add_subplot(grid[1, 0:3]), fig.add_subplot(grid[1, 3:6])))
+    if output is not None:
+        save_figure(fig, output)
+    return fig
+
+
+_PROFILE_AXES = {"longitude": ("Galactic longitude l (°)", "|b| < {band:g}°"),
+                 "latitude": ("Galactic latitude b (°)", "|l| < {band:g}°")}
+
+
+def _profile_settings(errors: Mapping[str, Mapping[str, Any]] | None
+                      ) -> tuple[float | None, float | None, float | None]:
+    """Bin width and band half-widths of bootstrap profiles (None: the defaults)."""
+    if not errors:
+        return None, None, None
+    centres = np.asarray(errors["longitude"]["centres_deg"], dtype=float)
+    width = float(centres[1] - centres[0]) if centres.size > 1 else None
+    return (width, float(errors["longitude"]["band_deg"]),
+            float(errors["latitude"]["band_deg"]))
+
+
+def plot_profiles(model: Histogram, truth: Histogram | None = None,
+                  errors: Mapping[str, Mapping[str, Any]] | None = None,
+                  energy_index: int = 0, fig=None, axes=None,
+                  output: str | os.PathLike | None = None, label: str = "model"):
+    """Longitude and latitude flux profiles of a map, with bootstrap error bars and a truth.
+
+    The longitude profile sums the flux Σ λ ΔΩ of the pixels with |b| below a band (10° by
+    default) in bins of l, the latitude profile that of the pixels with |l| below 30° in bins of
+    b (:func:`comptonsky.regions.sky_profiles`); l increases to the left, as on the maps.
+
+    Parameters
+    ----------
+    model : histpy.Histogram
+        Map with axes ``('lb', 'Ei')``.
+    truth : histpy.Histogram, optional
+        A true map on the same axes, drawn as a line.
+    errors : dict, optional
+        Bootstrap profiles (``profiles.json``'s ``profiles_cm-2_s-1``, or
+        ``BootstrapResult.profiles``): their bins and bands are used, and their ``std`` — the
+        standard deviation of the replicates' profiles, which keeps the correlations between
+        pixels — gives ±1σ error bars.
+    energy_index : int
+        Energy band.
+    fig, axes : matplotlib Figure and a pair of Axes, optional
+        Where to draw (a new figure otherwise).
+    output : path-like, optional
+        Save the figure there.
+    label : str
+        Legend label of the model.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Its first two axes (or ``axes``) are the longitude and latitude profiles.
+
+    Raises
+    ------
+    InvalidParameterError
+        On a map without axes ``('lb', 'Ei')``, an energy index out of range, a truth of
+        another shape or error bars on other bins.
+    """
+    from .regions import sky_profiles
+
+    plt = _pyplot()
+    values, band, unit = _band_values(model, energy_index)
+    nside = hp.npix2nside(values.size)
+    width, lat_band, lon_band = _profile_settings(errors)
+    mine = sky_profiles(values[:, None], nside, bin_deg=width, lat_band_deg=lat_band,
+                        lon_band_deg=lon_band)
+    true = None
+    if truth is not None:
+        t, _, _ = _band_values(truth, energy_index)
+        if t.shape != values.shape:
+            raise InvalidParameterError(f"plot_profiles: the model has {values.size} pixels, "
+                                        f"the truth {t.size}")
+        true = sky_profiles(t[:, None], nside, bin_deg=width, lat_band_deg=lat_band,
+                            lon_band_deg=lon_band)
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4), layout="constrained")
+    elif fig is None:
+        fig = axes[0].figure
+    flux_unit = (u.Unit(model.unit) * u.sr).to_string("unicode") if model.unit else ""
+    for ax, name in zip(axes, ("longitude", "latitude")):
+        profile = mine[name]
+        x, y = profile["centres"], profile["values"][:, 0]
+        yerr = None
+        if errors:
+            yerr = np.asarray(errors[name]["std"], dtype=float)[energy_index]
+            if yerr.shape != y.shape:
+                raise InvalidParameterError(
+                    f"plot_profiles: {name} error bars have {yerr.size} bins, the profile "
+                    f"{y.size}")
+        ax.errorbar(x, y, yerr=yerr, fmt="o-", ms=4, capsize=3, lw=1,
+                    label=label + (" ±1σ (bootstrap)" if yerr is not None else ""))
+        if true is not None:
+            ax.step(x, true[name]["values"][:, 0], where="mid", color="k", lw=1.2,
+                    label="truth")
+        xlabel, band_text = _PROFILE_AXES[name]
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"flux per {x[1] - x[0]:g}° bin ({flux_unit})" if x.size > 1 else
+                      f"flux ({flux_unit})")
+        ax.set_title(f"{name} profile, {band_text.format(band=profile['band_deg'])} ({band})")
+        if name == "longitude":
+            ax.set_xlim(x[-1] + (x[1] - x[0]) / 2, x[0] - (x[1] - x[0]) / 2)  # l to the left
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     if output is not None:
         save_figure(fig, output)
     return fig
@@ -404,29 +523,45 @@ def write_uncertainty_images(directory: str | os.PathLike,
     return written
 
 
-def _step_label(algorithm: str | None) -> str:
-    """The y label of the results' ``accel_factor``: α, or OSEM's subset count K."""
+def _step_panels(results: Sequence[Mapping[str, Any]], algorithm: str | None
+                 ) -> list[tuple[str, list[float], bool]]:
+    """The step panels of a convergence plot: (y label, values, integer steps).
+
+    ``n_subsets`` (OSEM's subsets per cycle) is its own panel, ``subsets K``; the acceleration
+    factor α (``accel_factor``) gets a panel unless it is 1 throughout an OSEM run. Tables written
+    before ``n_subsets`` existed hold OSEM's subset count in ``accel_factor``: with
+    ``algorithm="OSEM"`` and no ``n_subsets`` that column is shown as ``subsets K``.
+    """
+    osem = str(algorithm).upper() == "OSEM"
+    alpha = [float(r["accel_factor"]) for r in results]
+    if "n_subsets" in results[0]:
+        panels = [("subsets K", [float(r["n_subsets"]) for r in results], True)]
+        if not osem or any(a != 1.0 for a in alpha):
+            panels.append(("accel. factor α", alpha, False))
+        return panels
+    if osem:
+        return [("subsets K", alpha, True)]
     if algorithm is None:
-        return "accel_factor (α; subsets K for OSEM)"
-    if str(algorithm).upper() == "OSEM":
-        return "subsets K"
-    return "accel. factor α"
+        return [("accel_factor (α; subsets K for OSEM)", alpha, False)]
+    return [("accel. factor α", alpha, False)]
 
 
 def plot_convergence(results: Sequence[Mapping[str, Any]],
                      output: str | os.PathLike | None = None, algorithm: str | None = None):
-    """Log-likelihood, step factor and background norms against iteration.
+    """Log-likelihood, step (acceleration factor α, OSEM's subsets K) and background norms
+    against iteration.
 
     Parameters
     ----------
     results : list of dict
-        ``ImageDeconvolution.results``.
+        ``ImageDeconvolution.results`` (or :func:`~comptonsky.deconvolution.results.
+        read_results_table`).
     output : path-like, optional
         Save the figure there (PNG, atomically).
     algorithm : str, optional
-        The algorithm that made ``results``: its name goes into the title, and it names the
-        ``accel_factor`` panel (the acceleration factor α of the RL family, the number of
-        subsets K of ``OSEM``).
+        The algorithm that made ``results``: its name goes into the title. ``OSEM`` results get
+        a ``subsets K`` panel (their ``n_subsets``) and an α panel only where the safe
+        accelerator ran (α ≠ 1); the RL family gets an α panel.
 
     Returns
     -------
@@ -439,7 +574,8 @@ def plot_convergence(results: Sequence[Mapping[str, Any]],
         raise InvalidParameterError("plot_convergence: no results (run the deconvolution first)")
     iteration = [r["iteration"] for r in results]
     norms = results[0].get("background_normalization", {}) or {}
-    n_panels = 2 + (1 if norms else 0)
+    steps = _step_panels(results, algorithm)
+    n_panels = 1 + len(steps) + (1 if norms else 0)
     fig, axes = plt.subplots(n_panels, 1, figsize=(7, 2.4 * n_panels + 0.4), sharex=True)
     logl = np.array([np.sum(r["log-likelihood"]) for r in results])
     axes[0].plot(iteration, logl, marker=".", label="log-likelihood")
@@ -448,18 +584,17 @@ def plot_convergence(results: Sequence[Mapping[str, Any]],
                      label="log-posterior")
         axes[0].legend()
     axes[0].set_ylabel("log L")
-    osem = str(algorithm).upper() == "OSEM"
-    axes[1].plot(iteration, [r["accel_factor"] for r in results], marker=".",
-                 drawstyle="steps-post" if osem else "default")
-    axes[1].set_ylabel(_step_label(algorithm))
-    if osem:
-        axes[1].yaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax, (label, values, integer) in zip(axes[1:], steps):
+        ax.plot(iteration, values, marker=".", drawstyle="steps-post" if integer else "default")
+        ax.set_ylabel(label)
+        if integer:
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     if norms:
         for key in norms:
-            axes[2].plot(iteration, [r["background_normalization"][key] for r in results],
-                         marker=".", label=key)
-        axes[2].set_ylabel("background norm")
-        axes[2].legend()
+            axes[-1].plot(iteration, [r["background_normalization"][key] for r in results],
+                          marker=".", label=key)
+        axes[-1].set_ylabel("background norm")
+        axes[-1].legend()
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))

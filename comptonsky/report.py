@@ -4,9 +4,9 @@ settings, provenance and warnings.
 The page has no outside references: images are PNGs embedded as base64 ``data:`` URIs, so it
 can be mailed or archived alone. It reads what :func:`comptonsky.jobs.run_files` (and
 ``comptonsky uncertainty``) write: ``summary.json``, ``results.fits``, ``model_itr<N>.hdf5``,
-``parameters.yml`` and, when present, ``std.hdf5``, ``significance.hdf5`` and
-``region_fluxes.json``; the bootstrap maps are also written as ``std_E<k>.png`` and
-``significance_E<k>.png`` beside them.
+``parameters.yml`` and, when present, ``std.hdf5``, ``significance.hdf5``,
+``region_fluxes.json`` and ``profiles.json``; the bootstrap maps are also written as
+``std_E<k>.png`` and ``significance_E<k>.png`` beside them.
 """
 
 from __future__ import annotations
@@ -93,12 +93,42 @@ def _map_images(image, label: str, scale: str, symmetric: bool = False) -> list[
             for k in range(image.axes["Ei"].nbins)]
 
 
-def _comparison_images(model, truth) -> list[str]:
+def _comparison_images(model, truth, profile_errors=None) -> list[str]:
     from .plotting import plot_comparison
 
     return [_figure(_png(plot_comparison(model, truth, energy_index=k, scale="log",
-                                         sources={"GC": (0.0, 0.0)})),
-                    f"model, truth (one colour scale) and model − truth, band {k}")
+                                         sources={"GC": (0.0, 0.0)},
+                                         profile_errors=profile_errors)),
+                    f"model, truth (one colour scale), model − truth and their profiles, "
+                    f"band {k}")
+            for k in range(model.axes["Ei"].nbins)]
+
+
+def _profiles_fit(model, errors) -> bool:
+    """Whether bootstrap profiles ``errors`` have the model's bins and energy bands."""
+    from .regions import sky_profiles
+
+    try:
+        centres = np.asarray(errors["longitude"]["centres_deg"], dtype=float)
+        mine = sky_profiles(np.zeros((model.contents.shape[0], 1)), model.axes[0].nside,
+                            bin_deg=float(centres[1] - centres[0]),
+                            lat_band_deg=float(errors["longitude"]["band_deg"]),
+                            lon_band_deg=float(errors["latitude"]["band_deg"]))
+        return all(np.shape(errors[name]["std"]) == (model.axes["Ei"].nbins,
+                                                      mine[name]["centres"].size)
+                   for name in mine)
+    except (KeyError, IndexError, TypeError, ValueError):
+        return False
+
+
+def _profile_images(model, truth, errors) -> list[str]:
+    """Longitude and latitude profiles per band (bootstrap error bars when ``errors``)."""
+    from .plotting import plot_profiles
+
+    what = "±1σ from the bootstrap replicates' profiles" if errors else "no error bars"
+    return [_figure(_png(plot_profiles(model, truth, errors, energy_index=k)),
+                    f"longitude and latitude profiles, band {k} ({what}"
+                    + (", truth as a line)" if truth is not None else ")"))
             for k in range(model.axes["Ei"].nbins)]
 
 
@@ -126,6 +156,12 @@ def _flux_section(model, truth, errors: Mapping[str, Any] | None) -> str:
                for name in names} if errors else {}
         for name in names:
             row = [k, name, flux[name], err.get(name) if err.get(name) is not None else "—"]
+            if errors:
+                entry = errors.get(name) or {}
+                bias = entry.get("bias", [None] * (k + 1))[k]
+                interval = entry.get("interval_68", [None] * (k + 1))[k]
+                row += [bias if bias is not None else "—",
+                        f"[{interval[0]:.4g}, {interval[1]:.4g}]" if interval else "—"]
             if truth is not None:
                 row += [true[name], flux[name] / true[name] if true[name] else "—"]
             rows.append(row)
@@ -143,10 +179,15 @@ def _flux_section(model, truth, errors: Mapping[str, Any] | None) -> str:
         fig.tight_layout()
         parts.append(_figure(_png(fig), f"region fluxes, band {k}"))
     header = ["band", "region", "flux (cm⁻² s⁻¹)", "±1σ (bootstrap)"]
+    if errors:
+        header += ["bias (replicate mean − flux)", "68 % interval (replicates)"]
     if truth is not None:
         header += ["truth (cm⁻² s⁻¹)", "ratio"]
-    note = "" if errors else ("<p>No error bars: run <code>comptonsky uncertainty</code> for "
-                              "bootstrap errors.</p>")
+    note = ("<p>Errors are the spread of the bootstrap replicates, each fitted with the same "
+            "settings (iterations, prior) as the map: statistical errors of this estimator, "
+            "not of its bias against the true sky.</p>" if errors else
+            "<p>No error bars: run <code>comptonsky uncertainty</code> for bootstrap "
+            "errors.</p>")
     return _table(header, rows) + note + "".join(parts)
 
 
@@ -216,6 +257,9 @@ def write_report(run_dir: str | os.PathLike, truth: str | os.PathLike | None = N
             ["stopping reason", stopping.get("reason", "unknown")],
             ["iteration_max", stopping.get("iteration_max", "")],
             ["log-likelihood", summary.get("log_likelihood", "")],
+            *([["subsets K (last cycle)", summary["n_subsets"]]] if "n_subsets" in summary
+              else []),
+            ["acceleration factor α (last iteration)", summary.get("accel_factor", "")],
             ["events", summary.get("events", "")],
             *[[f"background norm {k}", v] for k, v in norms.items()],
             ["model flux per band (cm⁻² s⁻¹)", summary.get("model_flux_per_band_cm-2_s-1", "")],
@@ -224,12 +268,28 @@ def write_report(run_dir: str | os.PathLike, truth: str | os.PathLike | None = N
             *[[f"time: {k} (s)", v] for k, v in timing.items()]]
     sections.append(("Summary", _table(["quantity", "value"], rows)))
 
+    errors = None
+    fluxes_path = run_dir / "region_fluxes.json"
+    if fluxes_path.exists():
+        bootstrap = json.loads(fluxes_path.read_text())
+        errors = bootstrap.get("region_fluxes_cm-2_s-1")
+        warnings += [f"warning: {w}" for w in bootstrap.get("warnings", [])
+                     if f"warning: {w}" not in warnings]
+    profile_errors = None
+    if (run_dir / "profiles.json").exists():
+        profile_errors = json.loads((run_dir / "profiles.json").read_text()).get(
+            "profiles_cm-2_s-1")
+        if not _profiles_fit(model, profile_errors):
+            warnings.append("profiles.json does not match the model map (other bins or "
+                            "bands): profiles shown without error bars")
+            profile_errors = None
+
     images = _map_images(model, f"model ({model_path.name})", "log")
     images += _map_images(model, "model", "linear")
     if truth_map is not None:
         t, m = truth_map.contents, model.contents
         if m.shape == t.shape:
-            images += _comparison_images(model, truth_map)
+            images += _comparison_images(model, truth_map, profile_errors)
         else:
             warnings.append(f"the truth map has shape {t.shape}, the model {m.shape}: no "
                             f"residual map")
@@ -251,10 +311,9 @@ def write_report(run_dir: str | os.PathLike, truth: str | os.PathLike | None = N
             read_results_table(fits_table), algorithm=algorithm)),
             f"log-likelihood, {step}, background norms")))
 
-    errors = None
-    if (run_dir / "region_fluxes.json").exists():
-        errors = json.loads((run_dir / "region_fluxes.json").read_text()).get(
-            "region_fluxes_cm-2_s-1")
+    same_shape = truth_map is None or truth_map.contents.shape == model.contents.shape
+    sections.append(("Profiles", "".join(_profile_images(
+        model, truth_map if same_shape else None, profile_errors))))
     sections.append(("Region fluxes", _flux_section(model, truth_map, errors)))
 
     parfile = run_dir / "parameters.yml"

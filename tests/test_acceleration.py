@@ -16,7 +16,7 @@ def run(problem, tmp_path, algorithm="RL", overrides=(), **settings):
     deconv = prepared_deconvolution(
         problem, write_parfile(tmp_path, nside=nside, algorithm=algorithm, **settings), overrides)
     deconv.initialize()
-    deconv.run_deconvolution(progress=False)
+    deconv.run_deconvolution(progress=False, keep_maps="all")
     return deconv, deconv.passes
 
 

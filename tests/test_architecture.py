@@ -22,7 +22,7 @@ LAYERS = [
     ("binning", ["binning", "attitude"]),
     ("response", ["response"]),
     ("deconvolution", ["config", "deconvolution", "testing", "distributed"]),
-    ("outputs", ["plotting", "jobs", "report"]),
+    ("outputs", ["plotting", "jobs", "report", "rundir"]),
     ("applications", ["demo", "cli", "__main__"]),
 ]
 #: The simulator stands beside imaging: it may use these layers, and none of them may use it.

@@ -63,7 +63,7 @@ def test_case_matches_cosipy(reference, case, tmp_path):
     deconv.initialize()
     np.testing.assert_allclose(deconv.initial_model.contents.value, ref["initial_model"],
                                rtol=1e-15)
-    results = deconv.run_deconvolution(progress=False)
+    results = deconv.run_deconvolution(progress=False, keep_maps="all")
     assert len(results) == int(ref["n_iter"])
     np.testing.assert_allclose(deconv.dataset[0].exposure_map.contents.value,
                                ref["exposure_map"], rtol=1e-13)
@@ -105,7 +105,7 @@ def test_legacy_cosipy_034_with_unchecked_acceleration(reference, case, tmp_path
         deconv.override_parameter("deconvolution:parameter:acceleration:method = "
                                   "max_step_unchecked")
     deconv.initialize()
-    results = deconv.run_deconvolution(progress=False)
+    results = deconv.run_deconvolution(progress=False, keep_maps="all")
     n_compare = int(ref["fragile_after"]) or int(ref["n_iter"])
     assert n_compare >= 4
     for k in range(n_compare):

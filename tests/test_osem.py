@@ -130,7 +130,7 @@ def test_osem_respects_mask_and_minimum_flux(small_problem, tmp_path):
     mask[:20] = False
     deconv.set_mask(mask)
     deconv.initialize()
-    deconv.run_deconvolution(progress=False)
+    deconv.run_deconvolution(progress=False, keep_maps="all")
     final = deconv.results[-1]["model"].contents.value[:, 0]
     assert np.all(final[:20] == 0)
     assert np.all(final[20:] >= 1e-7)
@@ -162,7 +162,7 @@ def _fit(problem, tmp_path, algorithm, overrides=(), **response_options):
                                             accel=algorithm == "RL", alpha_max=3.0))
     deconv.override_parameter(*overrides)
     deconv.initialize()
-    deconv.run_deconvolution(progress=False)
+    deconv.run_deconvolution(progress=False, keep_maps="all")
     return deconv, np.array([r["model"].contents.value for r in deconv.results])
 
 

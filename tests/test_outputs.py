@@ -327,16 +327,23 @@ def test_uncertainty_run_directory(run_dir, tmp_path):
     _, args = run_dir
     parfile = write_parfile(tmp_path, iterations=3)
     assert main(["uncertainty", str(parfile), *args, "--output", str(tmp_path / "u"),
-                 "--samples", "2", "--workers", "1"]) == 0
+                 "--samples", "20", "--workers", "1"]) == 0
     out = tmp_path / "u"
     header = fits.getheader(out / "std.fits", 1)
-    assert header["NSAMPLES"] == 2 and header["MAPKEY"] == "std" and header["INSHA1"]
-    np.testing.assert_array_equal(hp.read_map(out / "significance.fits", dtype=np.float64),
-                                  open_histogram(out / "significance.hdf5").contents[:, 0])
+    assert header["NSAMPLES"] == 20 and header["MAPKEY"] == "std" and header["INSHA1"]
+    assert header["BOOTSTRT"] == "initial" and header["BOOTITER"] == 3
+    for name in ("std", "significance"):
+        contents = open_histogram(out / f"{name}.hdf5").contents[:, 0]
+        np.testing.assert_array_equal(hp.read_map(out / f"{name}.fits", dtype=np.float64),
+                                      getattr(contents, "value", contents))
+        assert (out / f"{name}_E0.png").stat().st_size > 1000
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["uncertainty"]["n_samples"] == 2 and (out / "parameters.yml").exists()
+    assert summary["uncertainty"]["n_samples"] == 20 and (out / "parameters.yml").exists()
+    assert str(out / "std_E0.png") in summary["files"]
     page = (out / "report.html").read_text()
     assert "bootstrap standard deviation" in page and "No error bars" not in page
+    assert "bias (replicate mean − flux)" in page and "68 % interval" in page
+    assert "±1σ from the bootstrap replicates&#x27; profiles" in page
 
 
 @pytest.mark.slow  # end-to-end
@@ -363,4 +370,62 @@ def test_demo_runs_the_parameter_file_it_writes(tmp_path, capsys):
     run_demo(out, nside=4, phi_bin_deg=30.0, iterations=3, duration_s=2e5, progress=False)
     err = capsys.readouterr().err
     assert "found in the cache" in err
-    assert "from the cache" in err or "mapped from the file itself" in err  # no conversion again
+    assert "from the cache" in err or "from the file itself" in err  # no conversion again
+
+
+def test_osem_subsets_are_named_n_subsets_not_an_acceleration_factor(small_problem, tmp_path):
+    inputs = {k: write_histogram(h, tmp_path / f"{k}.h5") for k, h in
+              (("event", small_problem.event), ("bkg", small_problem.background),
+               ("rsp", small_problem.response))}
+    job = run_files(write_parfile(tmp_path, algorithm="OSEM", iterations=12, accel=True,
+                                  method="line_search"),
+                    inputs["event"], {"albedo": inputs["bkg"]}, inputs["rsp"], tmp_path / "o",
+                    overrides=["deconvolution:parameter:n_subsets = 2"], progress=False,
+                    report=False)
+    results = job.deconvolution.results
+    subsets = [r["n_subsets"] for r in results]
+    assert subsets[0] == 2 and subsets[-1] == 1 and subsets == sorted(subsets, reverse=True)
+    # subset cycles make no accelerated step; α differs from 1 only once the accelerator runs
+    assert all(r["accel_factor"] == 1.0 for r in results if r["n_subsets"] > 1)
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["n_subsets"] == 1 and summary["accel_factor"] == results[-1]["accel_factor"]
+    from astropy.table import Table
+
+    table = Table.read(tmp_path / "o" / "results.fits", hdu="ITERATIONS")
+    assert list(table["n_subsets"]) == subsets
+    np.testing.assert_array_equal(table["accel_factor"], [r["accel_factor"] for r in results])
+    from comptonsky.deconvolution.results import read_results_table
+
+    assert [r["n_subsets"] for r in read_results_table(tmp_path / "o" / "results.fits")] == \
+        subsets
+    rl = run_files(write_parfile(tmp_path, iterations=2, accel=True), inputs["event"],
+                   {"albedo": inputs["bkg"]}, inputs["rsp"], tmp_path / "r", progress=False,
+                   plots=False, report=False)
+    assert "n_subsets" not in rl.summary and "n_subsets" not in rl.deconvolution.results[-1]
+
+
+@pytest.mark.slow  # end-to-end report with comparison figures (~9 s)
+def test_report_shows_profiles_and_bootstrap_bias(run_dir, small_problem, tmp_path):
+    out, _ = run_dir
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    from comptonsky.deconvolution.uncertainty import summarize, write_uncertainty
+    from comptonsky.report import write_report
+
+    model = open_histogram(copy / "model_itr3.hdf5")
+    values = np.asarray(model.contents.value)
+    rng = np.random.default_rng(0)
+    samples = values[None] * (1.0 + 0.05 * rng.standard_normal((20,) + values.shape))
+    result = summarize(model, samples * 1.5, {})  # a bias of 50 %: warned
+    write_uncertainty(result, copy)
+    truth = write_histogram(Histogram(model.axes, contents=small_problem.truth,
+                                      unit="cm-2 s-1 sr-1"), tmp_path / "truth.h5")
+    page = write_report(copy, truth=truth).read_text()
+    assert "Profiles" in page and "longitude and latitude profiles" in page
+    assert "differs from the estimate" in page  # the bias warning reaches the page
+    assert "and their profiles" in page  # the comparison figure has its profile row
+    (copy / "profiles.json").write_text(json.dumps({"profiles_cm-2_s-1": {
+        "longitude": {"centres_deg": [0, 30], "band_deg": 10, "std": [[1, 2]]},
+        "latitude": {"centres_deg": [0, 30], "band_deg": 30, "std": [[1, 2]]}}}))
+    page = write_report(copy).read_text()
+    assert "profiles.json does not match the model map" in page

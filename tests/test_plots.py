@@ -19,8 +19,10 @@ from comptonsky.plotting import (
     plot_comparison,
     plot_convergence,
     plot_image,
+    plot_profiles,
     write_uncertainty_images,
 )
+from comptonsky.regions import sky_profiles
 
 NSIDE = 4
 UNIT = "1/(cm2 s sr)"
@@ -30,6 +32,14 @@ def _map(values_per_band) -> Histogram:
     axes = [HealpixAxis(nside=NSIDE, label="lb", coordsys="galactic"),
             Axis([100, 500, 1000] * u.keV, label="Ei")]
     return Histogram(axes, contents=np.stack(values_per_band, axis=1), unit=UNIT)
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
 
 
 @pytest.fixture
@@ -113,6 +123,73 @@ def test_linear_colour_bar_has_a_few_round_ticks(maps):
     assert np.allclose(scaled * 100, np.round(scaled * 100))      # at most 3 figures
     assert all(len(lab) < 30 for lab in labels), labels
     assert cbar_ax.get_xlabel()
+
+
+def _profile_errors(nside, n_energy, scale=1e-5, seed=0):
+    """Bootstrap-like profiles: the std of the profiles of noisy replicate maps."""
+    rng = np.random.default_rng(seed)
+    samples = rng.normal(1e-3, scale, (12, hp.nside2npix(nside), n_energy))
+    profiles = sky_profiles(samples, nside)
+    return {name: {"centres_deg": p["centres"].tolist(), "edges_deg": p["edges"].tolist(),
+                   "band_deg": p["band_deg"],
+                   "std": p["values"].std(axis=0, ddof=1).T.tolist()}
+            for name, p in profiles.items()}
+
+
+def test_profiles_have_error_bars_from_the_bootstrap_and_the_truth(maps, tmp_path):
+    model, truth = maps
+    errors = _profile_errors(NSIDE, 2)
+    fig = plot_profiles(model, truth, errors, energy_index=1, output=tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    lon_ax, lat_ax = fig.axes[:2]
+    assert "longitude" in lon_ax.get_xlabel() and "latitude" in lat_ax.get_xlabel()
+    assert "|b| < 10°" in lon_ax.get_title() and "|l| < 30°" in lat_ax.get_title()
+    assert lon_ax.get_xlim()[0] > lon_ax.get_xlim()[1]  # l increases to the left
+    want = sky_profiles(np.asarray(model.contents.value), NSIDE)
+    for ax, name in ((lon_ax, "longitude"), (lat_ax, "latitude")):
+        container = ax.containers[0]
+        x, y = container.lines[0].get_data()
+        np.testing.assert_allclose(y, want[name]["values"][:, 1])
+        segments = container.lines[2][0].get_segments()  # the error bars
+        half = np.array([abs(seg[1][1] - seg[0][1]) / 2 for seg in segments])
+        np.testing.assert_allclose(half, np.asarray(errors[name]["std"])[1], rtol=1e-10)
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert any("bootstrap" in t for t in labels) and "truth" in labels
+        truth_line = [line for line in ax.lines if line.get_label() == "truth"][0]
+        np.testing.assert_allclose(truth_line.get_ydata(),
+                                   sky_profiles(np.asarray(truth.contents.value), NSIDE)[name]
+                                   ["values"][:, 1])
+    bare = plot_profiles(model)
+    assert not any(seg for seg in bare.axes[0].containers[0].lines[2])  # no error bars
+    bad = {**errors, "longitude": {**errors["longitude"], "std": [[1.0, 2.0]] * 2}}
+    with pytest.raises(Exception, match="error bars"):
+        plot_profiles(model, errors=bad)
+
+
+def test_comparison_has_a_profile_row(maps):
+    model, truth = maps
+    fig = plot_comparison(model, truth, profile_errors=_profile_errors(NSIDE, 2))
+    profile_axes = [ax for ax in fig.axes if "profile" in ax.get_title()]
+    assert len(profile_axes) == 2 and fig.axes[-2:] == profile_axes
+    assert all(ax.containers for ax in profile_axes)
+    assert not any("profile" in ax.get_title() for ax in plot_comparison(
+        model, truth, profiles=False).axes)
+
+
+def test_osem_subsets_are_not_plotted_as_an_acceleration_factor():
+    results = [{"iteration": i, "accel_factor": 1.0 if i < 6 else 1.7,
+                "n_subsets": [8, 8, 4, 2, 1, 1, 1][i - 1],
+                "background_normalization": {"albedo": 1.0},
+                "log-likelihood": [-1e4 + i]} for i in range(1, 8)]
+    fig = plot_convergence(results, algorithm="OSEM")
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert labels == ["log L", "subsets K", "accel. factor α", "background norm"]
+    np.testing.assert_array_equal(fig.axes[1].lines[0].get_ydata(), [8, 8, 4, 2, 1, 1, 1])
+    np.testing.assert_array_equal(fig.axes[2].lines[0].get_ydata(),
+                                  [r["accel_factor"] for r in results])
+    plain = [{**r, "accel_factor": 1.0} for r in results]  # no accelerator: no α panel
+    assert [ax.get_ylabel() for ax in plot_convergence(plain, algorithm="OSEM").axes] == \
+        ["log L", "subsets K", "background norm"]
 
 
 @pytest.mark.parametrize("algorithm, label", [("RL", "accel. factor α"), ("OSEM", "subsets K")])

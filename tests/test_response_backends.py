@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from comptonsky.errors import AxisMismatchError
+from comptonsky.errors import AxisMismatchError, InvalidParameterError
 from comptonsky.response.dense import DenseResponse
 from comptonsky.response.load import load_response
 from comptonsky.response.outofcore import OutOfCoreResponse
@@ -256,6 +256,53 @@ def test_subsets_are_the_restricted_products(cone, reference, vectors, tmp_path,
         total += sub.exposure
     np.testing.assert_array_equal(np.sort(np.concatenate(covered)), np.arange(op.n_data))
     assert _rel(total, reference.exposure) < tol
+
+
+@pytest.mark.parametrize("threads", [1, 3, 1000])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sparse_products_on_any_number_of_threads(cone, reference, vectors, tmp_path, threads,
+                                                  dtype):
+    """Full and subset products equal the dense reference whatever the row ranges per thread
+    (more threads than rows included), with PsiChi subsets of unequal widths (192 pixels in 5
+    or 7 subsets)."""
+    from comptonsky.response.sparse import kernel_threads, set_kernel_threads
+
+    op = load_response(cone, dtype=dtype, storage="sparse", sparse_threshold=0.0,
+                       cache_dir=tmp_path)
+    x, y = vectors
+    tol = TOL[dtype]
+    try:
+        set_kernel_threads(threads)
+        assert kernel_threads() == threads
+        assert _rel(op.forward(x), reference.forward(x)) < tol
+        assert _rel(op.adjoint(y), reference.adjoint(y)) < tol
+        full = reference.forward(x)
+        for n_subsets in (5, 7):
+            back = np.zeros(op.n_model)
+            for k in range(n_subsets):
+                sub = op.subset(k, n_subsets, "PsiChi")
+                assert sub.mode == "regrouped"
+                idx = sub.data_indices
+                assert _rel(sub.forward(x), full[idx]) < tol
+                back += sub.adjoint(y[idx])
+            assert _rel(back, reference.adjoint(y)) < tol
+    finally:
+        set_kernel_threads(None)
+    with pytest.raises(InvalidParameterError):
+        set_kernel_threads(0)
+
+
+def test_row_splits_balance_the_stored_elements():
+    from comptonsky.response.sparse import row_splits
+
+    lengths = np.array([[5, 0, 0, 5], [1, 1, 1, 7]])
+    ptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    start, end = ptr[:-1].reshape(2, 4), ptr[1:].reshape(2, 4)
+    cuts = row_splits(start, end, 2)
+    assert cuts[0] == 0 and cuts[-1] == 8 and np.all(np.diff(cuts) >= 0)
+    halves = [lengths.reshape(-1)[a:b].sum() for a, b in zip(cuts[:-1], cuts[1:])]
+    assert halves == [10, 10]
+    assert row_splits(start, end, 20).tolist()[-1] == 8
 
 
 def test_reused_products_wrapper_keeps_the_operator():

@@ -87,6 +87,43 @@ def test_file_with_overflow_bins_and_chunked_gzip(cone, reference, tmp_path):
                             cache=False), reference, 2e-6)
 
 
+def _multiband(cone, n_e=3):
+    """The cone response with ``n_e`` Ei and Em bands (a lower-triangular redistribution),
+    axes (NuLambda, Ei, Em, Phi, PsiChi)."""
+    from astropy import units as u
+    from histpy import Axes, Axis
+
+    edges = np.geomspace(100.0, 1000.0, n_e + 1) * u.keV
+    axes = Axes([cone.axes["NuLambda"], Axis(edges, label="Ei", scale="log"),
+                 Axis(edges, label="Em", scale="log"), cone.axes["Phi"], cone.axes["PsiChi"]])
+    redist = np.tril(np.full((n_e, n_e), 0.2)) + 0.5 * np.eye(n_e)
+    values = np.asarray(cone.contents.value)[:, 0, 0]             # (pix, phi, psi)
+    contents = redist[None, :, :, None, None] * values[:, None, None]
+    return Histogram(axes, contents=contents, unit=cone.unit)
+
+
+@pytest.mark.parametrize("chunks", [None, (5, 1, 3, 12, 192)], ids=["contiguous", "chunked"])
+def test_multiband_file_loads_match_histogram(cone, tmp_path, chunks):
+    hist = _multiband(cone)
+    ref = load_response(hist)
+    path = tmp_path / "multiband.h5"
+    hist.write(path, h5_dataset_kw={} if chunks is None else {"chunks": chunks})
+    src = open_source(path)
+    try:
+        assert src.row_align % 3 == 0                       # blocks hold whole sky pixels
+        rows = np.empty((4, src.n_data))
+        src.read(4, 8, rows)                                # splits pixels 1 and 2
+        np.testing.assert_array_equal(rows, np.asarray(hist.contents.value).reshape(
+            ref.n_model, ref.n_data)[4:8])
+    finally:
+        src.close()
+    for storage in ("dense", "sparse", "out-of-core", "auto"):
+        op = load_response(path, storage=storage, dtype="float32", sparse_threshold=0,
+                           cache=False)
+        assert op.model_shape == (192, 3)
+        _same(op, ref, 2e-6)
+
+
 def test_sparse_histogram_contents(cone, reference):
     sparse_hist = Histogram(cone.axes, contents=cone.contents, sparse=True)
     op = load_response(sparse_hist, storage="sparse", sparse_threshold=0.0)
@@ -106,7 +143,11 @@ def test_cache_is_written_then_memory_mapped(rsp_file, reference, tmp_path):
         assert second.load_info["cached"] is True
         _same(second, reference, 2e-6)
         arr = second.matrix if storage == "dense" else second.rows.val
-        assert not arr.flags.writeable and not arr.flags.owndata      # a read-only map
+        assert not arr.flags.writeable
+        cache_path = second.load_info["cache_path"]
+        assert os.stat(cache_path).st_mode & 0o222 == 0                 # written read-only
+        # mapped unless this process could truncate it anyway (root): then read into memory
+        assert second.load_info["mapped"] is (not os.access(cache_path, os.W_OK))
     # out-of-core shares the dense cache file
     ooc = load_response(rsp_file, dtype="float32", storage="out-of-core", cache_dir=cdir)
     assert ooc.load_info["cached"] is True
@@ -157,14 +198,20 @@ def test_corrupt_cache_is_ignored(rsp_file, reference, tmp_path, caplog):
     _same(again, reference, 2e-6)
 
 
-def test_float64_contiguous_file_is_mapped_in_place(rsp_file, reference, tmp_path):
-    op = load_response(rsp_file, cache_dir=tmp_path)
-    assert op.load_info["mapped_source"] is True
-    assert not op.matrix.flags.writeable
-    _same(op, reference)
+def test_float64_contiguous_file_is_used_in_place(rsp_file, reference, tmp_path):
+    writable = os.access(rsp_file, os.W_OK)
+    for map_files, mapped in (("always", True), ("never", False), ("read-only", False)):
+        op = load_response(rsp_file, cache_dir=tmp_path, map_files=map_files)
+        assert op.load_info["in_place"] is True and op.load_info["mapped_source"] is mapped
+        assert not op.matrix.flags.writeable
+        _same(op, reference)
+    rsp_file.chmod(0o444)
+    op = load_response(rsp_file, cache_dir=tmp_path)          # mapped unless we are root
+    assert op.load_info["mapped_source"] is (not os.access(rsp_file, os.W_OK))
+    rsp_file.chmod(0o644 if writable else 0o444)
     ooc = load_response(rsp_file, storage="out-of-core", memory_budget="200 kB",
                         cache_dir=tmp_path)
-    assert ooc.load_info["mapped_source"] is True and ooc.path == str(rsp_file)
+    assert ooc.load_info["in_place"] is True and ooc.path == str(rsp_file)
     _same(ooc, reference)
     assert _caches(tmp_path) == []
 

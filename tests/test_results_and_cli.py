@@ -21,7 +21,7 @@ def finished(small_problem, tmp_path):
     deconv = prepared_deconvolution(small_problem,
                                     write_parfile(tmp_path, iterations=5, accel=True))
     deconv.initialize()
-    deconv.run_deconvolution(progress=False)
+    deconv.run_deconvolution(progress=False, keep_maps="all")
     return deconv
 
 

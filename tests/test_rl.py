@@ -84,7 +84,7 @@ def _run(problem, tmp_path, mask=None, **settings):
     deconv = prepared_deconvolution(problem, write_parfile(tmp_path, nside=nside, **settings),
                                     mask=mask)
     deconv.initialize()
-    deconv.run_deconvolution(progress=False)
+    deconv.run_deconvolution(progress=False, keep_maps="all")
     return deconv.dataset[0], deconv
 
 
@@ -248,7 +248,7 @@ def test_two_datasets_share_background_norm(small_problem, tmp_path):
     joint.set_dataset([d1, d2])
     joint.read_parameterfile(write_parfile(tmp_path, iterations=5, accel=True))
     joint.initialize()
-    joint.run_deconvolution(progress=False)
+    joint.run_deconvolution(progress=False, keep_maps="all")
     _, single = _run(small_problem, tmp_path, iterations=5, accel=True)
     for a, b in zip(joint.results, single.results):
         np.testing.assert_allclose(a["model"].contents.value, b["model"].contents.value,

@@ -442,6 +442,88 @@ class SpacecraftAttitudeExposureTable(_AttitudeTable):
         header["NSIDE"] = int(self.nside)
         header["SCHEME"] = str(self.scheme)
 
+    def get_binned_data(self, unbinned_event, psichi_binning: str = "local",
+                        sparse: bool = False, unbinned_data=None,
+                        tmin: float | None = None, tmax: float | None = None,
+                        chunk_size: int | None = None, progress: bool = False,
+                        orientation=None) -> Histogram:
+        """Bin events per ScAtt bin of this table (cosipy's ``get_binned_data``).
+
+        Each event goes to the bin whose (z, x) pixel pair is that of its own ``Zpointings``
+        and ``Xpointings`` columns at this table's nside and scheme, as cosipy does
+        (:mod:`comptonsky.binning.first_axis`); events whose pair is in no bin are counted out
+        and reported. Files are streamed in chunks.
+
+        Parameters
+        ----------
+        unbinned_event : UnBinnedData or BinnedData
+            Binning parameters (``energy_bins``, ``phi_pix_size``, ``nside``, ``scheme``) and
+            the events (``cosi_dataset``, else ``data_file``).
+        psichi_binning : {"local", "galactic"}
+            Frame of PsiChi; the detector-frame imaging needs ``"local"``.
+        sparse : bool
+            Sparse (COO) contents; dense by default, as cosipy.
+        unbinned_data : path-like, sequence of path-like or mapping, optional
+            Bin these events instead of those of ``unbinned_event``.
+        tmin, tmax : float, optional
+            Count only events with ``tmin <= TimeTags < tmax`` (s); cosipy applies no time cut.
+        orientation : SpacecraftFile, Orientation or path, optional
+            Assign bins by time instead of by pointing (for events without pointing columns):
+            an event goes to the bin this table's rule gives the orientation interval holding
+            it (:meth:`scatt_by_time`). ``tmin``/``tmax`` do not apply then.
+
+        Returns
+        -------
+        histpy.Histogram
+            Axes ScAtt (edges 0..N), Em (keV), Phi (deg), PsiChi.
+        """
+        from ..binning import ScAttAxis, bin_by_first_axis
+        from ..io.events import DEFAULT_CHUNK_SIZE
+
+        if orientation is not None:
+            return bin_by_first_axis(unbinned_event, self.scatt_by_time(orientation),
+                                     psichi_binning, sparse, unbinned_data,
+                                     chunk_size or DEFAULT_CHUNK_SIZE, progress)
+        time_range = None
+        if tmin is not None or tmax is not None:
+            time_range = (-np.inf if tmin is None else float(tmin),
+                          np.inf if tmax is None else float(tmax))
+        pairs = np.array([tuple(p) for p in self["healpix_index"]],
+                         dtype=np.int64).reshape(-1, 2)
+        axis = ScAttAxis(pairs, nside=int(self.nside), scheme=str(self.scheme or "ring"),
+                         time_range=time_range)
+        return bin_by_first_axis(unbinned_event, axis, psichi_binning, sparse, unbinned_data,
+                                 chunk_size or DEFAULT_CHUNK_SIZE, progress)
+
+    #: cosipy 0.3's name
+    get_binned_data_scatt = get_binned_data
+
+    def scatt_by_time(self, orientation):
+        """The ScAtt bin of every interval of ``orientation`` under this table's rule (pixel pair
+        of the interval's midpoint attitude; -1 for a pair not in the table), as a
+        :class:`~comptonsky.binning.ScAttByTimeAxis` that bins events by time."""
+        from ..binning import ScAttByTimeAxis
+        from ..io.spacecraft import SpacecraftFile
+
+        if isinstance(orientation, (str, os.PathLike)):
+            orientation = SpacecraftFile.parse_from_file(orientation)
+        o = as_orientation(orientation)
+        s = pair_midpoints(o)
+        nest = _scheme(self.scheme or "ring") == "nested"
+        nside = int(self.nside)
+        npix = hp.nside2npix(nside)
+        keys = vec2pix(nside, s.z, nest) * npix + vec2pix(nside, s.x, nest)
+        pairs = np.array([tuple(p) for p in self["healpix_index"]],
+                         dtype=np.int64).reshape(-1, 2)
+        table_keys = pairs[:, 0] * npix + pairs[:, 1]
+        order = np.argsort(table_keys)
+        codes = np.full(len(keys), -1, dtype=np.int64)
+        if len(table_keys):
+            i = np.minimum(np.searchsorted(table_keys[order], keys), len(order) - 1)
+            hit = table_keys[order][i] == keys
+            codes[hit] = order[i[hit]]
+        return ScAttByTimeAxis(o.time[:-1], o.time[1:], codes, len(self))
+
     def calc_pointing_trajectory_map(self) -> Histogram:
         """Exposure (s) per (z pixel, x pixel): a sparse Histogram on axes 'z' and 'x'."""
         import sparse
@@ -507,6 +589,24 @@ class TimeBinnedExposureTable(_AttitudeTable):
               "tstop": np.asarray(data["tstop"], np.float64)}
         df.update({k: v for k, v in cols.items() if k != "time_binning_index"})
         return cls(pd.DataFrame(df))
+
+    def get_binned_data(self, unbinned_event, psichi_binning: str = "local",
+                        sparse: bool = False, unbinned_data=None,
+                        chunk_size: int | None = None, progress: bool = False) -> Histogram:
+        """Bin events per time interval of this table (cosipy 0.4's ``get_binned_data``).
+
+        An event at time t goes to the last interval with ``tstart <= t <= tstop``. The first
+        axis is ``Time`` with the edges in seconds when the intervals are contiguous (the axis
+        of :meth:`CoordsysConversionMatrix.from_exposure_table` for this table), else the
+        interval numbers 0..N. Parameters as
+        :meth:`SpacecraftAttitudeExposureTable.get_binned_data`.
+        """
+        from ..binning import IntervalAxis, bin_by_first_axis
+        from ..io.events import DEFAULT_CHUNK_SIZE
+
+        t0, t1 = self.time_edges()
+        return bin_by_first_axis(unbinned_event, IntervalAxis(t0, t1), psichi_binning, sparse,
+                                 unbinned_data, chunk_size or DEFAULT_CHUNK_SIZE, progress)
 
     def time_edges(self) -> tuple[np.ndarray, np.ndarray]:
         """(tstart, tstop) arrays (s)."""

@@ -27,12 +27,13 @@ Modules: :mod:`.spec` (parameters, :class:`CDSBinning`), :mod:`.psichi` (frames)
 (counting), :mod:`.stream` (:func:`bin_events`), :mod:`.binned_data` (:class:`BinnedData`).
 """
 
-from .binned_data import BinnedData, hdf5_output_path
+from .binned_data import BinnedData, UnBinnedData, bin_by_first_axis, hdf5_output_path
+from .first_axis import IntervalAxis, ScAttAxis, ScAttByTimeAxis
 from .psichi import PSICHI_FRAMES
 from .spec import BINNING_KEYS, CDSBinning, phi_bin_edges, read_binning_parameters, time_bin_edges
 from .stream import bin_events
 
 __all__ = [
-    "BINNING_KEYS", "BinnedData", "CDSBinning", "PSICHI_FRAMES", "bin_events",
-    "hdf5_output_path", "phi_bin_edges", "read_binning_parameters", "time_bin_edges",
+    "BINNING_KEYS", "BinnedData", "CDSBinning", "IntervalAxis", "PSICHI_FRAMES", "ScAttAxis", "ScAttByTimeAxis",
+    "UnBinnedData", "bin_by_first_axis", "bin_events", "hdf5_output_path", "phi_bin_edges", "read_binning_parameters", "time_bin_edges",
 ]

@@ -13,12 +13,20 @@ from histpy import HealpixAxis, Histogram
 
 from ..errors import InvalidParameterError, OutputError, UnknownChoiceError
 from ..io.atomic import check_output_path
-from ..io.events import DEFAULT_CHUNK_SIZE, EventSource, read_tra, select_events, write_events
+from ..io.events import (
+    DEFAULT_CHUNK_SIZE,
+    EventSource,
+    read_events,
+    read_tra,
+    select_events,
+    write_events,
+)
 from ..io.histogram import open_histogram, write_histogram
-from .spec import BINNING_KEYS, CDSBinning, read_binning_parameters
+from .first_axis import POINTING_ALIASES
+from .spec import BINNING_KEYS, CDSBinning, phi_bin_edges, read_binning_parameters
 from .stream import bin_events
 
-__all__ = ["BinnedData", "hdf5_output_path"]
+__all__ = ["BinnedData", "UnBinnedData", "bin_by_first_axis", "hdf5_output_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +168,33 @@ class BinnedData:
                                   output_name=None if output_name is None else str(output_name))
         return hist
 
+    def cds_binning(self, psichi_binning: str = "local") -> CDSBinning:
+        """The Em, Phi and PsiChi binning of these parameters (``energy_bins``,
+        ``phi_pix_size``, ``nside``, ``scheme``), for binning by ScAtt bins or time intervals;
+        its time edges are placeholders (no ``time_bins`` needed)."""
+        missing = [k for k in ("energy_bins", "phi_pix_size", "nside")
+                   if getattr(self, k, None) is None]
+        if missing:
+            raise InvalidParameterError(f"{self._where}: missing binning parameter(s) {missing}")
+        return CDSBinning(time_edges=np.array([0.0, 1.0]),
+                          energy_edges=np.asarray(self.energy_bins, dtype=np.float64),
+                          phi_edges=phi_bin_edges(self.phi_pix_size, self._where),
+                          nside=self.nside, scheme=self.scheme or "ring",
+                          psichi_binning=psichi_binning, where=self._where)
+
+    # --- cosipy's dictionary readers (also callable as UnBinnedData.get_dict_from_fits(None, f))
+    def get_dict_from_fits(self, input_fits: str | os.PathLike) -> dict[str, np.ndarray]:
+        """All columns of a DC2 FITS event file (plain or gzipped), in the canonical units.
+
+        The pointing columns are there under both names, ``Zpointings`` and cosipy's newer
+        ``Zpointings (glon,glat)`` (the same array), likewise for X and Y.
+        """
+        return _with_pointing_aliases(read_events(input_fits, format="fits"))
+
+    def get_dict_from_hdf5(self, input_hdf5: str | os.PathLike) -> dict[str, np.ndarray]:
+        """All columns of a DC2 HDF5 event file (see :meth:`get_dict_from_fits`)."""
+        return _with_pointing_aliases(read_events(input_hdf5, format="hdf5"))
+
     def load_binned_data_from_hdf5(self, binned_data: str | os.PathLike) -> Histogram:
         """Open a binned-data HDF5 file (histpy format) into ``binned_data``."""
         self.binned_data = open_histogram(binned_data)
@@ -296,3 +331,73 @@ class BinnedData:
         if out is None:
             self.cosi_dataset = result
         return result
+
+
+class UnBinnedData(BinnedData):
+    """cosipy's ``UnBinnedData``: the same object as :class:`BinnedData` (parameters, reading
+    ``.tra`` files, selecting and combining events, ``get_dict_from_fits``/``_hdf5``)."""
+
+
+def _with_pointing_aliases(events: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``events`` with the pointing columns under both their names (same arrays, no copy)."""
+    for alias, name in POINTING_ALIASES.items():
+        if name in events and alias not in events:
+            events[alias] = events[name]
+        elif alias in events and name not in events:
+            events[name] = events[alias]
+    return events
+
+
+def _canonical_events(events) -> dict[str, np.ndarray]:
+    """A shallow copy of in-memory columns with cosipy's pointing names mapped to ours."""
+    out = dict(events)
+    for alias, name in POINTING_ALIASES.items():
+        if alias in out:
+            value = out.pop(alias)
+            out.setdefault(name, value)
+    return {k: np.asarray(getattr(v, "value", v)) for k, v in out.items()}
+
+
+def bin_by_first_axis(unbinned_event, first_axis, psichi_binning: str = "local",
+                      sparse: bool = False, unbinned_data: EventSource | None = None,
+                      chunk_size: int = DEFAULT_CHUNK_SIZE, progress: bool = False
+                      ) -> Histogram:
+    """Bin events per ScAtt bin or time interval (cosipy's ``get_binned_data`` of an exposure
+    table), streaming files in chunks.
+
+    Parameters
+    ----------
+    unbinned_event : BinnedData or UnBinnedData
+        Gives ``energy_bins``, ``phi_pix_size``, ``nside``, ``scheme`` and, unless
+        ``unbinned_data`` is given, the events: its ``cosi_dataset`` (in memory; cosipy's pointing
+        names ``Zpointings (glon,glat)`` are accepted) or else its ``data_file``.
+    first_axis : ScAttAxis or IntervalAxis
+    psichi_binning : {"local", "galactic"}
+    sparse : bool
+        Return sparse (COO) contents; dense by default, as cosipy.
+    unbinned_data : path-like, sequence of path-like or mapping, optional
+        Events to bin instead (files are streamed).
+
+    Returns
+    -------
+    histpy.Histogram
+        Axes (ScAtt | Time, Em, Phi, PsiChi).
+    """
+    if not isinstance(unbinned_event, BinnedData):
+        raise InvalidParameterError(
+            "get_binned_data: unbinned_event must be an UnBinnedData or BinnedData (it gives the "
+            f"binning parameters), found {type(unbinned_event).__name__}")
+    binning = unbinned_event.cds_binning(psichi_binning).with_first_axis(first_axis)
+    source = unbinned_data
+    if source is None:
+        if unbinned_event.cosi_dataset is not None:
+            source = unbinned_event.cosi_dataset
+        elif unbinned_event.data_file:
+            source = unbinned_event._data_file_path()
+        else:
+            raise InvalidParameterError(
+                "get_binned_data: no events (cosi_dataset is empty and there is no data_file)")
+    if isinstance(source, dict) or hasattr(source, "keys"):
+        source = _canonical_events(source)
+    (hist,) = bin_events(source, [binning], chunk_size=chunk_size, progress=progress)
+    return hist if sparse else hist.to_dense()

@@ -153,8 +153,12 @@ class Accumulator:
             self._partial = np.empty(n, dtype=np.int64)
         partial = self._partial[:n]
         reasons = stats.reasons(b)
-        _partial_index(chunk["TimeTags"], chunk["Energies"], phi_deg, b.time_edges,
-                       b.energy_edges, b.phi_edges, self._inv, partial, reasons, stats.t_seen)
+        if b.first_axis is None:
+            t, seen = chunk["TimeTags"], stats.t_seen
+        else:
+            t, seen = b.first_axis.positions(chunk), np.array([np.inf, -np.inf])
+        _partial_index(t, chunk["Energies"], phi_deg, b.time_edges,
+                       b.energy_edges, b.phi_edges, self._inv, partial, reasons, seen)
         sel = np.flatnonzero(partial >= 0)
         if sel.size == 0:
             return
@@ -227,9 +231,14 @@ class FileStats:
         """(reason, text, whether it means invalid data rather than a selection)."""
         span = (f"the file's events span {float(self.t_seen[0])!r} to "
                 f"{float(self.t_seen[1])!r} s")
+        if b.first_axis is None:
+            out_t = f"outside the requested time range {_span(b.time_edges)} s ({span})"
+            nan_t = "with non-finite TimeTags"
+        else:
+            out_t, nan_t = b.first_axis.out_text(), b.first_axis.nan_text
         return [
-            (OUT_T, f"outside the requested time range {_span(b.time_edges)} s ({span})", True),
-            (NAN_T, "with non-finite TimeTags", True),
+            (OUT_T, out_t, True),
+            (NAN_T, nan_t, True),
             (NAN_E, "with non-finite Energies", True),
             (NEG_E, "with negative Energies", True),
             (OUT_E, f"outside the Em range {_span(b.energy_edges)} keV", False),
@@ -248,10 +257,16 @@ class FileStats:
             return
         for b in binnings:
             counts = self.reasons(b)
-            if counts[NAN_T] >= self.n_read:
+            if b.first_axis is not None:
+                if counts[OUT_T] + counts[NAN_T] >= self.n_read:
+                    raise InvalidDataError(
+                        f"{self.name}: none of the {self.n_read} events{self.scope} can be "
+                        f"binned by {b.first_axis.label}: {counts[OUT_T]} "
+                        f"{b.first_axis.out_text()}, {counts[NAN_T]} {b.first_axis.nan_text}")
+            elif counts[NAN_T] >= self.n_read:
                 raise InvalidDataError(f"{self.name}: all {self.n_read} events have non-finite "
                                        "TimeTags")
-            if counts[OUT_T] + counts[NAN_T] >= self.n_read:
+            elif counts[OUT_T] + counts[NAN_T] >= self.n_read:
                 raise InvalidDataError(
                     f"{self.name}: all {self.n_read} events are outside the requested time "
                     f"range {_span(b.time_edges)} s; the file's events span "

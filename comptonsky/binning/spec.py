@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +14,7 @@ from histpy import Axis, HealpixAxis
 
 from ..errors import FileFormatError, InvalidParameterError, UnknownChoiceError
 from ..frames import register_spacecraft_frame
+from ..io.yamlfile import UniqueKeyLoader, yaml_problem
 from .psichi import PSICHI_COLUMNS, PSICHI_FRAMES
 
 __all__ = ["BINNING_KEYS", "CDSBinning", "phi_bin_edges", "read_binning_parameters",
@@ -170,15 +171,6 @@ def _check_edges(edges: np.ndarray, name: str, where: str) -> None:
             f"{where}: {name} edges must increase strictly: {_short(edges)}")
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """One line saying what is wrong in a YAML text and where."""
-    problem = getattr(exc, "problem", None)
-    mark = getattr(exc, "problem_mark", None)
-    if problem and mark is not None:
-        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
-    return " ".join(str(exc).split())
-
-
 def load_yaml_mapping(path: str | os.PathLike, what: str) -> dict:
     """The top-level mapping of a YAML file.
 
@@ -193,13 +185,13 @@ def load_yaml_mapping(path: str | os.PathLike, what: str) -> dict:
         raise FileFormatError(f"{path}: no such {what}")
     try:
         with open(path, encoding="utf-8") as fh:
-            pars = yaml.safe_load(fh)
+            pars = yaml.load(fh, Loader=UniqueKeyLoader)  # noqa: S506 (safe loader subclass)
     except UnicodeDecodeError as exc:
         raise FileFormatError(
             f"{path}: not a text file (byte {exc.start} is not UTF-8); expected a {what} in "
             "YAML") from exc
     except yaml.YAMLError as exc:
-        raise FileFormatError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from exc
+        raise FileFormatError(f"{path}: not valid YAML ({yaml_problem(exc)})") from exc
     except RecursionError as exc:
         raise FileFormatError(f"{path}: YAML nested too deeply") from exc
     except OSError as exc:
@@ -249,6 +241,9 @@ class CDSBinning:
         HEALPix scheme.
     psichi_binning : {"galactic", "local"}
         Frame of the scattered-photon direction.
+    first_axis : ScAttAxis or IntervalAxis, optional
+        Bin events by ScAtt bin or time interval instead of on ``time_edges``
+        (:mod:`comptonsky.binning.first_axis`); ``time_edges`` are then its bin numbers 0..N.
     """
 
     time_edges: np.ndarray
@@ -258,9 +253,12 @@ class CDSBinning:
     scheme: str = "ring"
     psichi_binning: str = "galactic"
     where: str = field(default="binning parameters", compare=False)
+    first_axis: object | None = None
 
     def __post_init__(self):
         w = self.where
+        if self.first_axis is not None:
+            object.__setattr__(self, "time_edges", self.first_axis.edges())
         for name, unit in (("time_edges", "s"), ("energy_edges", "keV"), ("phi_edges", "deg")):
             object.__setattr__(self, name, _edge_list(getattr(self, name), name, w, unit))
         if self.energy_edges[0] < 0:
@@ -327,11 +325,23 @@ class CDSBinning:
         """The two event columns giving the PsiChi direction."""
         return PSICHI_COLUMNS[self.psichi_binning]
 
+    def with_first_axis(self, first_axis) -> CDSBinning:
+        """The same Em, Phi and PsiChi binning with ``first_axis`` (ScAtt bins or time
+        intervals) instead of the time bins."""
+        return replace(self, first_axis=first_axis, time_edges=first_axis.edges())
+
+    @property
+    def first_label(self) -> str:
+        """Label of the first axis: Time, or ScAtt."""
+        return "Time" if self.first_axis is None else self.first_axis.label
+
     def axes(self) -> list:
-        """histpy axes Time (s), Em (keV), Phi (deg), PsiChi (HEALPix)."""
+        """histpy axes Time (s) (or the first axis's), Em (keV), Phi (deg), PsiChi (HEALPix)."""
         register_spacecraft_frame()
+        first = (Axis(self.time_edges, label="Time", unit="s") if self.first_axis is None
+                 else self.first_axis.axis())
         return [
-            Axis(self.time_edges, label="Time", unit="s"),
+            first,
             Axis(self.energy_edges, label="Em", unit="keV"),
             Axis(self.phi_edges, label="Phi", unit="deg"),
             HealpixAxis(nside=self.nside, scheme=self.scheme,

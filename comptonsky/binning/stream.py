@@ -62,7 +62,8 @@ def bin_events(unbinned_data: EventSource, binnings: CDSBinning | Sequence[CDSBi
     Returns
     -------
     list of histpy.Histogram
-        One per binning, axes (Time, Em, Phi, PsiChi), sparse float64 counts.
+        One per binning, axes (Time, Em, Phi, PsiChi) (the first axis ScAtt, or Time
+        intervals, for a binning with a ``first_axis``), sparse float64 counts.
 
     Raises
     ------
@@ -92,7 +93,8 @@ def bin_events(unbinned_data: EventSource, binnings: CDSBinning | Sequence[CDSBi
         f"{'end' if event_range[1] is None else event_range[1]})")
     columns = list(_BASE_COLUMNS)
     for b in blist:
-        for c in b.direction_columns:
+        extra = () if b.first_axis is None else b.first_axis.columns
+        for c in (*b.direction_columns, *extra):
             if c not in columns:
                 columns.append(c)
     accs = [Accumulator(b) for b in blist]

@@ -27,6 +27,8 @@ COMMANDS = {
                    "bootstrap)",
     "plot": "plot a saved map (histpy HDF5, axes lb × Ei) or a results.fits convergence table",
     "report": "write one self-contained HTML page about a run directory",
+    "response": "make responses: 'response galactic' carries a detector response (DRM) over "
+                "an orientation into a Galactic response",
     "cache": "list or remove converted response caches (and files left by interrupted writes)",
 }
 

@@ -7,6 +7,14 @@ Example::
 
 Several files are added together. ``--psichi galactic local`` with two ``--output`` names bins
 both frames in one pass over the data.
+
+Detector-frame imaging bins per spacecraft-attitude bin of an exposure table (each event by its own
+z/x pointing columns, as cosipy does) or per time interval::
+
+    comptonsky bin inputs_511keV.yaml 511_thin_disk.fits.gz --psichi local \
+        --scatt exposure_table_dc2.fits --output 511keV_dc2_scatt_event.hdf5
+    comptonsky bin inputs_511keV.yaml events.fits.gz --psichi local \
+        --time-bins 1835487300:1835490900 1835494500:1835498100 --output time_binned.hdf5
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+
+import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +44,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="PsiChi frame(s); give several to bin them in one pass (default galactic)")
     p.add_argument("-o", "--output", nargs="+", required=True,
                    help="output HDF5 file(s), one per --psichi frame")
+    first = p.add_mutually_exclusive_group()
+    first.add_argument("--scatt", type=Path, default=None, metavar="TABLE.fits",
+                       help="bin per ScAtt bin of this exposure table (SpacecraftAttitudeExposure"
+                       "Table FITS): axes ScAtt, Em, Phi, PsiChi; the parameter file's tmin/tmax, "
+                       "if given, cut the events' times")
+    p.add_argument("--ori", type=Path, default=None, metavar="FILE.ori",
+                   help="with --scatt: assign events to ScAtt bins by their time in this "
+                   "orientation file instead of by their pointing columns (for events without "
+                   "pointings)")
+    first.add_argument("--time-bins", nargs="+", default=None, metavar="T",
+                       help="bin per time interval: a TimeBinnedExposureTable FITS file, bin "
+                       "edges T0 T1 ... (s), or intervals START:STOP ... (s; gaps allowed); axes "
+                       "Time, Em, Phi, PsiChi")
     p.add_argument("--dense", action="store_true",
                    help="write dense contents instead of sparse (COO)")
     p.add_argument("--event-range", type=int, nargs=2, metavar=("START", "STOP"), default=None,
@@ -76,6 +99,63 @@ def _outputs(args: argparse.Namespace, frames: list[str]) -> list[Path]:
     return outputs
 
 
+def _time_intervals(values: list[str]) -> tuple:
+    """(tstart, tstop) from ``--time-bins``: edges, or START:STOP intervals."""
+    from ..errors import InvalidParameterError
+
+    def number(text: str) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            raise InvalidParameterError(
+                f"--time-bins: {text!r} is not a number of seconds") from None
+
+    if all(":" in v for v in values):
+        pairs = [v.split(":", 1) for v in values]
+        return (np.array([number(a) for a, _ in pairs]), np.array([number(b) for _, b in pairs]))
+    if any(":" in v for v in values):
+        raise InvalidParameterError(
+            f"--time-bins: give either edges T0 T1 ... or intervals START:STOP ..., found "
+            f"{values}")
+    edges = np.array([number(v) for v in values])
+    if edges.size < 2:
+        raise InvalidParameterError(f"--time-bins: at least two edges are needed, found {values}")
+    return edges[:-1], edges[1:]
+
+
+def _first_axis(args: argparse.Namespace, binned):
+    """The ScAtt or time-interval axis of ``--scatt``/``--time-bins`` (None without them),
+    checked before any event is read."""
+    from ..binning import IntervalAxis, ScAttAxis
+
+    if args.scatt is not None:
+        from ..attitude import SpacecraftAttitudeExposureTable
+
+        table = SpacecraftAttitudeExposureTable.from_fits(args.scatt)
+        if args.ori is not None:
+            return table.scatt_by_time(args.ori)
+        pairs = np.array([tuple(p) for p in table["healpix_index"]], dtype=np.int64)
+        tmin, tmax = binned.tmin, binned.tmax
+        time_range = None if tmin is None and tmax is None else (
+            -np.inf if tmin is None else float(tmin), np.inf if tmax is None else float(tmax))
+        return ScAttAxis(pairs.reshape(-1, 2), nside=int(table.nside),
+                         scheme=str(table.scheme), time_range=time_range)
+    if args.ori is not None:
+        from ..errors import InvalidParameterError
+
+        raise InvalidParameterError("--ori assigns ScAtt bins by time: give it with --scatt")
+    if args.time_bins is not None:
+        values = list(args.time_bins)
+        if len(values) == 1 and Path(values[0]).is_file():
+            from ..attitude import TimeBinnedExposureTable
+
+            tstart, tstop = TimeBinnedExposureTable.from_fits(values[0]).time_edges()
+        else:
+            tstart, tstop = _time_intervals(values)
+        return IntervalAxis(tstart, tstop)
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute ``comptonsky bin``."""
     from ..binning import BinnedData, bin_events
@@ -87,7 +167,11 @@ def run(args: argparse.Namespace) -> int:
                    else check_event_range(tuple(args.event_range), "--event-range"))
     outputs = _outputs(args, frames)
     binned = BinnedData(input_yaml=args.inputs_yaml)
-    binnings = [binned.binning(f) for f in frames]
+    first_axis = _first_axis(args, binned)
+    if first_axis is None:
+        binnings = [binned.binning(f) for f in frames]
+    else:
+        binnings = [binned.cds_binning(f).with_first_axis(first_axis) for f in frames]
     hists = bin_events([str(f) for f in args.files], binnings, event_range=event_range,
                        chunk_size=DEFAULT_CHUNK_SIZE if args.chunk_size is None
                        else args.chunk_size,
@@ -101,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
             written.append(out)
             total = float(hist.contents.sum())
             shape = tuple(int(n) for n in hist.axes.nbins)
-            print(f"{out}: {total:.0f} counts, {frame} PsiChi, shape {shape}")
+            first = str(hist.axes.labels[0])
+            print(f"{out}: {total:.0f} counts, {frame} PsiChi, {first} axis, shape {shape}")
     except BaseException:
         for out in written:  # all outputs or none
             out.unlink(missing_ok=True)

@@ -3,8 +3,8 @@
 A cache is ``<response file name>.comptonsky-<storage>-<dtype>-<key>.cache``
 (:mod:`comptonsky.response.cache`), beside its response file when that directory is writable,
 else in ``$COMPTONSKY_CACHE_DIR`` or ``$XDG_CACHE_HOME/comptonsky``. A cache being written is
-``.<cache name>.<random>.part`` in the same directory; one that no process has touched for an
-hour is left over from an interrupted run (an orphan).
+``.<cache name>.<random>.part`` in the same directory, locked (``flock``) by the process writing
+it; an unlocked one is left over from an interrupted run (an orphan).
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..response.cache import part_in_use
 from . import COMMANDS
 
 HELP = COMMANDS["cache"]
 
 CACHE_GLOB = "*.comptonsky-*.cache"
 PART_GLOB = ".*.comptonsky-*.cache.*.part"
-#: A ``.part`` file unmodified for this long (seconds) belongs to no running write.
-ORPHAN_AGE_S = 3600.0
+#: A ``.part`` file younger than this (seconds) is kept: its writer may not hold the lock yet.
+FRESH_S = 60.0
 DAY_S = 86400.0
 
 
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     removed, freed, kept = 0, 0, 0
     for e in entries:
-        if e.partial and e.age_s < ORPHAN_AGE_S:   # probably being written right now
+        if e.partial and (e.age_s < FRESH_S or part_in_use(e.path)):   # being written
             kept += 1
             continue
         try:

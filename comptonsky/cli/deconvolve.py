@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from ..errors import InvalidParameterError
+from ..errors import InvalidParameterError, RunInterrupted
 from . import COMMANDS
 from ._dask import add_dask_options, client_from_args
 
@@ -31,7 +32,12 @@ def add_parser(subparsers) -> None:
                    metavar="NAME=FILE", help="background template (repeatable); NAME is the "
                    "key used in background_normalization_optimization:range")
     p.add_argument("--response", required=True,
-                   help="Galactic response, histpy HDF5 (NuLambda, Ei, Em, Phi, PsiChi)")
+                   help="Galactic response, histpy HDF5 (NuLambda, Ei, Em, Phi, PsiChi); with "
+                   "--ccm the detector response (FullDetectorResponse file)")
+    p.add_argument("--ccm", default=None, metavar="FILE",
+                   help="coordinate conversion matrix (CoordsysConversionMatrix HDF5): image in "
+                   "the detector frame, --event and --background binned per ScAtt or Time bin "
+                   "with a local PsiChi axis")
     p.add_argument("--output", required=True, help="output directory")
     p.add_argument("--override", action="append", default=[], metavar="'a:b:c = v'",
                    help="override a parameter (repeatable), e.g. "
@@ -60,8 +66,29 @@ def add_parser(subparsers) -> None:
     p.add_argument("--truth", default=None, metavar="MAP",
                    help="true map (histpy HDF5, axes lb, Ei) for the report to compare with")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the comptonsky run in --output (its files are removed first; "
+                   "other files are kept)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --output from its checkpoint (give "
+                   "the same parameter file, inputs and options); the result equals an "
+                   "uninterrupted run's bit for bit")
+    p.add_argument("--checkpoint-every", type=_iterations, default=None, metavar="N",
+                   help="write a checkpoint every N iterations (default 10; 0: only on "
+                   "Ctrl-C or SIGTERM)")
     add_dask_options(p, blocks=True)
     p.set_defaults(func=run)
+
+
+def _iterations(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of iterations, found {text!r}") \
+            from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more iterations, found {value}")
+    return value
 
 
 def _response_options(args: argparse.Namespace) -> dict:
@@ -81,14 +108,24 @@ def run(args: argparse.Namespace) -> int:
     names = [name for name, _ in args.background]
     if len(set(names)) != len(names):
         raise InvalidParameterError(f"--background: a name is given twice in {names}")
-    with client_from_args(args) as client:
-        summary = deconvolve_files(
-            args.parfile, args.event, dict(args.background), args.response, args.output,
-            overrides=args.override, name=args.name, dtype=args.dtype, storage=args.storage,
-            response_options=_response_options(args),
-            only_final_result=not args.all_iterations, progress=not args.no_progress,
-            plots=not args.no_plots, report=not args.no_report, truth=args.truth,
-            client=client, n_blocks=args.blocks)
+    from ..deconvolution.driver import DEFAULT_CHECKPOINT_EVERY
+
+    every = DEFAULT_CHECKPOINT_EVERY if args.checkpoint_every is None else args.checkpoint_every
+    try:
+        with client_from_args(args) as client:
+            summary = deconvolve_files(
+                args.parfile, args.event, dict(args.background), args.response, args.output,
+                overrides=args.override, name=args.name, dtype=args.dtype,
+                storage=args.storage, response_options=_response_options(args),
+                coordsys_conv_matrix=args.ccm, only_final_result=not args.all_iterations,
+                progress=not args.no_progress, plots=not args.no_plots,
+                report=not args.no_report, truth=args.truth, overwrite=args.overwrite,
+                resume=args.resume, checkpoint_every=every, client=client,
+                n_blocks=args.blocks)
+    except RunInterrupted as exc:
+        hint = "; rerun with --resume" if exc.checkpoint is not None else ""
+        print(f"comptonsky deconvolve: {exc}{hint}", file=sys.stderr, flush=True)
+        return exc.exit_status
     print(f"{summary['algorithm']}: {summary['iterations']} iterations, "
           f"log L = {sum(summary['log_likelihood']):.6g}, "
           f"background norms {summary['background_normalization']} "

@@ -22,9 +22,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "simulate",
         help="simulate a DC2-like data set (a model of COSI, not the team's Monte Carlo)",
         description="Simulate COSI-like data from a physical model of the orbit, instrument, "
-        "sky and Earth albedo, and write the Galactic response (psr_gal_511.h5), source and "
-        "albedo event lists, the albedo template, the truth map, orientation.ori, inputs.yaml "
-        "and imagedeconvolution_parfile.yml into the output directory. The presets are "
+        "sky and Earth albedo, and write the Galactic response (psr_gal_511.h5), the "
+        "spacecraft-frame response (detector_response_511.h5, FullDetectorResponse layout), "
+        "source and albedo event lists, the albedo template, the truth map, orientation.ori "
+        "(1 s cadence by default), inputs.yaml and imagedeconvolution_parfile.yml into the "
+        "output directory. The presets are "
         "described in docs/simulator.md; an unknown --preset name lists them.",
     )
     p.add_argument("--preset", default="dc2-511-thin-disk", help="simulation preset "
@@ -38,7 +40,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("fits", "hdf5"), default="fits",
                    help="event-list format (default fits, gzipped)")
     p.add_argument("--attitude-step", type=float, default=20.0,
-                   help="attitude sampling step in s (default 20)")
+                   help="attitude sampling step in s of the Galactic response (default 20)")
+    p.add_argument("--ori-cadence", type=float, default=1.0, metavar="SECONDS",
+                   help="cadence of orientation.ori in s (default 1, as the COSI files; a "
+                   "3-month file then has 8 M rows, 0.9 GB; e.g. 60 for a small file)")
     p.add_argument("--sky-sampling", choices=("pixel", "continuous"), default="pixel",
                    help="draw source photons from the truth map (pixel, default: events agree "
                    "with response x truth) or from the analytic sky components (continuous)")
@@ -65,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     paths = simulate_dataset(args.output, preset=args.preset, nside=args.nside,
                              phi_bin_deg=args.phi_bin, duration_s=args.duration, seed=args.seed,
                              format=args.format, attitude_step_s=args.attitude_step,
+                             ori_cadence_s=args.ori_cadence,
                              sky_sampling=args.sky_sampling,
                              psichi_oversample=args.psichi_oversample,
                              background_rate_hz=args.background_rate,

@@ -67,6 +67,11 @@ def _data_histogram(hist: Histogram, what: str) -> Histogram:
     if set(labels) == set(DATA_LABELS) | {"Time"} or set(labels) == set(DATA_LABELS):
         logger.info("%s: projecting axes %s onto %s", what, list(labels), list(DATA_LABELS))
         return hist.project(list(DATA_LABELS))
+    if "ScAtt" in labels:
+        raise AxisMismatchError(
+            f"{what}: axes are {list(labels)}, binned per ScAtt bin in the detector frame; "
+            "a Galactic response expects ['Em', 'Phi', 'PsiChi'] (optionally with 'Time'): give "
+            "the FullDetectorResponse with coordsys_conv_matrix (comptonsky deconvolve --ccm)")
     raise AxisMismatchError(f"{what}: axes are {list(labels)}, expected {list(DATA_LABELS)} "
                             f"(optionally with a 'Time' axis, which is summed)")
 
@@ -215,6 +220,11 @@ class DataIF_COSI_DC2:  # noqa: N801  (the tutorial's name)
                                        **response_options)
         if rsp is None:
             raise InvalidParameterError("rsp: a response histogram or file is required")
+        if isinstance(rsp, (str, os.PathLike)) and _is_drm_file(rsp):
+            raise InvalidParameterError(
+                f"rsp: {rsp} is a FullDetectorResponse (spacecraft frame); give "
+                "coordsys_conv_matrix too (comptonsky deconvolve --ccm), or a Galactic response "
+                "for Galactic-CDS events")
         if isinstance(rsp, FullDetectorResponse):
             raise InvalidParameterError(
                 "rsp: a FullDetectorResponse is in the spacecraft frame; give "
@@ -542,6 +552,11 @@ def load_detector_frame(name: str, event_binned_data: Histogram,
             f"coordsys_conv_matrix: expected a CoordsysConversionMatrix or its file, found "
             f"{type(ccm).__name__}")
     if isinstance(rsp, (str, os.PathLike)):
+        if not _is_drm_file(rsp) and os.path.exists(rsp):
+            raise InvalidParameterError(
+                f"rsp: {rsp} is not a FullDetectorResponse (no 'DRM' group): a detector-frame "
+                "dataset (coordsys_conv_matrix given) needs the spacecraft-frame response; a "
+                "Galactic response goes without coordsys_conv_matrix")
         rsp = FullDetectorResponse.open(rsp)
     if not isinstance(rsp, FullDetectorResponse):
         raise InvalidParameterError(
@@ -564,12 +579,49 @@ def load_detector_frame(name: str, event_binned_data: Histogram,
                                    f"{type(hist).__name__}")
         check_detector_frame_axes(hist.axes, probe, what)
         if str(hist.axes.labels[0]) == "Time":
-            check_same_axis(hist.axes[0], ccm.axes[0], "Time", what, "conversion matrix")
+            _check_time_edges(hist.axes[0], ccm.axes[0], what)
         for label in _COLUMNS:
             check_same_axis(hist.axes[label], rsp.axes[label], label, what, "response")
     response = detector_frame_response(rsp, ccm, dtype=dtype)
     return DetectorFrameDataset(name, event_binned_data, dict(dict_bkg_binned_data or {}),
                                 response, occupied_only=occupied_only, reuse_products=reuse)
+
+
+def _check_time_edges(data_axis, ccm_axis, what: str) -> None:
+    """Raise :class:`AxisMismatchError` unless the Time edges agree to 1e-6 of the narrowest
+    bin (absolute times are ~1e9 s, so a relative tolerance would accept seconds)."""
+    def seconds(axis):
+        edges = axis.edges
+        if isinstance(edges, u.Quantity):
+            try:
+                return edges.to_value(u.s), True
+            except u.UnitConversionError:
+                return np.asarray(edges.value, dtype=float), False
+        return np.asarray(edges, dtype=float), False
+
+    a, a_s = seconds(data_axis)
+    b, b_s = seconds(ccm_axis)
+    same = a.shape == b.shape and a_s == b_s
+    if same:
+        tol = 1e-6 * float(np.min(np.diff(b))) if b.size > 1 else 0.0
+        same = bool(np.all(np.abs(a - b) <= tol))
+    if not same:
+        def show(edges, in_s):
+            text = np.array2string(edges, precision=3, threshold=6, floatmode="fixed")
+            return text + (" s" if in_s else " (interval numbers, no unit)")
+        raise AxisMismatchError(f"axis 'Time' differs: {what} has edges {show(a, a_s)}, the "
+                                f"conversion matrix has edges {show(b, b_s)}")
+
+
+def _is_drm_file(path) -> bool:
+    """Whether ``path`` is an HDF5 file with a ``DRM`` group (a FullDetectorResponse)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return "DRM" in f and "hist" not in f
+    except (OSError, ValueError):
+        return False
 
 
 class _AxesProbe:

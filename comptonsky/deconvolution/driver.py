@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,18 +15,61 @@ import numpy as np
 from histpy import Histogram
 
 from ..config import Parameters
-from ..errors import InvalidParameterError
+from ..errors import InvalidParameterError, RunInterrupted
+from ..io.atomic import check_output_path
 from .algorithms import ALGORITHMS
 from .algorithms.base import DeconvolutionAlgorithm
+from .checkpoint import fingerprint, read_checkpoint, restore_checkpoint, write_checkpoint
 from .dataset import DataIF_COSI_DC2
 from .joint import JointData
 from .model import AllSkyImageModel, model_from_parameters
 from .passes import PassCounter
 from .results import save_results
 
-__all__ = ["ImageDeconvolution"]
+__all__ = ["ImageDeconvolution", "DEFAULT_CHECKPOINT_EVERY"]
 
 logger = logging.getLogger(__name__)
+
+#: Iterations between two checkpoints when a checkpoint file is given.
+DEFAULT_CHECKPOINT_EVERY = 10
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM raises :class:`RunInterrupted` (as Ctrl-C raises KeyboardInterrupt) inside."""
+    if not _in_main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise RunInterrupted(signum)
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold SIGINT and SIGTERM while a checkpoint is written; yields the list of those that
+    arrived meanwhile."""
+    arrived: list[int] = []
+    if not _in_main_thread():
+        yield arrived
+        return
+    old = {s: signal.signal(s, lambda signum, frame: arrived.append(signum)) for s in _SIGNALS}
+    try:
+        yield arrived
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
 
 
 class ImageDeconvolution:
@@ -88,8 +134,16 @@ class ImageDeconvolution:
         return self._mask
 
     def read_parameterfile(self, parameter_filepath: str | os.PathLike) -> None:
-        """Read a YAML parameter file (the tutorial's layout)."""
-        self._parameter = Parameters.from_file(parameter_filepath)
+        """Read a YAML parameter file (the tutorial's layout).
+
+        Raises
+        ------
+        InvalidParameterError
+            If the file has no ``deconvolution:`` section.
+        """
+        parameters = Parameters.from_file(parameter_filepath)
+        parameters.require_section("deconvolution")
+        self._parameter = parameters
         self._algorithm = None
         logger.info("parameters read from %s", parameter_filepath)
 
@@ -145,21 +199,120 @@ class ImageDeconvolution:
         self._algorithm.start()
         logger.info("initialised %s on %d dataset(s)", name, len(self._dataset))
 
-    def run_deconvolution(self, progress: bool = True, client: Any = None,
+    def run_deconvolution(self, progress: bool = True,
+                          checkpoint: str | os.PathLike | None = None,
+                          checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+                          resume: bool = False, keep_maps: str | None = None,
+                          save: bool | None = None, client: Any = None,
                           n_blocks: int | None = None) -> list[dict[str, Any]]:
         """Iterate until the stopping criteria; results are in :attr:`results`.
 
-        ``client`` and ``n_blocks``: run on a Dask cluster (see :meth:`initialize`).
+        Parameters
+        ----------
+        progress : bool
+            Show a progress bar.
+        checkpoint : path-like, optional
+            Checkpoint file (``.npz``): written atomically every ``checkpoint_every``
+            iterations, at the end, and when SIGINT (Ctrl-C) or SIGTERM stops the fit.
+        checkpoint_every : int
+            Iterations between checkpoints (0: only at the end and on a signal).
+        resume : bool
+            Continue from ``checkpoint`` (written by a fit with the same parameters and data,
+            else :class:`~comptonsky.errors.CheckpointError`); the result is bit for bit that
+            of a fit never interrupted.
+        keep_maps : {'final', 'all'}, optional
+            Keep the maps of every iteration in :attr:`results`, or only of the last one (the
+            others keep their table entries). Default: ``all`` when the parameter file saves
+            every iteration (``save_results`` active with ``only_final_result: false``), else
+            ``final``.
+        save : bool, optional
+            Write the results where ``save_results`` says (default: when it is active).
+        client, n_blocks
+            Run on a Dask cluster (see :meth:`initialize`).
+
+        Raises
+        ------
+        RunInterrupted
+            When SIGINT or SIGTERM stopped the fit (after writing the checkpoint, if any); a
+            :class:`KeyboardInterrupt`, naming the last iteration done and the checkpoint.
         """
         if self._algorithm is None or (client is not None and client is not self._client):
             self.initialize(client, n_blocks)
-        self._data.counter.reset()
-        results = self._algorithm.run(progress=progress)
+        algo = self._algorithm
+        if self._client is not None and (checkpoint is not None or resume):
+            if resume:
+                raise InvalidParameterError("resume: a fit on a Dask cluster keeps its "
+                                            "expected counts on the workers and writes no "
+                                            "checkpoint to resume from; run it again")
+            logger.warning("a fit on a Dask cluster writes no checkpoint (%s)", checkpoint)
+            checkpoint = None
+        if keep_maps is not None:
+            if keep_maps not in ("final", "all"):
+                raise InvalidParameterError(f"keep_maps: expected 'final' or 'all', found "
+                                            f"{keep_maps!r}")
+            algo.keep_maps = keep_maps
+        every = int(checkpoint_every)
+        if every < 0:
+            raise InvalidParameterError(f"checkpoint_every: expected 0 or more iterations, "
+                                        f"found {checkpoint_every}")
+        if checkpoint is not None and not resume:
+            check_output_path(checkpoint)   # a folder or an unwritable place: before any work
+        if resume:
+            if checkpoint is None:
+                raise InvalidParameterError("resume=True needs the checkpoint file "
+                                            "(checkpoint=...)")
+            self.resume_from(checkpoint)
+        if not algo.resumed:
+            self._data.counter.reset()
+
+        prints = None if checkpoint is None else fingerprint(algo)
+
+        def write(fit) -> None:
+            with _signals_deferred() as arrived:
+                write_checkpoint(checkpoint, fit, prints=prints)
+            if arrived:
+                raise RunInterrupted(arrived[0])
+
+        def on_iteration(fit) -> None:
+            if every and fit.state.iteration % every == 0:
+                write(fit)
+
+        with _terminate_as_interrupt():
+            try:
+                results = algo.run(progress=progress,
+                                   on_iteration=None if checkpoint is None else on_iteration)
+                if checkpoint is not None:
+                    write(algo)
+            except KeyboardInterrupt as exc:
+                algo.rewind()
+                written = None
+                if checkpoint is not None and algo.committed is not None:
+                    with _signals_deferred():
+                        written = write_checkpoint(checkpoint, algo, prints=prints)
+                done = algo.committed.state.iteration if algo.committed is not None else None
+                raise RunInterrupted(getattr(exc, "signum", signal.SIGINT), done,
+                                     written) from None
         prefix = "deconvolution:parameter:save_results"
-        if self._parameter.get(f"{prefix}:activate", False):
-            self.save_results(self._parameter.get(f"{prefix}:directory", "./results"),
+        if self._parameter.get(f"{prefix}:activate", False) if save is None else save:
+            directory = self._parameter.get(f"{prefix}:directory", "./results")
+            self.save_results(self._parameter.resolve_path(directory, f"{prefix}:directory"),
                               self._parameter.get(f"{prefix}:only_final_result", True))
         return results
+
+    def resume_from(self, checkpoint: str | os.PathLike) -> int:
+        """Put the initialised fit at the iteration saved in ``checkpoint``; the next
+        :meth:`run_deconvolution` continues from there. Returns that iteration.
+
+        Raises
+        ------
+        CheckpointError
+            If the file is missing or damaged, or was written with other parameters or data
+            (the message names what differs).
+        """
+        if self._algorithm is None:
+            self.initialize()
+        restore_checkpoint(self._algorithm, read_checkpoint(checkpoint))
+        return self._algorithm.state.iteration
 
     def save_results(self, directory: str | os.PathLike,
                      only_final_result: bool = True) -> list[Path]:

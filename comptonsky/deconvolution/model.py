@@ -117,6 +117,10 @@ class AllSkyImageModel(Histogram):
                 f"{parameter.source}: {init}:parameter:value has {len(values)} entries, expected "
                 f"one per energy band ({n_energy}, from energy_edges)")
         flat = (np.asarray(values) * unit).to_value(self.unit)
+        if not np.all(np.isfinite(flat) & (flat > 0)):
+            raise InvalidParameterError(
+                f"{parameter.source}: {init}:parameter:value must be finite and > 0 in every "
+                f"band (the updates are multiplicative: a pixel at 0 stays 0), found {values}")
         self[:] = np.broadcast_to(flat, self.contents.shape) * self.unit
 
     def check_axes(self, model_axes: Axes) -> None:

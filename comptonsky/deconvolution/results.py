@@ -21,13 +21,13 @@ from astropy.io import fits
 from astropy.table import Table
 from histpy import Histogram
 
-from ..errors import FileFormatError
+from ..errors import FileFormatError, MapsNotKeptError
 from ..io.atomic import atomic_path
 from ..io.healpix_fits import write_healpix_fits
 from ..io.histogram import write_histogram
 
 __all__ = ["save_results", "results_table", "read_results_table", "map_flux",
-           "parameter_cards", "MAP_KEYS"]
+           "parameter_cards", "MAP_KEYS", "IterationRecord", "strip_maps"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +42,44 @@ def map_flux(image: Histogram) -> list[float]:
     return [float(v) for v in values.sum(axis=0) * pixarea]
 
 
+class IterationRecord(dict):
+    """One entry of ``ImageDeconvolution.results``: a dict of the tutorial's keys.
+
+    Only the last iteration's record holds maps unless all of them are kept (see
+    :meth:`~comptonsky.deconvolution.driver.ImageDeconvolution.run_deconvolution`); asking an
+    earlier one for a map raises :class:`~comptonsky.errors.MapsNotKeptError` (a ``KeyError``)
+    saying so. Records without maps keep ``model_flux``, the total flux per band of the map.
+    """
+
+    def __missing__(self, key):
+        if key in (*MAP_KEYS, "prior_filter") and "model_flux" in self:
+            raise MapsNotKeptError(
+                f"results: the maps of iteration {self.get('iteration')} were not kept (only "
+                "the last iteration's are); to keep every iteration's maps use "
+                "run_deconvolution(keep_maps='all') or save_results:only_final_result: false")
+        raise KeyError(key)
+
+
+def strip_maps(record: dict) -> None:
+    """Drop the maps of ``record`` in place, keeping ``model_flux`` (Σ λ ΔΩ per band)."""
+    if isinstance(record.get("model"), Histogram):
+        record["model_flux"] = map_flux(record["model"])
+    for key in [k for k, v in record.items() if isinstance(v, Histogram)]:
+        del record[key]
+
+
+def _record_flux(record: dict) -> list[float]:
+    model = record.get("model")
+    return map_flux(model) if isinstance(model, Histogram) else list(record["model_flux"])
+
+
 def results_table(results: Sequence[dict[str, Any]],
                   dataset_names: Sequence[str] | None = None) -> Table:
     """One row per iteration: iteration, accel_factor, background norms, log L, map flux.
 
-    Columns: ``iteration``, ``accel_factor``, ``bkg_norm_<name>`` per background,
+    Columns: ``iteration``, ``accel_factor`` (the acceleration factor α; 1 without
+    acceleration), ``n_subsets`` (OSEM only: the subsets of each cycle), ``bkg_norm_<name>`` per
+    background,
     ``log-likelihood_<dataset>`` per dataset, ``log-posterior`` when present (all
     dimensionless) and ``flux_E<k>`` per energy band (Σ λ ΔΩ of the map, in the map's unit × sr:
     cm⁻² s⁻¹ for an intensity map).
@@ -55,6 +88,8 @@ def results_table(results: Sequence[dict[str, Any]],
     table["iteration"] = np.array([r["iteration"] for r in results], dtype=np.int64)
     table["accel_factor"] = u.Quantity([r["accel_factor"] for r in results], _ONE,
                                        dtype=np.float64)
+    if results and "n_subsets" in results[0]:
+        table["n_subsets"] = np.array([r["n_subsets"] for r in results], dtype=np.int64)
     names = list(results[0]["background_normalization"]) if results else []
     for key in names:
         table[f"bkg_norm_{key}"] = u.Quantity([r["background_normalization"][key]
@@ -67,8 +102,8 @@ def results_table(results: Sequence[dict[str, Any]],
     if results and "log-posterior" in results[0]:
         table["log-posterior"] = u.Quantity([r["log-posterior"] for r in results], _ONE)
     if results:
-        unit = (results[0]["model"].unit or _ONE) * u.sr
-        fluxes = np.array([map_flux(r["model"]) for r in results])
+        unit = (results[-1]["model"].unit or _ONE) * u.sr
+        fluxes = np.array([_record_flux(r) for r in results])
         for k in range(fluxes.shape[1]):
             table[f"flux_E{k}"] = u.Quantity(fluxes[:, k], unit)
     return table
@@ -147,6 +182,10 @@ def save_results(results: Sequence[dict[str, Any]], directory: str | os.PathLike
     header_cards = [*(parameter_cards(parameters) if parameters is not None else []), *cards]
     chosen = results[-1:] if only_final_result else results
     for result in chosen:
+        if "model" not in result:
+            raise MapsNotKeptError(f"save_results: the maps of iteration {result['iteration']} "
+                                   "were not kept; only_final_result=False needs a fit run "
+                                   "with keep_maps='all'")
         for key in MAP_KEYS:
             path = directory / f"{key}_itr{result['iteration']}.hdf5"
             written.append(write_histogram(result[key], path))
@@ -177,7 +216,7 @@ def read_results_table(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Read ``results.fits`` back into per-iteration dicts (no maps).
 
     Keys: ``iteration``, ``accel_factor``, ``background_normalization`` and ``log-likelihood``
-    (one entry per dataset), plus ``log-posterior`` when stored.
+    (one entry per dataset), plus ``n_subsets`` and ``log-posterior`` when stored.
     """
     try:
         table = Table.read(path, hdu="ITERATIONS")
@@ -193,5 +232,7 @@ def read_results_table(path: str | os.PathLike) -> list[dict[str, Any]]:
                  "log-likelihood": [float(row[c]) for c in logls]}
         if "log-posterior" in table.colnames:
             entry["log-posterior"] = float(row["log-posterior"])
+        if "n_subsets" in table.colnames:
+            entry["n_subsets"] = int(row["n_subsets"])
         rows.append(entry)
     return rows

@@ -65,12 +65,12 @@ class FitState:
     iteration : int
         Iterations done since the start of the fit.
     alpha : float
-        Step length (OSEM: number of subsets) of the iteration that led here.
+        Step length α of the iteration that led here (1 for an OSEM subset cycle).
     direction : Direction or None
         The EM step computed in that iteration (None at the start).
     memory : dict
         Accelerator and schedule memory carried between iterations (OSEM: ``level``,
-        ``cycle_gains``).
+        ``cycle_gains`` and ``n_subsets``, the subsets of the last cycle).
     """
 
     model: np.ndarray

@@ -512,10 +512,9 @@ class DistributedJointData:
         return float(total)
 
     @property
-    def operators(self):
-        raise InvalidParameterError(
-            f"this algorithm multiplies with the response outside the fit's steps, which a "
-            f"Dask fit does not support (supported: {SUPPORTED})")
+    def operators(self) -> list:
+        """No operator is held here (the blocks hold them): an empty list."""
+        return []
 
     def block_info(self) -> list[list[dict[str, Any]]]:
         """Per dataset and block: data bins, response bytes, stored vectors, worker."""

@@ -356,6 +356,20 @@ class FullDetectorResponse:
     def __len__(self) -> int:
         return self.npix
 
+    # --- Galactic responses -----------------------------------------------------------------
+    def get_extended_source_response(self, orientation, coordsys="galactic", nside_image=None,
+                                     nside_scatt_map=None, Earth_occ=True,  # noqa: N803
+                                     **kwargs):
+        """The Galactic response of every sky pixel (cosipy's name and arguments).
+
+        Provided by :mod:`comptonsky.response.extended`, which replaces this method when it is
+        imported (``comptonsky.FullDetectorResponse`` imports it); see
+        :func:`comptonsky.response.extended.get_extended_source_response`.
+        """
+        raise InvalidParameterError(
+            "get_extended_source_response needs comptonsky.response.extended: use "
+            "comptonsky.FullDetectorResponse or import comptonsky.response.extended first")
+
     # --- lifetime ---------------------------------------------------------------------------
     def close(self) -> None:
         """Close the HDF5 file."""
@@ -375,7 +389,8 @@ class FullDetectorResponse:
 
 
 def write_full_detector_response(path: str | os.PathLike, axes, contents, unit="cm2",
-                                 sparse: bool = False, overwrite: bool = True) -> Path:
+                                 sparse: bool = False, overwrite: bool = True,
+                                 dtype=None, rows_per_block: int = 64) -> Path:
     """Write a detector response in the ``DRM`` layout cosipy reads, atomically.
 
     Parameters
@@ -385,14 +400,20 @@ def write_full_detector_response(path: str | os.PathLike, axes, contents, unit="
     axes : histpy Axes or sequence of Axis
         NuLambda first, then Ei, [Pol], Em, Phi, PsiChi and optionally SigmaTau, Dist.
         HEALPix axes must be ``HealpixAxis``; the others need units.
-    contents : ndarray
-        Shaped like ``axes``.
+    contents : ndarray or callable
+        Shaped like ``axes``; or a function ``contents(start, stop)`` returning the rows of the
+        NuLambda pixels ``start..stop-1`` (shape ``(stop - start, *axes.nbins[1:])``), so that a
+        response larger than memory is written block by block (dense layout only).
     unit : str or astropy unit
         Unit of the contents (the team's files use 'cm2').
     sparse : bool
         Write the sparse layout (per-pixel COO arrays) instead of a dense array.
     overwrite : bool
         Replace an existing file.
+    dtype : numpy dtype, optional
+        Dtype of the stored contents (default: that of ``contents``, float64 for a callable).
+    rows_per_block : int
+        NuLambda pixels asked from a callable ``contents`` at a time.
 
     Returns
     -------
@@ -400,10 +421,19 @@ def write_full_detector_response(path: str | os.PathLike, axes, contents, unit="
     """
     axes = axes if isinstance(axes, Axes) else Axes(list(axes))
     labels = list(axes.labels)
-    contents = np.asarray(contents)
-    if contents.shape != tuple(axes.nbins):
-        raise InvalidParameterError(
-            f"contents shape {contents.shape} does not match the axes {tuple(axes.nbins)}")
+    shape = tuple(int(n) for n in axes.nbins)
+    blocks = callable(contents)
+    if blocks:
+        if sparse:
+            raise InvalidParameterError("a DRM written block by block must be dense "
+                                        "(sparse=False)")
+        dtype = np.dtype(dtype or np.float64)
+    else:
+        contents = np.asarray(contents)
+        dtype = np.dtype(dtype or contents.dtype)
+        if contents.shape != shape:
+            raise InvalidParameterError(
+                f"contents shape {contents.shape} does not match the axes {shape}")
     if labels[0] != "NuLambda" or any(lab not in labels for lab in _REQUIRED):
         raise InvalidParameterError(
             f"DRM axes must be NuLambda, Ei, [Pol], Em, Phi, PsiChi[, SigmaTau, Dist]; found "
@@ -443,13 +473,26 @@ def write_full_detector_response(path: str | os.PathLike, axes, contents, unit="
                 bins[b] = np.stack(nz).astype(np.int64).reshape(-1) if nz else np.zeros(0)
                 vals[b] = contents[b][nz].astype(np.float64)
         else:
-            rest = list(contents.shape[1:])
+            rest = list(shape[1:])
             chunk = [1] + rest
             while np.prod(chunk) > (1 << 20):  # keep chunks near 8 MB of float64 or less
                 k = int(np.argmax(chunk[1:])) + 1
                 chunk[k] = max(1, chunk[k] // 2)
-            drm.create_dataset("CONTENTS", data=contents, chunks=tuple(chunk),
-                               compression="gzip")
+            if not blocks:
+                drm.create_dataset("CONTENTS", data=contents.astype(dtype, copy=False),
+                                   chunks=tuple(chunk), compression="gzip")
+            else:
+                ds = drm.create_dataset("CONTENTS", shape, dtype=dtype, chunks=tuple(chunk),
+                                        compression="gzip")
+                step = max(1, int(rows_per_block))
+                for lo in range(0, npix, step):
+                    hi = min(npix, lo + step)
+                    block = np.asarray(contents(lo, hi))
+                    if block.shape != (hi - lo,) + shape[1:]:
+                        raise InvalidParameterError(
+                            f"contents({lo}, {hi}) returned shape {block.shape}; expected "
+                            f"{(hi - lo,) + shape[1:]}")
+                    ds[lo:hi] = block.astype(dtype, copy=False)
     logger.info("wrote %s DRM %s (%s)", "sparse" if sparse else "dense", path,
-                " × ".join(str(n) for n in contents.shape))
+                " × ".join(str(n) for n in shape))
     return path

@@ -24,8 +24,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numba
 import numpy as np
 
+from .._numba import njit
 from ..errors import FileFormatError, InvalidParameterError
 from ..geometry import attitude_matrices, lonlat_to_vec, vec_to_lonlat
 from .atomic import atomic_path
@@ -35,6 +37,8 @@ __all__ = [
     "Orientation",
     "read_ori",
     "write_ori",
+    "OriWriter",
+    "format_ori_lines",
     "lonlat_to_vec",
     "vec_to_lonlat",
     "attitude_matrices",
@@ -153,8 +157,177 @@ def read_ori(path: str | os.PathLike) -> Orientation:
     return Orientation(**a)
 
 
+#: Decimals of each ``.ori`` column (t, x_b, x_l, z_b, z_l, altitude, ez_b, ez_l, livetime).
+_ORI_DECIMALS = np.array([3, 8, 8, 8, 8, 3, 8, 8, 6], dtype=np.int64)
+#: Rows formatted at a time by :class:`OriWriter` (about 0.2 GB of text buffer).
+_ORI_ROWS_PER_BLOCK = 1 << 20
+
+
+@njit(cache=True, inline="always")
+def _fixed_len(v, d):  # pragma: no cover - compiled
+    """Characters of ``v`` in fixed-point notation with ``d`` decimals (no leading space)."""
+    p = 10 ** d
+    m = np.int64(abs(v) * p + 0.5)
+    n = d + 1 if d > 0 else 0
+    ip = m // p
+    n += 1
+    while ip >= 10:
+        ip //= 10
+        n += 1
+    if v < 0 and m != 0:
+        n += 1
+    return n
+
+
+@njit(cache=True, inline="always")
+def _fixed_write(buf, pos, v, d):  # pragma: no cover - compiled
+    """Write ``v`` with ``d`` decimals at ``buf[pos:]``; return the position after it."""
+    p = 10 ** d
+    m = np.int64(abs(v) * p + 0.5)
+    if v < 0 and m != 0:
+        buf[pos] = 45  # '-'
+        pos += 1
+    ip, fp = m // p, m % p
+    ndig = 1
+    t = ip
+    while t >= 10:
+        t //= 10
+        ndig += 1
+    for k in range(ndig - 1, -1, -1):
+        buf[pos + k] = 48 + ip % 10
+        ip //= 10
+    pos += ndig
+    if d > 0:
+        buf[pos] = 46  # '.'
+        for k in range(d, 0, -1):
+            buf[pos + k] = 48 + fp % 10
+            fp //= 10
+        pos += d + 1
+    return pos
+
+
+@njit(parallel=True, cache=True)
+def _format_ori_rows(table, decimals, lengths, buf, offsets):  # pragma: no cover - compiled
+    """``OG`` lines of ``table`` (n, 9) into ``buf`` (second pass: ``offsets`` given)."""
+    n, ncol = table.shape
+    if offsets.shape[0] == 0:
+        for i in numba.prange(n):
+            w = 3  # "OG " and the newline, minus the last separator
+            for c in range(ncol):
+                w += _fixed_len(table[i, c], decimals[c]) + 1
+            lengths[i] = w
+        return
+    for i in numba.prange(n):
+        pos = offsets[i]
+        buf[pos] = 79  # 'O'
+        buf[pos + 1] = 71  # 'G'
+        pos += 2
+        for c in range(ncol):
+            buf[pos] = 32
+            pos = _fixed_write(buf, pos + 1, table[i, c], decimals[c])
+        buf[pos] = 10
+
+
+def _ori_table(o: Orientation) -> np.ndarray:
+    xl, xb = vec_to_lonlat(o.x_axis)
+    zl, zb = vec_to_lonlat(o.z_axis)
+    el, eb = vec_to_lonlat(o.zenith)
+    table = np.column_stack([o.time, xb, xl, zb, zl, o.altitude, eb, el, o.livetime])
+    if not np.all(np.isfinite(table)):
+        row = int(np.flatnonzero(~np.all(np.isfinite(table), axis=1))[0])
+        raise InvalidParameterError(f"orientation row {row} has a NaN or infinite value; an "
+                                    ".ori file cannot hold it")
+    return np.ascontiguousarray(table)
+
+
+def format_ori_lines(orientation: Orientation) -> bytes:
+    """The ``OG`` lines of an orientation history, as ``write_ori`` writes them.
+
+    Numbers are fixed-point (time and altitude 3 decimals, angles 8, live time 6), the same
+    text as ``printf``'s ``%.Nf`` except, rarely, in the last digit of a value that lies
+    exactly half-way between two printed values.
+
+    Parameters
+    ----------
+    orientation : Orientation
+
+    Returns
+    -------
+    bytes
+        One line per time stamp, each ending in a newline.
+    """
+    table = _ori_table(orientation)
+    n = len(table)
+    lengths = np.zeros(n, dtype=np.int64)
+    _format_ori_rows(table, _ORI_DECIMALS, lengths, np.zeros(0, np.uint8), np.zeros(0, np.int64))
+    offsets = np.zeros(n, dtype=np.int64)
+    if n:
+        np.cumsum(lengths[:-1], out=offsets[1:])
+    buf = np.empty(int(lengths.sum()), dtype=np.uint8)
+    _format_ori_rows(table, _ORI_DECIMALS, lengths, buf, offsets)
+    return buf.tobytes()
+
+
+class OriWriter:
+    """Write an ``.ori`` file block by block (a history too long to hold at once), atomically.
+
+    Use as a context manager; :meth:`write` appends the rows of one :class:`Orientation`
+    block (time stamps must keep increasing across blocks); the file appears under its name
+    only when the block closes without an error.
+
+    Parameters
+    ----------
+    path : path-like
+        Output file.
+    overwrite : bool
+        Replace an existing file.
+    """
+
+    def __init__(self, path: str | os.PathLike, overwrite: bool = True):
+        self.path = Path(path)
+        self.rows = 0
+        self._overwrite = overwrite
+        self._last = -np.inf
+
+    def __enter__(self) -> OriWriter:
+        self._atomic = atomic_path(self.path, overwrite=self._overwrite)
+        tmp = self._atomic.__enter__()
+        self._fh = open(tmp, "wb")
+        self._fh.write(b"Type OrientationsGalactic\n")
+        return self
+
+    def write(self, orientation: Orientation) -> None:
+        """Append the rows of ``orientation``."""
+        o = orientation
+        if len(o) and o.time[0] <= self._last:
+            raise InvalidParameterError(
+                f"{self.path}: orientation block starts at t = {o.time[0]!r}, not after the "
+                f"last time stamp written ({self._last!r})")
+        for s in range(0, len(o), _ORI_ROWS_PER_BLOCK):
+            sl = slice(s, s + _ORI_ROWS_PER_BLOCK)
+            part = Orientation(o.time[sl], o.x_axis[sl], o.z_axis[sl], o.altitude[sl],
+                               o.earth_zenith[sl], o.livetime[sl])
+            self._fh.write(format_ori_lines(part))
+        if len(o):
+            self._last = float(o.time[-1])
+        self.rows += len(o)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self._fh.write(b"EN\n")
+        finally:
+            self._fh.close()
+        self._atomic.__exit__(exc_type, exc, tb)
+        if exc_type is None:
+            logger.info("wrote %d orientation rows to %s", self.rows, self.path)
+
+
 def write_ori(path: str | os.PathLike, orientation: Orientation, overwrite: bool = True) -> Path:
     """Write an ``.ori`` file of type ``OrientationsGalactic`` atomically.
+
+    Lines are formatted by a compiled, multi-threaded kernel (:func:`format_ori_lines`):
+    8 M rows (a 3-month history at 1 s) take a few seconds.
 
     Parameters
     ----------
@@ -170,17 +343,6 @@ def write_ori(path: str | os.PathLike, orientation: Orientation, overwrite: bool
     pathlib.Path
         The path written.
     """
-    o = orientation
-    xl, xb = vec_to_lonlat(o.x_axis)
-    zl, zb = vec_to_lonlat(o.z_axis)
-    el, eb = vec_to_lonlat(o.zenith)
-    table = np.column_stack([o.time, xb, xl, zb, zl, o.altitude, eb, el, o.livetime])
-    path = Path(path)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        with open(tmp, "w") as fh:
-            fh.write("Type OrientationsGalactic\n")
-            np.savetxt(fh, table, fmt=["OG %.3f"] + ["%.8f"] * 4 + ["%.3f"] + ["%.8f"] * 2
-                       + ["%.6f"])
-            fh.write("EN\n")
-    logger.info("wrote %d orientation rows to %s", len(o), path)
-    return path
+    with OriWriter(path, overwrite=overwrite) as w:
+        w.write(orientation)
+    return Path(path)

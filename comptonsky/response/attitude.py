@@ -21,12 +21,23 @@ logger = logging.getLogger(__name__)
 class AttitudeBins:
     """Groups of time sharing one attitude: for each of T bins its detector → Galactic
     ``rotations`` (T, 3, 3), Galactic ``zenith`` unit vector (T, 3), ``horizon_deg`` (T,) (angle
-    from the zenith beyond which the Earth blocks the sky) and ``livetime`` (T,) in s."""
+    from the zenith beyond which the Earth blocks the sky) and ``livetime`` (T,) in s.
+
+    Optionally the samples the bins were made from: ``sample_bin`` (N,) int (bin of each
+    sample), ``sample_zenith`` (N, 3), ``sample_horizon_deg`` (N,) and ``sample_livetime`` (N,)
+    s. When they are given, Earth occultation is decided per sample (the time a sky direction
+    is visible in bin t is the live time of those samples of t that see it) instead of from
+    the bin's mean zenith.
+    """
 
     rotations: np.ndarray
     zenith: np.ndarray
     horizon_deg: np.ndarray
     livetime: np.ndarray
+    sample_bin: np.ndarray | None = None
+    sample_zenith: np.ndarray | None = None
+    sample_horizon_deg: np.ndarray | None = None
+    sample_livetime: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.livetime)

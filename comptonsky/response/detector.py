@@ -194,6 +194,44 @@ class DetectorResponse:
             return cls._from_rows(rows(), axes["NuLambda"].nside, axes["PsiChi"].nside,
                                   tuple(axes[a].nbins for a in AXES[1:4]), threshold)
 
+    @classmethod
+    def from_full_detector_response(cls, fdr, threshold: float = 0.0,
+                                    block: int = 16) -> DetectorResponse:
+        """Read a :class:`~comptonsky.io.drm.FullDetectorResponse` (the team's sparse or dense
+        ``DRM`` files) ``block`` NuLambda pixels at a time, into cm².
+
+        Memory stays at one block of dense rows plus the sparse result. Entries ≤
+        ``threshold`` × the row maximum are dropped.
+
+        Raises
+        ------
+        InvalidParameterError
+            For a polarization response (a ``Pol`` axis) or HEALPix axes in NESTED order.
+        """
+        labels = list(fdr.axes.labels)
+        if "Pol" in labels:
+            raise InvalidParameterError(
+                f"{fdr.filename}: the response has a polarization axis 'Pol'; Galactic "
+                "responses are made for unpolarised emission only (axes NuLambda, Ei, Em, Phi, "
+                "PsiChi)")
+        for lab in ("NuLambda", "PsiChi"):
+            if str(fdr.axes[lab].scheme).lower() != "ring":
+                raise InvalidParameterError(f"{fdr.filename}: DRM axis {lab!r} is in "
+                                            f"{fdr.axes[lab].scheme} order; expected RING")
+        factor = float(u.Unit(fdr.unit).to(u.cm**2))
+        blocks = []
+        for b0 in range(0, fdr.npix, int(block)):
+            rows = fdr.read_rows(np.arange(b0, min(fdr.npix, b0 + int(block))),
+                                 dtype=np.float64)
+            if factor != 1.0:
+                rows *= factor
+            parts = [_sparse_row(r, threshold) for r in rows]
+            blocks.append((np.array([len(p[2]) for p in parts], dtype=np.int64),
+                           *(np.concatenate([p[j] for p in parts]).astype(dt, copy=False)
+                             for j, dt in ((0, np.int32), (1, np.int32), (2, np.float32)))))
+        return cls.from_row_blocks(blocks, fdr.nside, int(fdr.axes["PsiChi"].nside),
+                                   tuple(int(fdr.axes[a].nbins) for a in AXES[1:4]))
+
     def row(self, i: int) -> np.ndarray:
         """Dense row ν = i, shape (n_Ei, n_Em, n_Phi, N_PsiChi), cm²."""
         return self.weighted_row_sum(np.eye(1, self.n_nu, i)[0]).reshape(

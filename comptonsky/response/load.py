@@ -5,6 +5,12 @@ A load goes one way: source (:mod:`.source`) → storage strategy (chosen once f
 memory or file when it can, else opens its converted cache (:mod:`.cache`), else converts the
 source in row blocks, writing the cache as it goes. Dense and out-of-core share one cache layout
 (the matrix and its row sums), sparse has its own (both CSR orientations and the row sums).
+
+A cache is trusted only after its checks (:mod:`.cache`: footer, checksums) and those here:
+shapes and dtypes against the response, index ranges of sparse arrays (before any kernel runs),
+sampled rows against the response file, and for sparse storage the two orientations against
+each other and the row sums. A failed check removes the cache with a warning and converts again;
+a cache folder that cannot be written means running without a cache, with one warning.
 :class:`LazyResponse` is a response whose operator is made when first needed.
 """
 
@@ -23,14 +29,15 @@ import numpy as np
 import psutil
 from histpy import Histogram
 
-from ..errors import InvalidDataError, InvalidParameterError
-from .cache import CACHE_ENV, CacheWriter, ResponseCache, map_array
+from ..errors import InvalidCacheError, InvalidDataError, InvalidParameterError, OutputError
+from .cache import CACHE_ENV, CacheFile, CacheWriter, ResponseCache, file_array, sweep_orphans
 from .dense import DenseResponse
 from .operator import ResponseOperator
 from .options import ResponseOptions
 from .outofcore import DEFAULT_MEMORY_BUDGET, OutOfCoreResponse
 from .source import LOAD_BLOCK_BYTES, ResponseSource, open_source, probe_response
 from .sparse import SegmentedCSR, SparseResponse, build_rows, index_dtype
+from .validate import ValueCheck, check_csr
 
 __all__ = ["load_response", "LazyResponse", "choose_storage"]
 
@@ -186,19 +193,29 @@ class Storage:
 
     def load(self, src: ResponseSource, dt: np.dtype, opts: ResponseOptions) -> ResponseOperator:
         op = self.in_place(src, dt, opts) if dt == src.file_dtype else None
-        if op is not None:             # on the histogram's memory, or mapped where the file is
-            op.info.update(cached=False, cache_path=None, mapped_source=src.path is not None)
+        if op is not None:             # on the histogram's memory, or the file read as stored
+            op.info.update(cached=False, cache_path=None, in_place=True)
+            op.info.setdefault("mapped_source", False)
             return op
         cache = None
         if opts.cache and src.path is not None:
             threshold = opts.sparse_threshold if self.cache_kind == "sparse" else None
-            cache = ResponseCache(src.path, dt.name, self.cache_kind, threshold, opts.cache_dir)
-            cf = cache.find(populate=opts.populate and self.name != "out-of-core")
+            cache = ResponseCache(src.path, src.fingerprint(), dt.name, self.cache_kind,
+                                  threshold, opts.cache_dir)
+            cf = cache.find(populate=opts.populate and self.name != "out-of-core",
+                            verify=opts.verify_cache, map_files=opts.map_files)
             if cf is not None:
-                logger.debug("using response cache %s", cache.path)
-                op = self.open_cache(cf, src, dt, opts)
-                op.info.update(cached=True, cache_path=str(cache.path))
-                return op
+                try:
+                    op = self.open_cache(cf, src, dt, opts)
+                except InvalidCacheError as exc:
+                    cache.discard(exc)
+                else:
+                    logger.debug("using response cache %s", cache.path)
+                    op.info.update(cached=True, cache_path=str(cache.path),
+                                   mapped=cf.mapped)
+                    return op
+                finally:
+                    cf.close()
         info: dict[str, Any] = {"cached": False,
                                 "cache_path": None if cache is None else str(cache.path)}
         op = self.build(src, dt, opts, cache, info)
@@ -209,25 +226,113 @@ class Storage:
         return None
 
 
+def _writer(cache: ResponseCache | None, meta: dict[str, Any], info: dict[str, Any]
+            ) -> CacheWriter | None:
+    """A writer of ``cache``, or None (no cache, or its folder cannot be written: one warning,
+    and the load goes on without a cache)."""
+    if cache is None:
+        return None
+    try:
+        return cache.writer(meta)
+    except OutputError as exc:
+        logger.warning("cannot write the response cache (%s); running without a cache",
+                       " ".join(str(exc).split()))
+        info["cache_path"] = None
+        return None
+
+
+def _expect(cf: CacheFile, name: str, shape: tuple[int, ...], dtypes) -> None:
+    """Array ``name`` of ``cf`` exists with ``shape`` (None entries: any) and a dtype in
+    ``dtypes``, else InvalidCacheError."""
+    if name not in cf:
+        raise InvalidCacheError(f"{cf.path}: no array {name!r}")
+    got = cf.shape(name)
+    if len(got) != len(shape) or any(e is not None and g != e for g, e in zip(got, shape)) or \
+            cf.dtype(name) not in [np.dtype(d) for d in dtypes]:
+        raise InvalidCacheError(f"{cf.path}: array {name!r} is {cf.dtype(name)} {got}, expected "
+                                f"{'/'.join(str(np.dtype(d)) for d in dtypes)} {shape}")
+
+
+def _check_meta(cf: CacheFile, src: ResponseSource) -> None:
+    for key, value in _meta(src).items():
+        if cf.meta.get(key) != value:
+            raise InvalidCacheError(f"{cf.path}: {key} {cf.meta.get(key)!r}, expected {value} "
+                                    f"from {src.name}")
+
+
+def _sample_rows(n_model: int, n: int = 3) -> list[int]:
+    """``n`` random rows (unpredictable: a planted cache cannot know which are compared)."""
+    rng = np.random.default_rng()
+    return sorted({int(j) for j in rng.integers(0, n_model, n)})
+
+
+def _check_row_sums(cf: CacheFile, row_sums: np.ndarray) -> None:
+    if not (np.all(np.isfinite(row_sums)) and np.all(row_sums >= 0)):
+        raise InvalidCacheError(f"{cf.path}: row sums not all finite and ≥ 0")
+
+
+def _check_values(cf: CacheFile, src: ResponseSource, name: str, matrix: np.ndarray) -> None:
+    """Array ``name`` finite and ≥ 0 (a forged checksum would not catch a NaN)."""
+    try:
+        ValueCheck(f"{cf.path}: {name}", src.axes.labels, src.axes.nbins).matrix(
+            matrix.reshape(src.n_model, -1) if name == "matrix" else matrix.reshape(1, -1))
+    except InvalidDataError as exc:
+        raise InvalidCacheError(str(exc)) from None
+
+
+def _check_dense_cache(cf: CacheFile, src: ResponseSource, dt: np.dtype,
+                       matrix: np.ndarray | None = None) -> np.ndarray:
+    """Check a dense-layout cache against ``src`` (and ``matrix``, its values, when held);
+    returns its row sums."""
+    _check_meta(cf, src)
+    _expect(cf, "matrix", (src.n_model, src.n_data), [dt])
+    _expect(cf, "row_sums", (src.n_model,), [np.float64])
+    row_sums = np.array(cf["row_sums"])
+    _check_row_sums(cf, row_sums)
+    if matrix is not None:
+        _check_values(cf, src, "matrix", matrix)
+    buf = np.empty((1, src.n_data), dtype=dt)
+    for j in _sample_rows(src.n_model):
+        src.read(j, j + 1, buf)
+        if not np.array_equal(cf.row("matrix", j), buf[0]):
+            raise InvalidCacheError(f"{cf.path}: row {j} differs from the response file "
+                                    f"{src.name}")
+        total = float(buf[0].sum(dtype=np.float64))
+        if not np.isclose(row_sums[j], total, rtol=1e-9, atol=0):
+            raise InvalidCacheError(f"{cf.path}: row sum {j} is {row_sums[j]!r}, expected "
+                                    f"{total!r}")
+    return row_sums
+
+
 class DenseStorage(Storage):
     name = cache_kind = "dense"
 
     def in_place(self, src, dt, opts):
         view = src.dense_view()            # no copy: the histogram's memory is the response
         if view is not None:
+            src.check.matrix(view)
             return DenseResponse(view, *src.operator_args)
         offset = src.contiguous_offset()
         if offset is None:
             return None
-        matrix = map_array(src.path, offset, (src.n_model, src.n_data), dt, opts.populate)
-        return DenseResponse(matrix, *src.operator_args)
+        matrix, mapped = file_array(src.path, offset, (src.n_model, src.n_data), dt,
+                                    opts.populate, opts.map_files, src.check)
+        if not mapped:
+            logger.info("%s: read into memory (not memory-mapped: the file can be changed in "
+                        "place; response option map_files)", src.name)
+        op = DenseResponse(matrix, *src.operator_args)
+        op.info.update(mapped_source=mapped)
+        return op
 
     def open_cache(self, cf, src, dt, opts):
-        return DenseResponse(cf["matrix"], *src.operator_args, row_sums=np.array(cf["row_sums"]))
+        _expect(cf, "matrix", (src.n_model, src.n_data), [dt])
+        matrix = cf["matrix"]
+        row_sums = _check_dense_cache(cf, src, dt, matrix)
+        return DenseResponse(matrix, *src.operator_args, row_sums=row_sums)
 
     def build(self, src, dt, opts, cache, info):
         matrix = np.empty((src.n_model, src.n_data), dtype=dt)
-        writer = None if cache is None else cache.writer(_meta(src))
+        writer = _writer(cache, _meta(src), info)
         try:
             row_sums = _stream_rows(src, dt, opts, out=matrix, writer=writer)
             if writer is not None:         # the rows are final: finish the cache behind us
@@ -249,24 +354,25 @@ class OutOfCoreStorage(Storage):
         offset = src.contiguous_offset()
         if offset is None:
             return None
-        return OutOfCoreResponse(src.path, offset, dt, *src.operator_args,
-                                 memory_budget=opts.memory_budget)
+        op = OutOfCoreResponse(src.path, offset, dt, *src.operator_args,
+                               memory_budget=opts.memory_budget)
+        for j0, _, block in op._blocks():  # noqa: SLF001 - one checking pass over the file
+            src.check.block(j0, block)
+        op.info.update(mapped_source=False, read_from_source=True)
+        return op
 
     def open_cache(self, cf, src, dt, opts):
+        _expect(cf, "matrix", (src.n_model, src.n_data), [dt])
+        cf.check("matrix")
+        row_sums = _check_dense_cache(cf, src, dt)
         return OutOfCoreResponse(cf.path, cf.offset("matrix"), dt, *src.operator_args,
-                                 memory_budget=opts.memory_budget,
-                                 row_sums=np.array(cf["row_sums"]))
+                                 memory_budget=opts.memory_budget, row_sums=row_sums)
 
     def build(self, src, dt, opts, cache, info):
-        if cache is None:
-            tmpdir = Path(opts.cache_dir or os.environ.get(CACHE_ENV) or tempfile.gettempdir())
-            tmpdir.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix="comptonsky-response-", suffix=".cache",
-                                        dir=tmpdir)
-            os.close(fd)
-            writer = CacheWriter(name, _meta(src), prune=False)
-        else:
-            writer = cache.writer(_meta(src))
+        writer = _writer(cache, _meta(src), info)
+        if writer is None:
+            writer = _private_writer(src, opts)
+            cache = None
         budget = opts.memory_budget or DEFAULT_MEMORY_BUDGET
         try:
             row_sums = _stream_rows(src, dt, opts, writer=writer,
@@ -286,14 +392,38 @@ class SparseStorage(Storage):
     name = cache_kind = "sparse"
 
     def open_cache(self, cf, src, dt, opts):
-        n_psi, n_model = int(cf.meta["n_psi"]), int(cf.meta["n_model"])
+        _check_meta(cf, src)
+        n_psi, n_model, n_seg = src.n_psi, src.n_model, src.n_data // src.n_psi
+        for name, n_rows, n_cols in (("rows", n_model, n_psi), ("cols", n_psi, n_model)):
+            _expect(cf, f"{name}_ptr", (n_seg, n_rows + 1), [np.int64])
+            _expect(cf, f"{name}_idx", (None,), [index_dtype(n_cols)])
+            _expect(cf, f"{name}_val", cf.shape(f"{name}_idx"), [dt])
+            check_csr(cf[f"{name}_ptr"], cf[f"{name}_idx"], cf[f"{name}_val"], n_seg, n_rows,
+                      n_cols, f"{cf.path}: {name}")
+            _check_values(cf, src, f"{name}_val", cf[f"{name}_val"])
+        _expect(cf, "row_sums", (n_model,), [np.float64])
+        row_sums = np.array(cf["row_sums"])
+        _check_row_sums(cf, row_sums)
+        try:
+            threshold = float(cf.meta["threshold"])
+            fractions = [float(cf.meta[k]) for k in ("dropped_flux_fraction",
+                                                     "max_row_dropped_fraction")]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidCacheError(f"{cf.path}: malformed footer entry ({exc})") from None
+        if threshold != opts.sparse_threshold:
+            raise InvalidCacheError(f"{cf.path}: threshold {threshold}, expected "
+                                    f"{opts.sparse_threshold}")
         rows = SegmentedCSR(cf["rows_ptr"], cf["rows_idx"], cf["rows_val"], n_psi)
         cols = SegmentedCSR(cf["cols_ptr"], cf["cols_idx"], cf["cols_val"], n_model)
-        return SparseResponse(
-            rows, cols, *src.operator_args, threshold=float(cf.meta["threshold"]),
-            dropped_flux_fraction=float(cf.meta["dropped_flux_fraction"]),
-            max_row_dropped_fraction=float(cf.meta["max_row_dropped_fraction"]),
-            row_sums=np.array(cf["row_sums"]) if "row_sums" in cf else None)
+        if rows.nnz != cols.nnz:
+            raise InvalidCacheError(f"{cf.path}: {rows.nnz} elements in rows, {cols.nnz} in "
+                                    "cols")
+        _check_sparse_rows(cf, src, dt, rows, row_sums, threshold)
+        op = SparseResponse(rows, cols, *src.operator_args, threshold=threshold,
+                            dropped_flux_fraction=fractions[0],
+                            max_row_dropped_fraction=fractions[1], row_sums=row_sums)
+        _check_orientations(cf, op, row_sums)
+        return op
 
     def build(self, src, dt, opts, cache, info):
         rows, row_kept, dropped, worst = build_rows(
@@ -302,9 +432,9 @@ class SparseStorage(Storage):
         op = SparseResponse(rows, None, *src.operator_args, threshold=opts.sparse_threshold,
                             dropped_flux_fraction=dropped, max_row_dropped_fraction=worst,
                             row_sums=row_kept)
-        if cache is not None:
-            writer = cache.writer({**_meta(src), "dropped_flux_fraction": dropped,
-                                   "max_row_dropped_fraction": worst})
+        writer = _writer(cache, {**_meta(src), "dropped_flux_fraction": dropped,
+                                 "max_row_dropped_fraction": worst}, info)
+        if writer is not None:
             try:
                 for name in ("rows", "cols"):
                     for part in ("ptr", "idx", "val"):
@@ -315,6 +445,71 @@ class SparseStorage(Storage):
                 writer.abort()
                 raise
         return op
+
+
+def _private_writer(src: ResponseSource, opts: ResponseOptions) -> CacheWriter:
+    """A writer of an unnamed out-of-core file (removed once opened) in ``cache_dir``,
+    ``$COMPTONSKY_CACHE_DIR`` or the temporary folder, the first that can be written.
+
+    Raises
+    ------
+    OutputError
+        If none can.
+    """
+    dirs = [d for d in (opts.cache_dir, os.environ.get(CACHE_ENV)) if d]
+    error: OutputError | None = None
+    for d in [*dirs, tempfile.gettempdir()]:
+        tmpdir = Path(d).expanduser()
+        name = tmpdir / f"comptonsky-response-{os.getpid()}-{os.urandom(6).hex()}.cache"
+        try:
+            sweep_orphans(tmpdir)
+            return CacheWriter(name, _meta(src), prune=False)
+        except OutputError as exc:
+            error = exc
+    raise error
+
+
+def _sparse_row(csr: SegmentedCSR, j: int, width: int, dtype) -> np.ndarray:
+    """Row ``j`` of every segment of ``csr``, dense (n_seg, width)."""
+    out = np.zeros((csr.n_seg, width), dtype=dtype)
+    for k in range(csr.n_seg):
+        s, e = int(csr.ptr[k, j]), int(csr.ptr[k, j + 1])
+        out[k, csr.idx[s:e].astype(np.int64)] = csr.val[s:e]
+    return out
+
+
+def _check_sparse_rows(cf, src, dt, rows: SegmentedCSR, row_sums, threshold) -> None:
+    """Sampled rows of the rows orientation against the response file, kept as when built."""
+    buf = np.empty((1, src.n_data), dtype=dt)
+    for j in _sample_rows(src.n_model):
+        src.read(j, j + 1, buf)
+        thr = dt.type(0) if threshold == 0.0 else \
+            (np.float64(buf[0].max()) * threshold).astype(dt)
+        kept = np.where(buf[0] > thr, buf[0], 0).reshape(rows.n_seg, rows.n_cols)
+        if not np.array_equal(_sparse_row(rows, j, rows.n_cols, dt), kept):
+            raise InvalidCacheError(f"{cf.path}: row {j} differs from the response file "
+                                    f"{src.name}")
+        total = float(kept.sum(dtype=np.float64))
+        if not np.isclose(row_sums[j], total, rtol=1e-6, atol=0):
+            raise InvalidCacheError(f"{cf.path}: row sum {j} is {row_sums[j]!r}, expected "
+                                    f"{total!r}")
+
+
+def _check_orientations(cf, op: SparseResponse, row_sums: np.ndarray) -> None:
+    """The forward orientation is the transpose of the adjoint one (zᵀ(R x) = (Rᵀ z)ᵀ x for
+    random x, z) and the row sums are Rᵀ 1 (indices already checked: the kernels are safe)."""
+    rng = np.random.default_rng()
+    x, z = rng.random(op.n_model), rng.random(op.n_data)
+    a, b = float(z @ op._matvec(x)), float(op._rmatvec(z) @ x)
+    tol = 1e-4 if op.dtype == np.float32 else 1e-9
+    if not abs(a - b) <= tol * max(abs(a), abs(b), 1e-300):
+        raise InvalidCacheError(f"{cf.path}: the two sparse orientations disagree "
+                                f"(zᵀRx {a:.9g} against (Rᵀz)ᵀx {b:.9g})")
+    sums = op._rmatvec(np.ones(op.n_data))
+    if not np.allclose(sums, row_sums, rtol=tol, atol=tol * max(float(row_sums.max()), 0.0)):
+        j = int(np.argmax(np.abs(sums - row_sums)))
+        raise InvalidCacheError(f"{cf.path}: row sum {j} is {row_sums[j]!r}, the stored "
+                                f"elements sum to {sums[j]!r}")
 
 
 STRATEGIES: dict[str, type[Storage]] = {s.name: s for s in (DenseStorage, SparseStorage,

@@ -17,7 +17,8 @@ import numpy as np
 
 from ..errors import InvalidParameterError, UnknownChoiceError
 
-__all__ = ["ResponseOptions", "parse_memory", "STORAGES", "DTYPES", "DEVICES",
+__all__ = ["ResponseOptions", "parse_memory", "STORAGES", "DTYPES", "DEVICES", "VERIFY_CACHE",
+           "MAP_FILES",
            "DEFAULT_SPARSE_THRESHOLD"]
 
 STORAGES = ("dense", "sparse", "out-of-core", "auto")
@@ -25,6 +26,8 @@ _STORAGE_ALIASES = {"outofcore": "out-of-core", "out_of_core": "out-of-core",
                     "ooc": "out-of-core"}
 DTYPES = ("float64", "float32")
 DEVICES = ("cpu", "gpu", "auto")
+VERIFY_CACHE = ("full", "quick")
+MAP_FILES = ("read-only", "always", "never")
 #: Default relative threshold of the sparse storage.
 DEFAULT_SPARSE_THRESHOLD = 1e-4
 
@@ -34,6 +37,7 @@ _KINDS: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "sparse_threshold": ("float", None), "memory_budget": ("size", None),
     "cache": ("bool", None), "cache_dir": ("str_or_none", None), "populate": ("bool", None),
     "progress": ("bool", None), "device": ("choice", DEVICES), "reuse_products": ("bool", None),
+    "verify_cache": ("choice", VERIFY_CACHE), "map_files": ("choice", MAP_FILES),
 }
 
 
@@ -63,6 +67,15 @@ class ResponseOptions:
         'gpu' holds a dense response in GPU memory (:mod:`.gpu`); 'auto' does when one is usable.
     reuse_products : bool
         A dataset rebuilds forward products from earlier ones (:mod:`.reuse`).
+    verify_cache : {'full', 'quick'}
+        'full': every array of a converted cache is checked against its CRC-32 when opened;
+        'quick': only the sizes, the index ranges and sampled rows against the response file.
+    map_files : {'read-only', 'always', 'never'}
+        When a file (a converted cache, or a response file already in the requested dtype) is
+        memory-mapped instead of read into memory: 'read-only' only when no process without
+        root rights can change it in place (no write permission bits, and this process cannot
+        write it), so that truncating or overwriting it cannot kill a running job; 'always'
+        maps it anyway (a job then dies with SIGBUS if the file is truncated under it).
     """
 
     dtype: str | None = None
@@ -75,6 +88,8 @@ class ResponseOptions:
     progress: bool | None = None
     device: str = "cpu"
     reuse_products: bool = True
+    verify_cache: str = "full"
+    map_files: str = "read-only"
 
     @classmethod
     def fields(cls) -> dict[str, dict[str, Any]]:

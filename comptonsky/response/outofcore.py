@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..errors import InvalidParameterError
+from ..errors import FileFormatError, InvalidParameterError
 from .operator import ResponseOperator, ResponseSubset, RestrictedResponse
 
 __all__ = ["OutOfCoreResponse", "OutOfCoreSubset"]
@@ -96,7 +96,9 @@ class OutOfCoreResponse(ResponseOperator):
             while done < mv.nbytes:
                 n = os.preadv(self._fd, [mv[done:]], pos + done)
                 if n <= 0:
-                    raise OSError(f"{self.path}: short read at byte {pos + done}")
+                    raise FileFormatError(f"{self.path}: ends at byte {pos + done}, expected "
+                                          f"{pos + mv.nbytes}: the response file was truncated "
+                                          "while in use")
                 done += n
         return view
 

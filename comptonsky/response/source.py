@@ -3,11 +3,14 @@
 A source knows the response's axes, unit and stored dtype and fills rows j0:j1 of the
 (n_model, n_data) matrix into any float array: a file is read block-wise with h5py
 ``read_direct`` straight into the destination rows (HDF5 converting the type on the way, so a
-float32 load never holds a float64 copy).
+float32 load never holds a float64 copy). Values come out in cm² s (a file in ``m2 s`` is scaled
+as it is read; :func:`~.validate.unit_factor`), and every block read is checked for NaN,
+infinite and negative elements (:class:`~.validate.ValueCheck`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Iterator
@@ -23,6 +26,7 @@ from ..errors import FileFormatError, InvalidDataError
 from ..frames import register_spacecraft_frame
 from ..io.hdf5 import open_hdf5
 from ..io.histogram import open_histogram
+from .validate import RESPONSE_UNIT, ValueCheck, unit_factor
 
 __all__ = ["response_axes", "ResponseSource", "HistogramSource", "HDF5Source", "open_source",
            "probe_response", "LOAD_BLOCK_BYTES"]
@@ -59,29 +63,54 @@ def response_axes(rsp: Histogram | Axes, source: str = "response") -> tuple[Axes
 
 class ResponseSource:
     """Rows of a response matrix (a context manager): ``name``, ``path`` (the file, or None),
-    ``model_axes``, ``data_axes``, ``unit``, ``file_dtype`` (the stored precision), ``row_align``
-    (rows per chunk of the file), ``n_model``, ``n_data``, ``n_psi``."""
+    ``model_axes``, ``data_axes``, ``unit`` (always cm² s: the values are converted),
+    ``file_unit`` and ``scale`` (the stored unit and the factor to cm² s), ``file_dtype`` (the
+    stored precision), ``row_align`` (rows per chunk of the file), ``n_model``, ``n_data``,
+    ``n_psi``, ``check`` (the :class:`~.validate.ValueCheck` every block read passes)."""
 
     path: Path | None = None
     row_align: int = 1
+    scale: float = 1.0
 
     def _setup(self, axes: Axes, unit) -> None:
-        self.axes, self.unit = axes, unit
+        self.axes, self.file_unit = axes, unit
         self.model_axes, self.data_axes = response_axes(axes, self.name)
+        self.scale = unit_factor(unit, self.name)
+        self.unit = RESPONSE_UNIT
+        if self.scale != 1.0:
+            logger.info("%s: response unit %s, values scaled by %g to cm2 s", self.name, unit,
+                        self.scale)
         self.n_model = int(np.prod(self.model_axes.nbins))
         self.n_data = int(np.prod(self.data_axes.nbins))
         self.n_psi = int(self.data_axes.nbins[-1])
+        self.check = ValueCheck(self.name, axes.labels, axes.nbins)
+
+    def _scale(self, out: np.ndarray) -> None:
+        if self.scale != 1.0:
+            np.multiply(out, out.dtype.type(self.scale), out=out)
 
     @property
     def operator_args(self) -> tuple:
         """(model_axes, data_axes, pixel_solid_angle, unit) of the response operator."""
         solid = np.full(self.n_model, self.model_axes["lb"].pixarea().to_value("sr"))
-        return (self.model_axes, self.data_axes, solid,
-                self.unit if self.unit is not None else "cm2 s")
+        return (self.model_axes, self.data_axes, solid, self.unit)
 
     def read(self, j0: int, j1: int, out: np.ndarray) -> None:  # pragma: no cover - abstract
-        """Fill ``out[:j1 - j0]`` (shape (·, n_data)) with rows j0:j1."""
+        """Fill ``out[:j1 - j0]`` (shape (·, n_data)) with rows j0:j1, in cm² s (not checked:
+        :meth:`blocks` checks)."""
         raise NotImplementedError
+
+    def fingerprint(self, n_rows: int = 8) -> str:
+        """A digest of the response's identity: shapes, stored dtype and unit, and the values of
+        ``n_rows`` evenly spaced rows (cheap; part of a converted cache's key)."""
+        h = hashlib.sha256(repr((self.n_model, self.n_data, self.n_psi, self.file_dtype.str,
+                                 str(self.file_unit), self.scale)).encode())
+        buf = np.empty((1, self.n_data), dtype=self.file_dtype)
+        for j in np.unique(np.linspace(0, self.n_model - 1, min(n_rows, self.n_model))
+                           .astype(int)):
+            self.read(int(j), int(j) + 1, buf)
+            h.update(memoryview(buf).cast("B"))
+        return h.hexdigest()
 
     def block_rows(self, itemsize: int, target_bytes: int = LOAD_BLOCK_BYTES) -> int:
         """Rows per read block: about ``target_bytes``, a multiple of the file's row chunks."""
@@ -105,6 +134,7 @@ class ResponseSource:
                 j1 = min(j0 + step, self.n_model)
                 dest = out[j0:j1] if out is not None else buf[:j1 - j0]
                 self.read(j0, j1, dest)
+                self.check.block(j0, dest)
                 yield j0, j1, dest
                 bar.update((j1 - j0) * self.n_data * self.file_dtype.itemsize)
 
@@ -143,9 +173,10 @@ class HistogramSource(ResponseSource):
         if self.sparse:
             block = block.todense()
         out[:j1 - j0] = np.asarray(block).reshape(j1 - j0, self.n_data)
+        self._scale(out[:j1 - j0])
 
     def dense_view(self):
-        if self.sparse:
+        if self.sparse or self.scale != 1.0:
             return None
         v = np.asarray(self.values)
         return v.reshape(self.n_model, self.n_data) if v.flags.c_contiguous else None
@@ -187,13 +218,15 @@ class HDF5Source(ResponseSource):
         self.sel_template = [slice(p, p + n) for p, n in zip(pad, nbins)]
         self.pad0 = pad[0]
         self.row_shape = tuple(nbins[1:])
-        if self.ds.chunks is not None:
-            self.row_align = int(self.ds.chunks[0])
+        # a matrix row is one (sky pixel, Ei) pair: the file's first two axes
+        self.n_ei = int(nbins[1])
+        self.row_align = self.n_ei * (int(self.ds.chunks[0]) if self.ds.chunks is not None
+                                      else 1)
 
     def contiguous_offset(self):
         # the matrix as stored: contiguous, unfiltered, no overflow bins, native byte order
         if self.ds.chunks is not None or any(s.start for s in self.sel_template) or \
-                not self.file_dtype.isnative:
+                not self.file_dtype.isnative or self.scale != 1.0:
             return None
         try:
             offset = self.ds.id.get_offset()
@@ -202,9 +235,21 @@ class HDF5Source(ResponseSource):
         return None if offset is None else int(offset)
 
     def read(self, j0, j1, out):
-        nb = j1 - j0
-        sel = tuple([slice(self.pad0 + j0, self.pad0 + j1)] + self.sel_template[1:])
-        self.ds.read_direct(out[:nb].reshape((nb,) + self.row_shape), source_sel=sel)
+        n_ei, nb = self.n_ei, j1 - j0
+        if j0 % n_ei == 0 and j1 % n_ei == 0:      # whole sky pixels: one hyperslab
+            p0, p1 = j0 // n_ei, j1 // n_ei
+            sel = tuple([slice(self.pad0 + p0, self.pad0 + p1)] + self.sel_template[1:])
+            self.ds.read_direct(out[:nb].reshape((p1 - p0,) + self.row_shape), source_sel=sel)
+            self._scale(out[:nb])
+            return
+        for j in range(j0, j1):                    # rows that split a pixel's energy bands
+            p, e = divmod(j, n_ei)
+            ei = self.sel_template[1].start + e
+            sel = tuple([slice(self.pad0 + p, self.pad0 + p + 1), slice(ei, ei + 1)]
+                        + self.sel_template[2:])
+            self.ds.read_direct(out[j - j0].reshape((1, 1) + self.row_shape[1:]),
+                                source_sel=sel)
+        self._scale(out[:nb])
 
     def close(self):
         self.file.close()
@@ -231,7 +276,8 @@ def open_source(rsp: Histogram | str | os.PathLike) -> ResponseSource:
     path = _existing(rsp)
     f = open_hdf5(path, rdcc_nbytes=256 * 2 ** 20, rdcc_nslots=100003)
     try:
-        g = _header(f, path)[0]
+        g, _, unit = _header(f, path)
+        unit_factor(unit, str(path))       # refused before any other reader sees it
         fmt = g.attrs.get("format", "dense")
         fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
         if fmt == "dense" and isinstance(g.get("contents"), h5py.Dataset):
@@ -264,4 +310,5 @@ def probe_response(rsp: Histogram | str | os.PathLike) -> tuple[Axes, Axes, Any]
     path = _existing(rsp)
     with open_hdf5(path) as f:
         _, axes, unit = _header(f, path)
-    return (*response_axes(axes, str(path)), unit)
+    unit_factor(unit, str(path))
+    return (*response_axes(axes, str(path)), RESPONSE_UNIT)

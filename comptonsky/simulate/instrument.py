@@ -20,6 +20,7 @@ import numba
 import numpy as np
 from scipy.special import erf
 
+from .._numba import njit
 from ..errors import InvalidParameterError
 from ..physics import klein_nishina, scattered_energy
 from ..response.galactic import DetectorResponse, _subpixels
@@ -368,7 +369,7 @@ _CDF_X = np.linspace(-_CDF_HALF, _CDF_HALF, 24001)
 _CDF_TAB = 0.5 * (1.0 + erf(_CDF_X / np.sqrt(2.0)))
 
 
-@numba.njit(cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _gauss_cdf(x, tab):
     if x <= -_CDF_HALF:
         return 0.0
@@ -380,7 +381,7 @@ def _gauss_cdf(x, tab):
     return tab[k] * (1.0 - f) + tab[k + 1] * f
 
 
-@numba.njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True)
 def _band_kernel(nu, sub, lpath, sub_area, tphi, tq, tmu, edges, sigma, nsig, start, vals, cdf):
     nnu = nu.shape[0]
     npix, nsub = sub.shape[0], sub.shape[1]

@@ -21,7 +21,7 @@ from ..geometry import (
     horizon_angle_deg,
     rotation_about_z,
 )
-from ..io.orientation import Orientation
+from ..io.orientation import Orientation, OriWriter
 
 __all__ = [
     "EARTH_RADIUS_KM",
@@ -34,6 +34,8 @@ __all__ = [
     "equatorial_to_galactic_matrix",
     "attitude_at",
     "attitude_history",
+    "iter_attitude_history",
+    "write_orientation",
 ]
 
 logger = logging.getLogger(__name__)
@@ -205,3 +207,62 @@ def attitude_history(profile: OrbitProfile, dt_s: float = 20.0, tmin: float | No
     return Orientation(time=times, x_axis=att["x_axis"], z_axis=att["z_axis"],
                        altitude=np.full(len(times), profile.altitude_km),
                        earth_zenith=att["zenith"], livetime=live)
+
+
+def iter_attitude_history(profile: OrbitProfile, dt_s: float = 1.0, tmin: float | None = None,
+                          tmax: float | None = None, block_rows: int = 1 << 20):
+    """The rows of :func:`attitude_history` in blocks of at most ``block_rows`` time stamps.
+
+    A 3-month history at 1 s holds 8 M rows; blocks keep the memory at a block's attitudes.
+
+    Yields
+    ------
+    Orientation
+        Consecutive blocks; together the same rows as ``attitude_history(profile, dt_s, ...)``.
+    """
+    if not dt_s > 0:
+        raise InvalidParameterError(f"attitude sampling step must be positive, got {dt_s}")
+    t0 = profile.tmin if tmin is None else float(tmin)
+    t1 = profile.tmax if tmax is None else float(tmax)
+    if not t1 > t0:
+        raise InvalidParameterError(f"empty time range [{t0}, {t1}]")
+    n = int(np.ceil((t1 - t0) / dt_s))
+    for i0 in range(0, n + 1, int(block_rows)):
+        i = np.arange(i0, min(n + 1, i0 + int(block_rows)))
+        times = np.where(i < n, t0 + dt_s * i, t1)
+        nxt = np.minimum(t0 + dt_s * (i + 1), t1)
+        live = np.where(i < n, nxt - times, 0.0)
+        att = attitude_at(profile, times)
+        yield Orientation(time=times, x_axis=att["x_axis"], z_axis=att["z_axis"],
+                          altitude=np.full(len(times), profile.altitude_km),
+                          earth_zenith=att["zenith"], livetime=live)
+
+
+def write_orientation(path, profile: OrbitProfile, dt_s: float = 1.0,
+                      progress: bool = False) -> int:
+    """Write the attitude history of ``profile`` at ``dt_s`` cadence as an ``.ori`` file.
+
+    Parameters
+    ----------
+    path : path-like
+        Output file (written atomically).
+    profile : OrbitProfile
+    dt_s : float
+        Cadence (s); the COSI files and the tutorials use 1 s.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    int
+        Rows written.
+    """
+    from tqdm.auto import tqdm
+
+    n = int(np.ceil(profile.duration_s / dt_s)) + 1
+    with OriWriter(path) as w, tqdm(total=n, desc="orientation", unit="row",
+                                     disable=not progress) as bar:
+        for block in iter_attitude_history(profile, dt_s):
+            w.write(block)
+            bar.update(len(block))
+    return w.rows

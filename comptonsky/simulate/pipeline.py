@@ -25,15 +25,15 @@ from ..errors import InvalidParameterError
 from ..io.atomic import atomic_path
 from ..io.events import write_events
 from ..io.histogram import write_histogram
-from ..io.orientation import write_ori
 from ..response.galactic import (
     bin_attitudes,
     carry_local_cds,
     galactic_exposure,
     write_galactic_response,
 )
+from .detector import write_detector_response
 from .events import simulate_background_events, simulate_sky_events
-from .orbit import attitude_history
+from .orbit import attitude_history, write_orientation
 from .presets import Preset, get_preset
 from .sky import HealpixMapSource, SkyModel
 
@@ -42,7 +42,7 @@ __all__ = ["simulate_dataset", "SIMULATION_VERSION", "MANIFEST_NAME"]
 logger = logging.getLogger(__name__)
 
 #: Bumped whenever the simulator's output for the same parameters changes (invalidates caches).
-SIMULATION_VERSION = 4
+SIMULATION_VERSION = 5
 #: Name of the manifest file written last into the output directory.
 MANIFEST_NAME = "simulation.json"
 
@@ -54,6 +54,7 @@ def _events_name(tag: str, fmt: str) -> str:
 def _file_names(sky_name: str, fmt: str, cosmic: bool) -> dict[str, str]:
     names = {
         "response": "psr_gal_511.h5",
+        "detector_response": "detector_response_511.h5",
         "source_events": _events_name(sky_name, fmt),
         "albedo_events": _events_name("albedo", fmt),
         "albedo_model": "albedo_model.hdf5",
@@ -137,6 +138,7 @@ def _write_text(path: Path, text: str) -> None:
 def simulate_dataset(output_dir: str | os.PathLike, preset: str | Preset = "dc2-511-thin-disk",
                      nside: int = 16, phi_bin_deg: float = 3.0, duration_s: float | None = None,
                      seed: int = 1, format: str = "fits", attitude_step_s: float = 20.0,
+                     ori_cadence_s: float = 1.0,
                      attitude_resolution_deg: float | None = None,
                      sky_sampling: str = "pixel", psichi_oversample: int = 1,
                      background_rate_hz: float | str | None = "preset", force: bool = False,
@@ -161,7 +163,12 @@ def simulate_dataset(output_dir: str | os.PathLike, preset: str | Preset = "dc2-
     format : {"fits", "hdf5"}
         Event-list format (``.fits.gz`` or ``.hdf5``).
     attitude_step_s : float
-        Sampling step of the attitude history and of ``orientation.ori`` (s).
+        Sampling step (s) of the attitude history the Galactic response and the albedo
+        template are built from.
+    ori_cadence_s : float
+        Cadence (s) of ``orientation.ori``, which the spacecraft-frame (ScAtt) analysis reads:
+        1 s (default) as in the COSI files; a 3-month file then holds 8 M rows (0.9 GB). A
+        coarser cadence (e.g. 60) makes a smaller file and coarser exposure tables.
     attitude_resolution_deg : float, optional
         Size of the attitude bins of the response; default half a HEALPix pixel.
     sky_sampling : {"pixel", "continuous"}
@@ -185,7 +192,7 @@ def simulate_dataset(output_dir: str | os.PathLike, preset: str | Preset = "dc2-
     Returns
     -------
     dict of str to pathlib.Path
-        Keys ``response``, ``source_events``, ``albedo_events``, ``albedo_model``, ``truth``,
+        Keys ``response``, ``detector_response``, ``source_events``, ``albedo_events``, ``albedo_model``, ``truth``,
         ``orientation``, ``inputs``, ``parfile``, ``manifest`` (and ``cosmic_events`` for presets
         with a cosmic component).
     """
@@ -201,6 +208,9 @@ def simulate_dataset(output_dir: str | os.PathLike, preset: str | Preset = "dc2-
             f"psichi_oversample must be an integer from 0 to 3, got {psichi_oversample!r}")
     psichi_oversample = int(psichi_oversample)
     background_rate = _background_rate(background_rate_hz, pre)
+    if not (np.isfinite(ori_cadence_s) and ori_cadence_s > 0):
+        raise InvalidParameterError(f"ori_cadence_s must be a positive number of seconds, got "
+                                    f"{ori_cadence_s!r}")
     fmt = str(format).lower()
     if fmt not in ("fits", "hdf5"):
         raise InvalidParameterError(f"format must be 'fits' or 'hdf5', got {format!r}")
@@ -217,6 +227,7 @@ def simulate_dataset(output_dir: str | os.PathLike, preset: str | Preset = "dc2-
     params = {"version": SIMULATION_VERSION, "preset": pre.name, "nside": int(nside),
               "phi_bin_deg": float(phi_bin_deg), "duration_s": float(orbit.duration_s),
               "seed": int(seed), "format": fmt, "attitude_step_s": float(attitude_step_s),
+              "ori_cadence_s": float(ori_cadence_s),
               "attitude_resolution_deg": float(attitude_resolution_deg),
               "sky_sampling": sky_sampling, "psichi_oversample": psichi_oversample,
               "background_rate_hz": background_rate}
@@ -239,9 +250,12 @@ def simulate_dataset(output_dir: str | os.PathLike, preset: str | Preset = "dc2-
     rng_src, rng_bkg = (np.random.default_rng(s) for s in ss.spawn(2))
     summary: dict = {}
 
-    # attitude history -> orientation file and attitude bins
+    # attitude history -> orientation file (at its own cadence) and attitude bins
+    t0 = time.perf_counter()
+    summary["orientation_rows"] = write_orientation(paths["orientation"], orbit, ori_cadence_s,
+                                                    progress=progress)
+    logger.info("orientation written in %.1f s", time.perf_counter() - t0)
     ori = attitude_history(orbit, attitude_step_s)
-    write_ori(paths["orientation"], ori)
     bins = bin_attitudes(ori, attitude_resolution_deg)
     summary["attitude_bins"] = len(bins)
 
@@ -249,6 +263,9 @@ def simulate_dataset(output_dir: str | os.PathLike, preset: str | Preset = "dc2-
     t0 = time.perf_counter()
     det = inst.detector_response(nside, nside * 2**psichi_oversample, phi_edges, em_edges)
     logger.info("detector-frame response built in %.1f s", time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    write_detector_response(paths["detector_response"], det, nside, phi_edges, em_edges)
+    logger.info("spacecraft-frame response file written in %.1f s", time.perf_counter() - t0)
     t0 = time.perf_counter()
     write_galactic_response(paths["response"], det, bins, em_edges, em_edges, phi_edges,
                             nside=nside, progress=progress)
@@ -300,6 +317,7 @@ def simulate_dataset(output_dir: str | os.PathLike, preset: str | Preset = "dc2-
         bkgs[0] = albedo = replace(albedo, intensity=albedo.intensity * scale)
         summary["albedo_scale_over_line_flux"] = scale
     summary["albedo_flux_ph_cm2_s"] = albedo.flux(orbit.horizon_deg)
+    summary["albedo_intensity_ph_cm2_s_sr"] = float(albedo.intensity)
     hist = Histogram([Axis(np.array([orbit.tmin, orbit.tmax]) * u.s, label="Time"),
                       Axis(em_edges * u.keV, label="Em"), Axis(phi_edges * u.deg, label="Phi"),
                       HealpixAxis(nside=nside, scheme="ring", coordsys="galactic",

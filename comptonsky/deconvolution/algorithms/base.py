@@ -9,6 +9,10 @@ every iteration. The public fit API::
     state = algo.state          # everything needed to continue elsewhere
     other.start(state); other.iterate(5)   # the same as 10 iterations in one go
     algo.run()                  # iterate until the stopping rule
+
+Only the last record of :attr:`results` keeps its maps unless :attr:`keep_maps` is ``"all"``
+(memory flat in the iteration count); after every iteration :attr:`committed` records what a
+checkpoint of it needs (:mod:`..checkpoint`).
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ from tqdm.auto import tqdm
 
 from ...config import Parameters
 from ...errors import InvalidParameterError, UnknownChoiceError
+from ..checkpoint import Committed, capture, reuse_wrapper
 from ..joint import JointData
 from ..model import AllSkyImageModel
 from ..registry import ACCELERATION_METHODS, ALGORITHM_SPECS
+from ..results import IterationRecord, strip_maps
 from ..smoothing import make_smoother
 from ..state import Direction, FitState
 from ..steps import clip_norms, constrain, response_weighting_filter
@@ -109,6 +115,16 @@ class DeconvolutionAlgorithm(ABC):
                                           lb.nside, nested=str(lb.scheme).lower() == "nested")
         self.results: list[dict[str, Any]] = []
         self.state: FitState | None = None
+        #: which records of :attr:`results` hold maps: ``"final"`` (the last one; the others
+        #: keep the table values and ``model_flux``) or ``"all"`` (the default when the
+        #: parameter file saves every iteration)
+        self.keep_maps = ("all" if self.setting("save_results:activate", False)
+                          and not self.setting("save_results:only_final_result", True)
+                          else "final")
+        #: the state after the last completed iteration and what a checkpoint needs of it
+        self.committed: Committed | None = None
+        #: whether the fit continues from a checkpoint (the stopping rule is checked first)
+        self.resumed = False
         #: summary of the cross-validation run (when the stopping rule uses it)
         self.cross_validation: dict[str, Any] | None = None
         self.bind(data)
@@ -164,6 +180,7 @@ class DeconvolutionAlgorithm(ABC):
         """
         clone = copy.copy(self)
         clone.results, clone.state, clone.cross_validation = [], None, None
+        clone.committed, clone.resumed = None, False
         clone.minimum_flux = self.minimum_flux * intensity_scale
         if intensity_scale != 1.0:
             clone.initial_model = self.initial_model.copy()
@@ -230,6 +247,8 @@ class DeconvolutionAlgorithm(ABC):
         """Begin a fit at ``state`` (warm start) or at :meth:`initial_state`; clears results."""
         self.state = self.initial_state() if state is None else state
         self.results = []
+        self.resumed = False
+        self.committed = capture(self)
         return self.state
 
     def iterate(self, n: int = 1) -> FitState:
@@ -241,8 +260,28 @@ class DeconvolutionAlgorithm(ABC):
             after = self.step(before)
             self.state = replace(after, iteration=before.iteration + 1,
                                  memory={**before.memory, **after.memory})
-            self.results.append(self.make_result())
+            record = IterationRecord(self.make_result())
+            if self.keep_maps != "all" and self.results:
+                strip_maps(self.results[-1])
+            self.results.append(record)
+            self.committed = capture(self)   # one assignment: a checkpoint sees all or nothing
         return self.state
+
+    def rewind(self) -> None:
+        """Go back to :attr:`committed`, the last completed iteration (after one cut short):
+        state, records, remembered products and pass counts."""
+        done = self.committed
+        if done is None:
+            return
+        self.state = done.state
+        del self.results[done.n_results:]
+        if self.results and "model" not in self.results[-1]:
+            self.results[-1] = IterationRecord(self.make_result())
+        for op, item in zip(self.data.operators, done.products):
+            if item is not None:
+                wrapper = reuse_wrapper(op)
+                wrapper._history, wrapper.products_computed, wrapper.products_reused = item
+        self.data.counter.forward, self.data.counter.adjoint = done.passes
 
     def _should_stop(self, limit: int, threshold: float, key: str) -> bool:
         """Stop after ``limit`` iterations, or once ``key`` gains less than ``threshold`` (a
@@ -258,31 +297,43 @@ class DeconvolutionAlgorithm(ABC):
             return False
         return gain < threshold
 
-    def run(self, progress: bool = True) -> list[dict[str, Any]]:
+    def run(self, progress: bool = True, on_iteration=None) -> list[dict[str, Any]]:
         """Iterate from the current state until a stopping criterion is met; returns
         :attr:`results`.
 
         With ``stopping_criteria:statistics: cross-validation`` the number of iterations is
         chosen first on a binomially thinned copy of the counts (see
         :mod:`comptonsky.deconvolution.stopping`); every record then gains
-        ``validation-log-likelihood``.
+        ``validation-log-likelihood``. A fit resumed from a checkpoint checks the stopping rule
+        before its first iteration (the run that wrote the checkpoint may have stopped there).
+
+        Parameters
+        ----------
+        progress : bool
+            Show a progress bar.
+        on_iteration : callable, optional
+            Called with this algorithm after every iteration (checkpoints).
         """
         if self.state is None:
             self.start()
         limit, threshold, key = self.iteration_max, self.stopping_threshold, self.stopping_statistic
         if key == "cross-validation":
-            self.cross_validation = choose_iterations(self, progress)
+            if self.cross_validation is None:
+                self.cross_validation = choose_iterations(self, progress)
             limit, threshold = self.cross_validation["best_iteration"], -math.inf
             key = self.default_statistic
-        with tqdm(total=limit, desc=f"{self.name} iterations", unit="it", disable=not progress,
+        stop = self.resumed and bool(self.results) and self._should_stop(limit, threshold, key)
+        with tqdm(total=limit, initial=min(len(self.results), limit),
+                  desc=f"{self.name} iterations", unit="it", disable=not progress,
                   leave=False) as bar:
-            while True:
+            while not stop:
                 self.iterate()
                 bar.update(1)
                 bar.set_postfix(logL=f"{self.state.log_likelihood:.6g}",
                                 alpha=f"{self.state.alpha:.3g}")
-                if self._should_stop(limit, threshold, key):
-                    break
+                if on_iteration is not None:
+                    on_iteration(self)
+                stop = self._should_stop(limit, threshold, key)
         if self.cross_validation is not None:
             history = self.cross_validation["validation_log_likelihood"]
             for record in self.results:

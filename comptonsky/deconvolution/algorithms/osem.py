@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -72,6 +73,13 @@ class OrderedSubsetsEM(DeconvolutionAlgorithm):
                                     for g in groups] for K, groups in self.groups.items()}
         self.group_indices = {K: [[s.group_indices(g) for s in self.subsets] for g in groups]
                               for K, groups in self.groups.items()}
+        # counts and background templates on each group's bins, gathered once
+        self.group_counts = {K: [[ds.counts[i] for ds, i in zip(data.datasets, idx)]
+                                 for idx in self.group_indices[K]] for K in levels}
+        self.group_backgrounds = {
+            K: [[{key: ds.background(key)[i] for key in ds.keys_bkg_models()}
+                 for ds, i in zip(data.datasets, idx)] for idx in self.group_indices[K]]
+            for K in levels}
         self.group_bkg_sums = {
             K: [{key: float(sum(ds.background(key)[idx[m]].sum()
                                 for m, ds in enumerate(data.datasets)
@@ -86,18 +94,16 @@ class OrderedSubsetsEM(DeconvolutionAlgorithm):
 
     def _sub_iteration(self, K: int, k: int, model: np.ndarray, norms: dict[str, float],
                        expectations: list[np.ndarray]):
-        datasets = self.data.datasets
-        indices = self.group_indices[K][k]
         blocks = self.groups[K][k]
-        ratios = [ds.counts[idx] / eps for ds, idx, eps in zip(datasets, indices, expectations)]
+        backgrounds = self.group_backgrounds[K][k]
+        ratios = [x / eps for x, eps in zip(self.group_counts[K][k], expectations)]
         back = np.zeros(self.data.n_model)
         for s, r in zip(self.subsets, ratios):
             back += s.adjoint_group(blocks, r)
         direction = em_update(
             self, model, norms, back, self.group_exposures[K][k],
-            lambda: {key: sum(float(np.dot(r, ds.background(key)[idx]))
-                              for ds, idx, r in zip(datasets, indices, ratios)
-                              if key in ds.keys_bkg_models()) for key in norms},
+            lambda: {key: sum(float(np.dot(r, b[key])) for b, r in zip(backgrounds, ratios)
+                              if key in b) for key in norms},
             self.group_bkg_sums[K][k])
         model, norms = self.constrain(model + direction.processed,
                                       shift_norms(norms, direction.norm_step))
@@ -106,11 +112,11 @@ class OrderedSubsetsEM(DeconvolutionAlgorithm):
     def _subset_expectations(self, K: int, k: int, model: np.ndarray,
                              norms: dict[str, float]) -> list[np.ndarray]:
         out = []
-        for ds, s, idx in zip(self.data.datasets, self.subsets, self.group_indices[K][k]):
+        for s, backgrounds in zip(self.subsets, self.group_backgrounds[K][k]):
             eps = s.forward_group(self.groups[K][k], model)
             eps += ALMOST_ZERO
-            for key in ds.keys_bkg_models():
-                eps += norms.get(key, 1.0) * ds.background(key)[idx]
+            for key, values in backgrounds.items():
+                eps += norms.get(key, 1.0) * values
             out.append(eps)
         return out
 
@@ -119,7 +125,8 @@ class OrderedSubsetsEM(DeconvolutionAlgorithm):
         gains = list(state.memory.get("cycle_gains", []))
         K = self.levels[level]
         if K == 1 and self.accelerator is not None:
-            return self.accelerator.step(self, state)
+            after = self.accelerator.step(self, state)
+            return replace(after, memory={**after.memory, "n_subsets": 1})
         model, norms = state.model, state.norms
         for k in range(K):
             if k == 0:  # the full expectations of the previous cycle are still current
@@ -139,5 +146,11 @@ class OrderedSubsetsEM(DeconvolutionAlgorithm):
                 or (len(gains) >= 2 and gain < 0.25 * gains[-2]) or gain < 0.02 * gains[0]):
             level, gains = level + 1, []
             logger.debug("OSEM: %d subsets from the next cycle", self.levels[level])
-        return replace(new, direction=direction, alpha=float(K),
-                       memory={"level": level, "cycle_gains": gains})
+        return replace(new, direction=direction, alpha=1.0,
+                       memory={"level": level, "cycle_gains": gains, "n_subsets": K})
+
+    def make_result(self) -> dict[str, Any]:
+        """The record of the current state, with ``n_subsets``: the subsets of its cycle."""
+        record = super().make_result()
+        record["n_subsets"] = int(self.state.memory.get("n_subsets", self.current_subsets))
+        return record
