@@ -135,16 +135,19 @@ _TABLES: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
 
 class EngineBlock:
-    """Sky pixels [p0, p1) of the Galactic response of ``det`` and ``bins`` by the in-process
-    engine (:mod:`comptonsky.response.galactic`), shape (p1 − p0, n_Ei, n_Em, n_Phi, N_PsiChi),
-    float32, cm² s. The push tables are made once per worker and kept."""
+    """Sky pixels [p0, p1) of the Galactic response of ``det`` and ``bins``
+    (:func:`comptonsky.response.galactic.galactic_response_block`), shape
+    (p1 − p0, n_Ei, n_Em, n_Phi, N_PsiChi), ``dtype``, cm² s. The push tables (which do not
+    depend on the sky pixels) are made once per process and kept."""
 
     def __init__(self, det, bins, nside: int | None = None, occultation: bool = True,
-                 interpolation: str = "overlap", sky_oversample: int = 0):
+                 interpolation: str = "overlap", sky_oversample: int = 0,
+                 nside_psichi: int | None = None, dtype: str = "float32"):
         self.det, self.bins = det, bins
         self.nside = int(nside or det.nside_psichi)
+        self.nside_psichi = int(nside_psichi or self.nside)
         self.occultation, self.interpolation = bool(occultation), interpolation
-        self.sky_oversample = int(sky_oversample)
+        self.sky_oversample, self.dtype = int(sky_oversample), str(dtype)
         self.token = uuid.uuid4().hex      # the push tables of this engine, per process
 
     @property
@@ -152,24 +155,19 @@ class EngineBlock:
         return 12 * self.nside ** 2
 
     def __call__(self, p0: int, p1: int) -> np.ndarray:
-        from ..response import galactic as g
+        from ..response.galactic import galactic_response_block, push_tables
 
-        det, npix = self.det, self.n_pix
         tables = _TABLES.get(self.token)
         if tables is None:
-            tables = _TABLES[self.token] = g._push_tables(self.bins.rotations, det.nside_psichi,
-                                                          self.nside, self.interpolation)
+            tables = _TABLES[self.token] = push_tables(self.bins.rotations,
+                                                       self.det.nside_psichi,
+                                                       self.nside_psichi, self.interpolation)
             while len(_TABLES) > 4:
                 _TABLES.pop(next(iter(_TABLES)))
-        push_pix, push_w = tables
-        pix = np.arange(int(p0), int(p1))
-        nu_idx, weight = g._sky_lookup(self.bins, self.nside, pix, det.nside_nu,
-                                       self.occultation, self.sky_oversample)
-        out = np.zeros((len(pix), npix, det.n_k), dtype=np.float32)
-        g._accumulate(out, nu_idx, weight, push_pix, push_w, det.indptr, det.col_p, det.col_k,
-                      det.val)
-        return np.ascontiguousarray(out.transpose(0, 2, 1)).reshape(
-            (len(pix),) + tuple(det.shape_k) + (npix,))
+        return galactic_response_block(self.det, self.bins, np.arange(int(p0), int(p1)),
+                                       self.nside, self.nside_psichi, self.occultation,
+                                       self.interpolation, self.sky_oversample, self.dtype,
+                                       push=tables)
 
 
 def galactic_response_on(client: Any, make_block: Callable[[int, int], np.ndarray], n_pix: int,
