@@ -333,3 +333,25 @@ def test_deconvolve_command_with_workers(small_problem, tmp_path):
     two = json.loads((tmp_path / "out2" / "summary.json").read_text())
     assert sum(two["log_likelihood"]) == pytest.approx(sum(one["log_likelihood"]), rel=1e-12)
     assert main([*args, "--workers", "1", "--scheduler", "tcp://127.0.0.1:1"]) == 1
+
+
+@pytest.mark.slow  # starts a 2-process local cluster (~15 s)
+def test_response_galactic_on_workers_writes_the_same_file(tmp_path):
+    """`comptonsky response galactic --workers 2` computes the sky-pixel blocks on a local
+    cluster; the file equals the one-process file exactly (same blocks, written in order)."""
+    from histpy import Histogram
+
+    from comptonsky.cli import main
+
+    from .conftest import reference_file
+    from .test_extended_response import ORI10, SPARSE
+
+    drm, ori = reference_file(SPARSE), reference_file(ORI10)
+    common = ["response", "galactic", "--drm", str(drm), "--ori", str(ori), "--nside", "2",
+              "--dtype", "float64", "--block", "5", "--no-progress"]
+    assert main([*common, "--output", str(tmp_path / "one.h5")]) == 0
+    assert main([*common, "--workers", "2", "--output", str(tmp_path / "two.h5")]) == 0
+    one, two = Histogram.open(tmp_path / "one.h5"), Histogram.open(tmp_path / "two.h5")
+    assert one.axes == two.axes
+    np.testing.assert_array_equal(one.contents.value, two.contents.value)
+    assert one.contents.value.sum() > 0

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from . import COMMANDS
+from ._dask import add_dask_options, client_from_args
 
 HELP = COMMANDS["response"]
 
@@ -47,6 +48,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--output", "-o", required=True, type=Path, help="output .h5 file")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_dask_options(g)
     g.set_defaults(func=run_galactic)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
     return p
@@ -78,10 +80,18 @@ def run_galactic(args: argparse.Namespace) -> int:
             raise InvalidParameterError(
                 f"--nside {args.nside} is finer than 4 x the response's NuLambda nside "
                 f"{fdr.nside} ({args.drm}); the response cannot resolve it")
-        path = write_extended_source_response(
-            args.output, fdr, orientation, nside_image=args.nside,
-            nside_scatt_map=args.nside_scatt, Earth_occ=args.earth_occ, method=args.method,
-            block=args.block, dtype=args.dtype, overwrite=True, progress=not args.no_progress)
+        options = dict(nside_image=args.nside, nside_scatt_map=args.nside_scatt,
+                       Earth_occ=args.earth_occ, method=args.method, block=args.block,
+                       dtype=args.dtype, overwrite=True, progress=not args.no_progress)
+        with client_from_args(args) as client:
+            if client is None:
+                path = write_extended_source_response(args.output, fdr, orientation,
+                                                      **options)
+            else:
+                from ..distributed.tasks import write_extended_source_response_on
+
+                path = write_extended_source_response_on(client, args.output, fdr,
+                                                         orientation, **options)
     size = path.stat().st_size
     print(f"wrote {path} ({size / 2**20:.1f} MiB) in {time.perf_counter() - t0:.1f} s")
     return 0

@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 
 from ..errors import DistributedError
 
-__all__ = ["map_ordered", "map_pixel_blocks", "EngineBlock", "pixel_blocks", "galactic_response_on"]
+__all__ = ["map_ordered", "map_pixel_blocks", "EngineBlock", "pixel_blocks", "galactic_response_on",
+           "write_extended_source_response_on"]
 
 logger = logging.getLogger(__name__)
 
@@ -178,3 +179,45 @@ def galactic_response_on(client: Any, make_block: Callable[[int, int], np.ndarra
     map_pixel_blocks(client, make_block, n_pix, block, lambda p0, p1, v: parts.append(v),
                      progress=progress)
     return np.concatenate(parts)
+
+
+def write_extended_source_response_on(client: Any, path, fdr, orientation,
+                                      nside_image: int | None = None,
+                                      nside_scatt_map: int | None = None,
+                                      Earth_occ: bool = True,  # noqa: N803
+                                      method: str = "scatt_map", block: int = 64,
+                                      dtype: str = "float32", overwrite: bool = True,
+                                      progress: bool = True, window: int | None = None):
+    """:func:`comptonsky.response.extended.write_extended_source_response` with the sky-pixel
+    blocks computed on the workers of ``client`` and written here in pixel order.
+
+    The blocks are the same as in one process (``block`` pixels each, independent of the number
+    of workers), so the file is the same; at most ``window`` blocks (default 2 per worker) are
+    held here at a time.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    from ..response.extended import extended_response_axes, galactic_inputs
+    from ..response.galactic import write_response_blocks
+
+    det, bins, opt = galactic_inputs(fdr, orientation, nside_image, nside_scatt_map, Earth_occ,
+                                     method)
+    axes = extended_response_axes(fdr, opt["nside"])
+    engine = EngineBlock(det, bins, nside=opt["nside"], occultation=opt["occultation"],
+                         interpolation=opt["interpolation"], nside_psichi=opt["nside_psichi"],
+                         dtype=dtype)
+    if window is None:
+        window = 2 * max(1, len(client.scheduler_info()["workers"]))
+    n_pix = engine.n_pix
+
+    def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        with tqdm(total=n_pix, desc="Galactic response", unit="pix", disable=not progress,
+                  leave=False) as bar:
+            for p0, p1, values in map_ordered(client, _run_block, pixel_blocks(n_pix, block),
+                                              engine, name="pixels", window=window):
+                bar.update(p1 - p0)
+                yield np.arange(p0, p1), values
+
+    return write_response_blocks(path, axes, blocks(), dtype=dtype, overwrite=overwrite)
