@@ -51,10 +51,10 @@ import numpy as np
 
 BASE = Path(os.environ["PROBE_BASE"])
 MMAP_CHILD = """
-import sys
+import json, sys
 import numpy as np
 from comptonsky.response.load import load_response
-op = load_response("r.h5", storage="dense")
+op = load_response("r.h5", **json.loads(sys.argv[1]))
 x = np.random.default_rng(0).random(op.n_model)
 first = op.forward(x)
 print("ready", flush=True)
@@ -423,6 +423,22 @@ case("cache: unwritable --cache-dir", f"""
     rc or compare(final_map("b"), {REF}, 1e-3, "map")
     sys.exit(rc)
 """, ("afile", "cache"))
+case("cache: response in a read-only folder (cache beside it)", f"""
+    import shutil
+    os.makedirs("ro")
+    shutil.copy(BASE / "rsp.h5", "ro/r.h5")
+    ok = subprocess.run(["mount", "--bind", "ro", "ro"], capture_output=True).returncode == 0
+    ok = ok and subprocess.run(["mount", "-o", "remount,ro,bind", "ro"],
+                               capture_output=True).returncode == 0
+    if not ok:
+        print("PROBE-SKIP cannot make a read-only bind mount"); sys.exit(0)
+    try:
+        rc = deconvolve("b", "--dtype", "float32", rsp="ro/r.h5")
+    finally:
+        subprocess.run(["umount", "-l", "ro"], capture_output=True)
+    rc or compare(final_map("b"), {REF}, 1e-3, "map")
+    sys.exit(rc)
+""", ("ro", "cache"))
 case("cache: unwritable HOME, comptonsky --help", """
     import shutil
     repo = Path(os.environ["PYTHONPATH"].split(os.pathsep)[0])
@@ -448,7 +464,9 @@ case("cache: unwritable HOME, comptonsky --help", """
 SIGBUS_CODE = """
     import shutil, subprocess
     shutil.copy(BASE / "rsp.h5", "r.h5")
-    p = subprocess.Popen([sys.executable, "-c", MMAP_CHILD], stdin=subprocess.PIPE,
+    KW = dict(storage="dense")
+    PREP
+    p = subprocess.Popen([sys.executable, "-c", MMAP_CHILD, json.dumps(KW)], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "ready", p.stderr.read()
     MODE
@@ -460,11 +478,21 @@ SIGBUS_CODE = """
         outcome("right" if "same True" in out else "wrong", out.strip())
     sys.exit(p.returncode)
 """
-case("mmap: response truncated under a running job",
-     SIGBUS_CODE.replace("MODE", 'os.truncate("r.h5", 4096)'), ("r.h5",))
-case("mmap: response replaced (rewritten in place) under a running job",
-     SIGBUS_CODE.replace("MODE", 'open("r.h5", "r+b").write(b"\\\\0" * 8192); '
-                                 'os.truncate("r.h5", 8192)'), ("r.h5",))
+def _mmap_case(name, mode, prep="", names=("r.h5",)):
+    case(name, SIGBUS_CODE.replace("PREP", prep).replace("MODE", mode), names)
+
+
+_mmap_case("mmap: response truncated under a running job", 'os.truncate("r.h5", 4096)')
+_mmap_case("mmap: response replaced (rewritten in place) under a running job",
+           'open("r.h5", "r+b").write(bytes(8192)); os.truncate("r.h5", 8192)')
+_mmap_case("mmap: float32 cache truncated under a running job", """for f in cache_files("c"):
+        os.chmod(f, 0o644)
+        os.truncate(f, 4096)""", prep="""KW.update(dtype="float32", cache_dir="c")
+    from comptonsky.response.load import load_response
+    op = load_response("r.h5", **KW)
+    pending = getattr(op, "load_info", {}).get("cache_pending")
+    pending is None or pending.result()
+    del op""", names=("cache", "r.h5"))
 
 # ---- response values and units
 case("response: one NaN element", f"""
@@ -860,6 +888,13 @@ for label, target, prep in (("--output .", ".", ""),
                 or "{target}" == "." else "right", "written over")
     sys.exit(rc)
 """, (target if target != "." else "'.'", "folder", "exists", "directory", "o.h5"))
+case("deconvolve --output existing file", """
+    Path("o.h5").write_text("old")
+    rc = deconvolve("o.h5")
+    if rc == 0:
+        outcome("wrong", "ran over a file")
+    sys.exit(rc)
+""", ("o.h5",))
 MAP = """
     from astropy import units as u
     from histpy import Axis, HealpixAxis, Histogram
@@ -874,14 +909,15 @@ for label, values, args in (("plot --scale log on a zero map", "np.zeros(12)", '
                             ("plot --scale log --vmin 0", "np.arange(12.0)",
                              '"--scale", "log", "--vmin", "0"'),
                             ("plot: unknown image extension", "np.arange(12.0)",
-                             '"--output", "m.xyz"')):
+                             '"--output", "m.xyz"'),
+                            ("plot --output .", "np.arange(12.0)", '"--output", "."')):
     case(label, MAP + f"""
     map_file({values})
     rc = cli("plot", "m.h5", {args})
     if rc == 0:
         outcome("wrong", "an image was written")
     sys.exit(rc)
-""", ("m.h5", "vmin", "xyz"))
+""", ("m.h5", "vmin", "xyz", "folder"))
 FULL = """
     import subprocess
     os.makedirs("full")
