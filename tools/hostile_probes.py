@@ -596,14 +596,11 @@ case("run: kill -9 while a rerun saves", f"""
     args = deconvolve_args("b", "--overwrite", par="p.yml")
     if "--overwrite" not in cli_sub("deconvolve", "--help")[1]:
         args.remove("--overwrite")
-    start = time.time()
     p = subprocess.Popen([sys.executable, "-m", "comptonsky", *args], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
-    def touched():                       # the first file the new run writes or removes
-        names = set(os.listdir("b"))
-        return any(os.stat(Path("b") / n).st_mtime > start for n in names) or \
-            "model_itr5.hdf5" not in names
-    while p.poll() is None and not touched():
+    def saving():                        # the new run's final map (or its temporary) appears
+        return any("itr40" in n for n in os.listdir("b"))
+    while p.poll() is None and not saving():
         time.sleep(0.002)
     p.kill(); p.communicate()
     s = json.loads(Path("b/summary.json").read_text()) if Path("b/summary.json").exists() else {{}}
