@@ -1065,7 +1065,9 @@ def classify(rc: int | None, out: str, err: str, names: tuple[str, ...],
     if timeout:
         return "timeout", "no answer within the time limit"
     if "Traceback (most recent call last)" in err or "Traceback (most recent call last)" in out:
-        last = next((ln for ln in reversed(lines) if not ln.startswith(" ")), "")
+        exc = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Warning)\b")
+        last = next((ln for ln in reversed(lines) if exc.match(ln)),
+                    next((ln for ln in reversed(lines) if not ln.startswith(" ")), ""))
         return "traceback", last
     if rc is not None and rc < 0:
         import signal
