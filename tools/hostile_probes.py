@@ -4,7 +4,8 @@ runs, lossy event and orientation files, misbehaving download servers, misleadin
 settings and malformed files.
 
 Each probe builds its input on a small simulated problem (nside 4), runs the command line or a
-library call of the checkout given by ``--repo`` in a subprocess with a timeout, and is
+library call of the checkout given by ``--repo`` in its own child process and folder (forked
+from a process that imported that checkout once; ``--timeout`` seconds at most), and is
 classified as
 
 * ``clear error``: exit status ≠ 0, a one-line message naming the file, key or option, no
@@ -16,9 +17,12 @@ classified as
   problem), ``unsupported`` (the checkout does not know an option the probe needs) or
   ``skipped``.
 
-A markdown table ``case | outcome | message`` is printed; ``--json FILE`` also writes the
-outcomes. The same probes run against an older checkout to compare before and after: a probe
-whose API is missing there is classified by what happens.
+A markdown table ``case | outcome | message`` is printed (exit status 1 when any probe is
+not a clear error, a warning with counts or the right answer); ``--json FILE`` also writes
+the outcomes. The same probes run against an older checkout to compare before and after: a
+probe whose API is missing there is classified by what happens. The disk-full, read-only
+folder and read-only package probes mount a small tmpfs or a read-only bind mount (they need
+root; without it they are skipped or say so).
 
 Usage::
 
@@ -75,7 +79,6 @@ class _Keep(logging.Handler):
 
 logging.getLogger().addHandler(_Keep())
 logging.getLogger().setLevel(logging.WARNING)
-_ORIG_BASIC = logging.basicConfig
 
 
 def outcome(kind, text=""):
@@ -1046,13 +1049,6 @@ rc = deconvolve(BASE / "refrun")
 np.save(BASE / "ref.npy", final_map(BASE / "refrun"))
 sys.exit(rc)
 """
-
-
-def _first_line(text: str) -> str:
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip()
-    return ""
 
 
 def classify(rc: int | None, out: str, err: str, names: tuple[str, ...],
