@@ -92,7 +92,7 @@ INTENSITY = u.Unit("cm-2 s-1 sr-1")
 class Leaf:
     """A leaf parameter: its type and constraints."""
 
-    kind: str  # "int", "float", "bool", "str", "choice", "float_list", "unit", "any",
+    kind: str  # "int", "nside" (a power of 2), "float", "bool", "str", "choice", "float_list", "unit", "any",
     #            "response" (checked by ResponseOptions, the value kept as written)
     choices: tuple[str, ...] = ()
     physical_type: u.UnitBase | None = None  # for "unit": must be convertible to this
@@ -170,7 +170,7 @@ SCHEMA = Section({
         "class": Leaf("choice", choices=MODEL_CLASSES),
         "property": Section({
             "coordinate": Leaf("choice", choices=("galactic",)),
-            "nside": Leaf("int", minimum=1),
+            "nside": Leaf("nside", minimum=1),
             "scheme": Leaf("choice", choices=("ring", "nested")),
             "energy_edges": _quantity(u.keV, list_value=True),
             "unit": Leaf("unit", physical_type=INTENSITY),
@@ -278,10 +278,12 @@ def _check_leaf(leaf: Leaf, value: Any, path: str, source: str) -> Any:
         if not isinstance(value, bool):
             raise bad("true or false")
         return value
-    if kind == "int":
+    if kind in ("int", "nside"):
         if not _is_number(value) or (isinstance(value, float) and not value.is_integer()):
             raise bad("an integer")
         value = int(value)
+        if kind == "nside" and (value < 1 or value & (value - 1)):
+            raise bad("a HEALPix NSIDE (a power of 2: 1, 2, 4, 8, ...)")
     elif kind == "float":
         if not _is_number(value):
             raise bad("a number")
@@ -406,6 +408,9 @@ class Parameters:
             text = path.read_text()
         except OSError as exc:
             raise FileFormatError(f"{path}: cannot read parameter file ({exc.strerror})") from exc
+        except UnicodeDecodeError as exc:
+            raise FileFormatError(f"{path}: not a text (UTF-8) parameter file (byte "
+                                  f"{exc.start} is 0x{exc.object[exc.start]:02x})") from exc
         try:
             data = load_yaml(text)
         except yaml.YAMLError as exc:

@@ -47,20 +47,25 @@ def _band_label(image: Histogram, energy_index: int) -> str:
     return f"{lo.value:g}–{hi.to_value(lo.unit):g} {lo.unit}"
 
 
-def colour_limits(vmin, vmax, scale: str) -> tuple[float | None, float | None]:
-    """Checked colour limits: finite numbers, vmin < vmax, positive with a log scale."""
-    for name, v in (("vmin", vmin), ("vmax", vmax)):
+def colour_limits(vmin, vmax, scale: str, names: tuple[str, str] = ("vmin", "vmax"),
+                  where: str = "plot_image: ") -> tuple[float | None, float | None]:
+    """Checked colour limits: finite numbers, vmin < vmax, positive with a log scale.
+
+    ``names`` and ``where`` are how the messages call the limits and their origin (the
+    command line passes ``("--vmin", "--vmax")`` and ``""``).
+    """
+    for name, v in zip(names, (vmin, vmax)):
         if v is None:
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) \
                 or not np.isfinite(v):
-            raise InvalidParameterError(f"plot_image: {name} must be a finite number, found {v!r}")
+            raise InvalidParameterError(f"{where}{name} must be a finite number, found {v!r}")
         if scale == "log" and v <= 0:
             raise InvalidParameterError(
-                f"plot_image: {name} must be > 0 with a log colour scale, found {v!r}")
+                f"{where}{name} must be > 0 with a log colour scale, found {v!r}")
     if vmin is not None and vmax is not None and not vmin < vmax:
         raise InvalidParameterError(
-            f"plot_image: vmin ({vmin!r}) must be smaller than vmax ({vmax!r})")
+            f"{where}{names[0]} ({vmin!r}) must be smaller than {names[1]} ({vmax!r})")
     return (None if vmin is None else float(vmin)), (None if vmax is None else float(vmax))
 
 

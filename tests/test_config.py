@@ -184,3 +184,28 @@ def test_choice_lists_come_from_the_registry():
         assert set(spec.statistics) <= set(registry.STOPPING_STATISTICS)
     with pytest.raises(UnknownChoiceError, match="line_search"):
         Parameters(_tree("RL", acceleration={"method": "linesearch"}))
+
+
+@pytest.mark.parametrize("nside", [0, 3, 5, 12, -4])
+def test_nside_must_be_a_power_of_two(tmp_path, nside):
+    path = tmp_path / "p.yml"
+    path.write_text(f"model_definition:\n  property:\n    nside: {nside}\n")
+    with pytest.raises(InvalidParameterError,
+                       match=rf"p\.yml: model_definition:property:nside: expected a HEALPix "
+                             rf"NSIDE .*found {nside}") as info:
+        Parameters.from_file(path)
+    assert "\n" not in str(info.value)
+    with pytest.raises(InvalidParameterError, match="power of 2"):
+        Parameters({}).override(f"model_definition:property:nside = {nside}")
+    for good in (1, 2, 8, 1024):
+        assert Parameters({"model_definition": {"property": {"nside": good}}}).get(
+            "model_definition:property:nside") == good
+
+
+def test_binary_parameter_file_is_a_one_line_error(tmp_path):
+    path = tmp_path / "p.yml"
+    path.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(FileFormatError, match=r"p\.yml: not a text \(UTF-8\) parameter file "
+                                              r"\(byte 128 is 0x80\)") as info:
+        Parameters.from_file(path)
+    assert "\n" not in str(info.value)

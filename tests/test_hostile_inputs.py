@@ -319,8 +319,10 @@ def _map_file(path: Path, values: np.ndarray) -> Path:
 @pytest.mark.parametrize("values, args, message", [
     (np.zeros(12), ["--scale", "log"], "zero.h5: energy band .*no positive pixel"),
     (np.full(12, np.nan), ["--scale", "log"], "zero.h5: energy band .*no finite pixel"),
-    (np.arange(12.0), ["--scale", "log", "--vmin", "0"], "vmin must be > 0 with a log colour scale, found 0.0"),
-    (np.arange(12.0), ["--vmin", "5", "--vmax", "1"], "vmin \\(5.0\\) must be smaller than vmax \\(1.0\\)"),
+    (np.arange(12.0), ["--scale", "log", "--vmin", "0"],
+     "--vmin must be > 0 with a log colour scale, found 0.0"),
+    (np.arange(12.0), ["--vmin", "5", "--vmax", "1"],
+     "--vmin \\(5.0\\) must be smaller than --vmax \\(1.0\\)"),
     (np.arange(12.0), ["--output", "map.xyz"], "unknown image format 'xyz'"),
     (np.arange(12.0), ["--output", "."], "names a folder"),
 ])
@@ -748,3 +750,12 @@ def test_folder_given_as_event_file(tmp_path, yaml_file, capsys, name):
                       "--no-progress")
     assert rc == 1 and err == (f"comptonsky bin: error: {tmp_path / name}: is a folder or "
                                "special file, expected an event file\n")
+
+
+def test_colour_limit_messages_name_the_option_or_the_argument():
+    from comptonsky.plotting import colour_limits
+    with pytest.raises(InvalidParameterError, match=r"^plot_image: vmin must be > 0 with a log"):
+        colour_limits(0.0, None, "log")
+    with pytest.raises(InvalidParameterError, match=r"^--vmax must be a finite number"):
+        colour_limits(None, float("nan"), "linear", names=("--vmin", "--vmax"), where="")
+    assert colour_limits(1, 2.0, "log") == (1.0, 2.0)

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.file)
     output = Path(args.output) if args.output else path.with_suffix(".png")
     # fail before reading anything on options and outputs that cannot work
-    colour_limits(args.vmin, args.vmax, args.scale)
+    colour_limits(args.vmin, args.vmax, args.scale, names=("--vmin", "--vmax"), where="")
     image_format(output)
     check_output_path(output)
     if output.exists() and output.resolve() == path.resolve():
