@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 COSIPY_M2MAX = {"parse": 10.7, "table": 37.0, "ccm": 8 * 60 + 21.0}
 DC2_ROWS = 7_979_956
-T0, PERIOD = 1835487300.0, 5730.0
+T0, PERIOD = 1835487300.0, 5730.7137  # no two 1-s attitudes of the 3 months repeat
 
 
 def dc2_like_table(n: int) -> np.ndarray:
