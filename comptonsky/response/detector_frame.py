@@ -364,7 +364,9 @@ def _column_plan(s_of, k_of, columns, rest_slot):
 def _plan_forward(p: DetectorFrameResponse, plan, x, n_out):
     m = p.rotated(x)
     out = np.zeros(n_out)
-    _sampled_products(p.columns, m, m.sum(axis=0), *plan, out)
+    # M in R's precision (float32 halves the bytes each occupied bin reads); sums stay float64
+    _sampled_products(p.columns, m.astype(p.columns.dtype), m.sum(axis=0).astype(p.columns.dtype),
+                      *plan, out)
     return out
 
 
