@@ -1,22 +1,29 @@
-"""Benchmark: the detector-frame (ScAtt) data reduction at DC2 shape.
+"""Benchmark: the detector-frame (ScAtt) path at DC2 shape, step by step.
 
 Generates (or reuses, ``--ori``) a DC2-like orientation file: 3 months at 1 s (7 979 956 rows,
-about 1 GB of text with 17-digit angles), zenith pointing on a 0°-inclination 95.5-min orbit at
-550 km. Then measures, after a warm-up that compiles the kernels:
+about 1.1 GB of text with 17-digit angles), zenith pointing on a 0°-inclination orbit of
+5730.71 s at 550 km (no two 1-s attitudes repeat), and a dense DC2-shape response (NuLambda and
+PsiChi nside 16, one Ei and Em bin, Phi in 6° bins: 2.8e8 float32 values). Then measures,
+after a warm-up that compiles the kernels, the best of ``--repeat`` runs of:
 
-- ``SpacecraftFile.parse_from_file`` (with the time to read the file's bytes as a floor);
+- ``SpacecraftFile.parse_from_file``;
 - ``SpacecraftAttitudeExposureTable.from_orientation`` at nside 16;
-- ``CoordsysConversionMatrix.spacecraft_attitude_binning_ccm`` at nside 16 with averaged
-  pointing (the tutorial's setting), without and with Earth occultation;
-- the exact per-sample matrix (``use_averaged_pointing=False``) on the first bins, extrapolated
-  to all samples;
+- ``CoordsysConversionMatrix.spacecraft_attitude_binning_ccm`` at nside 16, averaged pointing
+  and per interval (``use_averaged_pointing=False``), without and with Earth occultation; the
+  interval-by-interval sum without grouping (``attitude_nside=None``) on three bins,
+  extrapolated, and the grouped matrix's error on those bins;
+- ``DataIF_COSI_DC2.load(rsp=FullDetectorResponse, coordsys_conv_matrix=ccm)`` on simulated
+  counts (about 1.7e6 occupied bins) and a background template;
+- 30 RL iterations (background normalisation fitted);
 
-and prints them next to cosipy's published times for the same steps on an Apple M2 Max
-(docs/design.md §8): 10.7 s, 37 s, 8 min 21 s.
+with the peak resident memory of each step, and prints each figure next to cosipy's published
+time on an Apple M2 Max and next to its floor: the bytes the step must stream divided by the
+bandwidth measured in the same run (file reads: the read speed of the file's bytes; memory: a
+large ``np.copyto``).
 
 Usage::
 
-    python benchmarks/bench_detector_frame.py [--ori FILE] [--rows N] [--keep DIR]
+    python benchmarks/bench_detector_frame.py [--ori FILE] [--rows N] [--keep DIR] [--repeat N]
 """
 
 from __future__ import annotations
@@ -33,9 +40,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-COSIPY_M2MAX = {"parse": 10.7, "table": 37.0, "ccm": 8 * 60 + 21.0}
+COSIPY_M2MAX = {"parse": 10.7, "table": 37.0, "ccm": 8 * 60 + 21.0, "load": 10.0,
+                "rl30": 4 * 60 + 9.0}
 DC2_ROWS = 7_979_956
-T0, PERIOD = 1835487300.0, 5730.0
+T0, PERIOD = 1835487300.0, 5730.7137  # no two 1-s attitudes of the 3 months repeat
 
 
 def dc2_like_table(n: int) -> np.ndarray:
@@ -79,42 +87,178 @@ def drm_nside16(path: Path):
     return FullDetectorResponse.open(path)
 
 
+def drm_dc2(path: Path, phi_deg: float = 6.0):
+    """A dense DC2-shape response: NuLambda and PsiChi nside 16, Phi bins of ``phi_deg``, one
+    Ei and Em bin; effective area on Compton cones (float32, written block by block)."""
+    import astropy.units as u
+    import healpy as hp
+    from histpy import Axes, Axis, HealpixAxis
+
+    from comptonsky.io.drm import FullDetectorResponse, write_full_detector_response
+
+    phi = np.arange(0.0, 180.0 + phi_deg / 2, phi_deg)
+    axes = Axes([HealpixAxis(nside=16, coordsys="spacecraftframe", label="NuLambda"),
+                 Axis([509.0, 513.0] * u.keV, scale="log", label="Ei"),
+                 Axis([509.0, 513.0] * u.keV, scale="log", label="Em"),
+                 Axis(phi * u.deg, label="Phi"),
+                 HealpixAxis(nside=16, coordsys="spacecraftframe", label="PsiChi")])
+    if not path.exists():
+        vec = np.array(hp.pix2vec(16, np.arange(3072))).T
+        mid = np.radians(0.5 * (phi[1:] + phi[:-1]))
+
+        def rows(a, b):
+            ang = np.arccos(np.clip(vec[a:b] @ vec.T, -1, 1))  # (rows, PsiChi)
+            cone = np.exp(-0.5 * ((ang[:, None, :] - mid[None, :, None]) / 0.15) ** 2)
+            area = 50.0 * (np.clip(vec[a:b, 2], 0, None) + 0.1)[:, None, None] * cone
+            return area.astype(np.float32)[:, None, None]
+
+        write_full_detector_response(path, axes, rows, dtype=np.float32)
+    return FullDetectorResponse.open(path)
+
+
 CPU = {}
+PEAK = {}
+
+
+class PeakRSS:
+    """Samples the resident memory every 20 ms in a thread; ``with`` resets the peak."""
+
+    def __init__(self):
+        import threading
+
+        import psutil
+
+        self.proc = psutil.Process()
+        self.peak = 0
+        self.alive = True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while self.alive:
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.02)
+
+    def reset(self) -> None:
+        self.peak = self.proc.memory_info().rss
+
+
+RSS: PeakRSS | None = None
 
 
 def timed(fn, repeat=1, key=None):
-    """Best wall time of ``repeat`` runs (and the CPU time of that run, in ``CPU[key]``)."""
+    """Best wall time of ``repeat`` runs (the CPU time of that run in ``CPU[key]``, the peak
+    resident memory over the runs in ``PEAK[key]``)."""
     best, out = np.inf, None
+    RSS.reset()
     for _ in range(repeat):
+        out = None
         t, c = time.perf_counter(), time.process_time()
         out = fn()
         wall = time.perf_counter() - t
         if wall < best:
             best = wall
             CPU[key] = time.process_time() - c
+    PEAK[key] = max(RSS.peak, RSS.proc.memory_info().rss)
     return best, out
 
 
+def read_bandwidth(path: Path, repeat: int) -> tuple[float, float]:
+    """Best time to read the file's bytes (64 MB at a time) and the bytes per second."""
+    buf = bytearray(64 << 20)
+    best = np.inf
+    for _ in range(repeat):
+        t = time.perf_counter()
+        with open(path, "rb", buffering=0) as fh:
+            while fh.readinto(buf):
+                pass
+        best = min(best, time.perf_counter() - t)
+    return best, os.path.getsize(path) / best
+
+
+def memory_bandwidth(repeat: int) -> float:
+    """Bytes per second moved by ``np.copyto`` on 256 MB arrays (read + write)."""
+    a = np.ones(32 << 20)
+    b = np.empty_like(a)
+    best = np.inf
+    for _ in range(max(3, repeat)):
+        t = time.perf_counter()
+        np.copyto(b, a)
+        best = min(best, time.perf_counter() - t)
+    return 2 * a.nbytes / best
+
+
+def simulated_data(ccm, fdr, seed: int = 1):
+    """Counts (Poisson, mean 0.07 per bin) and a flat positive background template on the
+    (ScAtt, Em, Phi, PsiChi) axes."""
+    from histpy import Axes, Histogram
+
+    axes = Axes([ccm.axes[0], fdr.axes["Em"], fdr.axes["Phi"], fdr.axes["PsiChi"]])
+    rng = np.random.default_rng(seed)
+    counts = rng.poisson(0.07, tuple(axes.nbins)).astype(np.float64)
+    bkg = np.full(tuple(axes.nbins), 0.05)
+    return Histogram(axes, contents=counts), Histogram(axes, contents=bkg)
+
+
+PARFILE = """\
+author: bench
+model_definition:
+  class: "AllSkyImage"
+  property:
+    coordinate: "galactic"
+    nside: 16
+    scheme: "ring"
+    energy_edges: {value: [509.0, 513.0], unit: "keV"}
+    unit: "cm-2 s-1 sr-1"
+  initialization:
+    algorithm: "flat"
+    parameter: {value: [1e-4], unit: "cm-2 s-1 sr-1"}
+deconvolution:
+  algorithm: "RL"
+  parameter:
+    iteration_max: 30
+    acceleration: {activate: False, alpha_max: 10.0}
+    response_weighting: {activate: False, index: 0.5}
+    smoothing: {activate: False, FWHM: {value: 2.0, unit: "deg"}}
+    stopping_criteria: {statistics: "log-likelihood", threshold: -1.0e+30}
+    background_normalization_optimization: {activate: True, range: {"albedo": [0.01, 10.0]}}
+    save_results: {activate: False}
+"""
+
+
 def main() -> None:
+    global RSS
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ori", type=Path, help="reuse this .ori file instead of generating one")
     ap.add_argument("--rows", type=int, default=DC2_ROWS)
-    ap.add_argument("--keep", type=Path, help="directory for the generated files")
+    ap.add_argument("--keep", type=Path, help="directory for the generated files (reused)")
     ap.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
 
-    from comptonsky import CoordsysConversionMatrix, SpacecraftAttitudeExposureTable, SpacecraftFile
+    import gc
 
+    from comptonsky import (
+        CoordsysConversionMatrix,
+        DataIF_COSI_DC2,
+        SpacecraftAttitudeExposureTable,
+        SpacecraftFile,
+    )
+    from comptonsky.deconvolution.driver import ImageDeconvolution
+
+    RSS = PeakRSS()
     work = Path(args.keep or tempfile.mkdtemp(prefix="bench_detector_"))
     work.mkdir(parents=True, exist_ok=True)
     ori_path = args.ori
     if ori_path is None:
         ori_path = work / "dc2_like.ori"
-        print(f"writing {args.rows} rows to {ori_path} ...", flush=True)
-        write_ori(ori_path, dc2_like_table(args.rows))
+        if not ori_path.exists():
+            print(f"writing {args.rows} rows to {ori_path} ...", flush=True)
+            write_ori(ori_path, dc2_like_table(args.rows))
     small = work / "warmup.ori"
     write_ori(small, dc2_like_table(5000))
-    fdr = drm_nside16(work / "drm16.h5")
+    fdr1 = drm_nside16(work / "drm16_psichi1.h5")
+    print("writing / opening the DC2-shape response ...", flush=True)
+    fdr = drm_dc2(work / "drm_dc2_nside16_phi6.h5")
 
     # warm-up: compile and load every kernel once
     w = SpacecraftFile.parse_from_file(small)
@@ -122,41 +266,107 @@ def main() -> None:
     for occ in (False, True):
         for avg in (False, True):
             CoordsysConversionMatrix.spacecraft_attitude_binning_ccm(
-                fdr, wt, use_averaged_pointing=avg, earth_occ=occ)
+                fdr1, wt, use_averaged_pointing=avg, earth_occ=occ)
+        CoordsysConversionMatrix.spacecraft_attitude_binning_ccm(
+            fdr1, wt, use_averaged_pointing=False, earth_occ=occ, attitude_nside=None)
 
-    size = os.path.getsize(ori_path)
-    floor, _ = timed(lambda: np.fromfile(ori_path, dtype=np.uint8), args.repeat)
+    load0 = os.getloadavg()
+    mem_bw = memory_bandwidth(args.repeat)
+    t_read_ori, disk_bw = read_bandwidth(ori_path, args.repeat)
     t_parse, ori = timed(lambda: SpacecraftFile.parse_from_file(ori_path), args.repeat, "parse")
-    t_table, table = timed(lambda: SpacecraftAttitudeExposureTable.from_orientation(
-        ori, nside=16), args.repeat, "table")
-    t_ccm, ccm = timed(lambda: CoordsysConversionMatrix.spacecraft_attitude_binning_ccm(
-        fdr, table, use_averaged_pointing=True, earth_occ=False), args.repeat, "ccm")
-    t_occ, ccm_occ = timed(lambda: CoordsysConversionMatrix.spacecraft_attitude_binning_ccm(
-        fdr, table, use_averaged_pointing=True, earth_occ=True), args.repeat, "occ")
-    # exact per-sample matrix on the first bins, extrapolated by sample count
-    head = table.iloc[:3].reset_index(drop=True)
-    n_head = int(head["num_pointings"].sum())
-    t_exact, _ = timed(lambda: CoordsysConversionMatrix.spacecraft_attitude_binning_ccm(
-        fdr, head, use_averaged_pointing=False, earth_occ=True))
+    n_rows = len(ori)
+    t_table, table = timed(lambda o=ori: SpacecraftAttitudeExposureTable.from_orientation(
+        o, nside=16), args.repeat, "table")
+    del ori
+    gc.collect()
     n_all = int(table["num_pointings"].sum())
 
-    print(f"\nDC2-like orientation: {len(ori)} rows, {size / 1e6:.0f} MB; {len(table)} ScAtt bins "
-          f"(nside 16); {os.cpu_count()} CPUs\n")
-    load = os.getloadavg()[0]
-    print(f"{'step':54s} {'wall':>7s} {'CPU':>7s} {'cosipy M2 Max':>14s} {'floor':>7s}")
-    print(f"{'.ori parse (SpacecraftFile.parse_from_file)':54s} {t_parse:6.2f}s "
-          f"{CPU['parse']:6.2f}s {COSIPY_M2MAX['parse']:13.1f}s {floor:6.2f}s  (read the bytes)")
-    print(f"{'exposure table (from_orientation, nside 16)':54s} {t_table:6.2f}s "
-          f"{CPU['table']:6.2f}s {COSIPY_M2MAX['table']:13.1f}s")
-    print(f"{'conversion matrix, averaged pointing, earth_occ=False':54s} {t_ccm:6.2f}s "
-          f"{CPU['ccm']:6.2f}s {COSIPY_M2MAX['ccm']:13.1f}s")
-    print(f"{'conversion matrix, averaged pointing, earth_occ=True':54s} {t_occ:6.2f}s "
-          f"{CPU['occ']:6.2f}s {'-':>14s}")
-    print(f"{'conversion matrix, exact per sample (extrapolated)':54s} "
-          f"{t_exact * n_all / n_head:6.0f}s {'':7s} {'-':>14s}   "
-          f"({t_exact:.2f} s for {n_head} samples)")
-    print(f"\nnon-zeros: {ccm.contents.nnz} (averaged), {ccm_occ.contents.nnz} (with occultation); "
-          f"load average {load:.1f} (other processes share the CPUs when it exceeds the count)")
+    def ccm_of(avg, occ, **kw):
+        return lambda: CoordsysConversionMatrix.spacecraft_attitude_binning_ccm(
+            fdr1, table, use_averaged_pointing=avg, earth_occ=occ, **kw)
+
+    t_avg, ccm_avg = timed(ccm_of(True, False), args.repeat, "avg")
+    t_avg_occ, _ = timed(ccm_of(True, True), args.repeat, "avg_occ")
+    t_int, _ = timed(ccm_of(False, False), args.repeat, "int")
+    t_int_occ, ccm = timed(ccm_of(False, True), args.repeat, "int_occ")
+    # interval by interval, no grouping, on three bins; error of the grouped matrix there
+    head = SpacecraftAttitudeExposureTable(table.iloc[[0, len(table) // 2, len(table) - 1]]
+                                           .reset_index(drop=True))
+    n_head = int(head["num_pointings"].sum())
+    t_exact, exact = timed(lambda: CoordsysConversionMatrix.spacecraft_attitude_binning_ccm(
+        fdr1, head, use_averaged_pointing=False, earth_occ=True, attitude_nside=None),
+        1, "exact")
+    grouped = CoordsysConversionMatrix.spacecraft_attitude_binning_ccm(
+        fdr1, head, use_averaged_pointing=False, earth_occ=True).contents.todense()
+    exact = exact.contents.todense()
+    err_max = np.abs(grouped - exact).max() / exact.max()
+    err_l1 = np.abs(grouped - exact).sum() / exact.sum()
+    ccm_nnz = ccm.contents.nnz
+    # the data interface and RL on the DC2-shape response
+    t_read_rsp, rsp_bw = read_bandwidth(Path(fdr.filename), args.repeat)
+    event, bkg = simulated_data(ccm, fdr)
+    n_occ = int(np.count_nonzero(event.contents))
+    gc.collect()
+    t_load, data = timed(lambda: DataIF_COSI_DC2.load(
+        "bench", event, {"albedo": bkg}, rsp=fdr, coordsys_conv_matrix=ccm), args.repeat,
+        "load")
+    parfile = work / "parfile_rl30.yml"
+    parfile.write_text(PARFILE)
+
+    def rl30():
+        deconv = ImageDeconvolution()
+        deconv.set_dataset([data])
+        deconv.read_parameterfile(parfile)
+        deconv.initialize()
+        deconv.run_deconvolution(progress=False)
+        return deconv.results[-1]["iteration"]
+
+    t_rl, n_it = timed(rl30, 1, "rl30")
+    peak_all = max(PEAK.values())
+    load1 = os.getloadavg()
+
+    r_bytes = data.response.bytes_per_product if hasattr(data, "response") else \
+        2 * 3072 * 30 * 3072 * 2
+    table_bytes = n_all * 8 * 12  # x, z, zenith, altitude, live time per interval (float64)
+    floors = {"parse": os.path.getsize(ori_path) / disk_bw,
+              "table": table_bytes / mem_bw,
+              "ccm": (n_all * 8 * 10 + ccm_nnz * 32) / mem_bw,
+              "load": os.path.getsize(fdr.filename) / rsp_bw,
+              "rl30": 30 * 2 * r_bytes / mem_bw}
+    print(f"\nDC2-like orientation: {n_rows} rows, {os.path.getsize(ori_path) / 1e6:.0f} MB; "
+          f"{len(table)} ScAtt bins (nside 16); response {os.path.getsize(fdr.filename) / 1e6:.0f}"
+          f" MB on disk; {n_occ} occupied of {event.contents.size} data bins; "
+          f"{os.cpu_count()} CPUs")
+    print(f"bandwidth measured: file reads {disk_bw / 1e9:.2f} GB/s (.ori), "
+          f"{rsp_bw / 1e9:.2f} GB/s (response), memory {mem_bw / 1e9:.1f} GB/s")
+    print(f"load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end "
+          f"(other processes share the CPUs when it exceeds {os.cpu_count()})\n")
+    print(f"{'step':58s} {'wall':>8s} {'CPU':>8s} {'cosipy M2':>9s} {'floor':>7s} {'peak RSS':>9s}")
+
+    def row(name, t, key, cos=None, floor=None, note=""):
+        c = "-" if cos is None else f"{cos:.1f}s"
+        f = "-" if floor is None else f"{floor:.2f}s"
+        print(f"{name:58s} {t:7.2f}s {CPU.get(key, float('nan')):7.2f}s {c:>9s} {f:>7s} "
+              f"{PEAK.get(key, 0) / 2**30:7.2f}Gi {note}")
+
+    row(".ori parse", t_parse, "parse", COSIPY_M2MAX["parse"], floors["parse"],
+        f"(reading the bytes: {t_read_ori:.2f} s)")
+    row("exposure table, nside 16", t_table, "table", COSIPY_M2MAX["table"], floors["table"])
+    row("conversion matrix, averaged pointing", t_avg, "avg", COSIPY_M2MAX["ccm"],
+        floors["ccm"])
+    row("conversion matrix, averaged pointing, Earth occultation", t_avg_occ, "avg_occ")
+    row("conversion matrix, per interval (grouped at nside 8192)", t_int, "int")
+    row("conversion matrix, per interval, Earth occultation", t_int_occ, "int_occ")
+    row("  the same interval by interval (no grouping), extrapolated", t_exact * n_all / n_head,
+        "exact", note=f"({t_exact:.1f} s for {n_head} intervals)")
+    row("DataIF_COSI_DC2.load (FullDetectorResponse + matrix)", t_load, "load",
+        COSIPY_M2MAX["load"], floors["load"], f"(reading the response file: {t_read_rsp:.2f} s)")
+    row(f"{n_it} RL iterations", t_rl, "rl30", COSIPY_M2MAX["rl30"], floors["rl30"])
+    print(f"\npeak resident memory over the run: {peak_all / 2**30:.2f} GiB (target 4 GiB)")
+    print(f"grouped vs interval-by-interval matrix on {n_head} intervals: max |ΔC| / max C = "
+          f"{err_max:.1e}, Σ|ΔC| / ΣC = {err_l1:.1e}")
+    print(f"non-zeros: {ccm_avg.contents.nnz} (averaged), {ccm_nnz} (per interval, occultation)")
+    RSS.alive = False
 
 
 if __name__ == "__main__":

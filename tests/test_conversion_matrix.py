@@ -297,3 +297,101 @@ def test_arguments(tmp_path):
         CoordsysConversionMatrix.spacecraft_attitude_binning_ccm(fdr, pd.DataFrame())
     with pytest.raises(InvalidParameterError, match="power of 2"):
         CoordsysConversionMatrix.time_binning_ccm(fdr, o, [o.time[0], o.time[9]], nside_model=3)
+
+
+def vector_slow_ccm(rot, live, zen, cosh, bins, nbins, nside_model, nside_local, occultation):
+    """The interval-by-interval sum with healpy, vectorised over the sky pixels."""
+    npm = hp.nside2npix(nside_model)
+    sky = np.array(hp.pix2vec(nside_model, np.arange(npm))).T
+    out = np.zeros((nbins, npm, hp.nside2npix(nside_local)))
+    rows = np.repeat(np.arange(npm), 4)
+    for t in range(len(live)):
+        if bins[t] < 0:
+            continue
+        vis = (sky @ zen[t] >= cosh[t]) if occultation else np.ones(npm, bool)
+        d = sky @ rot[t]  # rot[t].T @ n_j for every j
+        th, ph = hp.vec2ang(d)
+        pix, w = hp.get_interp_weights(nside_local, th, ph)
+        np.add.at(out[bins[t]], (rows, pix.T.reshape(-1)),
+                  (live[t] * w.T * vis[:, None]).reshape(-1))
+    return out
+
+
+def rocking_orientation(n, seed, period=200.0, amplitude_deg=1.0, repeat=None):
+    """1-s attitudes rocking back and forth (fine pixels are revisited), or, with ``repeat``,
+    cycling through ``repeat`` random attitudes; random zeniths, altitudes and live times."""
+    rng = np.random.default_rng(seed)
+    t = 1000.0 + np.arange(n, dtype=float)
+    if repeat:
+        base = attitude_matrices(rng.normal(size=(repeat, 3)), rng.normal(size=(repeat, 3)))
+        rot = base[np.arange(n) % repeat]
+    else:
+        a = np.radians(amplitude_deg) * np.sin(2 * np.pi * t / period) + 1e-6 * t
+        b = np.radians(30.0) + 0.3 * np.radians(amplitude_deg) * np.cos(2 * np.pi * t / 23.0)
+        z = np.stack([np.cos(a) * np.cos(b), np.sin(a) * np.cos(b), np.sin(b)], -1)
+        rot = attitude_matrices(np.cross(z, [0.0, 0.0, 1.0]), z)
+    zen = rot[:, :, 2] + 0.8 * rng.normal(size=(n, 3))
+    zen /= np.linalg.norm(zen, axis=1, keepdims=True)
+    alt = rng.uniform(400, 700, n)
+    live = rng.uniform(0.5, 1.0, n)
+    live[rng.random(n) < 0.1] = 0.0
+    return Orientation(t, rot[:, :, 0], rot[:, :, 2], alt, zen, live), rot
+
+
+@pytest.mark.parametrize("attitude_nside", [None, 64, 8192])
+def test_grouped_matrix_is_exact_for_repeated_attitudes(tmp_path, attitude_nside):
+    """Intervals sharing an attitude bit for bit: grouping them changes nothing (to rounding)."""
+    o, rot = rocking_orientation(400, seed=5, repeat=7)
+    fdr = axes_drm(tmp_path, 4)
+    edges = np.array([o.time[0], o.time[150], o.time[300], o.time[-1]])
+    ccm = CoordsysConversionMatrix.time_binning_ccm(fdr, o, edges, nside_model=4,
+                                                    earth_occ=True,
+                                                    attitude_nside=attitude_nside)
+    bins = np.searchsorted(edges, o.time[:-1], side="right") - 1
+    want = vector_slow_ccm(rot[:-1], o.livetime[:-1], o.zenith[:-1], cos_horizon(o.altitude[:-1]),
+                           bins, 3, 4, 4, True)
+    np.testing.assert_allclose(ccm.contents.todense(), want, rtol=0, atol=1e-12 * want.max())
+
+
+def test_grouped_matrix_error_at_a_fine_attitude_grid(tmp_path):
+    """Distinct 1-s attitudes: exact without grouping; grouped on a fine grid, close, with the
+    same live time per sky pixel (Σ_ν C is exact for any grouping)."""
+    from comptonsky.attitude.conversion_matrix import attitude_groups
+    from comptonsky.attitude.samples import split_by_intervals
+
+    o, rot = rocking_orientation(3000, seed=8)
+    fdr = axes_drm(tmp_path, 4)
+    edges = np.array([o.time[0], o.time[1200], o.time[-1]])
+    bins = np.searchsorted(edges, o.time[:-1], side="right") - 1
+    want = vector_slow_ccm(rot[:-1], o.livetime[:-1], o.zenith[:-1], cos_horizon(o.altitude[:-1]),
+                           bins, 2, 4, 4, True)
+
+    def ccm(an):
+        return CoordsysConversionMatrix.time_binning_ccm(
+            fdr, o, edges, nside_model=4, earth_occ=True, attitude_nside=an).contents.todense()
+
+    np.testing.assert_allclose(ccm(None), want, rtol=0, atol=1e-12 * want.max())
+    s = split_by_intervals(o, edges[:-1], edges[1:])
+    offsets = np.searchsorted(s.bin, np.arange(3))
+    errors = {}
+    for an, most in ((256, 0.1), (2048, 0.7)):
+        _, gstart, _ = attitude_groups(s, offsets, an)
+        assert len(gstart) - 1 < most * len(s)  # the grid does group the intervals
+        got = ccm(an)
+        np.testing.assert_allclose(got.sum(axis=2), want.sum(axis=2), rtol=1e-12, atol=1e-9)
+        errors[an] = np.abs(got - want).max() / want.max()
+    assert 0 < errors[2048] < 2e-4 and errors[2048] < errors[256] < 5e-3
+
+
+def test_grouped_scatt_matrix_close_to_interval_by_interval(tmp_path):
+    o, _ = rocking_orientation(3000, seed=2)
+    table = SpacecraftAttitudeExposureTable.from_orientation(o, nside=8)
+    fdr = axes_drm(tmp_path, 4)
+    exact, grouped = (CoordsysConversionMatrix.spacecraft_attitude_binning_ccm(
+        fdr, table, nside_model=4, use_averaged_pointing=False, earth_occ=True,
+        attitude_nside=an).contents.todense() for an in (None, 8192))
+    np.testing.assert_allclose(grouped, exact, rtol=0, atol=1e-5 * exact.max())
+    for bad in (3, 0, 16384):
+        with pytest.raises(InvalidParameterError, match="attitude_nside"):
+            CoordsysConversionMatrix.spacecraft_attitude_binning_ccm(
+                fdr, table, nside_model=4, attitude_nside=bad)

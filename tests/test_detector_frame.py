@@ -357,3 +357,31 @@ def test_time_binned_dataset(problem):
                         contents=counts.astype(float))
     with pytest.raises(AxisMismatchError, match="Time"):
         DataIF_COSI_DC2.load("t", shifted, {}, p.fdr, coordsys_conv_matrix=ccm)
+
+
+@pytest.mark.parametrize("polarized, unit", [(False, "cm2"), (True, "m2")])
+def test_response_columns_stream_the_transposed_response(tmp_path, polarized, unit):
+    """Block-by-block columns equal the transpose of the whole response read at once."""
+    from comptonsky.response.detector_frame import response_columns
+
+    rng = np.random.default_rng(4)
+    axes = list(drm_axes(nside_nu=2, nside_psi=1))
+    axes[1] = Axis([400.0, 500.0, 520.0] * u.keV, scale="log", label="Ei")
+    if polarized:
+        axes.insert(2, Axis([0.0, 90.0, 180.0] * u.deg, label="Pol"))
+    axes = Axes(axes)
+    contents = rng.uniform(0, 1, tuple(axes.nbins))
+    fdr = FullDetectorResponse.open(write_full_detector_response(tmp_path / "r.h5", axes,
+                                                                 contents, unit=unit))
+    whole = contents.sum(axis=2) if polarized else contents
+    whole = whole * (1e4 if unit == "m2" else 1.0)
+    n_nu, n_e = whole.shape[:2]
+    want = whole.reshape(n_nu * n_e, -1).T
+    for block in (1, 5, 64):
+        cols, sums = response_columns(fdr, np.float64, block=block)
+        assert cols.flags.c_contiguous and cols.dtype == np.float64
+        np.testing.assert_allclose(cols, want, rtol=1e-12)
+        np.testing.assert_allclose(sums, whole.reshape(n_nu, n_e, -1).sum(axis=2), rtol=1e-12)
+    cols32, _ = response_columns(fdr, np.float32)
+    assert cols32.dtype == np.float32
+    np.testing.assert_allclose(cols32, want, rtol=1e-6)

@@ -66,17 +66,86 @@ def _local_axis(fdr) -> HealpixAxis:
     return axis
 
 
+#: Default ``attitude_nside`` of the per-interval matrix: intervals whose x and z axes fall in
+#: the same pixels of this grid (0.43 arcmin) are summed before the interpolation.
+ATTITUDE_NSIDE = 8192
+_MAX_ATTITUDE_NSIDE = 8192  # (z pixel, x pixel) pair codes fit in int64
+
+
+def _check_attitude_nside(attitude_nside) -> int | None:
+    if attitude_nside is None:
+        return None
+    n = int(attitude_nside)
+    if n < 1 or n & (n - 1) or n > _MAX_ATTITUDE_NSIDE:
+        raise InvalidParameterError(f"attitude_nside must be None or a power of 2 up to "
+                                    f"{_MAX_ATTITUDE_NSIDE}, found {attitude_nside}")
+    return n
+
+
+def attitude_groups(s: Samples, offsets: np.ndarray, attitude_nside: int | None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Group the samples of each bin by attitude.
+
+    Parameters
+    ----------
+    s : Samples
+        Sorted by bin; bin b holds ``offsets[b]:offsets[b + 1]``.
+    offsets : ndarray of int64, shape (nbins + 1,)
+    attitude_nside : int or None
+        None: a group holds intervals with bit-for-bit identical x and z axes (exact).
+        Otherwise intervals whose x and z axes lie in the same HEALPix pixels (RING) at this
+        nside.
+
+    Returns
+    -------
+    order : ndarray of int64, shape (n,)
+        Sample indices, group by group (time order within a group).
+    gstart : ndarray of int64, shape (ngroups + 1,)
+        Group g holds ``order[gstart[g]:gstart[g + 1]]``.
+    goffsets : ndarray of int64, shape (nbins + 1,)
+        Bin b holds groups ``goffsets[b]:goffsets[b + 1]``.
+    """
+    x, z = np.ascontiguousarray(s.x), np.ascontiguousarray(s.z)
+    n = len(x)
+    if attitude_nside is None:
+        keys = np.empty(n, dtype=np.int64)
+        K.attitude_hash(x.view(np.uint64), z.view(np.uint64), keys)
+    else:  # no pixel tables at this nside: pixels straight from the ring geometry
+        keys = np.empty(n, dtype=np.int64)
+        K.pixel_pair_keys(int(attitude_nside), x, z, keys)
+    order = np.empty(n, dtype=np.int64)
+    first = np.zeros(n, dtype=np.uint8)
+    K.sort_within_bins(keys, x, z, attitude_nside is None, offsets, order, first)
+    gstart = np.append(np.flatnonzero(first), n).astype(np.int64)
+    goffsets = np.searchsorted(gstart[:-1], offsets).astype(np.int64)
+    return order, gstart, goffsets
+
+
 def _per_sample(s: Samples, codes: np.ndarray, nbins: int, sky: np.ndarray,
-                local: HealpixAxis, earth_occ: bool) -> sparse.COO:
-    """Sum over samples, bin by bin (``codes``: bin of each sample, -1 = none)."""
-    if np.any(codes < 0):
-        keep = codes >= 0
+                local: HealpixAxis, earth_occ: bool,
+                attitude_nside: int | None = ATTITUDE_NSIDE) -> sparse.COO:
+    """Sum over samples, bin by bin (``codes``: bin of each sample, -1 = none).
+
+    Samples of a bin are grouped by attitude (:func:`attitude_groups`) and each group's
+    rotation is applied once, with the group's live time (visible part, interval by interval,
+    with ``earth_occ``) as the weight.
+    """
+    keep = (codes >= 0) & (s.livetime != 0.0)  # zero live time adds nothing
+    if not np.all(keep):
         s, codes = s.take(keep), codes[keep]
     s, offsets = _grouped(s, codes, nbins)
-    rot = nearest_rotations(s.x, s.z)
+    order, gstart, goffsets = attitude_groups(s, offsets, attitude_nside)
+    ng = len(gstart) - 1
+    logger.debug("per-interval matrix: %d intervals in %d attitude groups", len(s), ng)
     cosh = _cos_horizon(s) if earth_occ else np.full(len(s), -2.0)
     zen = np.ascontiguousarray(s.zenith)
     live = np.ascontiguousarray(s.livetime, dtype=np.float64)
+    gx, gz = np.empty((ng, 3)), np.empty((ng, 3))
+    gtotal, gcen = np.empty(ng), np.zeros((ng, 3))
+    gin, gout = np.full(ng, 2.0), np.full(ng, -2.0)
+    K.group_summaries(order, gstart, live, np.ascontiguousarray(s.x), np.ascontiguousarray(s.z),
+                      zen, cosh, bool(earth_occ), gx, gz, gtotal, gcen, gin, gout)
+    rot = nearest_rotations(gx, gz)
     npm, npl = len(sky), int(local.nbins)
     nest = str(local.scheme).lower().startswith("nest")
     th, st, npr, sh, rel = ring_tables(int(local.nside), nest)
@@ -86,11 +155,12 @@ def _per_sample(s: Samples, codes: np.ndarray, nbins: int, sky: np.ndarray,
     ntouch = np.zeros(npm, dtype=np.int64)
     parts = []
     for b in range(nbins):
-        t0, t1 = int(offsets[b]), int(offsets[b + 1])
-        if t1 == t0:
+        g0, g1 = int(goffsets[b]), int(goffsets[b + 1])
+        if g1 == g0:
             continue
-        K.per_sample_bin(rot, live, zen, cosh, t0, t1, sky, earth_occ, int(local.nside), th, st,
-                         npr, sh, rel, buf, mark, touched, ntouch)
+        K.grouped_bin(rot, gtotal, gcen, gin, gout, gstart, order, live, zen, cosh, g0, g1, sky,
+                      bool(earth_occ), int(local.nside), th, st, npr, sh, rel, buf, mark,
+                      touched, ntouch)
         row_off = np.concatenate([[0], np.cumsum(ntouch)]).astype(np.int64)
         rows = np.repeat(np.arange(npm, dtype=np.int64), ntouch)
         cols = np.empty(row_off[-1], dtype=np.int64)
@@ -163,7 +233,8 @@ class CoordsysConversionMatrix(Histogram):
                                         nside_model: int | None = None,
                                         use_averaged_pointing: bool = False,
                                         earth_occ: bool = True,
-                                        scheme_model: str | None = None
+                                        scheme_model: str | None = None,
+                                        attitude_nside: int | None = ATTITUDE_NSIDE
                                         ) -> CoordsysConversionMatrix:
         """Conversion matrix of a ScAtt exposure table.
 
@@ -181,6 +252,13 @@ class CoordsysConversionMatrix(Histogram):
             ``earth_zenith`` and ``altitude`` columns). False gives cosipy 0.3's matrix.
         scheme_model : {'ring', 'nested'}, optional
             Scheme of the model map (default: the table's scheme).
+        attitude_nside : int or None
+            Per-interval matrix only: intervals of a bin whose x and z axes fall in the same
+            HEALPix pixels at this nside (default 8192, 0.43 arcmin) are summed first and take
+            their live-time-weighted mean attitude (intervals that share an attitude exactly
+            keep it, so repeated attitudes are always exact). None groups only bit-for-bit
+            identical attitudes: the interval-by-interval sum, exact but one interpolation per
+            interval and sky pixel. Occultation is decided interval by interval either way.
 
         Returns
         -------
@@ -193,14 +271,20 @@ class CoordsysConversionMatrix(Histogram):
                 f"{type(exposure_table).__name__}")
         scheme = _scheme(scheme_model or exposure_table.scheme or "ring")
         return cls.from_exposure_table(exposure_table, full_detector_response, nside_model,
-                                       scheme, use_averaged_pointing, earth_occ)
+                                       scheme, use_averaged_pointing, earth_occ, attitude_nside)
 
     @classmethod
     def from_exposure_table(cls, exposure_table: _AttitudeTable, full_detector_response,
                             nside_model: int | None = None, scheme_model: str = "ring",
                             use_averaged_pointing: bool = False,
-                            earth_occ: bool = True) -> CoordsysConversionMatrix:
-        """Conversion matrix of a ScAtt or time-binned exposure table (cosipy 0.4 name)."""
+                            earth_occ: bool = True,
+                            attitude_nside: int | None = ATTITUDE_NSIDE
+                            ) -> CoordsysConversionMatrix:
+        """Conversion matrix of a ScAtt or time-binned exposure table (cosipy 0.4 name).
+
+        Parameters as :meth:`spacecraft_attitude_binning_ccm`.
+        """
+        attitude_nside = _check_attitude_nside(attitude_nside)
         local = _local_axis(full_detector_response)
         axis_lb = _model_axis(nside_model or local.nside, _scheme(scheme_model))
         sky = _sky_vectors(axis_lb)
@@ -228,13 +312,15 @@ class CoordsysConversionMatrix(Histogram):
                                  local)
         else:
             samples, rows = exposure_table._samples(need_earth=earth_occ)
-            contents = _per_sample(samples, rows, nb, sky, local, earth_occ)
+            contents = _per_sample(samples, rows, nb, sky, local, earth_occ, attitude_nside)
         return cls._build(first, axis_lb, local, contents)
 
     @classmethod
     def time_binning_ccm(cls, full_detector_response, orientation, time_intervals,
                          nside_model: int | None = None, is_nest_model: bool = False,
-                         earth_occ: bool = True) -> CoordsysConversionMatrix:
+                         earth_occ: bool = True,
+                         attitude_nside: int | None = ATTITUDE_NSIDE
+                         ) -> CoordsysConversionMatrix:
         """Conversion matrix for time bins, summing every interval of the history.
 
         Parameters
@@ -249,12 +335,15 @@ class CoordsysConversionMatrix(Histogram):
             NESTED model map.
         earth_occ : bool
             Remove directions behind the Earth (False: cosipy 0.3's matrix).
+        attitude_nside : int or None
+            Grouping of the intervals' attitudes, as in :meth:`spacecraft_attitude_binning_ccm`.
 
         Returns
         -------
         CoordsysConversionMatrix
             Axes Time, lb, NuLambda.
         """
+        attitude_nside = _check_attitude_nside(attitude_nside)
         o = as_orientation(orientation)
         edges = _seconds(time_intervals)
         if edges.ndim != 1 or len(edges) < 2 or np.any(np.diff(edges) <= 0):
@@ -263,7 +352,7 @@ class CoordsysConversionMatrix(Histogram):
         axis_lb = _model_axis(nside_model or local.nside, "nested" if is_nest_model else "ring")
         s = split_by_intervals(o, edges[:-1], edges[1:])
         contents = _per_sample(s, s.bin, len(edges) - 1, _sky_vectors(axis_lb), local,
-                               earth_occ)
+                               earth_occ, attitude_nside)
         return cls._build(Axis(edges * u.s, label="Time"), axis_lb, local, contents)
 
     @classmethod

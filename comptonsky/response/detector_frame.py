@@ -31,7 +31,7 @@ from ..errors import AxisMismatchError, InvalidParameterError
 from .operator import ResponseOperator, ResponseSubset, RestrictedResponse, subset_indices
 
 __all__ = ["DetectorFrameResponse", "OccupiedBinsResponse", "OccupiedColumns",
-           "detector_frame_response",
+           "detector_frame_response", "response_columns",
            "check_nulambda", "check_detector_frame_axes"]
 
 logger = logging.getLogger(__name__)
@@ -86,17 +86,54 @@ def detector_frame_response(full_detector_response, coordsys_conv_matrix, dtype=
     """
     fdr, ccm = full_detector_response, coordsys_conv_matrix
     check_nulambda(fdr, ccm)
-    rows = fdr.read_rows(dtype=np.dtype(dtype))
-    if fdr.has_polarization:
-        rows = rows.sum(axis=2, dtype=rows.dtype)
-    factor = float(u.Unit(fdr.unit).to(u.cm ** 2))
-    if factor != 1.0:
-        rows *= factor
+    columns, row_sums = response_columns(fdr, dtype)
     lb = ccm.axes["lb"]
     model_axes = Axes([lb, fdr.axes["Ei"]])
     data_axes = Axes([ccm.axes[0], fdr.axes["Em"], fdr.axes["Phi"], fdr.axes["PsiChi"]])
-    return DetectorFrameResponse(rows, _conversion_matrix(ccm), model_axes, data_axes,
-                                 dtype=dtype)
+    return DetectorFrameResponse(None, _conversion_matrix(ccm), model_axes, data_axes,
+                                 dtype=dtype, columns=columns, row_sums=row_sums)
+
+
+def response_columns(fdr, dtype=np.float32, block: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """The response as a (data column, NuLambda · Ei) matrix, read block by block.
+
+    Each block of NuLambda pixels is read, summed over ``Pol``, converted to cm² and written
+    transposed into place, so memory is the matrix plus one block (not the file's layout and
+    its transpose).
+
+    Parameters
+    ----------
+    fdr : FullDetectorResponse
+    dtype : numpy dtype
+    block : int
+        NuLambda pixels per read.
+
+    Returns
+    -------
+    columns : ndarray, shape (n_Em · n_Phi · n_PsiChi, Nν · n_Ei), C-contiguous, ``dtype``
+        R[k, ν·e] in cm².
+    row_sums : ndarray, shape (Nν, n_Ei), float64
+        Σ_k R[ν, e, k].
+    """
+    dtype = np.dtype(dtype)
+    shape = tuple(int(n) for n in fdr.axes.nbins)
+    n_nu, n_e = shape[0], shape[1]
+    labels = [str(lab) for lab in fdr.axes.labels]
+    n_cols = int(np.prod([n for n, lab in zip(shape, labels) if lab in ("Em", "Phi", "PsiChi")]))
+    factor = float(u.Unit(fdr.unit).to(u.cm ** 2))
+    columns = np.empty((n_cols, n_nu * n_e), dtype=dtype)
+    row_sums = np.empty((n_nu, n_e))
+    for p0 in range(0, n_nu, block):
+        p1 = min(n_nu, p0 + block)
+        rows = fdr.read_rows(np.arange(p0, p1), dtype=dtype)
+        if fdr.has_polarization:
+            rows = rows.sum(axis=2, dtype=rows.dtype)
+        if factor != 1.0:
+            rows *= factor
+        rows = rows.reshape((p1 - p0) * n_e, n_cols)
+        row_sums[p0:p1] = rows.sum(axis=1, dtype=np.float64).reshape(p1 - p0, n_e)
+        columns[:, p0 * n_e: p1 * n_e] = rows.T
+    return columns, row_sums
 
 
 class DetectorFrameResponse(ResponseOperator):
@@ -104,8 +141,8 @@ class DetectorFrameResponse(ResponseOperator):
 
     Parameters
     ----------
-    rows : ndarray, shape (Nν, n_Ei, n_Em, n_Phi, n_PsiChi)
-        The detector response R in cm².
+    rows : ndarray, shape (Nν, n_Ei, n_Em, n_Phi, n_PsiChi), or None
+        The detector response R in cm² (copied into the column layout).
     conversion : tuple (s, j, ν, value, shape)
         The non-zeros of the conversion matrix C (s), shape (S, J, Nν).
     model_axes : histpy.Axes
@@ -114,34 +151,50 @@ class DetectorFrameResponse(ResponseOperator):
         (ScAtt or Time, Em, Phi, PsiChi).
     dtype : numpy dtype
         Precision of R (products are float64).
+    columns : ndarray, shape (n_Em · n_Phi · n_PsiChi, Nν · n_Ei), optional
+        Instead of ``rows``: R already in the column layout (:func:`response_columns`), used
+        without a copy when C-contiguous in ``dtype``.
+    row_sums : ndarray, shape (Nν, n_Ei), optional
+        With ``columns``: Σ_k R[ν, e, k].
     """
 
     storage = "dense"
 
-    def __init__(self, rows: np.ndarray, conversion, model_axes: Axes, data_axes: Axes,
-                 dtype=np.float32):
+    def __init__(self, rows: np.ndarray | None, conversion, model_axes: Axes, data_axes: Axes,
+                 dtype=np.float32, *, columns: np.ndarray | None = None,
+                 row_sums: np.ndarray | None = None):
         s, j, nu, vals, shape = conversion
         n_s, n_sky, n_nu = shape
-        n_e = int(rows.shape[1])
-        if rows.shape[0] != n_nu or tuple(rows.shape[1:]) != (
-                int(model_axes.nbins[1]),) + tuple(int(n) for n in data_axes.nbins[1:]):
-            raise AxisMismatchError(f"detector response shape {rows.shape} does not match the "
-                                    f"conversion matrix ({n_nu} NuLambda pixels) and the axes")
+        n_e = int(model_axes.nbins[1])
+        n_columns = int(np.prod([int(n) for n in data_axes.nbins[1:]]))
+        if rows is not None:
+            if rows.shape[0] != n_nu or tuple(rows.shape[1:]) != (
+                    n_e,) + tuple(int(n) for n in data_axes.nbins[1:]):
+                raise AxisMismatchError(f"detector response shape {rows.shape} does not match "
+                                        f"the conversion matrix ({n_nu} NuLambda pixels) and "
+                                        "the axes")
+            #: R as (k, ν·e), C-contiguous: row k is what one data column sees
+            columns = np.ascontiguousarray(rows.reshape(n_nu * n_e, n_columns).T,
+                                           dtype=np.dtype(dtype))
+            row_sums = rows.reshape(n_nu, n_e, -1).sum(axis=2, dtype=np.float64)
+        elif columns is None or row_sums is None:
+            raise InvalidParameterError("DetectorFrameResponse needs rows, or columns and "
+                                        "row_sums")
+        elif columns.shape != (n_columns, n_nu * n_e) or row_sums.shape != (n_nu, n_e):
+            raise AxisMismatchError(f"detector response columns {columns.shape} do not match "
+                                    f"the conversion matrix ({n_nu} NuLambda pixels) and the "
+                                    "axes")
         if (n_s, n_sky) != (int(data_axes.nbins[0]), int(model_axes.nbins[0])):
             raise AxisMismatchError(f"conversion matrix shape {shape} does not match the axes")
         self.n_bins, self.n_sky, self.n_nu, self.n_e = n_s, n_sky, n_nu, n_e
-        self.n_columns = int(np.prod(rows.shape[2:]))
-        n_inner = n_nu * n_e
-        #: R as (k, ν·e), C-contiguous: row k is what one data column sees
-        self.columns = np.ascontiguousarray(
-            rows.reshape(n_inner, self.n_columns).T, dtype=np.dtype(dtype))
+        self.n_columns = n_columns
+        self.columns = np.ascontiguousarray(columns, dtype=np.dtype(dtype))
         #: C as (s·Nν, j) and its transpose, float64
         self.conversion = sp.csr_matrix((vals, (s * n_nu + nu, j)), shape=(n_s * n_nu, n_sky))
         self.conversion_t = self.conversion.T.tocsr()
         summed = sp.csr_matrix((vals, (j, nu)), shape=(n_sky, n_nu))  # Σ_s C, (j, ν)
         self.summed_conversion_t = summed
-        row_sums = np.asarray(rows.reshape(n_nu, n_e, -1).sum(axis=2, dtype=np.float64))
-        known = np.asarray(summed @ row_sums).reshape(-1)
+        known = np.asarray(summed @ np.asarray(row_sums, dtype=np.float64)).reshape(-1)
         lb = model_axes[0]
         solid = 4 * np.pi / lb.nbins if isinstance(lb, HealpixAxis) else 1.0
         solid = np.repeat(np.full(n_sky, solid), n_e)
@@ -311,7 +364,9 @@ def _column_plan(s_of, k_of, columns, rest_slot):
 def _plan_forward(p: DetectorFrameResponse, plan, x, n_out):
     m = p.rotated(x)
     out = np.zeros(n_out)
-    _sampled_products(p.columns, m, m.sum(axis=0), *plan, out)
+    # M in R's precision (float32 halves the bytes each occupied bin reads); sums stay float64
+    _sampled_products(p.columns, m.astype(p.columns.dtype), m.sum(axis=0).astype(p.columns.dtype),
+                      *plan, out)
     return out
 
 
