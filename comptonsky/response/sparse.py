@@ -25,7 +25,7 @@ from ..errors import InvalidDataError, InvalidParameterError
 from .operator import ResponseOperator, ResponseSubset
 
 __all__ = ["SegmentedCSR", "SparseResponse", "SparseSubset", "build_rows", "index_dtype",
-           "kernel_threads", "set_kernel_threads", "row_splits", "RegroupedCSR"]
+           "kernel_threads", "set_kernel_threads", "row_splits"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,31 @@ def _gather(start, end, idx, val, vec, stride, n_vec, q0, q1, out):  # pragma: n
 
 
 @njit(cache=True, nogil=True)
+def _scatter(start, end, idx, val, vec, q0, q1, out):  # pragma: no cover - compiled
+    """out[idx[n]] += val[n] · vec[q] over n in start[q]:end[q], for the rows q0 ≤ q < q1 of
+    the flattened (k, t) grid of ``start``/``end`` (n_seg, w), ``vec`` (n_seg · w,) in that
+    order; rows with vec[q] = 0 are skipped. ``out`` (n_cols,) float64, this thread's own.
+
+    The adjoint of a data subset from the forward orientation: the output (one row of the
+    model space) stays in the L1 cache, and the rows read are whole rows of the forward
+    orientation, so the bytes streamed are the subset's share, and fewer where its data are
+    zero (OSEM's ratios X / ε vanish on the empty bins)."""
+    w = start.shape[1]
+    for q in range(q0, q1):
+        c = vec[q]
+        if c == 0:
+            continue
+        k = q // w
+        t = q - k * w
+        s = start[k, t]
+        e = end[k, t]
+        ii = idx[s:e]
+        vv = val[s:e]
+        for n in range(vv.shape[0]):
+            out[ii[n]] += vv[n] * c
+
+
+@njit(cache=True, nogil=True)
 def _scatter_rows(ptr, idx, val, rows, coef, out):  # pragma: no cover - compiled
     """out[k, idx] += val · coef[t] over the elements of rows[t] (a few rows)."""
     n_seg = ptr.shape[0]
@@ -106,46 +131,6 @@ def _scatter_rows(ptr, idx, val, rows, coef, out):  # pragma: no cover - compile
         for k in range(n_seg):
             for n in range(ptr[k, j], ptr[k, j + 1]):
                 out[k, idx[n]] += val[n] * c
-
-
-@njit(cache=True, nogil=True)
-def _group_counts(fptr, fidx, first_row, g0, g1, counts):  # pragma: no cover - compiled
-    """counts[g, j]: elements of column j in the rows first_row[g]:first_row[g + 1] of a CSR
-    (``fptr`` flat), for the groups g0 ≤ g < g1."""
-    for g in range(g0, g1):
-        for n in range(fptr[first_row[g]], fptr[first_row[g + 1]]):
-            counts[g, fidx[n]] += 1
-
-
-@njit(cache=True, nogil=True)
-def _transpose_groups(fptr, fidx, fval, first_row, g0, g1, gptr, gidx,
-                      gval):  # pragma: no cover - compiled
-    """The transpose of each group g0 ≤ g < g1 of rows (first_row[g]:first_row[g + 1]) of a
-    CSR: row j of group g (``gptr[g, j]`` on) gets, in order, the rows r holding column j, at
-    column r − first_row[g]. The writes of a group stay within its own share of the output
-    (cache-resident for many groups), unlike a scatter of the whole matrix."""
-    for g in range(g0, g1):
-        nxt = gptr[g, :-1].copy()
-        r0 = first_row[g]
-        for r in range(r0, first_row[g + 1]):
-            for n in range(fptr[r], fptr[r + 1]):
-                j = fidx[n]
-                o = nxt[j]
-                gidx[o] = r - r0
-                gval[o] = fval[n]
-                nxt[j] = o + 1
-
-
-@njit(cache=True, nogil=True)
-def _copy_runs(start, end, idx, val, dst, gidx, gval, q0, q1):  # pragma: no cover - compiled
-    """Row q0 ≤ q < q1 of a reordered copy: the elements start[q]:end[q] of (idx, val) go to
-    dst[q]:dst[q + 1] of (gidx, gval)."""
-    for q in range(q0, q1):
-        o = dst[q]
-        for n in range(start[q], end[q]):
-            gidx[o] = idx[n]
-            gval[o] = val[n]
-            o += 1
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -284,18 +269,18 @@ def _run_rows(splits: np.ndarray, start, end, idx, val, vec, stride, n_vec, out)
         f.result()
 
 
-def _in_row_ranges(kernel, n_rows: int, *args, **kwargs) -> None:
-    """``kernel(*args, j0, j1, **kwargs)`` (keywords passed by position, in order) over
-    :func:`kernel_threads` equal ranges of 0 ≤ j < n_rows, one per thread; for kernels whose
-    ranges write disjoint outputs."""
-    n = max(1, min(kernel_threads(), n_rows))
-    cuts = np.linspace(0, n_rows, n + 1).astype(np.int64)
-    tail = tuple(kwargs.values())
-    futures = [_pool(n - 1).submit(kernel, *args, int(cuts[i]), int(cuts[i + 1]), *tail)
+def _run_scatter(splits: np.ndarray, start, end, idx, val, vec, n_out: int) -> np.ndarray:
+    """:func:`_scatter` over the row ranges ``splits``, one private output per range (the
+    first in this thread, the others on the pool's threads); their sum, (n_out,) float64."""
+    n = len(splits) - 1
+    out = np.zeros((n, n_out), dtype=np.float64)
+    futures = [_pool(n - 1).submit(_scatter, start, end, idx, val, vec, int(splits[i]),
+                                   int(splits[i + 1]), out[i])
                for i in range(1, n)]
-    kernel(*args, int(cuts[0]), int(cuts[1]), *tail)
+    _scatter(start, end, idx, val, vec, int(splits[0]), int(splits[1]), out[0])
     for f in futures:
         f.result()
+    return out[0] if n == 1 else out.sum(axis=0)
 
 
 def limit_blas_threads() -> bool:
@@ -461,67 +446,15 @@ class SparseResponse(_SparseProducts, ResponseOperator):
     def _subset(self, k, n_subsets, axis, indices):
         return SparseSubset(self, k, n_subsets, axis, indices)
 
-    def regrouped(self, n_groups: int) -> RegroupedCSR:
-        """Both orientations reordered by PsiChi subset p mod ``n_groups`` (made once, shared
-        by the subsets while any is alive; one more copy of the response in memory).
-
-        ``adj`` segment g is PsiChi subset g's adjoint: row j holds every element R_ij of the
-        data bins i with p ≡ g, at column i's place in the subset's data vector, so the adjoint
-        is one gather per row over that vector (in cache). ``fwd`` holds the forward rows
-        (k, p) ordered by subset, then k, then p: subset g's rows ``fwd_start[g]:
-        fwd_start[g + 1]`` are contiguous, so a subset's products stream its share of the bytes
-        in order and cost its share of a pass.
-        """
-        def make():
-            c = self.cols
-            widths = np.array([len(range(g, self.n_psi, n_groups)) for g in range(n_groups)],
-                              dtype=np.int64)
-            # forward rows by subset: (g, k, p // n_groups), copied run by run
-            start = np.concatenate([c.ptr[:, g:-1:n_groups].reshape(-1)
-                                    for g in range(n_groups)])
-            end = np.concatenate([c.ptr[:, g + 1::n_groups].reshape(-1)
-                                  for g in range(n_groups)])
-            dst = np.zeros((1, start.size + 1), dtype=np.int64)
-            np.cumsum(end - start, out=dst[0, 1:])
-            fidx = np.empty(c.nnz, dtype=c.idx.dtype)
-            fval = np.empty(c.nnz, dtype=c.val.dtype)
-            _in_row_ranges(_copy_runs, start.size, start, end, c.idx, c.val, dst[0], fidx,
-                           fval)
-            fwd = SegmentedCSR(dst, fidx, fval, c.n_cols)
-            first_row = np.concatenate([[0], np.cumsum(widths * self.n_seg)]).astype(np.int64)
-            # adjoint rows: each group's forward rows transposed
-            counts = np.zeros((n_groups, self.n_model), dtype=np.int64)
-            _in_row_ranges(_group_counts, n_groups, dst[0], fidx, first_row, counts=counts)
-            gptr = _ptr_from_counts(counts)
-            n_cols = int(widths.max()) * self.n_seg
-            gidx = np.empty(c.nnz, dtype=index_dtype(n_cols))
-            gval = np.empty(c.nnz, dtype=c.val.dtype)
-            _in_row_ranges(_transpose_groups, n_groups, dst[0], fidx, fval, first_row,
-                           gptr=gptr, gidx=gidx, gval=gval)
-            made = RegroupedCSR(SegmentedCSR(gptr, gidx, gval, n_cols), fwd, first_row)
-            logger.info("OSEM PsiChi subsets: holding the sparse response regrouped by subset "
-                        "(%.2f GB extra)", made.nbytes / 1e9)
-            return made
-        return self._shared_copy(("regrouped", n_groups), make)
-
-
-class RegroupedCSR:
-    """The sparse response reordered by PsiChi subset (:meth:`SparseResponse.regrouped`)."""
-
-    def __init__(self, adj: SegmentedCSR, fwd: SegmentedCSR, fwd_start: np.ndarray):
-        self.adj, self.fwd, self.fwd_start = adj, fwd, fwd_start
-
-    @property
-    def nbytes(self) -> int:
-        return self.adj.nbytes + self.fwd.nbytes
-
 
 class SparseSubset(_SparseProducts, ResponseSubset):
-    """A sparse response restricted to an interleaved data subset.
+    """A sparse response restricted to an interleaved data subset, with no copy of the response.
 
     Phi subsets (``mode='segments'``) gather from the parent's (Em, φ) segments of the subset
-    directly. PsiChi subsets (``mode='regrouped'``) run both on the copy reordered by subset,
-    :meth:`SparseResponse.regrouped`.
+    directly. PsiChi subsets (``mode='strided'``) run both products on the rows (k, p) of the
+    forward orientation with p ≡ k₀ (mod n_subsets): the forward is a gather over those rows,
+    the adjoint a scatter of them into a private model-space vector per thread
+    (:func:`_scatter`), so each streams the subset's share of the forward orientation.
     """
 
     def __init__(self, parent: SparseResponse, k: int, n_subsets: int, axis: str,
@@ -534,12 +467,32 @@ class SparseSubset(_SparseProducts, ResponseSubset):
             self._fwd_ptr, self._adj_ptr = parent.cols.ptr[seg], parent.rows.ptr[seg]
             self._adj, self._width = parent.rows, n_psi
         else:
-            self.mode = "regrouped"
-            self._keep = parent.regrouped(n_subsets)
-            self.extra_bytes = self._keep.nbytes
-            self._adj = self._keep.adj
-            self._adj_ptr = self._adj.ptr[k:k + 1]
-            self._width = self.n_data
-            self._fwd = self._keep.fwd
-            q0, q1 = (int(q) for q in self._keep.fwd_start[k:k + 2])
-            self._fwd_ptr = self._fwd.ptr[:, q0:q1 + 1]
+            self.mode = "strided"
+            ptr = parent.cols.ptr
+            w = len(range(k, n_psi, n_subsets))
+            # row bounds as (n_seg, w) views of (n_seg, w + 1) arrays: the layout of the full
+            # product's ptr[:, :-1], so that the kernel is compiled for one signature
+            bounds = np.zeros((2, ptr.shape[0], w + 1), dtype=np.int64)
+            bounds[0, :, :w] = ptr[:, k:n_psi:n_subsets]
+            bounds[1, :, :w] = ptr[:, k + 1:n_psi + 1:n_subsets]
+            self._start, self._end = bounds[0, :, :w], bounds[1, :, :w]
+
+    def _matvec(self, x):
+        if self.mode != "strided":
+            return super()._matvec(x)
+        out = np.zeros(self._start.shape, dtype=self.dtype)
+        _run_rows(self._splits("fwd", self._start, self._end), self._start, self._end,
+                  self._fwd.idx, self._fwd.val, x.astype(self.dtype), 0, self.n_model, out)
+        return out.reshape(-1).astype(np.float64)
+
+    def _rmatvec(self, y):
+        if self.mode != "strided":
+            return super()._rmatvec(y)
+        return _run_scatter(self._splits("fwd", self._start, self._end), self._start,
+                            self._end, self._fwd.idx, self._fwd.val, y.astype(self.dtype),
+                            self.n_model)
+
+    def _matvec_rows(self, rows, coef):
+        if self.mode != "strided":
+            return super()._matvec_rows(rows, coef)
+        return self.parent._matvec_rows(rows, coef)[self.data_indices]
