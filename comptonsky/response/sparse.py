@@ -25,6 +25,7 @@ from ..errors import InvalidDataError, InvalidParameterError
 from .operator import ResponseOperator, ResponseSubset
 
 __all__ = ["SegmentedCSR", "SparseResponse", "SparseSubset", "build_rows", "index_dtype",
+           "PSI_GROUPS", "psi_groups_for", "transpose", "forward_bounds",
            "kernel_threads", "set_kernel_threads", "row_splits"]
 
 logger = logging.getLogger(__name__)
@@ -171,28 +172,34 @@ def _fill_block(block, thr, ptr, idx, val):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _transpose_counts(ptr, idx, n_cols, counts):  # pragma: no cover - compiled
+def _transpose_counts(ptr, idx, groups, counts):  # pragma: no cover - compiled
+    """counts[(c mod groups) · n_seg + k, c // groups]: elements of column c in segment k."""
     n_seg = ptr.shape[0]
     n_rows = ptr.shape[1] - 1
     for k in prange(n_seg):
         for n in range(ptr[k, 0], ptr[k, n_rows]):
-            counts[k, idx[n]] += 1
+            c = idx[n]
+            counts[(c % groups) * n_seg + k, c // groups] += 1
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _transpose_fill(ptr, idx, val, tptr, tidx, tval):  # pragma: no cover - compiled
+def _transpose_fill(ptr, idx, val, groups, tptr, tidx, tval):  # pragma: no cover - compiled
     n_seg = ptr.shape[0]
     n_rows = ptr.shape[1] - 1
-    n_cols = tptr.shape[1] - 1
+    width = tptr.shape[1] - 1
     for k in prange(n_seg):
-        nxt = tptr[k, :n_cols].copy()
+        nxt = np.empty((groups, width), dtype=np.int64)
+        for h in range(groups):
+            nxt[h] = tptr[h * n_seg + k, :width]
         for r in range(n_rows):
             for n in range(ptr[k, r], ptr[k, r + 1]):
                 c = idx[n]
-                o = nxt[c]
+                h = c % groups
+                t = c // groups
+                o = nxt[h, t]
                 tidx[o] = r
                 tval[o] = val[n]
-                nxt[c] = o + 1
+                nxt[h, t] = o + 1
 
 
 def _ptr_from_counts(counts: np.ndarray) -> np.ndarray:
@@ -206,15 +213,52 @@ def _ptr_from_counts(counts: np.ndarray) -> np.ndarray:
     return ptr
 
 
-def transpose(rows: SegmentedCSR) -> SegmentedCSR:
-    """The per-segment transpose (S_kᵀ for every k, columns sorted within each row)."""
-    counts = np.zeros((rows.n_seg, rows.n_cols), dtype=np.int64)
-    _transpose_counts(rows.ptr, rows.idx, rows.n_cols, counts)
+#: The forward orientation holds the rows (k, p) grouped by PsiChi pixel p mod PSI_GROUPS
+#: (where that divides the number of PsiChi pixels): the rows of a PsiChi subset of
+#: n | PSI_GROUPS subsets are then n_subsets / PSI_GROUPS contiguous runs.
+PSI_GROUPS = 48
+
+
+def psi_groups_for(n_psi: int) -> int:
+    """The grouping of the forward rows: :data:`PSI_GROUPS` if it divides ``n_psi``, else 1."""
+    return PSI_GROUPS if n_psi % PSI_GROUPS == 0 else 1
+
+
+def transpose(rows: SegmentedCSR, groups: int = 1) -> SegmentedCSR:
+    """The per-segment transposes S_kᵀ, rows (k, p) grouped by p mod ``groups``: segment
+    (p mod groups) · n_seg + k, row p // groups (``groups`` divides n_cols; row indices sorted
+    within each row). With ``groups`` 1 the segments are the S_kᵀ themselves."""
+    if groups < 1 or rows.n_cols % groups:
+        raise InvalidParameterError(f"transpose: {groups} PsiChi groups, expected a divisor of "
+                                    f"{rows.n_cols}")
+    counts = np.zeros((groups * rows.n_seg, rows.n_cols // groups), dtype=np.int64)
+    _transpose_counts(rows.ptr, rows.idx, groups, counts)
     tptr = _ptr_from_counts(counts)
     tidx = np.empty(rows.nnz, dtype=index_dtype(rows.n_rows))
     tval = np.empty(rows.nnz, dtype=rows.val.dtype)
-    _transpose_fill(rows.ptr, rows.idx, rows.val, tptr, tidx, tval)
+    _transpose_fill(rows.ptr, rows.idx, rows.val, groups, tptr, tidx, tval)
     return SegmentedCSR(tptr, tidx, tval, rows.n_rows)
+
+
+def forward_bounds(cols: SegmentedCSR, groups: int, n_seg: int, k: np.ndarray,
+                   p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The kernel's row bounds for the forward rows (k[o], p[o]) (output element o), ordered as
+    they lie in memory: ``start``, ``end`` (1, m) int64 views (the layout of ``ptr[:, :-1]``,
+    one kernel signature) and ``pos`` (m,): row i computes output element pos[i] (None when
+    the memory order is the output order)."""
+    width = cols.n_rows
+    srow = ((p % groups) * n_seg + k) * width + p // groups
+    if srow.size == cols.n_seg * width:          # every row: a permutation
+        order = np.empty_like(srow)
+        order[srow] = np.arange(srow.size)
+    else:
+        order = np.argsort(srow, kind="stable")
+    seg, r = np.divmod(srow[order], width)
+    b = np.zeros((2, 1, srow.size + 1), dtype=np.int64)
+    b[0, 0, :-1] = cols.ptr[seg, r]
+    b[1, 0, :-1] = cols.ptr[seg, r + 1]
+    pos = None if np.array_equal(order, np.arange(order.size)) else order
+    return b[0, :, :-1], b[1, :, :-1], pos
 
 
 _BLAS_LIMITED = False
@@ -355,10 +399,13 @@ def build_rows(blocks: Iterable[tuple[int, int, np.ndarray]], n_model: int, n_se
 
 
 class _SparseProducts:
-    """Products through the forward orientation ``_fwd`` (segments ``_fwd_ptr``) and the
-    adjoint orientation ``_adj`` (segments ``_adj_ptr`` of ``_width`` columns). The kernel gets
-    the row bounds as views ``ptr[:, :-1]``, ``ptr[:, 1:]`` of one int64 array, so every
-    operator calls it with one signature per dtype."""
+    """Products through the forward orientation ``_fwd`` (kernel rows ``_fstart``,
+    ``_fend`` (1, m) in memory order, row i giving output element ``_fpos[i]``, or i when
+    ``_fpos`` is None; :func:`forward_bounds`) and the adjoint orientation ``_adj`` (segments
+    ``_adj_ptr`` of ``_width`` columns). The kernel gets the row bounds as views of the layout
+    of ``ptr[:, :-1]``, so every operator calls it with one signature per dtype."""
+
+    _fpos: np.ndarray | None = None
 
     def _splits(self, which: str, start, end) -> np.ndarray:
         n = kernel_threads()
@@ -368,11 +415,14 @@ class _SparseProducts:
         return cache[(which, n)]
 
     def _matvec(self, x):
-        start, end = self._fwd_ptr[:, :-1], self._fwd_ptr[:, 1:]
-        out = np.zeros(start.shape, dtype=self.dtype)
-        _run_rows(self._splits("fwd", start, end), start, end, self._fwd.idx, self._fwd.val,
-                  x.astype(self.dtype), 0, self.n_model, out)
-        return out.reshape(-1).astype(np.float64)
+        out = np.zeros(self._fstart.shape, dtype=self.dtype)
+        _run_rows(self._splits("fwd", self._fstart, self._fend), self._fstart, self._fend,
+                  self._fwd.idx, self._fwd.val, x.astype(self.dtype), 0, self.n_model, out)
+        if self._fpos is None:
+            return out.reshape(-1).astype(np.float64)
+        res = np.empty(out.size, dtype=np.float64)
+        res[self._fpos] = out.reshape(-1)
+        return res
 
     def _rmatvec(self, y):
         ptr = self._adj_ptr
@@ -395,13 +445,16 @@ class SparseResponse(_SparseProducts, ResponseOperator):
     Parameters
     ----------
     rows, cols : SegmentedCSR
-        The n_seg segments (n_model, n_psi) of the adjoint orientation and their transposes
-        (computed from ``rows`` when None).
+        The n_seg segments (n_model, n_psi) of the adjoint orientation and their transposes,
+        grouped as :func:`transpose` does (computed from ``rows`` when None).
     model_axes, data_axes, pixel_solid_angle, unit, row_sums
         See :class:`~.operator.ResponseOperator`.
     threshold, dropped_flux_fraction, max_row_dropped_fraction : float
         The relative threshold the elements were kept with, and Σ of the dropped elements over
         Σ R (overall, and in the worst model element's row).
+    psi_groups : int, optional
+        The grouping of ``cols`` (:func:`transpose`); default :func:`psi_groups_for` when
+        ``cols`` is None, else read from its shape.
     """
 
     storage = "sparse"
@@ -409,7 +462,7 @@ class SparseResponse(_SparseProducts, ResponseOperator):
     def __init__(self, rows: SegmentedCSR, cols: SegmentedCSR | None, model_axes, data_axes,
                  pixel_solid_angle, unit, threshold: float = 0.0,
                  dropped_flux_fraction: float = 0.0, max_row_dropped_fraction: float = 0.0,
-                 row_sums: np.ndarray | None = None):
+                 row_sums: np.ndarray | None = None, psi_groups: int | None = None):
         super().__init__(model_axes, data_axes, pixel_solid_angle, unit, row_sums=row_sums,
                          dtype=rows.val.dtype)
         self.rows, self.n_seg, self.n_psi = rows, rows.n_seg, rows.n_cols
@@ -418,11 +471,27 @@ class SparseResponse(_SparseProducts, ResponseOperator):
                 f"sparse response has {rows.n_rows} rows × {self.n_seg} segments × "
                 f"{self.n_psi} columns, expected {self.n_model} rows and {self.n_data} data "
                 "elements")
-        self.cols = cols if cols is not None else transpose(rows)
+        if cols is None:
+            self.psi_groups = psi_groups_for(self.n_psi) if psi_groups is None else psi_groups
+            cols = transpose(rows, self.psi_groups)
+        else:
+            self.psi_groups = cols.n_seg // max(self.n_seg, 1) if psi_groups is None \
+                else psi_groups
+        if (self.psi_groups < 1 or self.n_psi % self.psi_groups
+                or cols.n_seg != self.psi_groups * self.n_seg
+                or cols.n_rows != self.n_psi // self.psi_groups or cols.n_cols != self.n_model):
+            raise InvalidDataError(
+                f"sparse response: forward orientation of {cols.n_seg} segments × "
+                f"{cols.n_rows} rows × {cols.n_cols} columns, expected "
+                f"{self.psi_groups * self.n_seg} × {self.n_psi // max(self.psi_groups, 1)} × "
+                f"{self.n_model} ({self.psi_groups} PsiChi groups)")
+        self.cols = cols
         self.threshold = float(threshold)
         self.dropped_flux_fraction = float(dropped_flux_fraction)
         self.max_row_dropped_fraction = float(max_row_dropped_fraction)
-        self._fwd, self._fwd_ptr = self.cols, self.cols.ptr
+        self._fwd = self.cols
+        self._fstart, self._fend, self._fpos = self.forward_rows(
+            np.arange(self.n_data) // self.n_psi, np.arange(self.n_data) % self.n_psi)
         self._adj, self._adj_ptr, self._width = self.rows, self.rows.ptr, self.n_psi
         limit_blas_threads()
 
@@ -443,6 +512,10 @@ class SparseResponse(_SparseProducts, ResponseOperator):
     def bytes_per_product(self) -> int:
         return self.rows.nbytes
 
+    def forward_rows(self, k: np.ndarray, p: np.ndarray):
+        """:func:`forward_bounds` of the forward rows (k, p) of this response."""
+        return forward_bounds(self.cols, self.psi_groups, self.n_seg, k, p)
+
     def _subset(self, k, n_subsets, axis, indices):
         return SparseSubset(self, k, n_subsets, axis, indices)
 
@@ -450,49 +523,36 @@ class SparseResponse(_SparseProducts, ResponseOperator):
 class SparseSubset(_SparseProducts, ResponseSubset):
     """A sparse response restricted to an interleaved data subset, with no copy of the response.
 
-    Phi subsets (``mode='segments'``) gather from the parent's (Em, φ) segments of the subset
-    directly. PsiChi subsets (``mode='strided'``) run both products on the rows (k, p) of the
-    forward orientation with p ≡ k₀ (mod n_subsets): the forward is a gather over those rows,
-    the adjoint a scatter of them into a private model-space vector per thread
-    (:func:`_scatter`), so each streams the subset's share of the forward orientation.
+    The forward product gathers over the subset's rows (k, p) of the parent's forward
+    orientation, in the order they lie in memory (:func:`forward_bounds`): for PsiChi subsets
+    of n | ``psi_groups`` subsets, ``psi_groups / n`` contiguous runs, so a subset product
+    streams its share of the bytes. The adjoint: Phi subsets (``mode='segments'``) gather from
+    the parent's (Em, φ) segments of the adjoint orientation; PsiChi subsets (``mode='rows'``)
+    scatter the same forward rows into a private model-space vector per thread
+    (:func:`_scatter`, skipping zero data).
     """
 
     def __init__(self, parent: SparseResponse, k: int, n_subsets: int, axis: str,
                  indices: np.ndarray):
         super().__init__(parent, indices)
         self._fwd, n_psi = parent.cols, parent.n_psi
+        self._fstart, self._fend, self._fpos = parent.forward_rows(self.data_indices // n_psi,
+                                                                   self.data_indices % n_psi)
         if axis == "Phi":
             self.mode = "segments"
-            seg = parent._phi_segments(k, n_subsets)
-            self._fwd_ptr, self._adj_ptr = parent.cols.ptr[seg], parent.rows.ptr[seg]
+            self._adj_ptr = parent.rows.ptr[parent._phi_segments(k, n_subsets)]
             self._adj, self._width = parent.rows, n_psi
         else:
-            self.mode = "strided"
-            ptr = parent.cols.ptr
-            w = len(range(k, n_psi, n_subsets))
-            # row bounds as (n_seg, w) views of (n_seg, w + 1) arrays: the layout of the full
-            # product's ptr[:, :-1], so that the kernel is compiled for one signature
-            bounds = np.zeros((2, ptr.shape[0], w + 1), dtype=np.int64)
-            bounds[0, :, :w] = ptr[:, k:n_psi:n_subsets]
-            bounds[1, :, :w] = ptr[:, k + 1:n_psi + 1:n_subsets]
-            self._start, self._end = bounds[0, :, :w], bounds[1, :, :w]
-
-    def _matvec(self, x):
-        if self.mode != "strided":
-            return super()._matvec(x)
-        out = np.zeros(self._start.shape, dtype=self.dtype)
-        _run_rows(self._splits("fwd", self._start, self._end), self._start, self._end,
-                  self._fwd.idx, self._fwd.val, x.astype(self.dtype), 0, self.n_model, out)
-        return out.reshape(-1).astype(np.float64)
+            self.mode = "rows"
 
     def _rmatvec(self, y):
-        if self.mode != "strided":
+        if self.mode != "rows":
             return super()._rmatvec(y)
-        return _run_scatter(self._splits("fwd", self._start, self._end), self._start,
-                            self._end, self._fwd.idx, self._fwd.val, y.astype(self.dtype),
-                            self.n_model)
+        vec = (y if self._fpos is None else y[self._fpos]).astype(self.dtype)
+        return _run_scatter(self._splits("fwd", self._fstart, self._fend), self._fstart,
+                            self._fend, self._fwd.idx, self._fwd.val, vec, self.n_model)
 
     def _matvec_rows(self, rows, coef):
-        if self.mode != "strided":
+        if self.mode != "rows":
             return super()._matvec_rows(rows, coef)
         return self.parent._matvec_rows(rows, coef)[self.data_indices]
