@@ -10,7 +10,7 @@ kernels exist; a first untimed process makes sure of it) and stops at the first 
 above the target. Times, from the first line after the imports:
 
 * ``set-up``: ``DataIF_COSI_DC2.load`` (response from its cache), ``ImageDeconvolution``
-  initialisation (OSEM: its subsets, and the regrouped sparse copy for PsiChi subsets);
+  initialisation (OSEM: its subsets; the dense storage's permuted copy for PsiChi subsets);
 * ``iterate``: the iterations up to the target;
 * ``all-in``: both, i.e. what a user waits for after ``import comptonsky`` (printed separately).
 
