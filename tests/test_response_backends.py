@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from comptonsky.errors import AxisMismatchError, InvalidParameterError
+from comptonsky.errors import AxisMismatchError, InvalidDataError, InvalidParameterError
 from comptonsky.response.dense import DenseResponse
 from comptonsky.response.load import load_response
 from comptonsky.response.outofcore import OutOfCoreResponse
@@ -264,7 +264,7 @@ def test_sparse_products_on_any_number_of_threads(cone, reference, vectors, tmp_
                                                   dtype):
     """Full and subset products equal the dense reference whatever the row ranges per thread
     (more threads than rows included), with PsiChi subsets of unequal widths (192 pixels in 5
-    or 7 subsets)."""
+    or 7 subsets) and 16 subsets (three contiguous runs of the grouped forward rows each)."""
     from comptonsky.response.sparse import kernel_threads, set_kernel_threads
 
     op = load_response(cone, dtype=dtype, storage="sparse", sparse_threshold=0.0,
@@ -277,11 +277,11 @@ def test_sparse_products_on_any_number_of_threads(cone, reference, vectors, tmp_
         assert _rel(op.forward(x), reference.forward(x)) < tol
         assert _rel(op.adjoint(y), reference.adjoint(y)) < tol
         full = reference.forward(x)
-        for n_subsets in (5, 7):
+        for n_subsets in (5, 7, 16):
             back = np.zeros(op.n_model)
             for k in range(n_subsets):
                 sub = op.subset(k, n_subsets, "PsiChi")
-                assert sub.mode == "regrouped"
+                assert sub.mode == "rows"
                 idx = sub.data_indices
                 assert _rel(sub.forward(x), full[idx]) < tol
                 back += sub.adjoint(y[idx])
@@ -290,6 +290,68 @@ def test_sparse_products_on_any_number_of_threads(cone, reference, vectors, tmp_
         set_kernel_threads(None)
     with pytest.raises(InvalidParameterError):
         set_kernel_threads(0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sparse_psichi_subset_adjoint_of_mostly_empty_data(cone, reference, tmp_path, dtype):
+    """The strided PsiChi subsets skip the zero data (OSEM's ratios on empty bins): with 90 %
+    zeros, negative values and one subset holding only zeros, the adjoint still equals the
+    dense reference's on the masked data, and the forward rows it uses are the subset's."""
+    op = load_response(cone, dtype=dtype, storage="sparse", sparse_threshold=0.0,
+                       cache_dir=tmp_path)
+    rng = np.random.default_rng(3)
+    y = rng.normal(size=op.n_data) * (rng.random(op.n_data) < 0.1)
+    n_subsets = 4
+    y[op.subset(2, n_subsets, "PsiChi").data_indices] = 0.0
+    back = np.zeros(op.n_model)
+    for k in range(n_subsets):
+        sub = op.subset(k, n_subsets, "PsiChi")
+        assert sub.mode == "rows" and sub.extra_bytes == 0
+        idx = sub.data_indices
+        masked = np.zeros(op.n_data)
+        masked[idx] = y[idx]
+        got = sub.adjoint(y[idx])
+        if k == 2:
+            np.testing.assert_array_equal(got, 0.0)
+        else:
+            assert _rel(got, reference.adjoint(masked)) < TOL[dtype]
+        back += got
+    assert _rel(back, reference.adjoint(y)) < TOL[dtype]
+
+
+def test_sparse_forward_grouping_is_a_relayout(cone, reference, vectors, tmp_path):
+    """The forward orientation grouped by PsiChi pixel mod 48 (the default for 192 pixels) holds
+    the elements of the ungrouped one, row by row; both give the reference's products, in full
+    and on Phi and PsiChi subsets, and a shape that does not fit the grouping is refused."""
+    from comptonsky.response.sparse import PSI_GROUPS, SparseResponse, transpose
+
+    op = load_response(cone, dtype="float64", storage="sparse", sparse_threshold=0.0,
+                       cache_dir=tmp_path)
+    assert op.psi_groups == PSI_GROUPS and op.n_psi % PSI_GROUPS == 0
+    flat = transpose(op.rows, 1)
+    n_seg, w = op.n_seg, op.n_psi // PSI_GROUPS
+    for k, p in [(0, 0), (1, 47), (n_seg - 1, op.n_psi - 1), (n_seg // 2, 100)]:
+        a = slice(flat.ptr[k, p], flat.ptr[k, p + 1])
+        s, r = (p % PSI_GROUPS) * n_seg + k, p // PSI_GROUPS
+        b = slice(op.cols.ptr[s, r], op.cols.ptr[s, r + 1])
+        np.testing.assert_array_equal(flat.idx[a], op.cols.idx[b])
+        np.testing.assert_array_equal(flat.val[a], op.cols.val[b])
+    assert op.cols.ptr.shape == (PSI_GROUPS * n_seg, w + 1)
+    x, y = vectors
+    args = (op.model_axes, op.data_axes, op.pixel_solid_angle, op.unit)
+    plain = SparseResponse(op.rows, flat, *args, psi_groups=1)
+    for o in (op, plain):
+        assert _rel(o.forward(x), reference.forward(x)) < 1e-12
+        for axis, n in (("Phi", 2), ("PsiChi", 48), ("PsiChi", 3)):
+            sub = o.subset(1, n, axis)
+            assert _rel(sub.forward(x), reference.forward(x)[sub.data_indices]) < 1e-12
+            masked = np.zeros(o.n_data)
+            masked[sub.data_indices] = y[sub.data_indices]
+            assert _rel(sub.adjoint(y[sub.data_indices]), reference.adjoint(masked)) < 1e-12
+    with pytest.raises(InvalidDataError, match="PsiChi groups"):
+        SparseResponse(op.rows, flat, *args, psi_groups=PSI_GROUPS)
+    with pytest.raises(InvalidParameterError, match="PsiChi groups"):
+        transpose(op.rows, 7)
 
 
 def test_row_splits_balance_the_stored_elements():

@@ -543,17 +543,21 @@ _PENDING: dict[str, Future] = {}
 class ResponseCache:
     """The cache file (``path``) of one response file ``source`` with content ``fingerprint``
     (:meth:`~.source.ResponseSource.fingerprint`), ``dtype``, layout ``kind`` ('dense', also
-    used by out-of-core, or 'sparse') and sparse ``threshold`` (None for dense), in
+    used by out-of-core, or 'sparse'), sparse ``threshold`` (None for dense) and the arrays'
+    ``layout`` (a dict, e.g. the sparse forward rows' PsiChi grouping; None: none), in
     ``cache_dir`` or the default location; ``meta`` is the identity written into its footer.
     """
 
     def __init__(self, source, fingerprint: str, dtype: str, kind: str,
-                 threshold: float | None = None, cache_dir=None):
+                 threshold: float | None = None, cache_dir=None,
+                 layout: dict[str, Any] | None = None):
         self.source = Path(source)
         st = self.source.resolve().stat()
-        ident = json.dumps([FORMAT_VERSION, str(self.source.resolve()), st.st_size,
-                            st.st_mtime_ns, fingerprint, str(dtype), kind,
-                            None if threshold is None else float(threshold)])
+        parts = [FORMAT_VERSION, str(self.source.resolve()), st.st_size, st.st_mtime_ns,
+                 fingerprint, str(dtype), kind, None if threshold is None else float(threshold)]
+        if layout:               # e.g. the sparse forward rows' PsiChi grouping
+            parts.append(layout)
+        ident = json.dumps(parts, sort_keys=True)
         self.key = hashlib.sha256(ident.encode()).hexdigest()[:20]
         self.directory = _cache_dir(self.source, cache_dir)
         self.path = self.directory / f"{self.source.name}.comptonsky-{kind}-{dtype}-{self.key}.cache"

@@ -36,7 +36,7 @@ from .operator import ResponseOperator
 from .options import ResponseOptions
 from .outofcore import DEFAULT_MEMORY_BUDGET, OutOfCoreResponse
 from .source import LOAD_BLOCK_BYTES, ResponseSource, open_source, probe_response
-from .sparse import SegmentedCSR, SparseResponse, build_rows, index_dtype
+from .sparse import SegmentedCSR, SparseResponse, build_rows, index_dtype, psi_groups_for
 from .validate import ValueCheck, check_csr
 
 __all__ = ["load_response", "LazyResponse", "choose_storage"]
@@ -191,6 +191,10 @@ class Storage:
 
     name = cache_kind = "abstract"
 
+    def cache_layout(self, src: ResponseSource) -> dict[str, Any] | None:
+        """The layout of the converted arrays, part of the cache key (None: the kind's only)."""
+        return None
+
     def load(self, src: ResponseSource, dt: np.dtype, opts: ResponseOptions) -> ResponseOperator:
         op = self.in_place(src, dt, opts) if dt == src.file_dtype else None
         if op is not None:             # on the histogram's memory, or the file read as stored
@@ -201,7 +205,7 @@ class Storage:
         if opts.cache and src.path is not None:
             threshold = opts.sparse_threshold if self.cache_kind == "sparse" else None
             cache = ResponseCache(src.path, src.fingerprint(), dt.name, self.cache_kind,
-                                  threshold, opts.cache_dir)
+                                  threshold, opts.cache_dir, layout=self.cache_layout(src))
             cf = cache.find(populate=opts.populate and self.name != "out-of-core",
                             verify=opts.verify_cache, map_files=opts.map_files)
             if cf is not None:
@@ -391,14 +395,22 @@ class OutOfCoreStorage(Storage):
 class SparseStorage(Storage):
     name = cache_kind = "sparse"
 
+    def cache_layout(self, src):
+        return {"psi_groups": psi_groups_for(src.n_psi)}
+
     def open_cache(self, cf, src, dt, opts):
         _check_meta(cf, src)
         n_psi, n_model, n_seg = src.n_psi, src.n_model, src.n_data // src.n_psi
-        for name, n_rows, n_cols in (("rows", n_model, n_psi), ("cols", n_psi, n_model)):
-            _expect(cf, f"{name}_ptr", (n_seg, n_rows + 1), [np.int64])
+        groups = psi_groups_for(n_psi)
+        if cf.meta.get("psi_groups") != groups:
+            raise InvalidCacheError(f"{cf.path}: footer psi_groups {cf.meta.get('psi_groups')!r}"
+                                    f", expected {groups}")
+        for name, n_sg, n_rows, n_cols in (("rows", n_seg, n_model, n_psi),
+                                           ("cols", groups * n_seg, n_psi // groups, n_model)):
+            _expect(cf, f"{name}_ptr", (n_sg, n_rows + 1), [np.int64])
             _expect(cf, f"{name}_idx", (None,), [index_dtype(n_cols)])
             _expect(cf, f"{name}_val", cf.shape(f"{name}_idx"), [dt])
-            check_csr(cf[f"{name}_ptr"], cf[f"{name}_idx"], cf[f"{name}_val"], n_seg, n_rows,
+            check_csr(cf[f"{name}_ptr"], cf[f"{name}_idx"], cf[f"{name}_val"], n_sg, n_rows,
                       n_cols, f"{cf.path}: {name}")
             _check_values(cf, src, f"{name}_val", cf[f"{name}_val"])
         _expect(cf, "row_sums", (n_model,), [np.float64])
@@ -414,14 +426,15 @@ class SparseStorage(Storage):
             raise InvalidCacheError(f"{cf.path}: threshold {threshold}, expected "
                                     f"{opts.sparse_threshold}")
         rows = SegmentedCSR(cf["rows_ptr"], cf["rows_idx"], cf["rows_val"], n_psi)
-        cols = SegmentedCSR(cf["cols_ptr"], cf["cols_idx"], cf["cols_val"], n_model)
+        cols = SegmentedCSR(cf["cols_ptr"], cf["cols_idx"], cf["cols_val"], n_model)  # grouped
         if rows.nnz != cols.nnz:
             raise InvalidCacheError(f"{cf.path}: {rows.nnz} elements in rows, {cols.nnz} in "
                                     "cols")
         _check_sparse_rows(cf, src, dt, rows, row_sums, threshold)
         op = SparseResponse(rows, cols, *src.operator_args, threshold=threshold,
                             dropped_flux_fraction=fractions[0],
-                            max_row_dropped_fraction=fractions[1], row_sums=row_sums)
+                            max_row_dropped_fraction=fractions[1], row_sums=row_sums,
+                            psi_groups=groups)
         _check_orientations(cf, op, row_sums)
         return op
 
@@ -433,7 +446,8 @@ class SparseStorage(Storage):
                             dropped_flux_fraction=dropped, max_row_dropped_fraction=worst,
                             row_sums=row_kept)
         writer = _writer(cache, {**_meta(src), "dropped_flux_fraction": dropped,
-                                 "max_row_dropped_fraction": worst}, info)
+                                 "max_row_dropped_fraction": worst,
+                                 "psi_groups": op.psi_groups}, info)
         if writer is not None:
             try:
                 for name in ("rows", "cols"):

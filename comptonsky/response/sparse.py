@@ -25,7 +25,8 @@ from ..errors import InvalidDataError, InvalidParameterError
 from .operator import ResponseOperator, ResponseSubset
 
 __all__ = ["SegmentedCSR", "SparseResponse", "SparseSubset", "build_rows", "index_dtype",
-           "kernel_threads", "set_kernel_threads", "row_splits", "RegroupedCSR"]
+           "PSI_GROUPS", "psi_groups_for", "transpose", "forward_bounds",
+           "kernel_threads", "set_kernel_threads", "row_splits"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,31 @@ def _gather(start, end, idx, val, vec, stride, n_vec, q0, q1, out):  # pragma: n
 
 
 @njit(cache=True, nogil=True)
+def _scatter(start, end, idx, val, vec, q0, q1, out):  # pragma: no cover - compiled
+    """out[idx[n]] += val[n] · vec[q] over n in start[q]:end[q], for the rows q0 ≤ q < q1 of
+    the flattened (k, t) grid of ``start``/``end`` (n_seg, w), ``vec`` (n_seg · w,) in that
+    order; rows with vec[q] = 0 are skipped. ``out`` (n_cols,) float64, this thread's own.
+
+    The adjoint of a data subset from the forward orientation: the output (one row of the
+    model space) stays in the L1 cache, and the rows read are whole rows of the forward
+    orientation, so the bytes streamed are the subset's share, and fewer where its data are
+    zero (OSEM's ratios X / ε vanish on the empty bins)."""
+    w = start.shape[1]
+    for q in range(q0, q1):
+        c = vec[q]
+        if c == 0:
+            continue
+        k = q // w
+        t = q - k * w
+        s = start[k, t]
+        e = end[k, t]
+        ii = idx[s:e]
+        vv = val[s:e]
+        for n in range(vv.shape[0]):
+            out[ii[n]] += vv[n] * c
+
+
+@njit(cache=True, nogil=True)
 def _scatter_rows(ptr, idx, val, rows, coef, out):  # pragma: no cover - compiled
     """out[k, idx] += val · coef[t] over the elements of rows[t] (a few rows)."""
     n_seg = ptr.shape[0]
@@ -106,46 +132,6 @@ def _scatter_rows(ptr, idx, val, rows, coef, out):  # pragma: no cover - compile
         for k in range(n_seg):
             for n in range(ptr[k, j], ptr[k, j + 1]):
                 out[k, idx[n]] += val[n] * c
-
-
-@njit(cache=True, nogil=True)
-def _group_counts(fptr, fidx, first_row, g0, g1, counts):  # pragma: no cover - compiled
-    """counts[g, j]: elements of column j in the rows first_row[g]:first_row[g + 1] of a CSR
-    (``fptr`` flat), for the groups g0 ≤ g < g1."""
-    for g in range(g0, g1):
-        for n in range(fptr[first_row[g]], fptr[first_row[g + 1]]):
-            counts[g, fidx[n]] += 1
-
-
-@njit(cache=True, nogil=True)
-def _transpose_groups(fptr, fidx, fval, first_row, g0, g1, gptr, gidx,
-                      gval):  # pragma: no cover - compiled
-    """The transpose of each group g0 ≤ g < g1 of rows (first_row[g]:first_row[g + 1]) of a
-    CSR: row j of group g (``gptr[g, j]`` on) gets, in order, the rows r holding column j, at
-    column r − first_row[g]. The writes of a group stay within its own share of the output
-    (cache-resident for many groups), unlike a scatter of the whole matrix."""
-    for g in range(g0, g1):
-        nxt = gptr[g, :-1].copy()
-        r0 = first_row[g]
-        for r in range(r0, first_row[g + 1]):
-            for n in range(fptr[r], fptr[r + 1]):
-                j = fidx[n]
-                o = nxt[j]
-                gidx[o] = r - r0
-                gval[o] = fval[n]
-                nxt[j] = o + 1
-
-
-@njit(cache=True, nogil=True)
-def _copy_runs(start, end, idx, val, dst, gidx, gval, q0, q1):  # pragma: no cover - compiled
-    """Row q0 ≤ q < q1 of a reordered copy: the elements start[q]:end[q] of (idx, val) go to
-    dst[q]:dst[q + 1] of (gidx, gval)."""
-    for q in range(q0, q1):
-        o = dst[q]
-        for n in range(start[q], end[q]):
-            gidx[o] = idx[n]
-            gval[o] = val[n]
-            o += 1
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -186,28 +172,34 @@ def _fill_block(block, thr, ptr, idx, val):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _transpose_counts(ptr, idx, n_cols, counts):  # pragma: no cover - compiled
+def _transpose_counts(ptr, idx, groups, counts):  # pragma: no cover - compiled
+    """counts[(c mod groups) · n_seg + k, c // groups]: elements of column c in segment k."""
     n_seg = ptr.shape[0]
     n_rows = ptr.shape[1] - 1
     for k in prange(n_seg):
         for n in range(ptr[k, 0], ptr[k, n_rows]):
-            counts[k, idx[n]] += 1
+            c = idx[n]
+            counts[(c % groups) * n_seg + k, c // groups] += 1
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _transpose_fill(ptr, idx, val, tptr, tidx, tval):  # pragma: no cover - compiled
+def _transpose_fill(ptr, idx, val, groups, tptr, tidx, tval):  # pragma: no cover - compiled
     n_seg = ptr.shape[0]
     n_rows = ptr.shape[1] - 1
-    n_cols = tptr.shape[1] - 1
+    width = tptr.shape[1] - 1
     for k in prange(n_seg):
-        nxt = tptr[k, :n_cols].copy()
+        nxt = np.empty((groups, width), dtype=np.int64)
+        for h in range(groups):
+            nxt[h] = tptr[h * n_seg + k, :width]
         for r in range(n_rows):
             for n in range(ptr[k, r], ptr[k, r + 1]):
                 c = idx[n]
-                o = nxt[c]
+                h = c % groups
+                t = c // groups
+                o = nxt[h, t]
                 tidx[o] = r
                 tval[o] = val[n]
-                nxt[c] = o + 1
+                nxt[h, t] = o + 1
 
 
 def _ptr_from_counts(counts: np.ndarray) -> np.ndarray:
@@ -221,15 +213,52 @@ def _ptr_from_counts(counts: np.ndarray) -> np.ndarray:
     return ptr
 
 
-def transpose(rows: SegmentedCSR) -> SegmentedCSR:
-    """The per-segment transpose (S_kᵀ for every k, columns sorted within each row)."""
-    counts = np.zeros((rows.n_seg, rows.n_cols), dtype=np.int64)
-    _transpose_counts(rows.ptr, rows.idx, rows.n_cols, counts)
+#: The forward orientation holds the rows (k, p) grouped by PsiChi pixel p mod PSI_GROUPS
+#: (where that divides the number of PsiChi pixels): the rows of a PsiChi subset of
+#: n | PSI_GROUPS subsets are then n_subsets / PSI_GROUPS contiguous runs.
+PSI_GROUPS = 48
+
+
+def psi_groups_for(n_psi: int) -> int:
+    """The grouping of the forward rows: :data:`PSI_GROUPS` if it divides ``n_psi``, else 1."""
+    return PSI_GROUPS if n_psi % PSI_GROUPS == 0 else 1
+
+
+def transpose(rows: SegmentedCSR, groups: int = 1) -> SegmentedCSR:
+    """The per-segment transposes S_kᵀ, rows (k, p) grouped by p mod ``groups``: segment
+    (p mod groups) · n_seg + k, row p // groups (``groups`` divides n_cols; row indices sorted
+    within each row). With ``groups`` 1 the segments are the S_kᵀ themselves."""
+    if groups < 1 or rows.n_cols % groups:
+        raise InvalidParameterError(f"transpose: {groups} PsiChi groups, expected a divisor of "
+                                    f"{rows.n_cols}")
+    counts = np.zeros((groups * rows.n_seg, rows.n_cols // groups), dtype=np.int64)
+    _transpose_counts(rows.ptr, rows.idx, groups, counts)
     tptr = _ptr_from_counts(counts)
     tidx = np.empty(rows.nnz, dtype=index_dtype(rows.n_rows))
     tval = np.empty(rows.nnz, dtype=rows.val.dtype)
-    _transpose_fill(rows.ptr, rows.idx, rows.val, tptr, tidx, tval)
+    _transpose_fill(rows.ptr, rows.idx, rows.val, groups, tptr, tidx, tval)
     return SegmentedCSR(tptr, tidx, tval, rows.n_rows)
+
+
+def forward_bounds(cols: SegmentedCSR, groups: int, n_seg: int, k: np.ndarray,
+                   p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The kernel's row bounds for the forward rows (k[o], p[o]) (output element o), ordered as
+    they lie in memory: ``start``, ``end`` (1, m) int64 views (the layout of ``ptr[:, :-1]``,
+    one kernel signature) and ``pos`` (m,): row i computes output element pos[i] (None when
+    the memory order is the output order)."""
+    width = cols.n_rows
+    srow = ((p % groups) * n_seg + k) * width + p // groups
+    if srow.size == cols.n_seg * width:          # every row: a permutation
+        order = np.empty_like(srow)
+        order[srow] = np.arange(srow.size)
+    else:
+        order = np.argsort(srow, kind="stable")
+    seg, r = np.divmod(srow[order], width)
+    b = np.zeros((2, 1, srow.size + 1), dtype=np.int64)
+    b[0, 0, :-1] = cols.ptr[seg, r]
+    b[1, 0, :-1] = cols.ptr[seg, r + 1]
+    pos = None if np.array_equal(order, np.arange(order.size)) else order
+    return b[0, :, :-1], b[1, :, :-1], pos
 
 
 _BLAS_LIMITED = False
@@ -284,18 +313,18 @@ def _run_rows(splits: np.ndarray, start, end, idx, val, vec, stride, n_vec, out)
         f.result()
 
 
-def _in_row_ranges(kernel, n_rows: int, *args, **kwargs) -> None:
-    """``kernel(*args, j0, j1, **kwargs)`` (keywords passed by position, in order) over
-    :func:`kernel_threads` equal ranges of 0 ≤ j < n_rows, one per thread; for kernels whose
-    ranges write disjoint outputs."""
-    n = max(1, min(kernel_threads(), n_rows))
-    cuts = np.linspace(0, n_rows, n + 1).astype(np.int64)
-    tail = tuple(kwargs.values())
-    futures = [_pool(n - 1).submit(kernel, *args, int(cuts[i]), int(cuts[i + 1]), *tail)
+def _run_scatter(splits: np.ndarray, start, end, idx, val, vec, n_out: int) -> np.ndarray:
+    """:func:`_scatter` over the row ranges ``splits``, one private output per range (the
+    first in this thread, the others on the pool's threads); their sum, (n_out,) float64."""
+    n = len(splits) - 1
+    out = np.zeros((n, n_out), dtype=np.float64)
+    futures = [_pool(n - 1).submit(_scatter, start, end, idx, val, vec, int(splits[i]),
+                                   int(splits[i + 1]), out[i])
                for i in range(1, n)]
-    kernel(*args, int(cuts[0]), int(cuts[1]), *tail)
+    _scatter(start, end, idx, val, vec, int(splits[0]), int(splits[1]), out[0])
     for f in futures:
         f.result()
+    return out[0] if n == 1 else out.sum(axis=0)
 
 
 def limit_blas_threads() -> bool:
@@ -370,10 +399,13 @@ def build_rows(blocks: Iterable[tuple[int, int, np.ndarray]], n_model: int, n_se
 
 
 class _SparseProducts:
-    """Products through the forward orientation ``_fwd`` (segments ``_fwd_ptr``) and the
-    adjoint orientation ``_adj`` (segments ``_adj_ptr`` of ``_width`` columns). The kernel gets
-    the row bounds as views ``ptr[:, :-1]``, ``ptr[:, 1:]`` of one int64 array, so every
-    operator calls it with one signature per dtype."""
+    """Products through the forward orientation ``_fwd`` (kernel rows ``_fstart``,
+    ``_fend`` (1, m) in memory order, row i giving output element ``_fpos[i]``, or i when
+    ``_fpos`` is None; :func:`forward_bounds`) and the adjoint orientation ``_adj`` (segments
+    ``_adj_ptr`` of ``_width`` columns). The kernel gets the row bounds as views of the layout
+    of ``ptr[:, :-1]``, so every operator calls it with one signature per dtype."""
+
+    _fpos: np.ndarray | None = None
 
     def _splits(self, which: str, start, end) -> np.ndarray:
         n = kernel_threads()
@@ -383,11 +415,14 @@ class _SparseProducts:
         return cache[(which, n)]
 
     def _matvec(self, x):
-        start, end = self._fwd_ptr[:, :-1], self._fwd_ptr[:, 1:]
-        out = np.zeros(start.shape, dtype=self.dtype)
-        _run_rows(self._splits("fwd", start, end), start, end, self._fwd.idx, self._fwd.val,
-                  x.astype(self.dtype), 0, self.n_model, out)
-        return out.reshape(-1).astype(np.float64)
+        out = np.zeros(self._fstart.shape, dtype=self.dtype)
+        _run_rows(self._splits("fwd", self._fstart, self._fend), self._fstart, self._fend,
+                  self._fwd.idx, self._fwd.val, x.astype(self.dtype), 0, self.n_model, out)
+        if self._fpos is None:
+            return out.reshape(-1).astype(np.float64)
+        res = np.empty(out.size, dtype=np.float64)
+        res[self._fpos] = out.reshape(-1)
+        return res
 
     def _rmatvec(self, y):
         ptr = self._adj_ptr
@@ -410,13 +445,16 @@ class SparseResponse(_SparseProducts, ResponseOperator):
     Parameters
     ----------
     rows, cols : SegmentedCSR
-        The n_seg segments (n_model, n_psi) of the adjoint orientation and their transposes
-        (computed from ``rows`` when None).
+        The n_seg segments (n_model, n_psi) of the adjoint orientation and their transposes,
+        grouped as :func:`transpose` does (computed from ``rows`` when None).
     model_axes, data_axes, pixel_solid_angle, unit, row_sums
         See :class:`~.operator.ResponseOperator`.
     threshold, dropped_flux_fraction, max_row_dropped_fraction : float
         The relative threshold the elements were kept with, and Σ of the dropped elements over
         Σ R (overall, and in the worst model element's row).
+    psi_groups : int, optional
+        The grouping of ``cols`` (:func:`transpose`); default :func:`psi_groups_for` when
+        ``cols`` is None, else read from its shape.
     """
 
     storage = "sparse"
@@ -424,7 +462,7 @@ class SparseResponse(_SparseProducts, ResponseOperator):
     def __init__(self, rows: SegmentedCSR, cols: SegmentedCSR | None, model_axes, data_axes,
                  pixel_solid_angle, unit, threshold: float = 0.0,
                  dropped_flux_fraction: float = 0.0, max_row_dropped_fraction: float = 0.0,
-                 row_sums: np.ndarray | None = None):
+                 row_sums: np.ndarray | None = None, psi_groups: int | None = None):
         super().__init__(model_axes, data_axes, pixel_solid_angle, unit, row_sums=row_sums,
                          dtype=rows.val.dtype)
         self.rows, self.n_seg, self.n_psi = rows, rows.n_seg, rows.n_cols
@@ -433,11 +471,27 @@ class SparseResponse(_SparseProducts, ResponseOperator):
                 f"sparse response has {rows.n_rows} rows × {self.n_seg} segments × "
                 f"{self.n_psi} columns, expected {self.n_model} rows and {self.n_data} data "
                 "elements")
-        self.cols = cols if cols is not None else transpose(rows)
+        if cols is None:
+            self.psi_groups = psi_groups_for(self.n_psi) if psi_groups is None else psi_groups
+            cols = transpose(rows, self.psi_groups)
+        else:
+            self.psi_groups = cols.n_seg // max(self.n_seg, 1) if psi_groups is None \
+                else psi_groups
+        if (self.psi_groups < 1 or self.n_psi % self.psi_groups
+                or cols.n_seg != self.psi_groups * self.n_seg
+                or cols.n_rows != self.n_psi // self.psi_groups or cols.n_cols != self.n_model):
+            raise InvalidDataError(
+                f"sparse response: forward orientation of {cols.n_seg} segments × "
+                f"{cols.n_rows} rows × {cols.n_cols} columns, expected "
+                f"{self.psi_groups * self.n_seg} × {self.n_psi // max(self.psi_groups, 1)} × "
+                f"{self.n_model} ({self.psi_groups} PsiChi groups)")
+        self.cols = cols
         self.threshold = float(threshold)
         self.dropped_flux_fraction = float(dropped_flux_fraction)
         self.max_row_dropped_fraction = float(max_row_dropped_fraction)
-        self._fwd, self._fwd_ptr = self.cols, self.cols.ptr
+        self._fwd = self.cols
+        self._fstart, self._fend, self._fpos = self.forward_rows(
+            np.arange(self.n_data) // self.n_psi, np.arange(self.n_data) % self.n_psi)
         self._adj, self._adj_ptr, self._width = self.rows, self.rows.ptr, self.n_psi
         limit_blas_threads()
 
@@ -458,88 +512,47 @@ class SparseResponse(_SparseProducts, ResponseOperator):
     def bytes_per_product(self) -> int:
         return self.rows.nbytes
 
+    def forward_rows(self, k: np.ndarray, p: np.ndarray):
+        """:func:`forward_bounds` of the forward rows (k, p) of this response."""
+        return forward_bounds(self.cols, self.psi_groups, self.n_seg, k, p)
+
     def _subset(self, k, n_subsets, axis, indices):
         return SparseSubset(self, k, n_subsets, axis, indices)
 
-    def regrouped(self, n_groups: int) -> RegroupedCSR:
-        """Both orientations reordered by PsiChi subset p mod ``n_groups`` (made once, shared
-        by the subsets while any is alive; one more copy of the response in memory).
-
-        ``adj`` segment g is PsiChi subset g's adjoint: row j holds every element R_ij of the
-        data bins i with p ≡ g, at column i's place in the subset's data vector, so the adjoint
-        is one gather per row over that vector (in cache). ``fwd`` holds the forward rows
-        (k, p) ordered by subset, then k, then p: subset g's rows ``fwd_start[g]:
-        fwd_start[g + 1]`` are contiguous, so a subset's products stream its share of the bytes
-        in order and cost its share of a pass.
-        """
-        def make():
-            c = self.cols
-            widths = np.array([len(range(g, self.n_psi, n_groups)) for g in range(n_groups)],
-                              dtype=np.int64)
-            # forward rows by subset: (g, k, p // n_groups), copied run by run
-            start = np.concatenate([c.ptr[:, g:-1:n_groups].reshape(-1)
-                                    for g in range(n_groups)])
-            end = np.concatenate([c.ptr[:, g + 1::n_groups].reshape(-1)
-                                  for g in range(n_groups)])
-            dst = np.zeros((1, start.size + 1), dtype=np.int64)
-            np.cumsum(end - start, out=dst[0, 1:])
-            fidx = np.empty(c.nnz, dtype=c.idx.dtype)
-            fval = np.empty(c.nnz, dtype=c.val.dtype)
-            _in_row_ranges(_copy_runs, start.size, start, end, c.idx, c.val, dst[0], fidx,
-                           fval)
-            fwd = SegmentedCSR(dst, fidx, fval, c.n_cols)
-            first_row = np.concatenate([[0], np.cumsum(widths * self.n_seg)]).astype(np.int64)
-            # adjoint rows: each group's forward rows transposed
-            counts = np.zeros((n_groups, self.n_model), dtype=np.int64)
-            _in_row_ranges(_group_counts, n_groups, dst[0], fidx, first_row, counts=counts)
-            gptr = _ptr_from_counts(counts)
-            n_cols = int(widths.max()) * self.n_seg
-            gidx = np.empty(c.nnz, dtype=index_dtype(n_cols))
-            gval = np.empty(c.nnz, dtype=c.val.dtype)
-            _in_row_ranges(_transpose_groups, n_groups, dst[0], fidx, fval, first_row,
-                           gptr=gptr, gidx=gidx, gval=gval)
-            made = RegroupedCSR(SegmentedCSR(gptr, gidx, gval, n_cols), fwd, first_row)
-            logger.info("OSEM PsiChi subsets: holding the sparse response regrouped by subset "
-                        "(%.2f GB extra)", made.nbytes / 1e9)
-            return made
-        return self._shared_copy(("regrouped", n_groups), make)
-
-
-class RegroupedCSR:
-    """The sparse response reordered by PsiChi subset (:meth:`SparseResponse.regrouped`)."""
-
-    def __init__(self, adj: SegmentedCSR, fwd: SegmentedCSR, fwd_start: np.ndarray):
-        self.adj, self.fwd, self.fwd_start = adj, fwd, fwd_start
-
-    @property
-    def nbytes(self) -> int:
-        return self.adj.nbytes + self.fwd.nbytes
-
 
 class SparseSubset(_SparseProducts, ResponseSubset):
-    """A sparse response restricted to an interleaved data subset.
+    """A sparse response restricted to an interleaved data subset, with no copy of the response.
 
-    Phi subsets (``mode='segments'``) gather from the parent's (Em, φ) segments of the subset
-    directly. PsiChi subsets (``mode='regrouped'``) run both on the copy reordered by subset,
-    :meth:`SparseResponse.regrouped`.
+    The forward product gathers over the subset's rows (k, p) of the parent's forward
+    orientation, in the order they lie in memory (:func:`forward_bounds`): for PsiChi subsets
+    of n | ``psi_groups`` subsets, ``psi_groups / n`` contiguous runs, so a subset product
+    streams its share of the bytes. The adjoint: Phi subsets (``mode='segments'``) gather from
+    the parent's (Em, φ) segments of the adjoint orientation; PsiChi subsets (``mode='rows'``)
+    scatter the same forward rows into a private model-space vector per thread
+    (:func:`_scatter`, skipping zero data).
     """
 
     def __init__(self, parent: SparseResponse, k: int, n_subsets: int, axis: str,
                  indices: np.ndarray):
         super().__init__(parent, indices)
         self._fwd, n_psi = parent.cols, parent.n_psi
+        self._fstart, self._fend, self._fpos = parent.forward_rows(self.data_indices // n_psi,
+                                                                   self.data_indices % n_psi)
         if axis == "Phi":
             self.mode = "segments"
-            seg = parent._phi_segments(k, n_subsets)
-            self._fwd_ptr, self._adj_ptr = parent.cols.ptr[seg], parent.rows.ptr[seg]
+            self._adj_ptr = parent.rows.ptr[parent._phi_segments(k, n_subsets)]
             self._adj, self._width = parent.rows, n_psi
         else:
-            self.mode = "regrouped"
-            self._keep = parent.regrouped(n_subsets)
-            self.extra_bytes = self._keep.nbytes
-            self._adj = self._keep.adj
-            self._adj_ptr = self._adj.ptr[k:k + 1]
-            self._width = self.n_data
-            self._fwd = self._keep.fwd
-            q0, q1 = (int(q) for q in self._keep.fwd_start[k:k + 2])
-            self._fwd_ptr = self._fwd.ptr[:, q0:q1 + 1]
+            self.mode = "rows"
+
+    def _rmatvec(self, y):
+        if self.mode != "rows":
+            return super()._rmatvec(y)
+        vec = (y if self._fpos is None else y[self._fpos]).astype(self.dtype)
+        return _run_scatter(self._splits("fwd", self._fstart, self._fend), self._fstart,
+                            self._fend, self._fwd.idx, self._fwd.val, vec, self.n_model)
+
+    def _matvec_rows(self, rows, coef):
+        if self.mode != "rows":
+            return super()._matvec_rows(rows, coef)
+        return self.parent._matvec_rows(rows, coef)[self.data_indices]
