@@ -23,6 +23,24 @@ __all__ = ["per_sample_bin", "extract_rows", "occulted_exposure", "sort_within_b
            "attitude_hash", "pixel_pair_keys", "group_summaries", "grouped_bin"]
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _accumulate(r, nx, ny, nz, w, j, nside, theta_r, start, npr, shifted, relabel, pix, wgt,
+                buf, mark, touched, ntouch):
+    """Add weight ``w`` of sky direction n (row j) at its detector-frame direction rᵀn, spread
+    over the 4 bilinear neighbours, and record newly touched columns of row j."""
+    dx = r[0, 0] * nx + r[1, 0] * ny + r[2, 0] * nz
+    dy = r[0, 1] * nx + r[1, 1] * ny + r[2, 1] * nz
+    dz = r[0, 2] * nx + r[1, 2] * ny + r[2, 2] * nz
+    interp4(nside, theta_r, start, npr, shifted, dx, dy, dz, pix, wgt)
+    for k in range(4):
+        q = relabel[pix[k]]
+        if mark[j, q] == 0:
+            mark[j, q] = 1
+            touched[j, ntouch[j]] = q
+            ntouch[j] += 1
+        buf[j, q] += w * wgt[k]
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def per_sample_bin(rot, live, zen, cosh, t0, t1, sky, occultation, nside, theta_r, start, npr,
                    shifted, relabel, buf, mark, touched, ntouch):
@@ -49,17 +67,8 @@ def per_sample_bin(rot, live, zen, cosh, t0, t1, sky, occultation, nside, theta_
                 continue
             if occultation and zen[t, 0] * nx + zen[t, 1] * ny + zen[t, 2] * nz < cosh[t]:
                 continue
-            dx = rot[t, 0, 0] * nx + rot[t, 1, 0] * ny + rot[t, 2, 0] * nz
-            dy = rot[t, 0, 1] * nx + rot[t, 1, 1] * ny + rot[t, 2, 1] * nz
-            dz = rot[t, 0, 2] * nx + rot[t, 1, 2] * ny + rot[t, 2, 2] * nz
-            interp4(nside, theta_r, start, npr, shifted, dx, dy, dz, pix, wgt)
-            for k in range(4):
-                q = relabel[pix[k]]
-                if mark[j, q] == 0:
-                    mark[j, q] = 1
-                    touched[j, ntouch[j]] = q
-                    ntouch[j] += 1
-                buf[j, q] += w * wgt[k]
+            _accumulate(rot[t], nx, ny, nz, w, j, nside, theta_r, start, npr, shifted,
+                        relabel, pix, wgt, buf, mark, touched, ntouch)
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -295,14 +304,5 @@ def grouped_bin(rot, gtotal, gcen, gin, gout, gstart, order, live, zen, cosh, g0
                             e += live[t]
                     if e == 0.0:
                         continue
-            dx = rot[g, 0, 0] * nx + rot[g, 1, 0] * ny + rot[g, 2, 0] * nz
-            dy = rot[g, 0, 1] * nx + rot[g, 1, 1] * ny + rot[g, 2, 1] * nz
-            dz = rot[g, 0, 2] * nx + rot[g, 1, 2] * ny + rot[g, 2, 2] * nz
-            interp4(nside, theta_r, start, npr, shifted, dx, dy, dz, pix, wgt)
-            for k in range(4):
-                q = relabel[pix[k]]
-                if mark[j, q] == 0:
-                    mark[j, q] = 1
-                    touched[j, ntouch[j]] = q
-                    ntouch[j] += 1
-                buf[j, q] += e * wgt[k]
+            _accumulate(rot[g], nx, ny, nz, e, j, nside, theta_r, start, npr, shifted,
+                        relabel, pix, wgt, buf, mark, touched, ntouch)
