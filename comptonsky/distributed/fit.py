@@ -34,6 +34,7 @@ import numpy as np
 from ..deconvolution.dataset import ALMOST_ZERO, DataIF_COSI_DC2
 from ..deconvolution.passes import PassCounter
 from ..errors import DistributedError, InvalidParameterError
+from ..response.reuse import reuse_plan
 from .blocks import BlockGroup, BlockSpec, _BlockFailure, split_dataset
 
 __all__ = ["DistributedJointData", "RemoteVector", "check_algorithm", "SUPPORTED"]
@@ -44,36 +45,6 @@ logger = logging.getLogger(__name__)
 SUPPORTED = "RL (max_step, max_step_unchecked, none or SQUAREM acceleration), RLsimple, MAP_RL"
 #: A combination of more stored vectors than this is made concrete on the workers.
 MAX_TERMS = 4
-#: Residuals below this fraction of max|x| are left out of a rebuilt product (as
-#: :class:`~comptonsky.response.reuse.ReusedProducts`).
-REUSE_TOLERANCE = 1e-12
-
-
-def reuse_plan(history, x: np.ndarray):
-    """(α, rows, residuals) with x = x0 + α (x1 − x0) + d, d non-zero on ``rows`` only, from
-    the last two maps of ``history``; None when x is not (nearly) on their line. The same rule
-    as :class:`~comptonsky.response.reuse.ReusedProducts`."""
-    if len(history) < 2:
-        return None
-    (x0, _), (x1, _) = history
-    n = x.size
-    step = x1 - x0
-    big = np.abs(step) > 1e-6 * float(np.abs(step).max())
-    if not big.any():
-        return None
-    dx = x - x0
-    alpha = float(np.median(dx[big] / step[big]))
-    tol = REUSE_TOLERANCE * max(float(np.abs(x).max()), np.finfo(float).tiny)
-    inl = np.abs(dx - alpha * step) <= 1e3 * tol
-    if inl.sum() < n - max(8, n // 64):
-        return None
-    alpha = float(np.dot(dx[inl], step[inl]) / max(np.dot(step[inl], step[inl]),
-                                                   np.finfo(float).tiny))
-    resid = dx - alpha * step
-    rows = np.flatnonzero(np.abs(resid) > tol)
-    if rows.size > max(8, n // 64):
-        return None
-    return alpha, rows, resid[rows]
 
 
 class _Stored:

@@ -12,7 +12,41 @@ import numpy as np
 
 from .linear import LinearOperator, OperatorWrapper
 
-__all__ = ["ReusedProducts"]
+__all__ = ["ReusedProducts", "reuse_plan"]
+
+#: Residuals below this fraction of max|x| are left out of a rebuilt product (float64 rounding).
+REUSE_TOLERANCE = 1e-12
+
+
+def reuse_plan(history, x: np.ndarray, tolerance: float = REUSE_TOLERANCE):
+    """(α, rows, residuals) with x = x0 + α (x1 − x0) + d, d non-zero on ``rows`` only, from
+    the last two maps ``(x0, ·), (x1, ·)`` of ``history``; None when x is not (nearly) on their
+    line or d is non-zero on more than max(8, n/64) elements.
+
+    α is first estimated robustly (median over elements that moved), so that elements clipped
+    at the minimum flux do not bias it, then refined by least squares over the inliers.
+    """
+    if len(history) < 2:
+        return None
+    (x0, _), (x1, _) = history[-2:]
+    n = x.size
+    step = x1 - x0
+    big = np.abs(step) > 1e-6 * float(np.abs(step).max())
+    if not big.any():
+        return None
+    dx = x - x0
+    alpha = float(np.median(dx[big] / step[big]))        # robust to clipped elements
+    tol = tolerance * max(float(np.abs(x).max()), np.finfo(float).tiny)
+    inl = np.abs(dx - alpha * step) <= 1e3 * tol
+    if inl.sum() < n - max(8, n // 64):
+        return None
+    alpha = float(np.dot(dx[inl], step[inl]) / max(np.dot(step[inl], step[inl]),
+                                                   np.finfo(float).tiny))
+    resid = dx - alpha * step
+    rows = np.flatnonzero(np.abs(resid) > tol)
+    if rows.size > max(8, n // 64):
+        return None
+    return alpha, rows, resid[rows]
 
 
 class ReusedProducts(OperatorWrapper):
@@ -22,7 +56,7 @@ class ReusedProducts(OperatorWrapper):
     the forward products made by ``op`` and rebuilt here."""
 
     #: Residuals below this fraction of max|x| are left out of the correction (float64 rounding).
-    REUSE_TOLERANCE = 1e-12
+    REUSE_TOLERANCE = REUSE_TOLERANCE
 
     def __init__(self, op: LinearOperator):
         super().__init__(op)
@@ -50,27 +84,12 @@ class ReusedProducts(OperatorWrapper):
     def _from_history(self, x: np.ndarray) -> np.ndarray | None:
         """R·x from the last two products if x = x0 + α (x1 − x0) + d with d non-zero on a few
         elements only, else None."""
-        if len(self._history) < 2:
+        plan = reuse_plan(self._history, x, self.REUSE_TOLERANCE)
+        if plan is None:
             return None
-        (x0, y0), (x1, y1) = self._history
-        n = self.n_model
-        step = x1 - x0
-        big = np.abs(step) > 1e-6 * float(np.abs(step).max())
-        if not big.any():
-            return None
-        dx = x - x0
-        alpha = float(np.median(dx[big] / step[big]))        # robust to clipped elements
-        tol = self.REUSE_TOLERANCE * max(float(np.abs(x).max()), np.finfo(float).tiny)
-        inl = np.abs(dx - alpha * step) <= 1e3 * tol
-        if inl.sum() < n - max(8, n // 64):
-            return None
-        alpha = float(np.dot(dx[inl], step[inl]) / max(np.dot(step[inl], step[inl]),
-                                                       np.finfo(float).tiny))
-        resid = dx - alpha * step
-        rows = np.flatnonzero(np.abs(resid) > tol)
-        if rows.size > max(8, n // 64):
-            return None
+        alpha, rows, resid = plan
+        (_, y0), (_, y1) = self._history
         y = y0 + alpha * (y1 - y0)
         if rows.size:
-            y += self.inner.forward_partial(rows, resid[rows])
+            y += self.inner.forward_partial(rows, resid)
         return y
