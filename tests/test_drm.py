@@ -190,5 +190,43 @@ def test_lazy_pixel_reads(tmp_path):
                 return orig(self, key)
 
         fdr._values = Spy(ds.id)
+        chunked, fdr._chunked = fdr._chunked, None  # through libhdf5: one slab read
         np.testing.assert_allclose(fdr[100].contents.value, c[100])
         assert len(reads) == 1 and np.size(orig(ds, reads[0])) == c[100].size
+        # through the chunk reader: only the chunks holding pixel 100 are inflated
+        fdr._chunked = chunked
+        keys = []
+        fill = chunked._fill_one
+        chunked._fill_one = lambda key, *a: (keys.append(key), fill(key, *a))
+        np.testing.assert_allclose(fdr[101].contents.value, c[101])
+        assert keys and {k[0] for k in keys} == {101 // chunked.chunks[0]} and len(reads) == 1
+
+
+def _plain_h5py_rows(fdr, pixels):
+    """The rows as libhdf5 reads them, the chunk reader switched off."""
+    chunked, fdr._chunked = fdr._chunked, None
+    try:
+        return fdr.read_rows(pixels)
+    finally:
+        fdr._chunked = chunked
+
+
+def test_team_dense_file_is_inflated_on_threads_to_the_same_numbers():
+    with FullDetectorResponse.open(reference_file(DENSE)) as d:
+        assert d._chunked is not None  # gzip chunks of (3, 3, 5, 15, 6): read in parallel
+        for pixels in (None, [5], [11, 0, 3, 3], np.arange(2, 9)):
+            np.testing.assert_array_equal(d.read_rows(pixels), _plain_h5py_rows(d, pixels))
+
+
+@pytest.mark.parametrize("extra", [False, True])
+def test_written_dense_file_read_on_threads_equals_h5py(tmp_path, extra):
+    axes = small_axes(pol=True, extra=extra, nside=2)
+    contents = random_contents(axes, density=0.6)
+    with FullDetectorResponse.open(write_full_detector_response(tmp_path / "d.h5", axes,
+                                                                contents)) as fdr:
+        assert fdr._chunked is not None and fdr.row_chunk == 1
+        for pixels in (None, [47, 1], np.arange(10, 30)):
+            got = fdr.read_rows(pixels)
+            np.testing.assert_array_equal(got, _plain_h5py_rows(fdr, pixels))
+        want = contents.sum(axis=(-2, -1)) if extra else contents
+        np.testing.assert_allclose(fdr.read_rows(), want, rtol=1e-12)

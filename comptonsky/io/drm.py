@@ -37,6 +37,7 @@ from ..errors import FileFormatError, InvalidParameterError
 from ..frames import register_spacecraft_frame
 from .atomic import atomic_path
 from .hdf5 import open_hdf5
+from .hdf5_chunks import ChunkedDatasetReader
 
 __all__ = ["FullDetectorResponse", "write_full_detector_response", "IMAGING_AXES",
            "SUMMED_AXES"]
@@ -146,10 +147,13 @@ class FullDetectorResponse:
         self._rest_shape = tuple(int(n) for n in self._axes.nbins[1:])
         self._file_rest_shape = tuple(int(n) for n in file_axes.nbins[1:])
         self.dtype = np.dtype(dtype) if dtype is not None else np.dtype(np.float64)
+        self._chunked: ChunkedDatasetReader | None = None
         if sparse:
             self._bins, self._values = self._drm["BIN_NUMBERS"], self._drm["CONTENTS"]
         else:
             self._values = self._drm["CONTENTS"]
+            if ChunkedDatasetReader.supports(self._values):
+                self._chunked = ChunkedDatasetReader(self.filename, self._values)
 
     # --- opening ----------------------------------------------------------------------------
     @classmethod
@@ -297,10 +301,20 @@ class FullDetectorResponse:
         flat = np.ravel_multi_index(tuple(coords[keep]), self._rest_shape)
         out.reshape(-1)[:] = np.bincount(flat, weights=values, minlength=out.size)
 
+    @property
+    def row_chunk(self) -> int:
+        """NuLambda pixels per stored chunk of a dense file (1 for a sparse or unchunked one):
+        read in multiples of it."""
+        if self.is_sparse or self._values.chunks is None:
+            return 1
+        return int(self._values.chunks[0])
+
     def _read_dense(self, pixels: np.ndarray) -> np.ndarray:
         lo, hi = int(pixels[0]), int(pixels[-1]) + 1
         try:
-            if hi - lo <= 2 * len(pixels):  # nearly contiguous: one slab read
+            if self._chunked is not None and hi - lo <= 2 * len(pixels):
+                data = self._chunked.read(lo, hi)[np.asarray(pixels) - lo]
+            elif hi - lo <= 2 * len(pixels):  # nearly contiguous: one slab read
                 data = self._values[lo:hi][np.asarray(pixels) - lo]
             else:
                 data = self._values[np.asarray(pixels)]
@@ -373,6 +387,8 @@ class FullDetectorResponse:
     # --- lifetime ---------------------------------------------------------------------------
     def close(self) -> None:
         """Close the HDF5 file."""
+        if self._chunked is not None:
+            self._chunked.close()
         if self._file.id.valid:
             self._file.close()
 

@@ -20,6 +20,7 @@ carry Σ_{empty} ε exactly.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -121,18 +122,30 @@ def response_columns(fdr, dtype=np.float32, block: int = 64) -> tuple[np.ndarray
     labels = [str(lab) for lab in fdr.axes.labels]
     n_cols = int(np.prod([n for n, lab in zip(shape, labels) if lab in ("Em", "Phi", "PsiChi")]))
     factor = float(u.Unit(fdr.unit).to(u.cm ** 2))
+    step = getattr(fdr, "row_chunk", 1)
+    block = max(step, (int(block) // step) * step)  # whole stored chunks per read
     columns = np.empty((n_cols, n_nu * n_e), dtype=dtype)
     row_sums = np.empty((n_nu, n_e))
-    for p0 in range(0, n_nu, block):
-        p1 = min(n_nu, p0 + block)
-        rows = fdr.read_rows(np.arange(p0, p1), dtype=dtype)
-        if fdr.has_polarization:
-            rows = rows.sum(axis=2, dtype=rows.dtype)
-        if factor != 1.0:
-            rows *= factor
-        rows = rows.reshape((p1 - p0) * n_e, n_cols)
-        row_sums[p0:p1] = rows.sum(axis=1, dtype=np.float64).reshape(p1 - p0, n_e)
-        columns[:, p0 * n_e: p1 * n_e] = rows.T
+    starts = list(range(0, n_nu, block))
+
+    def read(p0: int) -> np.ndarray:
+        return fdr.read_rows(np.arange(p0, min(n_nu, p0 + block)), dtype=dtype)
+
+    # the next block is read (inflated on every core) while this one is transposed into place
+    with ThreadPoolExecutor(1) as prefetch:
+        pending = prefetch.submit(read, starts[0])
+        for i, p0 in enumerate(starts):
+            p1 = min(n_nu, p0 + block)
+            rows = pending.result()
+            if i + 1 < len(starts):
+                pending = prefetch.submit(read, starts[i + 1])
+            if fdr.has_polarization:
+                rows = rows.sum(axis=2, dtype=rows.dtype)
+            if factor != 1.0:
+                rows *= factor
+            rows = rows.reshape((p1 - p0) * n_e, n_cols)
+            row_sums[p0:p1] = rows.sum(axis=1, dtype=np.float64).reshape(p1 - p0, n_e)
+            columns[:, p0 * n_e: p1 * n_e] = rows.T
     return columns, row_sums
 
 
