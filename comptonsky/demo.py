@@ -292,7 +292,9 @@ def run_detector_demo(output: str | os.PathLike = "demo-output", nside: int | No
                                                              min_num_pointings=1)
     timing["exposure_table"] = time.perf_counter() - t0
     table.save_as_fits(work / "exposure_table.fits", overwrite=True)
-    say(f"orientation: {len(ori)} rows -> {len(table)} ScAtt bins (nside {scatt_nside}) in "
+    n_rows = len(ori)
+    del ori  # the table holds what the later steps need; the 1-s attitudes can go
+    say(f"orientation: {n_rows} rows -> {len(table)} ScAtt bins (nside {scatt_nside}) in "
         f"{timing['ori_parse'] + timing['exposure_table']:.1f} s")
     fdr = FullDetectorResponse.open(sim["detector_response"])
     try:
@@ -310,6 +312,9 @@ def run_detector_demo(output: str | os.PathLike = "demo-output", nside: int | No
             binned[key] = bin_per_attitude_bin(table, binner, sim[key], ccm.axes[0],
                                                progress=progress)
         event = binned["source_events"] + binned["albedo_events"]
+        counts = {"source": float(binned["source_events"].contents.sum()),
+                  "albedo": float(binned["albedo_events"].contents.sum())}
+        del binned  # only their sum is fitted
         write_histogram(event, work / "511keV_scatt_event.hdf5")
         timing["bin"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -339,11 +344,9 @@ def run_detector_demo(output: str | os.PathLike = "demo-output", nside: int | No
     recovered, injected = region_fluxes(model), region_fluxes(truth)
     summary: dict[str, Any] = {
         "frame": "detector", "preset": preset, "nside": nside, "scatt_nside": scatt_nside,
-        "scatt_bins": len(table), "orientation_rows": len(ori),
+        "scatt_bins": len(table), "orientation_rows": n_rows,
         "iterations": final["iteration"], "parameter_file": str(parfile),
-        "counts": {"source": float(binned["source_events"].contents.sum()),
-                   "albedo": float(binned["albedo_events"].contents.sum()),
-                   "albedo_expected": float(bkg.contents.sum())},
+        "counts": {**counts, "albedo_expected": float(bkg.contents.sum())},
         "occupied_bins": int(np.count_nonzero(dataset.counts)),
         "data_bins": int(np.prod(event.axes.nbins)),
         "log_likelihood": float(np.sum(final["log-likelihood"])),

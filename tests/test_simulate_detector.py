@@ -242,3 +242,31 @@ def test_scatt_path_recovers_dc3_rocking_sky(tmp_path, capsys):
     assert "inner_galaxy" in text and "normalisation" in text
     for name in ("model.png", "truth.png", "exposure_table.fits", "summary.json"):
         assert (out / "detector" / name).exists(), name
+
+
+@pytest.mark.parametrize("block", [999, 7777, 1 << 20])
+def test_zenith_classes_in_blocks_equal_one_unique_over_all_intervals(block):
+    """The albedo template's attitude classes, found block by block, are np.unique's."""
+    from comptonsky.geometry import attitude_matrices
+    from comptonsky.simulate.detector import _zenith_classes
+
+    rng = np.random.default_rng(0)
+    n = 20_000
+
+    def unit(v):
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    z = unit(rng.normal(size=(n, 3)))
+    x = rng.normal(size=(n, 3))
+    x = unit(x - (x * z).sum(1)[:, None] * z)
+    rot = attitude_matrices(x, z)
+    law = rng.integers(0, 5, n)  # five attitude laws: the zenith fixed in the spacecraft frame
+    zen = np.einsum("nij,nj->ni", rot, unit(rng.normal(size=(5, 3)))[law])
+    cosh = np.cos(np.radians(np.array([110.0, 112.5, 110.0, 115.0, 120.0])[law]))
+    keys = np.column_stack([np.round(np.einsum("nji,nj->ni", rot, zen), 3),
+                            np.round(np.degrees(np.arccos(cosh)), 2)])
+    want, want_cls = np.unique(keys, axis=0, return_inverse=True)
+    got, cls = _zenith_classes(x, z, zen, cosh, 64, block=block)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(cls, want_cls.reshape(-1))
+    assert len(got) == 5

@@ -157,6 +157,41 @@ def _interval_columns(table) -> tuple[np.ndarray, ...]:
             samples.livetime)
 
 
+def _zenith_classes(x, z, zen, cosh, max_classes: int, block: int = 1 << 20
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct (spacecraft-frame zenith rounded to 1e-3, horizon rounded to 0.01°) of the
+    intervals, sorted as ``np.unique(..., axis=0)`` sorts them, and each interval's class.
+
+    Works ``block`` intervals at a time, so the 3 × 3 attitude matrices of a 3-month history
+    at 1 s are never all in memory; stops collecting past ``max_classes`` distinct keys.
+    """
+    found: list[np.ndarray] = []
+    local: list[np.ndarray] = []
+    seen: set[tuple[float, ...]] = set()
+    for lo in range(0, len(x), block):
+        hi = min(len(x), lo + block)
+        zl = np.einsum("nji,nj->ni", attitude_matrices(x[lo:hi], z[lo:hi]), zen[lo:hi])
+        horizon = np.degrees(np.arccos(np.clip(cosh[lo:hi], -1.0, 1.0)))
+        keys = np.column_stack([np.round(zl, 3), np.round(horizon, 2)])
+        u_block, inv = np.unique(keys, axis=0, return_inverse=True)
+        found.append(u_block)
+        local.append(inv.reshape(-1))
+        seen.update(map(tuple, u_block.tolist()))
+        if len(seen) > max_classes:
+            break
+    uniq = np.unique(np.concatenate(found), axis=0)
+    cls = np.concatenate([np.searchsorted(_row_view(uniq), _row_view(u_block))[inv]
+                          for u_block, inv in zip(found, local)])
+    return uniq, cls
+
+
+def _row_view(a: np.ndarray) -> np.ndarray:
+    """Rows of a 2-D array as structured items, ordered column by column (as ``np.unique``
+    with ``axis=0`` orders them)."""
+    a = np.ascontiguousarray(a)
+    return a.view([(f"f{i}", a.dtype) for i in range(a.shape[1])]).reshape(-1)
+
+
 def albedo_detector_model(fdr, table, first_axis: Axis, albedo: EarthFixedBackground,
                           max_classes: int = 64) -> Histogram:
     """Noise-free Earth-albedo counts per attitude or time bin, in the spacecraft frame.
@@ -187,11 +222,7 @@ def albedo_detector_model(fdr, table, first_axis: Axis, albedo: EarthFixedBackgr
         raise InvalidParameterError(f"first axis {first_axis.label!r} has {first_axis.nbins} "
                                     f"bins, the exposure table {len(table)} rows")
     b, x, z, zen, cosh, live = _interval_columns(table)
-    zl = np.einsum("nji,nj->ni", attitude_matrices(x, z), zen)
-    horizon = np.degrees(np.arccos(np.clip(cosh, -1.0, 1.0)))
-    keys = np.column_stack([np.round(zl, 3), np.round(horizon, 2)])
-    uniq, cls = np.unique(keys, axis=0, return_inverse=True)
-    cls = cls.reshape(-1)
+    uniq, cls = _zenith_classes(x, z, zen, cosh, max_classes)
     if len(uniq) > max_classes:
         raise InvalidParameterError(f"the history has {len(uniq)} distinct spacecraft-frame "
                                     f"zeniths (more than {max_classes}); the albedo template "
