@@ -510,3 +510,25 @@ def test_any_damaged_cache_gives_the_right_operator(tiny_caches, mutation):
     if cpath.exists():
         cpath.chmod(0o644)
     cpath.write_bytes(good)                        # the next example starts from a good cache
+
+
+@pytest.mark.parametrize("nbytes", [1, 4096, 10_000, 3 * 4096 + 17])
+def test_checksum_taken_beside_the_reads_equals_one_crc_of_the_bytes(tmp_path, monkeypatch,
+                                                                     nbytes):
+    """The read-and-checksum pipeline (CRC of block k while block k+1 is read) gives the
+    CRC-32 of all the bytes, and a file cut short is still an error."""
+    monkeypatch.setattr(cache_mod, "_READ_BLOCK", 4096)
+    data = np.random.default_rng(nbytes).integers(0, 256, nbytes + 100, dtype=np.uint8)
+    path = tmp_path / "blob"
+    path.write_bytes(data.tobytes())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        out = np.empty(nbytes, dtype=np.uint8)
+        crc = cache_mod._pread_into(fd, 100, memoryview(out).cast("B"), path, 7)
+        assert crc == zlib.crc32(data[100:].tobytes(), 7)
+        np.testing.assert_array_equal(out, data[100:])
+        assert cache_mod._pread_into(fd, 100, memoryview(out).cast("B"), path) is None
+        with pytest.raises(cache_mod.InvalidCacheError, match="truncated"):
+            cache_mod._pread_into(fd, 101, memoryview(out).cast("B"), path, 0)
+    finally:
+        os.close(fd)

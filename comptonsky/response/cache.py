@@ -292,21 +292,36 @@ def _pread_into(fd: int, pos: int, mv: memoryview, path, crc: int | None = None)
     """Fill ``mv`` (bytes) from ``fd`` at byte ``pos``; returns the CRC-32 continued from
     ``crc`` (None: not computed).
 
+    With a checksum to compute, each block's CRC is taken on a second thread while the next
+    block is read (both release the GIL), so verifying costs little more than reading.
+
     Raises
     ------
     InvalidCacheError
         If the file ends early (truncated meanwhile).
     """
+    if crc is None or mv.nbytes <= _READ_BLOCK:
+        _read_all(fd, pos, mv, path)
+        return None if crc is None else zlib.crc32(mv, crc)
+    with ThreadPoolExecutor(1) as checksum:
+        pending = None
+        for s in range(0, mv.nbytes, _READ_BLOCK):
+            block = mv[s:s + _READ_BLOCK]
+            _read_all(fd, pos + s, block, path)
+            if pending is not None:
+                crc = pending.result()
+            pending = checksum.submit(zlib.crc32, block, crc)
+        return pending.result()
+
+
+def _read_all(fd: int, pos: int, mv: memoryview, path) -> None:
     done = 0
     while done < mv.nbytes:
         n = os.preadv(fd, [mv[done:done + _READ_BLOCK]], pos + done)
         if n <= 0:
             raise InvalidCacheError(f"{path}: ends at byte {pos + done}, expected "
                                     f"{pos + mv.nbytes} (truncated?)")
-        if crc is not None:
-            crc = zlib.crc32(mv[done:done + n], crc)
         done += n
-    return crc
 
 
 def _mmap(fd: int, populate: bool) -> mmap.mmap:
