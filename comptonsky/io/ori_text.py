@@ -420,12 +420,7 @@ def _parse_checked(path: Path, threads: int | None, shapes: dict[str, tuple[int,
         for whole, nbytes in reader:
             buf = whole[:nbytes]
             nblock = max(1, nthread * 4)
-            starts = [0]
-            for k in range(1, nblock):
-                nl = _find_newline(buf, (nbytes * k) // nblock)
-                if nl >= 0 and nl + 1 > starts[-1] and nl + 1 < nbytes:
-                    starts.append(nl + 1)
-            starts_a = np.array(starts, dtype=np.int64)
+            starts_a = _block_starts(buf, nblock)
             ends_a = np.append(starts_a[1:], nbytes).astype(np.int64)
             # rows reserved per block: pages never written cost no memory, and the scratch
             # table is reused piece after piece
@@ -547,6 +542,20 @@ def _find_newline(buf, pos):
             return pos
         pos += 1
     return -1
+
+
+@njit(cache=True, nogil=True)
+def _block_starts(buf, nblock):
+    """Starts of at most ``nblock`` line-aligned blocks of about equal size (the first is 0)."""
+    size = len(buf)
+    starts = np.zeros(nblock, dtype=np.int64)
+    n = 1
+    for k in range(1, nblock):
+        nl = _find_newline(buf, (size * k) // nblock)
+        if nl >= 0 and nl + 1 > starts[n - 1] and nl + 1 < size:
+            starts[n] = nl + 1
+            n += 1
+    return starts[:n].copy()
 
 
 @njit(cache=True, inline="always")
