@@ -318,27 +318,31 @@ class _PieceReader:
     def _run(self) -> None:
         try:
             carry = np.empty(0, dtype=np.uint8)
+            piece = self._piece
             while True:
                 buf = self._free.get()
                 if buf is None or self._stop.is_set():
                     return
-                lead = len(carry)
-                if len(buf) < lead + self._piece:  # a line longer than the headroom
-                    buf = np.empty(lead + self._piece + _HEADROOM, dtype=np.uint8)
-                buf[:lead] = carry
-                n = self._file.readinto(memoryview(buf)[lead: lead + self._piece])
-                if not n:  # end of file: the carried last line has no newline
-                    if lead:
-                        self._full.put((buf, lead))
-                    self._full.put(None)
-                    return
-                total = lead + n
-                nl = _last_newline(buf, lead, total)  # the carry has no newline
-                if nl < 0:
-                    carry = buf[:total].copy()
-                    self._free.put(buf)
-                    continue
-                carry = buf[nl + 1: total].copy()
+                filled = len(carry)
+                if len(buf) < filled + piece:  # a line longer than the headroom
+                    buf = np.empty(filled + piece + _HEADROOM, dtype=np.uint8)
+                buf[:filled] = carry
+                while True:  # read until the piece holds a newline (or the file ends)
+                    n = self._file.readinto(memoryview(buf)[filled: filled + piece])
+                    if not n:  # end of file: the last line has no newline
+                        if filled:
+                            self._full.put((buf, filled))
+                        self._full.put(None)
+                        return
+                    nl = _last_newline(buf, filled, filled + n)  # no newline before filled
+                    filled += n
+                    if nl >= 0:
+                        break
+                    if len(buf) < filled + piece:  # grow geometrically: linear in the line
+                        bigger = np.empty(max(2 * len(buf), filled + piece), dtype=np.uint8)
+                        bigger[:filled] = buf[:filled]
+                        buf = bigger
+                carry = buf[nl + 1: filled].copy()
                 self._full.put((buf, nl + 1))
         except BaseException as exc:  # handed to the parsing thread  # noqa: BLE001
             self._full.put(exc)
