@@ -1,9 +1,11 @@
 """Fast reader for the text of ``.ori`` orientation files.
 
-A compiled scanner splits the file into line-aligned blocks, counts and parses the ``OG`` rows of
-every block in parallel and checks each row (finite numbers, latitudes within ±90°, x and z axes
-not parallel, live time ≥ 0, increasing time stamps). A bad row is reported with its line number.
-Lines that start with another keyword are skipped; the first ``EN`` line ends the data.
+A background thread reads the file in pieces that end at a line end, into a small ring of reused
+buffers, while the calling thread parses the previous piece: a compiled scanner splits each piece
+into line-aligned blocks, parses the ``OG`` rows of every block in parallel and checks each row
+(finite numbers, latitudes within ±90°, x and z axes not parallel, live time ≥ 0, increasing time
+stamps, also across pieces). A bad row is reported with its line number. Lines that start with
+another keyword are skipped; the first ``EN`` line ends the data.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import queue
+import threading
 from pathlib import Path
 
 import numba
@@ -28,6 +32,13 @@ ORI_COLUMNS = ("time", "x_lat", "x_lon", "z_lat", "z_lon", "altitude",
                "earthzenith_lat", "earthzenith_lon", "livetime")
 
 _NCOL = 9
+#: Bytes read per piece; the ring holds ``_RING`` pieces (plus ``_HEADROOM`` bytes each for the
+#: partial line carried over from the previous piece).
+_PIECE_BYTES = 16 << 20
+_RING = 3
+_HEADROOM = 1 << 16
+#: Bytes at the start of the file searched for the ``Type`` line.
+_HEAD_BYTES = 65536
 _POW10 = np.array([10.0 ** k for k in range(23)])
 
 # error codes returned by the kernels
@@ -141,16 +152,18 @@ def _parse_number(buf, p, end, pow10):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _parse_blocks(buf, starts, ends, caps, out, counts, ended, status, pow10):
+def _parse_blocks(buf, starts, ends, caps, out, counts, ended, status, lines, pow10):
     """Parse the OG rows of block k into out[caps[k]:caps[k + 1]] (one pass, no pre-count).
 
     counts[k]: rows parsed; ended[k]: 1 if an EN line stopped the block; status[k] = (row,
-    code, column) of the first malformed row (code 0: none).
+    code, column) of the first malformed row (code 0: none); lines[k]: lines read (all the
+    lines of the block when it has no EN line and no malformed row).
     """
     for k in numba.prange(len(starts)):
         row = caps[k]
         p = starts[k]
         end = ends[k]
+        nline = 0
         while p < end:
             while p < end and _is_blank(buf[p]):
                 p += 1
@@ -174,7 +187,9 @@ def _parse_blocks(buf, starts, ends, caps, out, counts, ended, status, pow10):
             while p < end and buf[p] != 10:
                 p += 1
             p += 1
+            nline += 1
         counts[k] = row - caps[k]
+        lines[k] = nline
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -239,8 +254,8 @@ def _line_of_row(buf, end, row):
     return line, p
 
 
-def _check_type_line(path: Path, buf: np.ndarray) -> None:
-    head = bytes(buf[: min(len(buf), 65536)]).decode("latin-1")
+def _check_type_line(path: Path, head_bytes: bytes) -> None:
+    head = head_bytes[:_HEAD_BYTES].decode("latin-1")
     for lineno, line in enumerate(head.splitlines(), 1):
         parts = line.split()
         if not parts:
@@ -256,79 +271,255 @@ def _check_type_line(path: Path, buf: np.ndarray) -> None:
 
 
 def _bad_line(buf: np.ndarray, row: int) -> tuple[int, str]:
+    """1-based line (within ``buf``) and text of the OG row number ``row`` of ``buf``."""
     line, pos = _line_of_row(buf, len(buf), row)
     nl = _find_newline(buf, pos)
     text = bytes(buf[pos: nl if nl >= 0 else len(buf)]).decode("latin-1").strip()
     return int(line), text
 
 
-def _parse_checked(path: Path, threads: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Parse and check; rows are big[src] (no packing copy)."""
+def _last_newline(buf: np.ndarray, lo: int, hi: int) -> int:
+    """Index of the last newline in ``buf[lo:hi]`` (-1: none), searched backwards in windows."""
+    step = 1 << 16
+    while hi > lo:
+        a = max(lo, hi - step)
+        j = bytes(buf[a:hi]).rfind(b"\n")
+        if j >= 0:
+            return a + j
+        hi = a
+        step *= 4
+    return -1
+
+
+class _PieceReader:
+    """Read a file sequentially in a background thread, in pieces that end at a line end.
+
+    Each piece is ``(buffer, n)``: ``buffer[:n]`` holds whole lines (the bytes after the last
+    newline of a read are carried to the front of the next piece); only the last piece of the
+    file may end without a newline. Buffers come from a small ring and are reused once handed
+    back with :meth:`release`.
+    """
+
+    def __init__(self, path: Path, piece: int, nbuf: int = _RING):
+        self._piece = int(piece)
+        self._file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
+        try:
+            os.posix_fadvise(self._file.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        except (AttributeError, OSError):  # pragma: no cover - platform without fadvise
+            pass
+        self._free: queue.Queue = queue.Queue()
+        self._full: queue.Queue = queue.Queue()
+        for _ in range(nbuf):
+            self._free.put(np.empty(self._piece + _HEADROOM, dtype=np.uint8))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ori-reader", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            carry = np.empty(0, dtype=np.uint8)
+            piece = self._piece
+            while True:
+                buf = self._free.get()
+                if buf is None or self._stop.is_set():
+                    return
+                filled = len(carry)
+                if len(buf) < filled + piece:  # a line longer than the headroom
+                    buf = np.empty(filled + piece + _HEADROOM, dtype=np.uint8)
+                buf[:filled] = carry
+                while True:  # read until the piece holds a newline (or the file ends)
+                    n = self._file.readinto(memoryview(buf)[filled: filled + piece])
+                    if not n:  # end of file: the last line has no newline
+                        if filled:
+                            self._full.put((buf, filled))
+                        self._full.put(None)
+                        return
+                    nl = _last_newline(buf, filled, filled + n)  # no newline before filled
+                    filled += n
+                    if nl >= 0:
+                        break
+                    if len(buf) < filled + piece:  # grow geometrically: linear in the line
+                        bigger = np.empty(max(2 * len(buf), filled + piece), dtype=np.uint8)
+                        bigger[:filled] = buf[:filled]
+                        buf = bigger
+                carry = buf[nl + 1: filled].copy()
+                self._full.put((buf, nl + 1))
+        except BaseException as exc:  # handed to the parsing thread  # noqa: BLE001
+            self._full.put(exc)
+
+    def __iter__(self):
+        while True:
+            item = self._full.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def release(self, buf: np.ndarray) -> None:
+        self._free.put(buf)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._free.put(None)
+        self._thread.join()
+        self._file.close()
+
+
+class _Grown:
+    """Output arrays of ``(capacity,) + shape`` rows, grown on demand, trimmed at the end."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]]):
+        self.shapes = shapes
+        self.cap = 0
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def reserve(self, need: int, have: int, estimate: int) -> None:
+        if need <= self.cap:
+            return
+        cap = max(need, estimate)
+        new = {k: np.empty((cap,) + s) for k, s in self.shapes.items()}
+        for k, a in self.arrays.items():
+            new[k][:have] = a[:have]
+        if self.arrays:
+            logger.debug("grew the row arrays from %d to %d rows", self.cap, cap)
+        self.arrays, self.cap = new, cap
+
+    def trim(self, n: int) -> dict[str, np.ndarray]:
+        if n < self.cap:  # shrinks in place (realloc), the unwritten tail was never touched
+            for a in self.arrays.values():
+                a.resize((n,) + a.shape[1:], refcheck=False)
+        self.cap = n
+        return self.arrays
+
+
+def _parse_checked(path: Path, threads: int | None, shapes: dict[str, tuple[int, ...]],
+                   store) -> dict[str, np.ndarray]:
+    """Read, parse and check the file piece by piece; ``store(t, src, arrays, n0)`` keeps rows.
+
+    The rows of a piece are ``t[src]``; ``store`` writes them to rows ``n0:n0 + len(src)`` of
+    the output ``arrays`` (shapes ``(N,) + shapes[name]``). A malformed row raises at once; a
+    row breaking a rule is raised once the file is read, unless a malformed row comes later
+    (malformed rows are reported first).
+    """
     if not path.exists():
         raise FileFormatError(f"{path}: no such file")
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise FileFormatError(f"{path}: empty file, expected an OrientationsGalactic .ori")
-    buf = np.fromfile(path, dtype=np.uint8)  # one read: faster to scan than a memory map
-    _check_type_line(path, buf)
-    size = len(buf)
-    nblock = max(1, int(threads or numba.get_num_threads()) * 4)
-    starts = [0]
-    for k in range(1, nblock):
-        nl = _find_newline(buf, (size * k) // nblock)
-        if nl >= 0 and nl + 1 > starts[-1] and nl + 1 < size:
-            starts.append(nl + 1)
-    starts_a = np.array(starts, dtype=np.int64)
-    ends_a = np.append(starts_a[1:], size).astype(np.int64)
-    # an OG row takes at least 20 bytes: reserve that many rows per block (pages never written
-    # cost no memory) and parse all blocks in one parallel pass
-    caps = np.concatenate([[0], np.cumsum((ends_a - starts_a) // 20 + 1)]).astype(np.int64)
-    big = np.empty((int(caps[-1]), _NCOL), dtype=np.float64)
-    nb = len(starts_a)
-    counts = np.zeros(nb, dtype=np.int64)
-    ended = np.zeros(nb, dtype=np.int64)
-    status = np.zeros((nb, 3), dtype=np.int64)
-    _parse_blocks(buf, starts_a, ends_a, caps, big, counts, ended, status, _POW10)
-    last = int(np.argmax(ended)) if ended.any() else nb - 1  # blocks after an EN line are ignored
-    offsets = np.concatenate([[0], np.cumsum(counts[: last + 1])]).astype(np.int64)
-    bad = np.nonzero(status[: last + 1, 1])[0]
-    if len(bad):
-        k = int(bad[0])
-        row, code, col = status[k]
-        line, text = _bad_line(buf, int(offsets[k] + row))
-        if code == _MISSING:
-            raise FileFormatError(
-                f"{path}:{line}: an OG row needs 9 numbers (t x_b x_l z_b z_l altitude "
-                f"earthzenith_b earthzenith_l livetime), found {col}: {text!r}")
-        raise FileFormatError(
-            f"{path}:{line}: cannot read number {col + 1} ({ORI_COLUMNS[col]}) of {text!r}")
-    nrow = int(offsets[-1])
+    with open(path, "rb") as f:
+        _check_type_line(path, f.read(_HEAD_BYTES))
+    piece = max(1, int(_PIECE_BYTES))
+    nthread = int(threads or numba.get_num_threads())
+    upper = size // 20 + 1  # an OG row takes at least 20 bytes
+    out = _Grown(shapes)
+    scratch = np.empty((0, _NCOL))
+    nrow = 0            # rows stored
+    lines_before = 0    # lines of the file before the current piece
+    bytes_before = 0
+    prev_time = 0.0     # time of the last stored row
+    rule_error = None   # message of the first row breaking a rule
+    reader = _PieceReader(path, piece)
+    try:
+        for whole, nbytes in reader:
+            buf = whole[:nbytes]
+            nblock = max(1, nthread * 4)
+            starts_a = _block_starts(buf, nblock)
+            ends_a = np.append(starts_a[1:], nbytes).astype(np.int64)
+            # rows reserved per block: pages never written cost no memory, and the scratch
+            # table is reused piece after piece
+            caps = np.concatenate([[0], np.cumsum((ends_a - starts_a) // 20 + 1)]).astype(np.int64)
+            if len(scratch) < caps[-1]:
+                scratch = np.empty((max(int(caps[-1]), (piece + _HEADROOM) // 20 + nblock + 1),
+                                    _NCOL))
+            nb = len(starts_a)
+            counts = np.zeros(nb, dtype=np.int64)
+            ended = np.zeros(nb, dtype=np.int64)
+            status = np.zeros((nb, 3), dtype=np.int64)
+            lines = np.zeros(nb, dtype=np.int64)
+            _parse_blocks(buf, starts_a, ends_a, caps, scratch, counts, ended, status, lines,
+                          _POW10)
+            last = int(np.argmax(ended)) if ended.any() else nb - 1  # rows after EN: ignored
+            offsets = np.concatenate([[0], np.cumsum(counts[: last + 1])]).astype(np.int64)
+            bad = np.nonzero(status[: last + 1, 1])[0]
+            if len(bad):
+                k = int(bad[0])
+                row, code, col = status[k]
+                line, text = _bad_line(buf, int(offsets[k] + row))
+                line += lines_before
+                if code == _MISSING:
+                    raise FileFormatError(
+                        f"{path}:{line}: an OG row needs 9 numbers (t x_b x_l z_b z_l altitude "
+                        f"earthzenith_b earthzenith_l livetime), found {col}: {text!r}")
+                raise FileFormatError(
+                    f"{path}:{line}: cannot read number {col + 1} ({ORI_COLUMNS[col]}) of "
+                    f"{text!r}")
+            cnt = int(offsets[-1])
+            if cnt and rule_error is None:
+                src = np.concatenate([np.arange(caps[k], caps[k] + counts[k])
+                                      for k in range(last + 1)])
+                rule_error = _rule_error(path, buf, scratch, src, lines_before,
+                                         prev_time if nrow else None)
+                if rule_error is None:
+                    est = int(math.ceil((nrow + cnt) / (bytes_before + nbytes) * size * 1.01))
+                    out.reserve(nrow + cnt, nrow, min(upper, est + 1024))
+                    store(scratch, src, out.arrays, nrow)
+                    nrow += cnt
+                    prev_time = float(scratch[src[-1], 0])
+            reader.release(whole)
+            if ended.any():
+                break
+            lines_before += int(lines.sum())
+            bytes_before += nbytes
+    finally:
+        reader.close()
+    if rule_error is not None:
+        raise FileFormatError(rule_error)
     if nrow == 0:
         raise FileFormatError(f"{path}: no 'OG' rows found")
-    src = np.concatenate([np.arange(caps[k], caps[k] + counts[k]) for k in range(last + 1)])
-    first = _check_rows(big, src)
-    rules = [(int(first[r]), r) for r in range(5) if first[r] >= 0]
-    if rules:
-        row, rule = min(rules)
-        line, text = _bad_line(buf, row)
-        if rule == 0:
-            raise FileFormatError(
-                f"{path}:{line}: time stamps must increase; {float(big[src[row], 0])!r} follows "
-                f"{float(big[src[row - 1], 0])!r}")
-        raise FileFormatError(
-            f"{path}:{line}: {_BAD_ROW_MESSAGES[rule]} in {text!r}")
     logger.debug("parsed %d OG rows of %s", nrow, path)
-    return big, src
+    return out.trim(nrow)
+
+
+def _rule_error(path: Path, buf: np.ndarray, t: np.ndarray, src: np.ndarray,
+                lines_before: int, prev_time: float | None) -> str | None:
+    """Message for the first of the rows ``t[src]`` (of ``buf``) breaking a rule, else None.
+
+    ``prev_time``: time of the row before ``t[src[0]]`` (None: it is the first row).
+    """
+    if prev_time is not None and not (t[src[0], 0] > prev_time):
+        row, rule = 0, 0
+    else:
+        first = _check_rows(t, src)
+        rules = [(int(first[r]), r) for r in range(5) if first[r] >= 0]
+        if not rules:
+            return None
+        row, rule = min(rules)
+    line, text = _bad_line(buf, row)
+    line += lines_before
+    if rule == 0:
+        before = float(t[src[row - 1], 0]) if row else float(prev_time)
+        return (f"{path}:{line}: time stamps must increase; {float(t[src[row], 0])!r} follows "
+                f"{before!r}")
+    return f"{path}:{line}: {_BAD_ROW_MESSAGES[rule]} in {text!r}"
+
+
+def _store_table(t: np.ndarray, src: np.ndarray, arrays: dict, n0: int) -> None:
+    np.take(t, src, axis=0, out=arrays["table"][n0: n0 + len(src)])
 
 
 def read_ori_table(path: str | os.PathLike, threads: int | None = None) -> np.ndarray:
     """The ``OG`` rows of an ``.ori`` file as a float64 table, checked row by row.
+
+    The file is read in pieces by a background thread while the rows of the previous piece
+    are parsed, so the whole file is never held in memory.
 
     Parameters
     ----------
     path : path-like
         The file (type ``OrientationsGalactic``).
     threads : int, optional
-        Number of parallel blocks (default: numba's thread count).
+        Number of parallel blocks per piece (default: numba's thread count).
 
     Returns
     -------
@@ -344,8 +535,7 @@ def read_ori_table(path: str | os.PathLike, threads: int | None = None) -> np.nd
         ±90°, parallel x and z axes, negative live time, time not increasing). The message gives
         the file and line.
     """
-    big, src = _parse_checked(Path(path), threads)
-    return big[src]
+    return _parse_checked(Path(path), threads, {"table": (_NCOL,)}, _store_table)["table"]
 
 
 @njit(cache=True, nogil=True)
@@ -356,6 +546,20 @@ def _find_newline(buf, pos):
             return pos
         pos += 1
     return -1
+
+
+@njit(cache=True, nogil=True)
+def _block_starts(buf, nblock):
+    """Starts of at most ``nblock`` line-aligned blocks of about equal size (the first is 0)."""
+    size = len(buf)
+    starts = np.zeros(nblock, dtype=np.int64)
+    n = 1
+    for k in range(1, nblock):
+        nl = _find_newline(buf, (size * k) // nblock)
+        if nl >= 0 and nl + 1 > starts[n - 1] and nl + 1 < size:
+            starts[n] = nl + 1
+            n += 1
+    return starts[:n].copy()
 
 
 @njit(cache=True, inline="always")
@@ -385,6 +589,12 @@ def _columns(t, src, time, x, z, alt, ez, live):
             ez[i, 2] = 0.0
 
 
+def _store_arrays(t: np.ndarray, src: np.ndarray, a: dict, n0: int) -> None:
+    s = slice(n0, n0 + len(src))
+    _columns(t, src, a["time"][s], a["x_axis"][s], a["z_axis"][s], a["altitude"][s],
+             a["earth_zenith"][s], a["livetime"][s])
+
+
 def read_ori_arrays(path: str | os.PathLike, threads: int | None = None) -> dict:
     """Parse and check an ``.ori`` file (as :func:`read_ori_table`) into attitude arrays.
 
@@ -395,10 +605,6 @@ def read_ori_arrays(path: str | os.PathLike, threads: int | None = None) -> dict
         (N, 3) Galactic unit vectors; ``earth_zenith`` rows are zero where the file gives no
         Earth position (zenith latitude, longitude and altitude all 0).
     """
-    big, src = _parse_checked(Path(path), threads)
-    n = len(src)
-    out = {"time": np.empty(n), "x_axis": np.empty((n, 3)), "z_axis": np.empty((n, 3)),
-           "altitude": np.empty(n), "earth_zenith": np.empty((n, 3)), "livetime": np.empty(n)}
-    _columns(big, src, out["time"], out["x_axis"], out["z_axis"], out["altitude"],
-             out["earth_zenith"], out["livetime"])
-    return out
+    shapes = {"time": (), "x_axis": (3,), "z_axis": (3,), "altitude": (),
+              "earth_zenith": (3,), "livetime": ()}
+    return _parse_checked(Path(path), threads, shapes, _store_arrays)
