@@ -3,8 +3,8 @@
 libhdf5 inflates a compressed dataset chunk after chunk on one thread, under h5py's global
 lock, so reading a GB-sized response takes several seconds however many cores there are.
 :class:`ChunkedDatasetReader` locates a dataset's chunks once, reads their stored bytes with
-``os.pread`` and inflates them on a thread pool (``zlib`` releases the GIL while it works),
-writing each chunk straight into its place in the output.
+``os.pread`` and inflates them on a thread pool (ISA-L's inflate, or zlib's, both of which
+release the GIL while they work), writing each chunk straight into its place in the output.
 
 Only the filter pipelines cosipy and h5py write for responses are handled: deflate (gzip),
 optionally preceded by byte shuffle, on a numeric dtype. :meth:`ChunkedDatasetReader.supports`
@@ -27,6 +27,12 @@ import h5py
 import numpy as np
 
 from ..errors import FileFormatError
+
+try:  # ISA-L inflates faster than zlib (a dependency already, for event files)
+    from isal import isal_zlib as _inflate_lib
+except ImportError:  # pragma: no cover - isal is a declared dependency
+    _inflate_lib = zlib
+_INFLATE_ERRORS = (zlib.error, _inflate_lib.error)
 
 __all__ = ["ChunkedDatasetReader", "default_threads"]
 
@@ -125,8 +131,8 @@ class ChunkedDatasetReader:
                 continue  # this filter was skipped for this chunk
             if self.filters[k] == _DEFLATE:
                 try:  # one output buffer of the chunk's size: a single inflate call
-                    data = zlib.decompress(data, bufsize=n_expected)
-                except zlib.error as exc:
+                    data = _inflate_lib.decompress(data, bufsize=n_expected)
+                except _INFLATE_ERRORS as exc:
                     raise FileFormatError(
                         f"{self.path}: {self.name} chunk at {self._origin(key)} is damaged "
                         f"({exc})") from exc
