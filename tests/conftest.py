@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from comptonsky import DataIF_COSI_DC2, ImageDeconvolution
@@ -107,3 +108,18 @@ def prepared_deconvolution(problem, parfile: Path, overrides=(), mask=None) -> I
     if mask is not None:
         deconv.set_mask(mask)
     return deconv
+
+
+def ori_reference_rows(path: Path) -> np.ndarray:
+    """The OG rows of an ``.ori`` file, read line by line with Python's ``float`` (no line
+    checks): the slow obvious reference for the compiled reader. Shape (N, 9)."""
+    rows = []
+    for line in Path(path).read_bytes().decode("latin-1").split("\n"):
+        parts = line.split()
+        if not parts:
+            continue
+        if parts[0] == "EN":
+            break
+        if parts[0] == "OG":
+            rows.append([float(v) for v in parts[1:10]])
+    return np.array(rows, dtype=float).reshape(-1, 9)

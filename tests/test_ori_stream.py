@@ -19,21 +19,9 @@ from comptonsky.errors import FileFormatError
 from comptonsky.io import ori_text
 from comptonsky.io.ori_text import read_ori_arrays, read_ori_table
 
+from .conftest import ori_reference_rows
+
 HEADER = "Type OrientationsGalactic"
-
-
-def reference_rows(path: Path) -> np.ndarray:
-    """The OG rows, read line by line with Python's ``float`` (no line checks)."""
-    rows = []
-    for line in path.read_bytes().decode("latin-1").split("\n"):
-        parts = line.split()
-        if not parts:
-            continue
-        if parts[0] == "EN":
-            break
-        if parts[0] == "OG":
-            rows.append([float(v) for v in parts[1:10]])
-    return np.array(rows, dtype=float).reshape(-1, 9)
 
 
 def random_rows(rng, n: int) -> np.ndarray:
@@ -91,7 +79,7 @@ def test_random_files_any_piece_size(tmp_path, piece, seed):
     opts = [dict(), dict(newline="\r\n"), dict(trailing_newline=False),
             dict(after_en="OG broken row after the end 1.2.3")][seed]
     p = random_file(tmp_path / "r.ori", rng, int(rng.integers(300, 700)), **opts)
-    want = reference_rows(p)
+    want = ori_reference_rows(p)
     piece(1 << 24)
     whole = read_ori_table(p)
     whole_arrays = read_ori_arrays(p)
@@ -112,7 +100,7 @@ def test_random_files_any_piece_size(tmp_path, piece, seed):
 def test_arrays_are_unit_vectors_of_the_table(tmp_path, piece):
     p = random_file(tmp_path / "u.ori", np.random.default_rng(9), 400, fmt="%.17g")
     piece(4096)
-    t = reference_rows(p)
+    t = ori_reference_rows(p)
     a = read_ori_arrays(p)
     for k, c in (("time", 0), ("altitude", 5), ("livetime", 8)):
         np.testing.assert_allclose(a[k], t[:, c], rtol=4.5e-16, atol=0)
@@ -142,7 +130,7 @@ def test_long_lines_and_sparse_rows(tmp_path, piece):
     p.write_text("\n".join(lines) + "\nEN\n")
     for size in (5, 4096, 100_000):
         piece(size)
-        np.testing.assert_allclose(read_ori_table(p), reference_rows(p), rtol=4.5e-16, atol=0)
+        np.testing.assert_allclose(read_ori_table(p), ori_reference_rows(p), rtol=4.5e-16, atol=0)
 
 
 def plant(tmp_path: Path, rows: np.ndarray, k: int, line: str | None = None):
@@ -261,7 +249,7 @@ def test_en_line_at_piece_boundaries(tmp_path, piece):
     text += ["EN", "OG 1 2", fmt_row(np.r_[0.0, rows[0, 1:]]), "OG " + "9 " * 9, "junk"]
     p = tmp_path / "en.ori"
     p.write_text("\n".join(text))
-    want = reference_rows(p)
+    want = ori_reference_rows(p)
     assert len(want) == 25
     for size in (offset - 1, offset, offset + 1, offset + 2, offset + 3, 2, 4096):
         piece(size)
@@ -300,7 +288,7 @@ def test_rows_beyond_the_first_estimate(tmp_path, piece):
     p.write_text("\n".join(lines) + "\n")
     piece(9000)
     got = read_ori_table(p)
-    np.testing.assert_allclose(got, reference_rows(p), rtol=4.5e-16, atol=0)
+    np.testing.assert_allclose(got, ori_reference_rows(p), rtol=4.5e-16, atol=0)
     assert got.shape == (2000, 9)
     assert math.isclose(got[-1, 0], rows[-1, 0])
     a = read_ori_arrays(p)

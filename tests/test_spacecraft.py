@@ -14,23 +14,9 @@ from comptonsky.io.ori_text import read_ori_table
 from comptonsky.io.orientation import read_ori
 from comptonsky.io.spacecraft import interval
 
-from .conftest import reference_file
+from .conftest import ori_reference_rows, reference_file
 
 REF = Path(__file__).parent / "data" / "cosipy_detector_reference.npz"
-
-
-def slow_parse(path: Path) -> np.ndarray:
-    """The obvious line-by-line reading of OG rows (reference for the compiled parser)."""
-    rows = []
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if not parts:
-            continue
-        if parts[0] == "EN":
-            break
-        if parts[0] == "OG":
-            rows.append([float(v) for v in parts[1:10]])
-    return np.array(rows)
 
 
 def write_rows(path: Path, rows, header="Type OrientationsGalactic", footer="EN", fmt="%r"):
@@ -86,7 +72,7 @@ def test_fast_parser_equals_line_by_line(tmp_path):
                      + ("   " if k % 5 == 0 else ""))
     lines += ["EN", "OG not a row after EN"]
     p.write_text("\r\n".join(lines) + "\r\n")
-    want = slow_parse(p)
+    want = ori_reference_rows(p)
     for threads in (1, 3, 7):  # block boundaries fall at different lines
         got = read_ori_table(p, threads=threads)
         assert got.shape == want.shape
@@ -98,7 +84,7 @@ def test_fast_parser_equals_line_by_line(tmp_path):
 def test_fast_parser_values_exact_for_short_mantissas(tmp_path):
     rows = orbit_rows(300, seed=1)
     p = write_rows(tmp_path / "b.ori", rows, fmt="%.12f")
-    np.testing.assert_array_equal(read_ori_table(p), slow_parse(p))
+    np.testing.assert_array_equal(read_ori_table(p), ori_reference_rows(p))
 
 
 @pytest.mark.parametrize("mutate, match", [
