@@ -96,6 +96,14 @@ def test_other_layouts_are_not_claimed(tmp_path, kw):
             ChunkedDatasetReader(path, f["x"])
 
 
+def test_a_file_with_a_user_block_is_left_to_h5py(tmp_path):
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w", userblock_size=512) as f:
+        f.create_dataset("x", data=np.ones((4, 3)), chunks=(2, 3), compression="gzip")
+    with h5py.File(path, "r") as f:
+        assert not ChunkedDatasetReader.supports(f["x"])
+
+
 def chunk_location(path):
     with h5py.File(path, "r") as f:
         info = f["x"].id.get_chunk_info(1)

@@ -94,8 +94,11 @@ class ChunkedDatasetReader:
 
     @staticmethod
     def supports(ds: h5py.Dataset) -> bool:
-        """True for a chunked, numeric dataset compressed with deflate (and maybe shuffle)."""
+        """True for a chunked, numeric dataset compressed with deflate (and maybe shuffle), in
+        a file without a user block (whose chunk addresses could be relative to it)."""
         if ds.dtype.kind not in "fiu" or ds.ndim == 0 or ds.size == 0:
+            return False
+        if ds.file.userblock_size:
             return False
         try:
             filters = _filters(ds)
