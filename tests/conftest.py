@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from comptonsky import DataIF_COSI_DC2, ImageDeconvolution
+from comptonsky.response.load import load_response
+from comptonsky.response.synthetic import cone_response
 from comptonsky.testing import toy_problem
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,6 +36,37 @@ def tiny_problem():
     """nside 1 model and data, 45° Phi bins: a 12 × 48 response for loop references."""
     return toy_problem(nside=1, phi_bin_deg=45.0, ring_width_deg=25.0, seed=5,
                        background_counts=500.0, exposure_cm2s=3e7)
+
+
+@pytest.fixture(scope="module")
+def cone():
+    """A small Compton-cone response Histogram (nside 4, 12 Phi bins), for loading tests."""
+    return cone_response(nside=4, n_phi=12, ring_width_deg=10.0)
+
+
+@pytest.fixture(scope="module")
+def reference(cone):
+    """The operator of :func:`cone` loaded from memory: the products to compare with."""
+    return load_response(cone)
+
+
+@pytest.fixture
+def rsp_file(cone, tmp_path):
+    """:func:`cone` written as a response file."""
+    path = tmp_path / "rsp.h5"
+    cone.write(path)
+    return path
+
+
+def same_products(op, ref, tol: float) -> None:
+    """Forward and adjoint products of random vectors and the exposure of ``op`` are finite
+    and equal ``ref``'s within ``tol`` of their largest element."""
+    rng = np.random.default_rng(1)
+    x, y = rng.random(ref.n_model), rng.random(ref.n_data)
+    for a, b in ((op.forward(x), ref.forward(x)), (op.adjoint(y), ref.adjoint(y)),
+                 (op.exposure, ref.exposure)):
+        assert np.all(np.isfinite(a))
+        assert np.abs(a - b).max() <= tol * np.abs(b).max()
 
 
 PARFILE_TEXT = """\

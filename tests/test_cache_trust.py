@@ -23,34 +23,14 @@ from comptonsky.response.cache import _TRAILER, CacheFile, part_in_use, sweep_or
 from comptonsky.response.load import load_response
 from comptonsky.response.synthetic import cone_response
 
+from .conftest import same_products
+
 REPO = Path(__file__).resolve().parents[1]
 CACHE_LOG = "comptonsky.response"
 
 
-@pytest.fixture(scope="module")
-def cone():
-    return cone_response(nside=4, n_phi=12, ring_width_deg=10.0)
-
-
-@pytest.fixture(scope="module")
-def reference(cone):
-    return load_response(cone)
-
-
-@pytest.fixture
-def rsp_file(cone, tmp_path):
-    path = tmp_path / "rsp.h5"
-    cone.write(path)
-    return path
-
-
 def _same(op, ref, tol=2e-6):
-    rng = np.random.default_rng(1)
-    x, y = rng.random(ref.n_model), rng.random(ref.n_data)
-    for a, b in ((op.forward(x), ref.forward(x)), (op.adjoint(y), ref.adjoint(y)),
-                 (op.exposure, ref.exposure)):
-        assert np.all(np.isfinite(a))
-        assert np.abs(a - b).max() <= tol * np.abs(b).max()
+    same_products(op, ref, tol)
 
 
 def _load(path, cdir, storage="dense", **kw):

@@ -23,30 +23,11 @@ from comptonsky.response.options import parse_memory
 from comptonsky.response.source import open_source
 from comptonsky.response.synthetic import cone_response
 
-
-@pytest.fixture(scope="module")
-def cone():
-    return cone_response(nside=4, n_phi=12, ring_width_deg=10.0)
-
-
-@pytest.fixture(scope="module")
-def reference(cone):
-    return load_response(cone)
-
-
-@pytest.fixture
-def rsp_file(cone, tmp_path):
-    path = tmp_path / "rsp.h5"
-    cone.write(path)
-    return path
+from .conftest import same_products
 
 
 def _same(op, ref, tol=1e-12):
-    rng = np.random.default_rng(1)
-    x, y = rng.random(ref.n_model), rng.random(ref.n_data)
-    for a, b in ((op.forward(x), ref.forward(x)), (op.adjoint(y), ref.adjoint(y)),
-                 (op.exposure, ref.exposure)):
-        assert np.abs(a - b).max() <= tol * np.abs(b).max()
+    same_products(op, ref, tol)
 
 
 def _done(op):
