@@ -18,7 +18,19 @@ from ..response.reuse import ReusedProducts
 from .dataset import ALMOST_ZERO, DataIF_COSI_DC2
 from .passes import CountedProducts, PassCounter
 
-__all__ = ["JointData"]
+__all__ = ["JointData", "background_totals"]
+
+
+def background_totals(datasets) -> tuple[list[str], dict[str, float]]:
+    """The background names of ``datasets`` (in order of first appearance) and, per name,
+    Σ_i B_bi over the datasets that have it (counts)."""
+    names: list[str] = []
+    for ds in datasets:
+        names += [k for k in ds.keys_bkg_models() if k not in names]
+    sums = {key: float(sum(ds.background(key).sum() for ds in datasets
+                           if key in ds.keys_bkg_models()))
+            for key in names}
+    return names, sums
 
 
 class JointData:
@@ -59,15 +71,8 @@ class JointData:
                             self.counter)
             for ds in self.datasets]
         self.exposure = np.sum([ds.response.exposure for ds in self.datasets], axis=0)
-        names: list[str] = []
-        for ds in self.datasets:
-            names += [k for k in ds.keys_bkg_models() if k not in names]
-        self.background_names = names
-        #: Σ_i B_bi over all datasets having background b.
-        self.background_sums = {
-            key: float(sum(ds.background(key).sum() for ds in self.datasets
-                           if key in ds.keys_bkg_models()))
-            for key in names}
+        #: background names in order of first appearance; Σ_i B_bi over the datasets having b
+        self.background_names, self.background_sums = background_totals(self.datasets)
 
     def expectations(self, model: np.ndarray, bkg_norm: Mapping[str, float]) -> list[np.ndarray]:
         """Expected counts per dataset, each shape (n_data_k,)."""

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..deconvolution.dataset import ALMOST_ZERO, DataIF_COSI_DC2
+from ..deconvolution.joint import background_totals
 from ..deconvolution.passes import PassCounter
 from ..errors import DistributedError, InvalidParameterError
 from ..response.reuse import reuse_plan
@@ -268,14 +269,7 @@ class DistributedJointData:
                     "the model axes")
             exposures.append(_ordered_sum(parts))
         self.exposure = _ordered_sum(exposures)
-        names: list[str] = []
-        for ds in self.datasets:
-            names += [k for k in ds.keys_bkg_models() if k not in names]
-        self.background_names = names
-        self.background_sums = {
-            key: float(sum(ds.background(key).sum() for ds in self.datasets
-                           if key in ds.keys_bkg_models()))
-            for key in names}
+        self.background_names, self.background_sums = background_totals(self.datasets)
         logger.info("Dask fit: %d dataset(s) in %s blocks on %d worker(s)", len(self.datasets),
                     "+".join(str(len(b)) for b in self.blocks), len(self._worker_list()))
 
