@@ -193,13 +193,7 @@ def attitude_history(profile: OrbitProfile, dt_s: float = 20.0, tmin: float | No
     Orientation
         Time stamps, axes, altitude, zenith and live times (full live time: DC2 has no SAA).
     """
-    if not dt_s > 0:
-        raise InvalidParameterError(f"attitude sampling step must be positive, got {dt_s}")
-    t0 = profile.tmin if tmin is None else float(tmin)
-    t1 = profile.tmax if tmax is None else float(tmax)
-    if not t1 > t0:
-        raise InvalidParameterError(f"empty time range [{t0}, {t1}]")
-    n = int(np.ceil((t1 - t0) / dt_s))
+    t0, t1, n = _sampling(profile, dt_s, tmin, tmax)
     times = np.append(t0 + dt_s * np.arange(n), t1)
     live = np.append(np.diff(times), 0.0)
     att = attitude_at(profile, times)
@@ -207,6 +201,19 @@ def attitude_history(profile: OrbitProfile, dt_s: float = 20.0, tmin: float | No
     return Orientation(time=times, x_axis=att["x_axis"], z_axis=att["z_axis"],
                        altitude=np.full(len(times), profile.altitude_km),
                        earth_zenith=att["zenith"], livetime=live)
+
+
+def _sampling(profile: OrbitProfile, dt_s: float, tmin: float | None, tmax: float | None
+              ) -> tuple[float, float, int]:
+    """Start, end and number of whole steps of an attitude history (its rows: t0 + k·dt for
+    k < n, then t1), with the range checked."""
+    if not dt_s > 0:
+        raise InvalidParameterError(f"attitude sampling step must be positive, got {dt_s}")
+    t0 = profile.tmin if tmin is None else float(tmin)
+    t1 = profile.tmax if tmax is None else float(tmax)
+    if not t1 > t0:
+        raise InvalidParameterError(f"empty time range [{t0}, {t1}]")
+    return t0, t1, int(np.ceil((t1 - t0) / dt_s))
 
 
 def iter_attitude_history(profile: OrbitProfile, dt_s: float = 1.0, tmin: float | None = None,
@@ -220,13 +227,7 @@ def iter_attitude_history(profile: OrbitProfile, dt_s: float = 1.0, tmin: float 
     Orientation
         Consecutive blocks; together the same rows as ``attitude_history(profile, dt_s, ...)``.
     """
-    if not dt_s > 0:
-        raise InvalidParameterError(f"attitude sampling step must be positive, got {dt_s}")
-    t0 = profile.tmin if tmin is None else float(tmin)
-    t1 = profile.tmax if tmax is None else float(tmax)
-    if not t1 > t0:
-        raise InvalidParameterError(f"empty time range [{t0}, {t1}]")
-    n = int(np.ceil((t1 - t0) / dt_s))
+    t0, t1, n = _sampling(profile, dt_s, tmin, tmax)
     for i0 in range(0, n + 1, int(block_rows)):
         i = np.arange(i0, min(n + 1, i0 + int(block_rows)))
         times = np.where(i < n, t0 + dt_s * i, t1)
