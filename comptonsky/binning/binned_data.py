@@ -103,6 +103,24 @@ class BinnedData:
                 return str(beside)
         return str(path)
 
+    def _events_or_default(self, given):
+        """``given``, else the events read so far (``cosi_dataset``), else ``data_file``.
+
+        Raises
+        ------
+        InvalidParameterError
+            If there are none of these.
+        """
+        if given is not None:
+            return given
+        if self.cosi_dataset is not None:
+            return self.cosi_dataset
+        if self.data_file:
+            return self._data_file_path()
+        raise InvalidParameterError(
+            "get_binned_data: no unbinned_data given, no events read (cosi_dataset) and no "
+            "data_file in the parameters")
+
     @property
     def _where(self) -> str:
         return self.input_yaml or "binning parameters"
@@ -149,14 +167,7 @@ class BinnedData:
         """
         binning = self.binning(psichi_binning)
         out = None if output_name is None else check_output_path(hdf5_output_path(output_name))
-        if unbinned_data is None:
-            if self.cosi_dataset is not None:
-                unbinned_data = self.cosi_dataset
-            elif self.data_file:
-                unbinned_data = self._data_file_path()
-            else:
-                raise InvalidParameterError(
-                    "get_binned_data: no unbinned_data given and no data_file in the parameters")
+        unbinned_data = self._events_or_default(unbinned_data)
         (hist,) = bin_events(unbinned_data, [binning], event_range=event_range,
                              chunk_size=chunk_size, progress=progress)
         self.binned_data = hist
@@ -388,15 +399,7 @@ def bin_by_first_axis(unbinned_event, first_axis, psichi_binning: str = "local",
             "get_binned_data: unbinned_event must be an UnBinnedData or BinnedData (it gives the "
             f"binning parameters), found {type(unbinned_event).__name__}")
     binning = unbinned_event.cds_binning(psichi_binning).with_first_axis(first_axis)
-    source = unbinned_data
-    if source is None:
-        if unbinned_event.cosi_dataset is not None:
-            source = unbinned_event.cosi_dataset
-        elif unbinned_event.data_file:
-            source = unbinned_event._data_file_path()
-        else:
-            raise InvalidParameterError(
-                "get_binned_data: no events (cosi_dataset is empty and there is no data_file)")
+    source = unbinned_event._events_or_default(unbinned_data)
     if isinstance(source, dict) or hasattr(source, "keys"):
         source = _canonical_events(source)
     (hist,) = bin_events(source, [binning], chunk_size=chunk_size, progress=progress)
