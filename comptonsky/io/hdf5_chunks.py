@@ -16,6 +16,7 @@ numbers.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -34,11 +35,23 @@ except ImportError:  # pragma: no cover - isal is a declared dependency
     _inflate_lib = zlib
 _INFLATE_ERRORS = (zlib.error, _inflate_lib.error)
 
-__all__ = ["ChunkedDatasetReader", "default_threads"]
+__all__ = ["ChunkedDatasetReader", "default_threads", "inflate"]
 
 logger = logging.getLogger(__name__)
 
 _DEFLATE, _SHUFFLE = h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_SHUFFLE
+
+
+def inflate(data: bytes, size: int) -> bytes:
+    """One zlib stream inflated (ISA-L when installed) into a single buffer of ``size`` bytes,
+    the expected length, so it takes one call.
+
+    Raises
+    ------
+    zlib.error or isal_zlib.error
+        If the stream is damaged (its Adler-32 checksum included).
+    """
+    return _inflate_lib.decompress(data, bufsize=size)
 
 
 def default_threads() -> int:
@@ -133,8 +146,8 @@ class ChunkedDatasetReader:
             if mask & (1 << k):
                 continue  # this filter was skipped for this chunk
             if self.filters[k] == _DEFLATE:
-                try:  # one output buffer of the chunk's size: a single inflate call
-                    data = _inflate_lib.decompress(data, bufsize=n_expected)
+                try:
+                    data = inflate(data, n_expected)
                 except _INFLATE_ERRORS as exc:
                     raise FileFormatError(
                         f"{self.path}: {self.name} chunk at {self._origin(key)} is damaged "
@@ -197,8 +210,7 @@ class ChunkedDatasetReader:
             return out
         grid = [range(lo // self.chunks[0], (hi - 1) // self.chunks[0] + 1)] + \
             [range(-(-n // c)) for n, c in zip(self.shape[1:], self.chunks[1:])]
-        keys = [tuple(int(i) for i in k) for k in np.ndindex(*[len(g) for g in grid])]
-        keys = [tuple(g[i] for g, i in zip(grid, k)) for k in keys]
+        keys = list(itertools.product(*grid))  # chunk grid coordinates covering rows lo:hi
         with self._lock:
             if self._fd is None:
                 self._fd = os.open(self.path, os.O_RDONLY)
