@@ -7,11 +7,13 @@ results are compared with an obvious line-by-line reading and with the same file
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import threading
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 
@@ -74,11 +76,12 @@ def reader_threads() -> int:
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_random_files_any_piece_size(tmp_path, piece, seed):
+def test_random_files_any_piece_size(tmp_path, piece, seed, monkeypatch):
     rng = np.random.default_rng(seed)
     opts = [dict(), dict(newline="\r\n"), dict(trailing_newline=False),
             dict(after_en="OG broken row after the end 1.2.3")][seed]
     p = random_file(tmp_path / "r.ori", rng, int(rng.integers(300, 700)), **opts)
+    pool = numba.get_num_threads()
     want = ori_reference_rows(p)
     piece(1 << 24)
     whole = read_ori_table(p)
@@ -86,7 +89,10 @@ def test_random_files_any_piece_size(tmp_path, piece, seed):
     np.testing.assert_allclose(whole, want, rtol=4.5e-16, atol=0)
     for size in (3, 7, 61, 333, 4096, 5000):
         piece(size)
-        for threads in (1, 3):
+        # pieces this small are parsed on one thread; from 61 bytes on, also in 3 * 4 blocks
+        # on the kernel threads, so rows fall on block boundaries too
+        for threads in (1, 3) if size > 7 else (1,):
+            monkeypatch.setattr(ori_text, "_SERIAL_BYTES", 1 << 20 if threads == 1 else 0)
             got = read_ori_table(p, threads=threads)
             assert got.shape == want.shape and got.flags.c_contiguous
             np.testing.assert_array_equal(got, whole)
@@ -95,6 +101,7 @@ def test_random_files_any_piece_size(tmp_path, piece, seed):
             assert v.shape[0] == len(want)
             np.testing.assert_array_equal(arrays[k], v, err_msg=f"{k}, piece {size}")
     assert reader_threads() == 0
+    assert numba.get_num_threads() == pool  # the caller's kernel threads are put back
 
 
 def test_arrays_are_unit_vectors_of_the_table(tmp_path, piece):
@@ -178,7 +185,7 @@ def bad_row_cases(rows: np.ndarray, k: int) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("case", range(8))
-def test_bad_row_line_numbers_at_piece_boundaries(tmp_path, piece, case):
+def test_bad_row_line_numbers_at_piece_boundaries(tmp_path, piece, case, monkeypatch):
     rows = random_rows(np.random.default_rng(2), 40)
     k = 17
     line, match = bad_row_cases(rows, k)[case]
@@ -186,11 +193,12 @@ def test_bad_row_line_numbers_at_piece_boundaries(tmp_path, piece, case):
     messages = set()
     for size in boundary_sizes(offset, length) + [1 << 20]:
         piece(size)
-        for read in (read_ori_table, read_ori_arrays):
+        for read, serial in itertools.product((read_ori_table, read_ori_arrays), (1 << 20, 0)):
+            monkeypatch.setattr(ori_text, "_SERIAL_BYTES", serial)  # one block, or 2 * 4
             with pytest.raises(FileFormatError, match=match) as err:
                 read(p, threads=2)
             msg = str(err.value)
-            assert msg.startswith(f"{p}:{lineno}: "), (size, msg)
+            assert msg.startswith(f"{p}:{lineno}: "), (size, serial, msg)
             messages.add(msg)
     assert len(messages) == 1  # the same message whatever the pieces
     msg = messages.pop()

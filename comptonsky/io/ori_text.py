@@ -37,6 +37,9 @@ _NCOL = 9
 _PIECE_BYTES = 16 << 20
 _RING = 3
 _HEADROOM = 1 << 16
+#: Pieces smaller than this are parsed on the calling thread alone: waking the kernel threads
+#: for a few kilobytes costs more than the parse, and much more when the cores are busy.
+_SERIAL_BYTES = 1 << 20
 #: Bytes at the start of the file searched for the ``Type`` line.
 _HEAD_BYTES = 65536
 _POW10 = np.array([10.0 ** k for k in range(23)])
@@ -420,10 +423,13 @@ def _parse_checked(path: Path, threads: int | None, shapes: dict[str, tuple[int,
     prev_time = 0.0     # time of the last stored row
     rule_error = None   # message of the first row breaking a rule
     reader = _PieceReader(path, piece)
+    pool = numba.get_num_threads()  # this thread's setting, put back below
     try:
         for whole, nbytes in reader:
             buf = whole[:nbytes]
-            nblock = max(1, nthread * 4)
+            serial = nbytes < _SERIAL_BYTES
+            numba.set_num_threads(1 if serial else pool)
+            nblock = 1 if serial else max(1, nthread * 4)
             starts_a = _block_starts(buf, nblock)
             ends_a = np.append(starts_a[1:], nbytes).astype(np.int64)
             # rows reserved per block: pages never written cost no memory, and the scratch
@@ -472,6 +478,7 @@ def _parse_checked(path: Path, threads: int | None, shapes: dict[str, tuple[int,
             lines_before += int(lines.sum())
             bytes_before += nbytes
     finally:
+        numba.set_num_threads(pool)
         reader.close()
     if rule_error is not None:
         raise FileFormatError(rule_error)
