@@ -242,8 +242,9 @@ def test_axis_checks_before_any_work(problem, tmp_path):
     # a spacecraft-frame response without a conversion matrix
     with pytest.raises(InvalidParameterError, match="coordsys_conv_matrix"):
         load("x", p.event, {}, p.fdr)
-    with pytest.raises(InvalidParameterError, match="is_miniDC2_format"):
-        load("x", p.event, {}, p.fdr, coordsys_conv_matrix=p.ccm, is_miniDC2_format=True)
+    with pytest.raises(InvalidParameterError, match="is_miniDC2_format: expected True or "
+                       "False, found 'no'"):
+        load("x", p.event, {}, p.fdr, coordsys_conv_matrix=p.ccm, is_miniDC2_format="no")
     with pytest.raises(InvalidParameterError, match="storage"):
         load("x", p.event, {}, p.fdr, coordsys_conv_matrix=p.ccm, storage="sparse")
 

@@ -15,7 +15,8 @@ older scipy versions return an approximation that differs by up to ~1e-3):
 
     /root/.pyenv/versions/3.11.7/bin/python3 -m venv /tmp/cosipy034-venv
     /tmp/cosipy034-venv/bin/pip install cosipy==0.3.4 future "numpy==1.26.4" "pandas<3" \
-        "healpy==1.19.0" "astropy<7" "scipy==1.15.3"
+        "healpy==1.19.0" "astropy<7"
+    /tmp/cosipy034-venv/bin/pip install "scipy==1.15.3"   # over cosipy's scipy<=1.13 pin
     /tmp/cosipy034-venv/bin/python tools/make_cosipy_detector_fixtures.py [output.npz]
 """
 

@@ -205,15 +205,21 @@ class DataIF_COSI_DC2:  # noqa: N801  (the tutorial's name)
             the ``FullDetectorResponse`` (or its file) and the dataset a
             :class:`DetectorFrameDataset`.
         is_miniDC2_format : bool
-            cosipy's flag for the mini-DC2 files; only False is supported.
+            cosipy's flag for the sparse mini-DC2 response layout, whose SigmaTau and Dist
+            axes it then sums. comptonsky reads either layout by what the file holds, so
+            True and False give the same dataset.
         dtype, storage, **response_options
             How the response is held
             (:class:`~comptonsky.response.options.ResponseOptions`; a detector-frame
             response takes ``dtype`` and ``occupied_only``).
         """
+        if not isinstance(is_miniDC2_format, (bool, np.bool_)):
+            raise InvalidParameterError(
+                f"is_miniDC2_format: expected True or False, found {is_miniDC2_format!r}")
         if is_miniDC2_format:
-            raise InvalidParameterError("is_miniDC2_format: the mini-DC2 layout is not "
-                                        "supported; expected False")
+            logger.info("is_miniDC2_format=True: the response is read by its file's layout "
+                        "(a sparse file's SigmaTau and Dist summed, as cosipy does for this "
+                        "flag); nothing else changes")
         if coordsys_conv_matrix is not None:
             return load_detector_frame(name, event_binned_data, dict_bkg_binned_data, rsp,
                                        coordsys_conv_matrix, dtype=dtype, storage=storage,
