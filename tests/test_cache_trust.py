@@ -492,12 +492,14 @@ def test_any_damaged_cache_gives_the_right_operator(tiny_caches, mutation):
     cpath.write_bytes(good)                        # the next example starts from a good cache
 
 
+@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("nbytes", [1, 4096, 10_000, 3 * 4096 + 17])
 def test_checksum_taken_beside_the_reads_equals_one_crc_of_the_bytes(tmp_path, monkeypatch,
-                                                                     nbytes):
-    """The read-and-checksum pipeline (CRC of block k while block k+1 is read) gives the
-    CRC-32 of all the bytes, and a file cut short is still an error."""
+                                                                     nbytes, threads):
+    """Blocks read on several threads and checksummed in file order as they arrive give the
+    bytes and zlib's CRC-32 of all of them, and a file cut short is still an error."""
     monkeypatch.setattr(cache_mod, "_READ_BLOCK", 4096)
+    monkeypatch.setattr(cache_mod, "default_threads", lambda: threads)
     data = np.random.default_rng(nbytes).integers(0, 256, nbytes + 100, dtype=np.uint8)
     path = tmp_path / "blob"
     path.write_bytes(data.tobytes())
