@@ -28,6 +28,7 @@ from comptonsky import (
 from comptonsky.io.histogram import open_histogram
 
 from .conftest import reference_file
+from .test_conversion_matrix import ref_dense
 from .test_exposure_table import generated_ori
 
 FIXTURE = Path(__file__).parent / "data" / "cosipy_detector_rl_reference.npz"
@@ -42,12 +43,6 @@ def reference():
 
 def _case(reference, case):
     return {k.split("/", 1)[1]: v for k, v in reference.items() if k.startswith(case + "/")}
-
-
-def _stored_ccm(ref) -> np.ndarray:
-    dense = np.zeros(tuple(ref["ccm/shape"]))
-    dense[tuple(ref["ccm/coords"])] = ref["ccm/data"]
-    return dense
 
 
 def _dataset(case, ref, tmp_path, dtype, cosipy_matrix=False):
@@ -70,7 +65,7 @@ def _dataset(case, ref, tmp_path, dtype, cosipy_matrix=False):
             ccm = CoordsysConversionMatrix.spacecraft_attitude_binning_ccm(
                 fdr, table, use_averaged_pointing=True, earth_occ=False)
             # cosipy's matrix from the same table, to rounding
-            np.testing.assert_allclose(ccm.contents.todense(), _stored_ccm(ref), rtol=1e-12,
+            np.testing.assert_allclose(ccm.contents.todense(), ref_dense(ref, "ccm"), rtol=1e-12,
                                        atol=1e-12 * ref["ccm/data"].max())
         else:
             table = SpacecraftAttitudeExposureTable.from_orientation(generated_ori(tmp_path),
@@ -78,11 +73,11 @@ def _dataset(case, ref, tmp_path, dtype, cosipy_matrix=False):
             ccm = CoordsysConversionMatrix.spacecraft_attitude_binning_ccm(
                 fdr, table, nside_model=2, use_averaged_pointing=True, earth_occ=False)
             # end to end from the .ori: interval means are unit-vector means (cosipy: mean l, b)
-            np.testing.assert_allclose(ccm.contents.todense(), _stored_ccm(ref), rtol=0,
+            np.testing.assert_allclose(ccm.contents.todense(), ref_dense(ref, "ccm"), rtol=0,
                                        atol=2e-6 * ref["ccm/data"].max())
             if cosipy_matrix:
                 ccm = CoordsysConversionMatrix(ccm.axes, contents=sparse.COO.from_numpy(
-                    _stored_ccm(ref)), unit=ccm.unit)
+                    ref_dense(ref, "ccm")), unit=ccm.unit)
             event = Histogram(Axes([Axis(np.arange(len(table) + 1), label="ScAtt"),
                                     *[fdr.axes[k] for k in ("Em", "Phi", "PsiChi")]]),
                               contents=ref["event"])

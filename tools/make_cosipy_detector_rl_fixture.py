@@ -46,6 +46,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_cosipy_detector_fixtures import (  # noqa: E402  (a sibling tool, no comptonsky)
     TEST_DATA,
+    ccm_arrays,
     generated_orbit,
     write_ori,
 )
@@ -128,14 +129,6 @@ def _vals(h) -> np.ndarray:
     if hasattr(c, "todense"):
         c = c.todense()
     return np.array(getattr(c, "value", c), dtype=np.float64)
-
-
-def ccm_arrays(ccm) -> dict:
-    c = ccm.contents
-    return {"ccm/coords": np.asarray(c.coords, np.int64), "ccm/data": np.asarray(c.data, np.float64),
-            "ccm/shape": np.asarray(c.shape, np.int64),
-            "ccm/edges0": np.asarray(getattr(ccm.axes[0].edges, "value", ccm.axes[0].edges),
-                                     np.float64)}
 
 
 def run_case(dataif, nside_model: int, energy_edges: np.ndarray, event_counts: np.ndarray,
@@ -233,7 +226,7 @@ def main(out_path: Path) -> None:
     dataif = DataIF_COSI_DC2.load("scatt", event, {"albedo": bkg_h}, dense,
                                   coordsys_conv_matrix=ccm)
     res = run_case(dataif, 1, edges, ev, bkg)
-    res.update(ccm_arrays(ccm))
+    res.update(ccm_arrays("ccm", ccm))
     store("scatt", res)
 
     # 3. the generated orbit, 15 ScAtt bins, simulated counts
@@ -262,7 +255,7 @@ def main(out_path: Path) -> None:
     dataif = DataIF_COSI_DC2.load("orbit", Histogram(data_axes, contents=ev), {"albedo": bkg_h},
                                   dense, coordsys_conv_matrix=ccm)
     res = run_case(dataif, ORBIT_NSIDE_MODEL, edges, ev, bkg)
-    res.update(ccm_arrays(ccm))
+    res.update(ccm_arrays("ccm", ccm))
     res["truth"] = _vals(truth)
     res["nside_table"] = np.int64(ORBIT_NSIDE_TABLE)
     store("orbit", res)
