@@ -67,6 +67,26 @@ def test_subset_products_match_full_products(dense, axis, n, backend):
                                full_fwd[subsets.group_indices(blocks)], rtol=1e-12)
 
 
+@pytest.mark.parametrize("axis", ["Phi", "PsiChi"])
+@pytest.mark.parametrize("shape,n", [((3, 12, 48), 5), ((1, 60, 3072), 48), ((2, 1, 7), 7)])
+def test_subset_indices_are_the_interleaved_bins(shape, n, axis):
+    """Subset k holds, ascending, the flat indices of the bins whose axis index is ≡ k mod n
+    (against a grid of every bin); together the subsets cover every bin once."""
+    from comptonsky.response.operator import subset_indices
+
+    along = 1 if axis == "Phi" else 2
+    n = min(n, shape[along])
+    grid = np.arange(int(np.prod(shape))).reshape(shape)
+    seen = []
+    for k in range(n):
+        got = subset_indices(shape, k, n, axis)
+        want = np.take(grid, np.arange(k, shape[along], n), axis=along).reshape(-1)
+        np.testing.assert_array_equal(got, want)
+        assert got.dtype == np.int64
+        seen.append(got)
+    np.testing.assert_array_equal(np.sort(np.concatenate(seen)), grid.reshape(-1))
+
+
 def test_too_many_subsets_is_an_error(dense):
     with pytest.raises(InvalidParameterError, match="n_subsets"):
         DataSubsets(dense, 13, "Phi")  # 12 Phi bins

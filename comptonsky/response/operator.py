@@ -52,9 +52,15 @@ def subset_indices(data_shape: tuple[int, int, int], k: int, n_subsets: int,
             f"{n_along} bins; expected 1 ≤ n_subsets ≤ {n_along}")
     if not 0 <= k < n_subsets:
         raise InvalidParameterError(f"subset {k}: expected 0 ≤ k < {n_subsets}")
-    grid = np.arange(int(np.prod(data_shape))).reshape(data_shape)
-    sel = grid[:, k::n_subsets, :] if axis == "Phi" else grid[:, :, k::n_subsets]
-    return sel.reshape(-1)
+    n_em, n_phi, n_psi = (int(n) for n in data_shape)
+    em = np.arange(n_em, dtype=np.int64)[:, None, None] * (n_phi * n_psi)
+    if axis == "Phi":  # only the subset's indices are made (not a grid of every data bin)
+        rest = np.arange(k, n_phi, n_subsets, dtype=np.int64)[None, :, None] * n_psi \
+            + np.arange(n_psi, dtype=np.int64)[None, None, :]
+    else:
+        rest = np.arange(n_phi, dtype=np.int64)[None, :, None] * n_psi \
+            + np.arange(k, n_psi, n_subsets, dtype=np.int64)[None, None, :]
+    return (em + rest).reshape(-1)
 
 
 class ResponseOperator(LinearOperator):

@@ -1,4 +1,4 @@
-"""Sparse response storage: segmented CSR in both orientations, parallel numba gather kernels.
+"""Sparse response storage: segmented CSR in both orientations, parallel gather kernels.
 
 Data index i = k · n_psi + p, with k the flattened (Em, Phi) index and p the PsiChi pixel. For each
 k the response is a sparse matrix S_k (n_model, n_psi), stored k-major as ``rows`` (S_k in CSR,
@@ -6,6 +6,11 @@ for the adjoint (Rᵀy)_j = Σ_k Σ_p S_k[j, p] y_{k,p}) and ``cols`` (S_kᵀ in
 (R x)_{k,p} = Σ_j S_k[j, p] x_j), so that both products are gathers over (k, row range) tiles.
 R_ij is stored when R_ij > threshold · max_i R_ij; the exposure is that of the stored elements, so
 the operator stays consistent. Design and measurements: docs/performance.md.
+
+The product kernels are compiled C (``_sparse_kernels``, built when the package is installed);
+their numba twins here (``_gather``, ``_scatter``, ``_scatter_rows``) compute the same sums and run
+where the C module is missing, or after ``use_kernels("numba")``. The C module loads in a
+millisecond, where the first numba kernel of a process costs about 0.3 s.
 """
 
 from __future__ import annotations
@@ -21,14 +26,20 @@ from numba import prange
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from .._numba import njit
-from ..errors import InvalidDataError, InvalidParameterError
+from ..errors import InvalidDataError, InvalidParameterError, UnknownChoiceError
 from .operator import ResponseOperator, ResponseSubset
 
 __all__ = ["SegmentedCSR", "SparseResponse", "SparseSubset", "build_rows", "index_dtype",
            "PSI_GROUPS", "psi_groups_for", "transpose", "forward_bounds",
-           "kernel_threads", "set_kernel_threads", "row_splits"]
+           "kernel_threads", "set_kernel_threads", "row_splits", "use_kernels", "kernels_in_use"]
 
 logger = logging.getLogger(__name__)
+
+try:
+    from . import _sparse_kernels as _c_kernels
+except ImportError as exc:  # a source tree that was not built
+    _c_kernels = None
+    logger.debug("compiled sparse kernels unavailable (%s); using the numba kernels", exc)
 
 
 def index_dtype(n_columns: int) -> np.dtype:
@@ -132,6 +143,42 @@ def _scatter_rows(ptr, idx, val, rows, coef, out):  # pragma: no cover - compile
         for k in range(n_seg):
             for n in range(ptr[k, j], ptr[k, j + 1]):
                 out[k, idx[n]] += val[n] * c
+
+
+class _Kernels:
+    """The product kernels in use: ``gather``, ``scatter``, ``scatter_rows`` (signatures of
+    ``_gather``, ``_scatter``, ``_scatter_rows``)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        src = _c_kernels if name == "c" else None
+        self.gather = src.gather if src else _gather
+        self.scatter = src.scatter if src else _scatter
+        self.scatter_rows = src.scatter_rows if src else _scatter_rows
+
+
+_KERNELS = _Kernels("c" if _c_kernels is not None else "numba")
+
+
+def use_kernels(name: str) -> None:
+    """Run the sparse products with the compiled C kernels (``"c"``, the default where built) or
+    their numba twins (``"numba"``).
+
+    Raises
+    ------
+    UnknownChoiceError
+        For another name, or ``"c"`` where the C module was not built.
+    """
+    global _KERNELS
+    choices = ("c", "numba") if _c_kernels is not None else ("numba",)
+    if name not in choices:
+        raise UnknownChoiceError("sparse kernels", name, choices, "use_kernels")
+    _KERNELS = _Kernels(name)
+
+
+def kernels_in_use() -> str:
+    """``"c"`` or ``"numba"``: which kernels the sparse products run."""
+    return _KERNELS.name
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -305,10 +352,11 @@ def _run_rows(splits: np.ndarray, start, end, idx, val, vec, stride, n_vec, out)
     """:func:`_gather` over the row ranges ``splits``: the first in this thread, the others on
     the pool's threads (the kernel releases the GIL)."""
     n = len(splits) - 1
-    futures = [_pool(n - 1).submit(_gather, start, end, idx, val, vec, stride, n_vec,
+    gather = _KERNELS.gather
+    futures = [_pool(n - 1).submit(gather, start, end, idx, val, vec, stride, n_vec,
                                    int(splits[i]), int(splits[i + 1]), out)
                for i in range(1, n)]
-    _gather(start, end, idx, val, vec, stride, n_vec, int(splits[0]), int(splits[1]), out)
+    gather(start, end, idx, val, vec, stride, n_vec, int(splits[0]), int(splits[1]), out)
     for f in futures:
         f.result()
 
@@ -318,10 +366,11 @@ def _run_scatter(splits: np.ndarray, start, end, idx, val, vec, n_out: int) -> n
     first in this thread, the others on the pool's threads); their sum, (n_out,) float64."""
     n = len(splits) - 1
     out = np.zeros((n, n_out), dtype=np.float64)
-    futures = [_pool(n - 1).submit(_scatter, start, end, idx, val, vec, int(splits[i]),
+    scatter = _KERNELS.scatter
+    futures = [_pool(n - 1).submit(scatter, start, end, idx, val, vec, int(splits[i]),
                                    int(splits[i + 1]), out[i])
                for i in range(1, n)]
-    _scatter(start, end, idx, val, vec, int(splits[0]), int(splits[1]), out[0])
+    scatter(start, end, idx, val, vec, int(splits[0]), int(splits[1]), out[0])
     for f in futures:
         f.result()
     return out[0] if n == 1 else out.sum(axis=0)
@@ -434,13 +483,13 @@ class _SparseProducts:
 
     def _matvec_rows(self, rows, coef):
         out = np.zeros((self._adj_ptr.shape[0], self._width), dtype=np.float64)
-        _scatter_rows(self._adj_ptr, self._adj.idx, self._adj.val, rows.astype(np.int64),
-                      np.asarray(coef, dtype=np.float64), out)
+        _KERNELS.scatter_rows(self._adj_ptr, self._adj.idx, self._adj.val,
+                              rows.astype(np.int64), np.asarray(coef, dtype=np.float64), out)
         return out.reshape(-1)
 
 
 class SparseResponse(_SparseProducts, ResponseOperator):
-    """Response held as segmented CSR in both orientations; parallel numba gather kernels.
+    """Response held as segmented CSR in both orientations; parallel gather kernels.
 
     Parameters
     ----------
