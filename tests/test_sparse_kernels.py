@@ -58,7 +58,7 @@ def test_gather_matches_python_loops_and_numba(idx_dtype, val_dtype, q0, q1):
     ref = np.zeros((n_seg, n_rows))
     _gather_ref(start, end, idx, val, vec, width, q0, q1, ref)
     got = np.zeros((n_seg, n_rows), dtype=val_dtype)
-    C.gather(start, end, idx, val, vec, width, width, q0, q1, got)
+    C.gather(start, end, idx, val, vec, width, width, np.array([q0, q1]), got)
     twin = np.zeros_like(got)
     sparse._gather(start, end, idx, val, vec, width, width, q0, q1, twin)
     tol = 1e-5 if val_dtype == np.float32 else 1e-13
@@ -84,8 +84,9 @@ def test_scatter_matches_python_loops_and_skips_zero_data(idx_dtype, val_dtype):
         k, t = divmod(q, w)
         for n in range(start[k, t], end[k, t]):
             ref[int(idx[n])] += float(val[n]) * float(vec[q])
-    got = np.zeros(n_cols)
-    C.scatter(start, end, idx, val, vec, q0, q1, got)
+    got = np.zeros((1, n_cols))
+    C.scatter(start, end, idx, val, vec, np.array([q0, q1]), got)
+    got = got[0]
     twin = np.zeros(n_cols)
     sparse._scatter(start, end, idx, val, vec, q0, q1, twin)
     np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
@@ -120,7 +121,7 @@ def _gather_args():
     ptr, idx, val = _segments(rng, 2, 5, 8, np.uint16, np.float32)
     vec = np.ones(16, np.float32)
     out = np.zeros((2, 5), np.float32)
-    return [ptr[:, :-1], ptr[:, 1:], idx, val, vec, 8, 8, 0, 10, out]
+    return [ptr[:, :-1], ptr[:, 1:], idx, val, vec, 8, 8, np.array([0, 4, 10]), out]
 
 
 @pytest.mark.parametrize("position,bad,kind,message", [
@@ -129,10 +130,14 @@ def _gather_args():
     (3, None, TypeError, "val: expected"),
     (4, np.ones(16, np.float64), TypeError, "val is float32 but vec is float64"),
     (4, np.ones(12, np.float32), ValueError, "vec has 12 elements"),
-    (8, 11, ValueError, "row range 0:11 outside 0:10"),
-    (9, np.zeros((2, 4), np.float32), ValueError, "differ in shape"),
-    (9, np.zeros((5, 2), np.float32).T, TypeError, "out: expected a writable array, C-cont"),
-    (9, np.zeros(10, np.float32), ValueError, "out: expected 2 dimensions, found 1"),
+    (7, np.array([0, 11]), ValueError, "splits: expected non-decreasing row boundaries in "
+                                       "0:10, found 11 at position 1"),
+    (7, np.array([0, 6, 4]), ValueError, "found 4 at position 2"),
+    (7, np.array([3]), ValueError, "splits: expected at least 2 boundaries, found 1"),
+    (7, np.array([0, 10], np.int32), TypeError, "splits: expected int64, found int32"),
+    (8, np.zeros((2, 4), np.float32), ValueError, "differ in shape"),
+    (8, np.zeros((5, 2), np.float32).T, TypeError, "out: expected a writable array, C-cont"),
+    (8, np.zeros(10, np.float32), ValueError, "out: expected 2 dimensions, found 1"),
 ])
 def test_gather_rejects_bad_arguments(position, bad, kind, message):
     """Wrong dtypes, shapes, ranges and a non-contiguous or read-only output raise a one-line
@@ -152,9 +157,13 @@ def test_kernels_reject_row_bounds_outside_the_elements():
     args[0], args[1] = ptr[:, :-1], ptr[:, 1:]
     with pytest.raises(ValueError, match="row bounds outside"):
         C.gather(*args)
-    out = np.zeros(8)
+    out = np.zeros((2, 8))
     with pytest.raises(ValueError, match="row bounds outside"):
-        C.scatter(args[0], args[1], args[2], args[3], np.ones(10, np.float32), 0, 10, out)
+        C.scatter(args[0], args[1], args[2], args[3], np.ones(10, np.float32),
+                  np.array([0, 5, 10]), out)
+    with pytest.raises(ValueError, match="out has 2 rows, expected one per range"):
+        C.scatter(args[0], args[1], args[2], args[3], np.ones(10, np.float32),
+                  np.array([0, 10]), out)
     with pytest.raises(ValueError, match="row bounds outside"):
         C.scatter_rows(ptr, args[2], args[3], np.array([2], np.int64), np.ones(1),
                        np.zeros((2, 8)))
@@ -164,9 +173,84 @@ def test_kernels_reject_row_bounds_outside_the_elements():
     read_only = np.zeros((2, 5), np.float32)
     read_only.flags.writeable = False
     args = _gather_args()
-    args[9] = read_only
+    args[8] = read_only
     with pytest.raises(TypeError, match="out: expected a writable array"):
         C.gather(*args)
+
+
+@pytest.mark.parametrize("splits", [[0, 60], [0, 30, 60], [0, 1, 2, 59, 60], [0, 0, 0, 60, 60],
+                                    list(range(61))], ids=["1", "2", "4", "empty", "60"])
+def test_results_do_not_depend_on_the_ranges_per_thread(splits):
+    """Any split of the rows (more ranges than threads, empty ranges, one row each) gives the
+    serial result bit for bit (gather: each row summed by one thread; scatter: one output row
+    per range, summed afterwards in range order)."""
+    rng = np.random.default_rng(6)
+    ptr, idx, val = _segments(rng, 4, 15, 37, np.uint16, np.float32)
+    vec = rng.standard_normal(4 * 37).astype(np.float32)
+    start, end = ptr[:, :-1], ptr[:, 1:]
+    serial = np.zeros((4, 15), np.float32)
+    C.gather(start, end, idx, val, vec, 37, 37, np.array([0, 60]), serial)
+    got = np.zeros((4, 15), np.float32)
+    C.gather(start, end, idx, val, vec, 37, 37, np.array(splits), got)
+    np.testing.assert_array_equal(got, serial)
+    data = rng.standard_normal(60).astype(np.float32)
+    per_range = np.zeros((len(splits) - 1, 37))
+    C.scatter(start, end, idx, val, data, np.array(splits), per_range)
+    one = np.zeros((1, 37))
+    C.scatter(start, end, idx, val, data, np.array([0, 60]), one)
+    np.testing.assert_allclose(per_range.sum(axis=0), one[0], rtol=1e-12, atol=1e-12)
+
+
+def test_products_from_several_python_threads_at_once(tmp_path):
+    """Products called from several threads at once (a Dask worker's threads) are each right:
+    one runs on the kernel's pool, the others run their ranges in their own thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    op = load_response(cone_response(nside=4, n_phi=6, ring_width_deg=10.0), dtype="float64",
+                       storage="sparse", sparse_threshold=0.0, cache_dir=tmp_path)
+    rng = np.random.default_rng(7)
+    xs = [rng.random(op.n_model) for _ in range(8)]
+    want = [op.forward(x) for x in xs]
+    sparse.set_kernel_threads(3)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            for _ in range(5):
+                got = list(pool.map(op.forward, xs))
+                for g, w in zip(got, want):
+                    np.testing.assert_allclose(g, w, rtol=1e-13)
+    finally:
+        sparse.set_kernel_threads(None)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork (POSIX)")
+def test_products_after_fork(tmp_path):
+    """A child forked after products ran (its parent's kernel threads do not exist there) still
+    runs them, on new threads."""
+    import os
+
+    op = load_response(cone_response(nside=4, n_phi=6, ring_width_deg=10.0), dtype="float64",
+                       storage="sparse", sparse_threshold=0.0, cache_dir=tmp_path)
+    x = np.random.default_rng(8).random(op.n_model)
+    want = op.forward(x)
+    sparse.set_kernel_threads(2)
+    try:
+        op.forward(x)            # the pool's worker exists in the parent
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through the pipe
+            ok = b"0"
+            try:
+                ok = b"1" if np.allclose(op.forward(x), want, rtol=1e-13) else b"0"
+            finally:
+                os.write(write, ok)
+                os._exit(0)
+        os.close(write)
+        status = os.read(read, 1)
+        os.close(read)
+        os.waitpid(pid, 0)
+    finally:
+        sparse.set_kernel_threads(None)
+    assert status == b"1"
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -146,15 +146,12 @@ def _scatter_rows(ptr, idx, val, rows, coef, out):  # pragma: no cover - compile
 
 
 class _Kernels:
-    """The product kernels in use: ``gather``, ``scatter``, ``scatter_rows`` (signatures of
-    ``_gather``, ``_scatter``, ``_scatter_rows``)."""
+    """The product kernels in use (``name``: ``"c"`` or ``"numba"``); ``scatter_rows`` has the
+    signature of ``_scatter_rows``."""
 
     def __init__(self, name: str):
         self.name = name
-        src = _c_kernels if name == "c" else None
-        self.gather = src.gather if src else _gather
-        self.scatter = src.scatter if src else _scatter
-        self.scatter_rows = src.scatter_rows if src else _scatter_rows
+        self.scatter_rows = _c_kernels.scatter_rows if name == "c" else _scatter_rows
 
 
 _KERNELS = _Kernels("c" if _c_kernels is not None else "numba")
@@ -349,14 +346,17 @@ def row_splits(start: np.ndarray, end: np.ndarray, n_parts: int) -> np.ndarray:
 
 
 def _run_rows(splits: np.ndarray, start, end, idx, val, vec, stride, n_vec, out) -> None:
-    """:func:`_gather` over the row ranges ``splits``: the first in this thread, the others on
-    the pool's threads (the kernel releases the GIL)."""
+    """The gather over the row ranges ``splits`` (int64), one per thread: the C kernel runs them
+    on its own worker threads; the numba kernel runs the first in this thread and the others on
+    a Python thread pool (it releases the GIL)."""
+    if _KERNELS.name == "c":
+        _c_kernels.gather(start, end, idx, val, vec, stride, n_vec, splits, out)
+        return
     n = len(splits) - 1
-    gather = _KERNELS.gather
-    futures = [_pool(n - 1).submit(gather, start, end, idx, val, vec, stride, n_vec,
+    futures = [_pool(n - 1).submit(_gather, start, end, idx, val, vec, stride, n_vec,
                                    int(splits[i]), int(splits[i + 1]), out)
                for i in range(1, n)]
-    gather(start, end, idx, val, vec, stride, n_vec, int(splits[0]), int(splits[1]), out)
+    _gather(start, end, idx, val, vec, stride, n_vec, int(splits[0]), int(splits[1]), out)
     for f in futures:
         f.result()
 
@@ -366,11 +366,13 @@ def _run_scatter(splits: np.ndarray, start, end, idx, val, vec, n_out: int) -> n
     first in this thread, the others on the pool's threads); their sum, (n_out,) float64."""
     n = len(splits) - 1
     out = np.zeros((n, n_out), dtype=np.float64)
-    scatter = _KERNELS.scatter
-    futures = [_pool(n - 1).submit(scatter, start, end, idx, val, vec, int(splits[i]),
+    if _KERNELS.name == "c":
+        _c_kernels.scatter(start, end, idx, val, vec, splits, out)
+        return out[0] if n == 1 else out.sum(axis=0)
+    futures = [_pool(n - 1).submit(_scatter, start, end, idx, val, vec, int(splits[i]),
                                    int(splits[i + 1]), out[i])
                for i in range(1, n)]
-    scatter(start, end, idx, val, vec, int(splits[0]), int(splits[1]), out[0])
+    _scatter(start, end, idx, val, vec, int(splits[0]), int(splits[1]), out[0])
     for f in futures:
         f.result()
     return out[0] if n == 1 else out.sum(axis=0)
