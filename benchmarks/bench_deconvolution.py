@@ -25,7 +25,8 @@ Then, each in a fresh process (peak memory = VmHWM, the peak resident set), for 
    first run after an install (``--no-cold-kernels`` skips it).
 
 Also: the machine's memory bandwidth (best BLAS sgemv over a 1 GiB matrix), the bandwidth floor
-of each mode (2 products × bytes streamed ÷ bandwidth), a numba-vs-scipy.sparse kernel comparison,
+of each mode (2 products × bytes streamed ÷ bandwidth), the sparse products with the C kernels,
+their numba twins and scipy.sparse (full products and OSEM's 48 PsiChi subsets),
 and the largest deviation of each mode's final map from the float64 dense map (relative to its
 maximum). The reference tool (cosipy) takes 4.5 s per iteration, 19 s to load and 8.9 GiB at this
 shape on the 2-core machine.
@@ -343,20 +344,21 @@ def child(args) -> None:
     computed0 = fit_op.products_computed
     times: list[float] = []
     t0 = time.perf_counter()
-    for _ in range(args.iterations):      # the tutorial's run: threshold 0, all iterations
+    maps = {}
+    for it in range(1, args.iterations + 1):  # the tutorial's run: threshold 0, all iterations
         t = time.perf_counter()
         alg.iterate()
         times.append(time.perf_counter() - t)
+        if it in (COMPARE_AT, args.iterations):  # maps at iteration 10 and at the end
+            maps[it] = np.array(alg.state.model, dtype=np.float64).reshape(-1)
     run_s = time.perf_counter() - t0
     info = dict(getattr(op, "load_info", {}))
     cache_done_s = None
     if info.get("cache_pending") is not None:
         info["cache_pending"].result()
         cache_done_s = time.perf_counter() - t_load0
-    for res in deco.results:                 # maps at iteration 10 and at the end
-        if res["iteration"] in (COMPARE_AT, len(deco.results)):
-            np.save(workdir / f"map-{args.mode}-{args.phase}-it{res['iteration']}.npy",
-                    np.asarray(res["model"].contents.value).reshape(-1))
+    for it, model in maps.items():
+        np.save(workdir / f"map-{args.mode}-{args.phase}-it{it}.npy", model)
     steady = float(np.median(times[1:])) if len(times) > 1 else times[0]
     out = {"mode": args.mode, "phase": args.phase, "load_s": load_s, "run_s": run_s,
            "setup_s": setup_s, "fixed_s": setup_s + times[0] - steady,
@@ -378,11 +380,17 @@ def child(args) -> None:
 
 
 def kernels_child(args) -> None:
-    """Time numba gathers against scipy.sparse CSR on the sparse float32 cache."""
+    """Time the sparse float32 products: the C kernels and their numba twins, on every core and
+    on one, the 48 PsiChi subsets' products of one OSEM pass, and scipy.sparse CSR."""
     import scipy.sparse as sp
 
     from comptonsky.response.load import load_response
-    from comptonsky.response.sparse import kernel_threads, set_kernel_threads
+    from comptonsky.response.sparse import (
+        kernel_threads,
+        kernels_in_use,
+        set_kernel_threads,
+        use_kernels,
+    )
     op = load_response(args.rsp, dtype="float32", storage="sparse",
                        cache_dir=str(Path(args.workdir) / "cache"))
     rng = np.random.default_rng(0)
@@ -398,13 +406,23 @@ def kernels_child(args) -> None:
             ts.append(time.perf_counter() - t)
         return min(ts)
 
-    res = {"threads": kernel_threads(),
-           "numba_forward_s": best(lambda: op._matvec(x)),
-           "numba_adjoint_s": best(lambda: op._rmatvec(y))}
-    set_kernel_threads(1)
-    res["numba_1thread_forward_s"] = best(lambda: op._matvec(x))
-    res["numba_1thread_adjoint_s"] = best(lambda: op._rmatvec(y))
-    set_kernel_threads(None)
+    subsets = [op.subset(k, 48, "PsiChi") for k in range(48)]
+    y_sub = [y[s.data_indices] for s in subsets]
+    res = {"threads": kernel_threads()}
+    default = kernels_in_use()
+    for name in dict.fromkeys([default, "numba"]):
+        use_kernels(name)
+        res[f"{name}_forward_s"] = best(lambda: op._matvec(x))
+        res[f"{name}_adjoint_s"] = best(lambda: op._rmatvec(y))
+        res[f"{name}_subsets48_forward_s"] = best(lambda: [s.forward(x) for s in subsets])
+        res[f"{name}_subsets48_adjoint_s"] = best(
+            lambda: [s.adjoint(v) for s, v in zip(subsets, y_sub)])
+        set_kernel_threads(1)
+        res[f"{name}_1thread_forward_s"] = best(lambda: op._matvec(x))
+        res[f"{name}_1thread_adjoint_s"] = best(lambda: op._rmatvec(y))
+        set_kernel_threads(None)
+    use_kernels(default)
+    res["kernels"] = default
     r = op.rows
     counts = np.diff(r.ptr, axis=1)                       # (n_seg, n_model)
     j = np.repeat(np.tile(np.arange(op.n_model), op.n_seg), counts.reshape(-1))
@@ -618,13 +636,17 @@ def main() -> None:
                   f"{first['dropped_flux_fraction']:.3g} (worst pixel "
                   f"{first['max_row_dropped_fraction']:.3g})")
     if kern:
-        print(f"\nsparse float32 kernels (best of 5, per product): {kern['threads']} threads "
-              f"forward {kern['numba_forward_s']:.4f} s / adjoint {kern['numba_adjoint_s']:.4f} s; "
-              f"1 thread {kern['numba_1thread_forward_s']:.4f} / "
-              f"{kern['numba_1thread_adjoint_s']:.4f} s; scipy.sparse CSR (1 thread) forward "
-              f"{kern['scipy_forward_scatter_s']:.4f} s (Rᵀx scatter) or "
-              f"{kern['scipy_forward_csrT_s']:.4f} s (transposed copy), adjoint "
-              f"{kern['scipy_adjoint_s']:.4f} s")
+        for name in dict.fromkeys([kern["kernels"], "numba"]):
+            print(f"\nsparse float32 products, {name} kernels (best of 5): {kern['threads']} "
+                  f"threads forward {kern[f'{name}_forward_s']:.4f} s / adjoint "
+                  f"{kern[f'{name}_adjoint_s']:.4f} s; 1 thread "
+                  f"{kern[f'{name}_1thread_forward_s']:.4f} / "
+                  f"{kern[f'{name}_1thread_adjoint_s']:.4f} s; the 48 PsiChi subsets of one "
+                  f"OSEM pass forward {kern[f'{name}_subsets48_forward_s']:.4f} s / adjoint "
+                  f"{kern[f'{name}_subsets48_adjoint_s']:.4f} s")
+        print(f"scipy.sparse CSR (1 thread) forward {kern['scipy_forward_scatter_s']:.4f} s "
+              f"(Rᵀx scatter) or {kern['scipy_forward_csrT_s']:.4f} s (transposed copy), "
+              f"adjoint {kern['scipy_adjoint_s']:.4f} s")
     out = args.workdir / "results.json"
     out.write_text(json.dumps({"bandwidth_Bps": bw, "plain_read_s": read_s, "modes": summary,
                                "kernels": kern}, indent=1))
