@@ -329,6 +329,7 @@ typedef struct {
     int64_t nnz;
     enum kind ki, kv;
     Py_ssize_t out_stride;   /* scatter: elements between the parts' output rows */
+    Py_ssize_t n_vec_elements;
 } rows_job;
 
 static int gather_part(const void *arg, Py_ssize_t p)
@@ -454,58 +455,87 @@ PyDoc_STRVAR(gather_doc,
 "int64, all contiguous; out: (n_seg, n_rows), C-contiguous, the dtype of val. Runs without\n"
 "the GIL.");
 
+/* The arrays gather and scatter share: start, end (int64, 2-D, same shape), idx (uint16 or
+   int32) and val (float32 or float64) of one length, vec (val's dtype), splits (int64); checked,
+   into job (all but out and its stride). Returns the splits buffer, NULL with an exception set. */
+static Py_buffer *rows_arguments(buffers *bs, PyObject *o_st, PyObject *o_en, PyObject *o_idx,
+                                 PyObject *o_val, PyObject *o_vec, PyObject *o_sp, rows_job *job)
+{
+    Py_buffer *st = get(bs, o_st, RO_STRIDED, "start", 2, K_I64, K_BAD);
+    Py_buffer *en = st ? get(bs, o_en, RO_STRIDED, "end", 2, K_I64, K_BAD) : NULL;
+    Py_buffer *idx = en ? get(bs, o_idx, RO_CONTIG, "idx", 1, K_U16, K_I32) : NULL;
+    Py_buffer *val = idx ? get(bs, o_val, RO_CONTIG, "val", 1, K_F32, K_F64) : NULL;
+    Py_buffer *vec = val ? get(bs, o_vec, RO_CONTIG, "vec", 1, K_F32, K_F64) : NULL;
+    Py_buffer *sp = vec ? get(bs, o_sp, RO_CONTIG, "splits", 1, K_I64, K_BAD) : NULL;
+    if (!sp || !same_kind(val, vec, "val", "vec")) return NULL;
+    if (st->shape[0] != en->shape[0] || st->shape[1] != en->shape[1]) {
+        PyErr_Format(PyExc_ValueError, "start (%zd, %zd) and end (%zd, %zd) differ in shape",
+                     st->shape[0], st->shape[1], en->shape[0], en->shape[1]);
+        return NULL;
+    }
+    if (idx->shape[0] != val->shape[0]) {
+        PyErr_Format(PyExc_ValueError, "idx has %zd elements, val %zd", idx->shape[0],
+                     val->shape[0]);
+        return NULL;
+    }
+    if (!check_splits(sp, st->shape[0] * st->shape[1])) return NULL;
+    *job = (rows_job){as_bounds(st), as_bounds(en), idx->buf, val->buf, vec->buf, NULL, 0,
+                      sp->buf, idx->shape[0], buffer_kind(idx), buffer_kind(val), 0,
+                      vec->shape[0]};
+    return sp;
+}
+
+/* Run job's ranges (splits sp) with part; release the buffers; None, or NULL with an error. */
+static PyObject *run_rows(buffers *bs, part_fn part, rows_job *job, Py_buffer *sp)
+{
+    int bad;
+    Py_BEGIN_ALLOW_THREADS
+    bad = run_task(part, job, sp->shape[0] - 1);
+    Py_END_ALLOW_THREADS
+    if (bad) {
+        PyErr_Format(PyExc_ValueError, "row bounds outside 0:%lld (the number of stored "
+                     "elements) or decreasing", (long long)job->nnz);
+        release(bs);
+        return NULL;
+    }
+    release(bs);
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_gather(PyObject *self, PyObject *args)
 {
     PyObject *o_st, *o_en, *o_idx, *o_val, *o_vec, *o_sp, *o_out;
     Py_ssize_t stride, n_vec;
     buffers bs = {.n = 0};
+    rows_job job;
     if (!PyArg_ParseTuple(args, "OOOOOnnOO:gather", &o_st, &o_en, &o_idx, &o_val, &o_vec,
                           &stride, &n_vec, &o_sp, &o_out))
         return NULL;
-    Py_buffer *st = get(&bs, o_st, RO_STRIDED, "start", 2, K_I64, K_BAD);
-    Py_buffer *en = st ? get(&bs, o_en, RO_STRIDED, "end", 2, K_I64, K_BAD) : NULL;
-    Py_buffer *idx = en ? get(&bs, o_idx, RO_CONTIG, "idx", 1, K_U16, K_I32) : NULL;
-    Py_buffer *val = idx ? get(&bs, o_val, RO_CONTIG, "val", 1, K_F32, K_F64) : NULL;
-    Py_buffer *vec = val ? get(&bs, o_vec, RO_CONTIG, "vec", 1, K_F32, K_F64) : NULL;
-    Py_buffer *sp = vec ? get(&bs, o_sp, RO_CONTIG, "splits", 1, K_I64, K_BAD) : NULL;
+    Py_buffer *sp = rows_arguments(&bs, o_st, o_en, o_idx, o_val, o_vec, o_sp, &job);
     Py_buffer *out = sp ? get(&bs, o_out, RW_CONTIG, "out", 2, K_F32, K_F64) : NULL;
     if (!out) goto fail;
-    if (!same_kind(val, vec, "val", "vec") || !same_kind(val, out, "val", "out")) goto fail;
-    if (st->shape[0] != en->shape[0] || st->shape[1] != en->shape[1]
-            || out->shape[0] != st->shape[0] || out->shape[1] != st->shape[1]) {
-        PyErr_Format(PyExc_ValueError, "start (%zd, %zd), end (%zd, %zd) and out (%zd, %zd) "
-                     "differ in shape", st->shape[0], st->shape[1], en->shape[0], en->shape[1],
-                     out->shape[0], out->shape[1]);
+    if (buffer_kind(out) != job.kv) {
+        PyErr_Format(PyExc_TypeError, "val is %s but out is %s", kind_name(job.kv),
+                     kind_name(buffer_kind(out)));
         goto fail;
     }
-    if (idx->shape[0] != val->shape[0]) {
-        PyErr_Format(PyExc_ValueError, "idx has %zd elements, val %zd", idx->shape[0],
-                     val->shape[0]);
+    const Py_ssize_t n_seg = job.st.n0, n_rows = job.st.n1;
+    if (out->shape[0] != n_seg || out->shape[1] != n_rows) {
+        PyErr_Format(PyExc_ValueError, "start (%zd, %zd) and out (%zd, %zd) differ in shape",
+                     n_seg, n_rows, out->shape[0], out->shape[1]);
         goto fail;
     }
-    const Py_ssize_t n_seg = st->shape[0], n_rows = st->shape[1];
-    if (!check_splits(sp, n_seg * n_rows)) goto fail;
     const int64_t *splits = sp->buf;
     const Py_ssize_t q0 = splits[0], q1 = splits[sp->shape[0] - 1];
     if (stride < 0 || n_vec < 0 || (q1 > q0 && n_rows > 0
-            && (q1 - 1) / n_rows * stride + n_vec > vec->shape[0])) {
+            && (q1 - 1) / n_rows * stride + n_vec > job.n_vec_elements)) {
         PyErr_Format(PyExc_ValueError, "vec has %zd elements, segments of %zd at stride %zd "
-                     "need more", vec->shape[0], n_vec, stride);
+                     "need more", job.n_vec_elements, n_vec, stride);
         goto fail;
     }
-    rows_job job = {as_bounds(st), as_bounds(en), idx->buf, val->buf, vec->buf, out->buf, stride,
-                    splits, idx->shape[0], buffer_kind(idx), buffer_kind(val), 0};
-    int bad;
-    Py_BEGIN_ALLOW_THREADS
-    bad = run_task(gather_part, &job, sp->shape[0] - 1);
-    Py_END_ALLOW_THREADS
-    if (bad) {
-        PyErr_Format(PyExc_ValueError, "row bounds outside 0:%zd (the number of stored "
-                     "elements) or decreasing", idx->shape[0]);
-        goto fail;
-    }
-    release(&bs);
-    Py_RETURN_NONE;
+    job.out = out->buf;
+    job.stride = stride;
+    return run_rows(&bs, gather_part, &job, sp);
 fail:
     release(&bs);
     return NULL;
@@ -522,49 +552,26 @@ static PyObject *py_scatter(PyObject *self, PyObject *args)
 {
     PyObject *o_st, *o_en, *o_idx, *o_val, *o_vec, *o_sp, *o_out;
     buffers bs = {.n = 0};
+    rows_job job;
     if (!PyArg_ParseTuple(args, "OOOOOOO:scatter", &o_st, &o_en, &o_idx, &o_val, &o_vec, &o_sp,
                           &o_out))
         return NULL;
-    Py_buffer *st = get(&bs, o_st, RO_STRIDED, "start", 2, K_I64, K_BAD);
-    Py_buffer *en = st ? get(&bs, o_en, RO_STRIDED, "end", 2, K_I64, K_BAD) : NULL;
-    Py_buffer *idx = en ? get(&bs, o_idx, RO_CONTIG, "idx", 1, K_U16, K_I32) : NULL;
-    Py_buffer *val = idx ? get(&bs, o_val, RO_CONTIG, "val", 1, K_F32, K_F64) : NULL;
-    Py_buffer *vec = val ? get(&bs, o_vec, RO_CONTIG, "vec", 1, K_F32, K_F64) : NULL;
-    Py_buffer *sp = vec ? get(&bs, o_sp, RO_CONTIG, "splits", 1, K_I64, K_BAD) : NULL;
+    Py_buffer *sp = rows_arguments(&bs, o_st, o_en, o_idx, o_val, o_vec, o_sp, &job);
     Py_buffer *out = sp ? get(&bs, o_out, RW_CONTIG, "out", 2, K_F64, K_BAD) : NULL;
     if (!out) goto fail;
-    if (!same_kind(val, vec, "val", "vec")) goto fail;
-    if (st->shape[0] != en->shape[0] || st->shape[1] != en->shape[1]
-            || vec->shape[0] != st->shape[0] * st->shape[1]) {
-        PyErr_Format(PyExc_ValueError, "start (%zd, %zd), end (%zd, %zd) and vec (%zd,) do not "
-                     "match", st->shape[0], st->shape[1], en->shape[0], en->shape[1],
-                     vec->shape[0]);
+    if (job.n_vec_elements != job.st.n0 * job.st.n1) {
+        PyErr_Format(PyExc_ValueError, "vec has %zd elements, expected one per row (%zd)",
+                     job.n_vec_elements, job.st.n0 * job.st.n1);
         goto fail;
     }
-    if (idx->shape[0] != val->shape[0]) {
-        PyErr_Format(PyExc_ValueError, "idx has %zd elements, val %zd", idx->shape[0],
-                     val->shape[0]);
-        goto fail;
-    }
-    if (!check_splits(sp, vec->shape[0])) goto fail;
     if (out->shape[0] != sp->shape[0] - 1) {
         PyErr_Format(PyExc_ValueError, "out has %zd rows, expected one per range (%zd)",
                      out->shape[0], sp->shape[0] - 1);
         goto fail;
     }
-    rows_job job = {as_bounds(st), as_bounds(en), idx->buf, val->buf, vec->buf, out->buf, 0,
-                    sp->buf, idx->shape[0], buffer_kind(idx), buffer_kind(val), out->shape[1]};
-    int bad;
-    Py_BEGIN_ALLOW_THREADS
-    bad = run_task(scatter_part, &job, sp->shape[0] - 1);
-    Py_END_ALLOW_THREADS
-    if (bad) {
-        PyErr_Format(PyExc_ValueError, "row bounds outside 0:%zd (the number of stored "
-                     "elements) or decreasing", idx->shape[0]);
-        goto fail;
-    }
-    release(&bs);
-    Py_RETURN_NONE;
+    job.out = out->buf;
+    job.out_stride = out->shape[1];
+    return run_rows(&bs, scatter_part, &job, sp);
 fail:
     release(&bs);
     return NULL;
