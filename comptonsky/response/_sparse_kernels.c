@@ -27,6 +27,7 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <time.h>
+#include <unistd.h>
 #endif
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
@@ -247,6 +248,9 @@ static void *worker(void *arg)
 /* Start workers up to n (under pool.busy); the number running. */
 static int grow(int n)
 {
+    /* more ranges than threads are claimed in turn: no more workers than twice the CPUs */
+    const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cpus > 0 && n > 2 * cpus) n = (int)(2 * cpus);
     if (n > MAX_WORKERS) n = MAX_WORKERS;
     while (pool.n_workers < n) {
         pthread_t th;
