@@ -19,7 +19,6 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
-#include <string.h>
 
 #if !defined(_WIN32)
 #define HAVE_POOL 1
@@ -83,10 +82,13 @@ static inline int64_t bound_at(const bounds2d *b, Py_ssize_t i, Py_ssize_t j)
 /* ---- gather: out[k, r] += Σ_n val[n] · vec[k·stride + idx[n]] over n in start[k, r]:end[k, r] */
 
 #define GATHER(NAME, IT, VT)                                                                     \
-CLONES static int NAME(const bounds2d *st, const bounds2d *en, const IT *idx, const VT *val,    \
-                       const VT *vec, Py_ssize_t stride, Py_ssize_t q0, Py_ssize_t q1,          \
-                       int64_t nnz, VT *out)                                                    \
+CLONES static int NAME(const bounds2d *st, const bounds2d *en, const void *idx_,                \
+                       const void *val_, const void *vec_, Py_ssize_t stride, Py_ssize_t q0,    \
+                       Py_ssize_t q1, int64_t nnz, void *out_)                                  \
 {                                                                                               \
+    const IT *idx = idx_;                                                                       \
+    const VT *val = val_, *vec = vec_;                                                          \
+    VT *out = out_;                                                                             \
     const Py_ssize_t n_rows = st->n1;                                                           \
     int bad = 0;                                                                                \
     if (q1 <= q0) return 0;                                                                     \
@@ -114,12 +116,23 @@ GATHER(gather_u16_f64, uint16_t, double)
 GATHER(gather_i32_f32, int32_t, float)
 GATHER(gather_i32_f64, int32_t, double)
 
+/* [index is int32][values are float64] */
+typedef int (*gather_fn)(const bounds2d *, const bounds2d *, const void *, const void *,
+                         const void *, Py_ssize_t, Py_ssize_t, Py_ssize_t, int64_t, void *);
+static const gather_fn GATHERS[2][2] = {
+    {gather_u16_f32, gather_u16_f64},
+    {gather_i32_f32, gather_i32_f64},
+};
+
 /* ---- scatter: out[idx[n]] += val[n] · vec[q] over n in start[q]:end[q], q0 ≤ q < q1, vec[q] ≠ 0 */
 
 #define SCATTER(NAME, IT, VT)                                                                    \
-CLONES static int NAME(const bounds2d *st, const bounds2d *en, const IT *idx, const VT *val,    \
-                       const VT *vec, Py_ssize_t q0, Py_ssize_t q1, int64_t nnz, double *out)   \
+CLONES static int NAME(const bounds2d *st, const bounds2d *en, const void *idx_,                \
+                       const void *val_, const void *vec_, Py_ssize_t q0, Py_ssize_t q1,        \
+                       int64_t nnz, double *out)                                                \
 {                                                                                               \
+    const IT *idx = idx_;                                                                       \
+    const VT *val = val_, *vec = vec_;                                                          \
     const Py_ssize_t w = st->n1;                                                                \
     int bad = 0;                                                                                \
     for (Py_ssize_t q = q0; q < q1; q++) {                                                      \
@@ -138,12 +151,21 @@ SCATTER(scatter_u16_f64, uint16_t, double)
 SCATTER(scatter_i32_f32, int32_t, float)
 SCATTER(scatter_i32_f64, int32_t, double)
 
+typedef int (*scatter_fn)(const bounds2d *, const bounds2d *, const void *, const void *,
+                          const void *, Py_ssize_t, Py_ssize_t, int64_t, double *);
+static const scatter_fn SCATTERS[2][2] = {
+    {scatter_u16_f32, scatter_u16_f64},
+    {scatter_i32_f32, scatter_i32_f64},
+};
+
 /* ---- scatter_rows: out[k, idx[n]] += val[n] · coef[t] over n in ptr[k, rows[t]]:ptr[k, rows[t]+1] */
 
 #define SCATTER_ROWS(NAME, IT, VT)                                                               \
-static void NAME(const bounds2d *ptr, const IT *idx, const VT *val, const int64_t *rows,        \
+static void NAME(const bounds2d *ptr, const void *idx_, const void *val_, const int64_t *rows,   \
                  const double *coef, Py_ssize_t n_t, Py_ssize_t width, double *out)             \
 {                                                                                               \
+    const IT *idx = idx_;                                                                       \
+    const VT *val = val_;                                                                       \
     for (Py_ssize_t t = 0; t < n_t; t++) {                                                      \
         const int64_t j = rows[t];                                                              \
         const double c = coef[t];                                                               \
@@ -160,10 +182,24 @@ SCATTER_ROWS(scatter_rows_u16_f64, uint16_t, double)
 SCATTER_ROWS(scatter_rows_i32_f32, int32_t, float)
 SCATTER_ROWS(scatter_rows_i32_f64, int32_t, double)
 
+typedef void (*scatter_rows_fn)(const bounds2d *, const void *, const void *, const int64_t *,
+                                const double *, Py_ssize_t, Py_ssize_t, double *);
+static const scatter_rows_fn SCATTER_ROWS_FNS[2][2] = {
+    {scatter_rows_u16_f32, scatter_rows_u16_f64},
+    {scatter_rows_i32_f32, scatter_rows_i32_f64},
+};
+
 /* ---- the worker pool -------------------------------------------------------------------- */
 
 /* A task: n_parts ranges, part p run by run_part(job, p) (nonzero: bad row bounds). */
 typedef int (*part_fn)(const void *job, Py_ssize_t part);
+
+static int run_serially(part_fn run_part, const void *job, Py_ssize_t n_parts)
+{
+    int bad = 0;
+    for (Py_ssize_t p = 0; p < n_parts; p++) bad |= run_part(job, p);
+    return bad;
+}
 
 #ifdef HAVE_POOL
 
@@ -187,7 +223,8 @@ static struct {
     atomic_ulong generation; /* bumped for every task */
     task *current;
     int n_workers;
-} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, 0, NULL, 0};
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, 0, NULL,
+          0};
 
 static inline void cpu_relax(void)
 {
@@ -289,11 +326,7 @@ static int run_task(part_fn run_part, const void *job, Py_ssize_t n_parts)
         pthread_mutex_unlock(&pool.busy);
         serial = 1;
     }
-    if (serial) {
-        int bad = 0;
-        for (Py_ssize_t p = 0; p < n_parts; p++) bad |= run_part(job, p);
-        return bad;
-    }
+    if (serial) return run_serially(run_part, job, n_parts);
     pthread_mutex_lock(&pool.lock);
     pool.current = &t;
     atomic_fetch_add(&pool.generation, 1);
@@ -315,9 +348,7 @@ static int run_task(part_fn run_part, const void *job, Py_ssize_t n_parts)
 
 static int run_task(part_fn run_part, const void *job, Py_ssize_t n_parts)
 {
-    int bad = 0;
-    for (Py_ssize_t p = 0; p < n_parts; p++) bad |= run_part(job, p);
-    return bad;
+    return run_serially(run_part, job, n_parts);
 }
 
 #endif
@@ -339,32 +370,17 @@ typedef struct {
 static int gather_part(const void *arg, Py_ssize_t p)
 {
     const rows_job *j = arg;
-    const Py_ssize_t q0 = j->splits[p], q1 = j->splits[p + 1];
-    if (j->ki == K_U16 && j->kv == K_F32)
-        return gather_u16_f32(&j->st, &j->en, j->idx, j->val, j->vec, j->stride, q0, q1, j->nnz,
-                              j->out);
-    if (j->ki == K_U16)
-        return gather_u16_f64(&j->st, &j->en, j->idx, j->val, j->vec, j->stride, q0, q1, j->nnz,
-                              j->out);
-    if (j->kv == K_F32)
-        return gather_i32_f32(&j->st, &j->en, j->idx, j->val, j->vec, j->stride, q0, q1, j->nnz,
-                              j->out);
-    return gather_i32_f64(&j->st, &j->en, j->idx, j->val, j->vec, j->stride, q0, q1, j->nnz,
-                          j->out);
+    return GATHERS[j->ki == K_I32][j->kv == K_F64](&j->st, &j->en, j->idx, j->val, j->vec,
+                                                  j->stride, j->splits[p], j->splits[p + 1],
+                                                  j->nnz, j->out);
 }
 
 static int scatter_part(const void *arg, Py_ssize_t p)
 {
     const rows_job *j = arg;
-    const Py_ssize_t q0 = j->splits[p], q1 = j->splits[p + 1];
-    double *out = (double *)j->out + p * j->out_stride;
-    if (j->ki == K_U16 && j->kv == K_F32)
-        return scatter_u16_f32(&j->st, &j->en, j->idx, j->val, j->vec, q0, q1, j->nnz, out);
-    if (j->ki == K_U16)
-        return scatter_u16_f64(&j->st, &j->en, j->idx, j->val, j->vec, q0, q1, j->nnz, out);
-    if (j->kv == K_F32)
-        return scatter_i32_f32(&j->st, &j->en, j->idx, j->val, j->vec, q0, q1, j->nnz, out);
-    return scatter_i32_f64(&j->st, &j->en, j->idx, j->val, j->vec, q0, q1, j->nnz, out);
+    return SCATTERS[j->ki == K_I32][j->kv == K_F64](&j->st, &j->en, j->idx, j->val, j->vec,
+                                                   j->splits[p], j->splits[p + 1], j->nnz,
+                                                   (double *)j->out + p * j->out_stride);
 }
 
 /* ---- argument handling ------------------------------------------------------------------ */
@@ -625,17 +641,11 @@ static PyObject *py_scatter_rows(PyObject *self, PyObject *args)
             }
         }
     }
-    const enum kind ki = buffer_kind(idx), kv = buffer_kind(val);
+    const scatter_rows_fn fn =
+        SCATTER_ROWS_FNS[buffer_kind(idx) == K_I32][buffer_kind(val) == K_F64];
     const Py_ssize_t n_t = rows->shape[0], width = out->shape[1];
     Py_BEGIN_ALLOW_THREADS
-    if (ki == K_U16 && kv == K_F32)
-        scatter_rows_u16_f32(&b_ptr, idx->buf, val->buf, r, coef->buf, n_t, width, out->buf);
-    else if (ki == K_U16)
-        scatter_rows_u16_f64(&b_ptr, idx->buf, val->buf, r, coef->buf, n_t, width, out->buf);
-    else if (kv == K_F32)
-        scatter_rows_i32_f32(&b_ptr, idx->buf, val->buf, r, coef->buf, n_t, width, out->buf);
-    else
-        scatter_rows_i32_f64(&b_ptr, idx->buf, val->buf, r, coef->buf, n_t, width, out->buf);
+    fn(&b_ptr, idx->buf, val->buf, r, coef->buf, n_t, width, out->buf);
     Py_END_ALLOW_THREADS
     release(&bs);
     Py_RETURN_NONE;
