@@ -145,16 +145,8 @@ def _scatter_rows(ptr, idx, val, rows, coef, out):  # pragma: no cover - compile
                 out[k, idx[n]] += val[n] * c
 
 
-class _Kernels:
-    """The product kernels in use (``name``: ``"c"`` or ``"numba"``); ``scatter_rows`` has the
-    signature of ``_scatter_rows``."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self.scatter_rows = _c_kernels.scatter_rows if name == "c" else _scatter_rows
-
-
-_KERNELS = _Kernels("c" if _c_kernels is not None else "numba")
+#: which kernels the products run: "c" where the C module was built, else "numba"
+_KERNELS = "c" if _c_kernels is not None else "numba"
 
 
 def use_kernels(name: str) -> None:
@@ -170,12 +162,12 @@ def use_kernels(name: str) -> None:
     choices = ("c", "numba") if _c_kernels is not None else ("numba",)
     if name not in choices:
         raise UnknownChoiceError("sparse kernels", name, choices, "use_kernels")
-    _KERNELS = _Kernels(name)
+    _KERNELS = name
 
 
 def kernels_in_use() -> str:
     """``"c"`` or ``"numba"``: which kernels the sparse products run."""
-    return _KERNELS.name
+    return _KERNELS
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -349,7 +341,7 @@ def _run_rows(splits: np.ndarray, start, end, idx, val, vec, stride, n_vec, out)
     """The gather over the row ranges ``splits`` (int64), one per thread: the C kernel runs them
     on its own worker threads; the numba kernel runs the first in this thread and the others on
     a Python thread pool (it releases the GIL)."""
-    if _KERNELS.name == "c":
+    if _KERNELS == "c":
         _c_kernels.gather(start, end, idx, val, vec, stride, n_vec, splits, out)
         return
     n = len(splits) - 1
@@ -362,11 +354,12 @@ def _run_rows(splits: np.ndarray, start, end, idx, val, vec, stride, n_vec, out)
 
 
 def _run_scatter(splits: np.ndarray, start, end, idx, val, vec, n_out: int) -> np.ndarray:
-    """:func:`_scatter` over the row ranges ``splits``, one private output per range (the
-    first in this thread, the others on the pool's threads); their sum, (n_out,) float64."""
+    """The scatter over the row ranges ``splits``, one private output per range (on the C
+    kernel's threads, or the first in this thread and the others on a Python thread pool for the
+    numba kernel); their sum, (n_out,) float64."""
     n = len(splits) - 1
     out = np.zeros((n, n_out), dtype=np.float64)
-    if _KERNELS.name == "c":
+    if _KERNELS == "c":
         _c_kernels.scatter(start, end, idx, val, vec, splits, out)
         return out[0] if n == 1 else out.sum(axis=0)
     futures = [_pool(n - 1).submit(_scatter, start, end, idx, val, vec, int(splits[i]),
@@ -485,8 +478,9 @@ class _SparseProducts:
 
     def _matvec_rows(self, rows, coef):
         out = np.zeros((self._adj_ptr.shape[0], self._width), dtype=np.float64)
-        _KERNELS.scatter_rows(self._adj_ptr, self._adj.idx, self._adj.val,
-                              rows.astype(np.int64), np.asarray(coef, dtype=np.float64), out)
+        scatter_rows = _c_kernels.scatter_rows if _KERNELS == "c" else _scatter_rows
+        scatter_rows(self._adj_ptr, self._adj.idx, self._adj.val, rows.astype(np.int64),
+                     np.asarray(coef, dtype=np.float64), out)
         return out.reshape(-1)
 
 
